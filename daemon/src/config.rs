@@ -1,0 +1,630 @@
+//! Configuration: a TOML file read through the `config` crate, defaults for every key, and a
+//! short allow-list of environment overrides for secrets.
+//!
+//! Where it comes from, in order (later wins):
+//! 1. built-in defaults ([`RawConfig::default`]);
+//! 2. the TOML file: `--config PATH`, else `$OPENCODE_TELEMETRY_CONFIG`, else
+//!    `<platform config dir>/opencode-telemetry/config.toml` (`~/.config/opencode-telemetry/config.toml`
+//!    on Linux, `~/Library/Application Support/opencode-telemetry/config.toml` on macOS). The
+//!    default file may be absent; an explicitly named one must exist;
+//! 3. environment overrides, only these: `OPENCODE_TELEMETRY_CONVEX_URL` (`convex.url`),
+//!    `OPENCODE_TELEMETRY_INGEST_TOKEN` (`convex.ingest_token`), `OPENCODE_TELEMETRY_DATA_DIR`
+//!    (`data_dir`). No general `OPENCODE_TELEMETRY_*` mapping exists, so an unrelated variable
+//!    with that prefix can never break start-up;
+//! 4. `--db PATH` on the command line (`source.db_path`).
+//!
+//! Unknown keys and bad values are errors that name the key and the file; the binary exits with
+//! status 78 (`EX_CONFIG`) on them, which the systemd unit lists in `RestartPreventExitStatus`.
+//! `config.example.toml` next to this crate documents every key and is parsed by a test.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Environment variable naming the config file (same as `--config`).
+pub const ENV_CONFIG: &str = "OPENCODE_TELEMETRY_CONFIG";
+/// Environment override of `convex.url`.
+pub const ENV_CONVEX_URL: &str = "OPENCODE_TELEMETRY_CONVEX_URL";
+/// Environment override of `convex.ingest_token`.
+pub const ENV_INGEST_TOKEN: &str = "OPENCODE_TELEMETRY_INGEST_TOKEN";
+/// Environment override of `data_dir`.
+pub const ENV_DATA_DIR: &str = "OPENCODE_TELEMETRY_DATA_DIR";
+
+/// The example config shipped with the crate (every key, commented, with its default).
+pub const EXAMPLE_CONFIG: &str = include_str!("../config.example.toml");
+
+/// A secret string (the ingest token). `Debug` and `Display` print `[redacted]`, so the config can
+/// be logged or printed; only [`Secret::expose`] gives the value, at the one place that sends it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    /// The secret itself. Call it only where the value is put on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// True for the empty string (no secret configured).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "[redacted]" })
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+impl Serialize for Secret {
+    /// Serializes redacted: the config printed by `check-config` never shows the token.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { "[redacted]" })
+    }
+}
+
+/// The whole configuration, as read from TOML (after defaults and overrides).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory of the daemon's own state: the sled outbox (`<data_dir>/queue`) and, by
+    /// default, the local sink file. Default: `$XDG_STATE_HOME/opencode-telemetry`
+    /// (`~/.local/state/opencode-telemetry`) on Linux, the platform data dir elsewhere.
+    pub data_dir: PathBuf,
+    /// Where OpenCode's database is and how it is polled.
+    pub source: SourceConfig,
+    /// What goes into each record and when it is exported.
+    pub export: ExportConfig,
+    /// The Convex deployment (the sink when `convex.url` is set).
+    pub convex: ConvexConfig,
+    /// The embedded local sink (used when `convex.url` is not set).
+    pub local: LocalConfig,
+    /// The sled outbox.
+    pub queue: QueueConfig,
+    /// Process-level settings.
+    pub service: ServiceConfig,
+}
+
+/// `[source]`: OpenCode's SQLite database.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SourceConfig {
+    /// Path of `opencode.db`. Default: resolved the way OpenCode does (see [`default_db_path`]).
+    pub db_path: PathBuf,
+    /// How often the database is polled (ms). A poll where nothing was committed costs one
+    /// `PRAGMA data_version`.
+    pub poll_interval_ms: u64,
+    /// SQLite busy timeout of the read-only connection (ms).
+    pub busy_timeout_ms: u64,
+}
+
+/// `[export]`: record contents and export timing.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExportConfig {
+    /// A session must stay idle this long (ms) before it is exported; transitions inside the
+    /// window give one export.
+    pub debounce_ms: u64,
+    /// Include per-message summaries with their text (`messages`).
+    pub include_messages: bool,
+    /// Include the todo list (`todos`).
+    pub include_todos: bool,
+    /// Do not export subagent (child) sessions as records of their own; they are summarised in
+    /// their parent's `children` and `rollup` instead.
+    pub skip_subagent_sessions: bool,
+    /// A session idle with open todos is exported anyway after this long idle (s).
+    pub final_after_secs: u64,
+    /// A turn that never completed (OpenCode crashed mid-turn) counts as ended after this long
+    /// without any write to the session (s).
+    pub stale_after_secs: u64,
+    /// Longest message text kept per message with `include_messages` (characters).
+    pub max_message_chars: usize,
+}
+
+/// `[convex]`: the Convex deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConvexConfig {
+    /// Deployment URL, e.g. `https://happy-otter-123.convex.cloud`. Empty: use the local sink.
+    /// Plain `http://` is accepted only for loopback hosts.
+    pub url: String,
+    /// The ingest token the deployment's `INGEST_TOKEN` environment variable holds
+    /// (`npx convex env set INGEST_TOKEN …`). Prefer `OPENCODE_TELEMETRY_INGEST_TOKEN`.
+    pub ingest_token: Secret,
+    /// Records per `sessions:ingest` call.
+    pub batch_size: usize,
+    /// Timeout of one HTTP request (s).
+    pub request_timeout_secs: u64,
+    /// First retry delay (ms); doubles per failure, with full jitter.
+    pub initial_backoff_ms: u64,
+    /// Cap of the retry delay, and of any `Retry-After` the server sends (s).
+    pub max_backoff_secs: u64,
+}
+
+/// `[local]`: the embedded file sink.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LocalConfig {
+    /// NDJSON file the records are appended to, one per line. Default: `<data_dir>/sessions.ndjson`.
+    pub path: PathBuf,
+}
+
+/// `[queue]`: the sled outbox.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueConfig {
+    /// Upper bound of the pending records' bytes. When reached the daemon stops reading the
+    /// source (it can be re-read later) instead of dropping anything.
+    pub max_bytes: u64,
+    /// sled page cache (bytes). sled's own default is 1 GiB, far too much for a background service.
+    pub cache_capacity_bytes: u64,
+}
+
+/// `[service]`: process-level settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServiceConfig {
+    /// On SIGTERM/SIGINT, the longest the daemon waits for an in-flight request before it
+    /// flushes the outbox and exits (s).
+    pub shutdown_grace_secs: u64,
+    /// Log filter (`tracing` `EnvFilter` syntax, e.g. `info` or `opencode_telemetry=debug`);
+    /// `RUST_LOG` wins when set.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: default_data_dir(),
+            source: SourceConfig::default(),
+            export: ExportConfig::default(),
+            convex: ConvexConfig::default(),
+            local: LocalConfig::default(),
+            queue: QueueConfig::default(),
+            service: ServiceConfig::default(),
+        }
+    }
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            db_path: PathBuf::new(),
+            poll_interval_ms: 1000,
+            busy_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            debounce_ms: 5000,
+            include_messages: false,
+            include_todos: true,
+            skip_subagent_sessions: true,
+            final_after_secs: 1800,
+            stale_after_secs: 3600,
+            max_message_chars: 4000,
+        }
+    }
+}
+
+impl Default for ConvexConfig {
+    fn default() -> Self {
+        ConvexConfig {
+            url: String::new(),
+            ingest_token: Secret::default(),
+            batch_size: 50,
+            request_timeout_secs: 30,
+            initial_backoff_ms: 1000,
+            max_backoff_secs: 300,
+        }
+    }
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            path: PathBuf::new(),
+        }
+    }
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            max_bytes: 256 * 1024 * 1024,
+            cache_capacity_bytes: 16 * 1024 * 1024,
+        }
+    }
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            shutdown_grace_secs: 10,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+/// Why the configuration cannot be used. Every variant names the file; key-level problems name
+/// the key. The CLI maps all of them to exit status 78.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists (or was named explicitly) but cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed, a key is unknown, or a value has the wrong type.
+    #[error("invalid config file {path}: {message}")]
+    Invalid {
+        /// The file (or `<defaults>` when no file was used).
+        path: PathBuf,
+        /// The parser's message, which names the key.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("invalid config file {path}: key `{key}`: {message}")]
+    BadValue {
+        /// The file (or `<defaults>`).
+        path: PathBuf,
+        /// Dotted key, e.g. `convex.url`.
+        key: &'static str,
+        /// What is wrong and what would be accepted.
+        message: String,
+    },
+}
+
+/// A loaded configuration and the file it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The effective configuration.
+    pub config: Config,
+    /// The file read, if any (the default location may be absent).
+    pub path: Option<PathBuf>,
+}
+
+/// Where the config file is looked for when neither `--config` nor
+/// `OPENCODE_TELEMETRY_CONFIG` names one.
+pub fn default_config_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "opencode-telemetry")
+        .map(|d| d.config_dir().join("config.toml"))
+}
+
+/// Default `data_dir`: the platform state dir (Linux `$XDG_STATE_HOME/opencode-telemetry`), else
+/// the platform local data dir.
+pub fn default_data_dir() -> PathBuf {
+    match directories::ProjectDirs::from("", "", "opencode-telemetry") {
+        Some(d) => d
+            .state_dir()
+            .unwrap_or_else(|| d.data_local_dir())
+            .to_path_buf(),
+        None => PathBuf::from(".opencode-telemetry"),
+    }
+}
+
+/// Resolves `opencode.db` the way OpenCode 1.18 does (`core/database/database.ts`):
+/// `OPENCODE_DB` (absolute, or relative to OpenCode's data dir), else
+/// `$XDG_DATA_HOME/opencode/opencode.db` (`~/.local/share/opencode/opencode.db` on every
+/// platform, as OpenCode uses xdg-basedir), else — when that file does not exist and exactly one
+/// channel database `opencode-<channel>.db` does (preview or source builds) — that one.
+pub fn default_db_path() -> PathBuf {
+    let data = opencode_data_dir();
+    if let Some(db) = std::env::var_os("OPENCODE_DB").filter(|v| !v.is_empty()) {
+        let db = PathBuf::from(db);
+        return if db.is_absolute() { db } else { data.join(db) };
+    }
+    let main = data.join("opencode.db");
+    if main.exists() {
+        return main;
+    }
+    let channel_dbs: Vec<PathBuf> = std::fs::read_dir(&data)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("opencode-") && n.ends_with(".db"))
+        })
+        .collect();
+    match channel_dbs.as_slice() {
+        [only] => only.clone(),
+        _ => main,
+    }
+}
+
+/// OpenCode's data dir: `$XDG_DATA_HOME/opencode`, default `~/.local/share/opencode`.
+fn opencode_data_dir() -> PathBuf {
+    let xdg = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute());
+    let base = xdg.unwrap_or_else(|| {
+        directories::BaseDirs::new()
+            .map(|b| b.home_dir().join(".local/share"))
+            .unwrap_or_else(|| PathBuf::from(".local/share"))
+    });
+    base.join("opencode")
+}
+
+/// Command-line overrides applied after the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config PATH` (or `OPENCODE_TELEMETRY_CONFIG`, resolved by clap).
+    pub config_path: Option<PathBuf>,
+    /// `--db PATH`.
+    pub db_path: Option<PathBuf>,
+}
+
+/// Loads, merges and validates the configuration.
+///
+/// # Errors
+/// [`ConfigError`] naming the file and, where it applies, the key.
+pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    let (path, explicit) = match &overrides.config_path {
+        Some(p) => (Some(p.clone()), true),
+        None => (default_config_path(), false),
+    };
+    let file_text = match &path {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => Some(text),
+            Err(e) if !explicit && e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ConfigError::Unreadable {
+                    path: p.clone(),
+                    source,
+                })
+            }
+        },
+        None => None,
+    };
+    let used_path = file_text.as_ref().and(path.clone());
+    let shown = used_path
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("<defaults>"));
+    let mut config = parse(file_text.as_deref().unwrap_or(""), &shown)?;
+    apply_env(&mut config);
+    if let Some(db) = &overrides.db_path {
+        config.source.db_path = db.clone();
+    }
+    finish(&mut config, &shown)?;
+    Ok(Loaded {
+        config,
+        path: used_path,
+    })
+}
+
+/// Parses TOML text into a [`Config`] with defaults for missing keys, without environment
+/// overrides or validation. `path` is only used in error messages.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for malformed TOML, unknown keys and wrongly typed values.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let built = ::config::Config::builder()
+        .add_source(::config::File::from_str(text, ::config::FileFormat::Toml))
+        .build()
+        .map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+    built
+        .try_deserialize::<Config>()
+        .map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+}
+
+fn apply_env(config: &mut Config) {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    if let Some(url) = var(ENV_CONVEX_URL) {
+        config.convex.url = url;
+    }
+    if let Some(token) = var(ENV_INGEST_TOKEN) {
+        config.convex.ingest_token = Secret::new(token);
+    }
+    if let Some(dir) = var(ENV_DATA_DIR) {
+        config.data_dir = PathBuf::from(dir);
+    }
+}
+
+/// Fills derived defaults (`source.db_path`, `local.path`) and validates every value.
+fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
+    let bad = |key: &'static str, message: String| ConfigError::BadValue {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    if config.source.db_path.as_os_str().is_empty() {
+        config.source.db_path = default_db_path();
+    }
+    if config.data_dir.as_os_str().is_empty() {
+        return Err(bad("data_dir", "must not be empty".into()));
+    }
+    if config.local.path.as_os_str().is_empty() {
+        config.local.path = config.data_dir.join("sessions.ndjson");
+    }
+    if config.source.poll_interval_ms == 0 {
+        return Err(bad(
+            "source.poll_interval_ms",
+            "must be at least 1 (milliseconds)".into(),
+        ));
+    }
+    if config.convex.batch_size == 0 || config.convex.batch_size > 1000 {
+        return Err(bad(
+            "convex.batch_size",
+            format!("must be 1..=1000, got {}", config.convex.batch_size),
+        ));
+    }
+    if config.convex.request_timeout_secs == 0 {
+        return Err(bad(
+            "convex.request_timeout_secs",
+            "must be at least 1".into(),
+        ));
+    }
+    if config.convex.initial_backoff_ms == 0 {
+        return Err(bad("convex.initial_backoff_ms", "must be at least 1".into()));
+    }
+    if config.convex.max_backoff_secs == 0 {
+        return Err(bad("convex.max_backoff_secs", "must be at least 1".into()));
+    }
+    if config.queue.max_bytes < 1024 * 1024 {
+        return Err(bad(
+            "queue.max_bytes",
+            format!("must be at least 1048576 (1 MiB), got {}", config.queue.max_bytes),
+        ));
+    }
+    if config.export.max_message_chars == 0 {
+        return Err(bad("export.max_message_chars", "must be at least 1".into()));
+    }
+    if let Err(message) = tracing_subscriber::EnvFilter::try_new(&config.service.log_level) {
+        return Err(bad("service.log_level", message.to_string()));
+    }
+    if !config.convex.url.is_empty() {
+        check_convex_url(&config.convex.url).map_err(|m| bad("convex.url", m))?;
+        if config.convex.ingest_token.is_empty() {
+            return Err(bad(
+                "convex.ingest_token",
+                format!("is required when convex.url is set (or set {ENV_INGEST_TOKEN})"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Accepts `https://…` anywhere and `http://…` only for loopback hosts (`127.0.0.0/8`, `::1`,
+/// `localhost`); the URL must be a bare deployment origin (no query or fragment).
+///
+/// # Errors
+/// A message saying what is wrong with the URL.
+pub fn check_convex_url(raw: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {raw}"))?;
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "must be the deployment URL without query or fragment: {raw}"
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback_host(&url) => Ok(url),
+        "http" => Err(format!(
+            "plain http:// is only allowed to a loopback host (127.0.0.1, ::1, localhost); use https:// for {}",
+            url.host_str().unwrap_or("")
+        )),
+        other => Err(format!("scheme must be https (got {other}): {raw}")),
+    }
+}
+
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+impl Config {
+    /// Directory of the sled outbox: `<data_dir>/queue`.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.data_dir.join("queue")
+    }
+    /// `source.poll_interval_ms` as a [`Duration`].
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_millis(self.source.poll_interval_ms)
+    }
+    /// True when records go to Convex; false when they go to the local file.
+    pub fn uses_convex(&self) -> bool {
+        !self.convex.url.is_empty()
+    }
+    /// The effective configuration as TOML, with the ingest token redacted.
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        let mut c = parse(text, Path::new("/etc/x.toml"))?;
+        c.source.db_path = PathBuf::from("/tmp/oc.db");
+        finish(&mut c, Path::new("/etc/x.toml"))?;
+        Ok(c)
+    }
+
+    #[test]
+    fn the_example_config_parses_and_equals_the_defaults() {
+        let example = parse_str(EXAMPLE_CONFIG).expect("example config parses");
+        let defaults = parse_str("").unwrap();
+        assert_eq!(
+            example.to_redacted_toml(),
+            defaults.to_redacted_toml(),
+            "config.example.toml must state the built-in defaults"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named_with_the_file() {
+        let err = parse_str("[source]\npoll_intervall_ms = 5\n").unwrap_err().to_string();
+        assert!(err.contains("poll_intervall_ms"), "{err}");
+        assert!(err.contains("/etc/x.toml"), "{err}");
+    }
+
+    #[test]
+    fn a_wrongly_typed_value_is_named_with_its_key() {
+        let err = parse_str("[export]\ndebounce_ms = \"soon\"\n").unwrap_err().to_string();
+        assert!(err.contains("debounce_ms"), "{err}");
+        assert!(err.contains("/etc/x.toml"), "{err}");
+    }
+
+    #[test]
+    fn plain_http_is_refused_except_to_loopback() {
+        assert!(check_convex_url("http://127.0.0.1:3210").is_ok());
+        assert!(check_convex_url("http://[::1]:3210").is_ok());
+        assert!(check_convex_url("http://localhost:3210").is_ok());
+        assert!(check_convex_url("https://happy-otter-123.convex.cloud").is_ok());
+        let err = check_convex_url("http://happy-otter-123.convex.cloud").unwrap_err();
+        assert!(err.contains("loopback"), "{err}");
+        assert!(check_convex_url("ftp://x").is_err());
+    }
+
+    #[test]
+    fn a_convex_url_without_a_token_is_refused() {
+        let err = parse_str("[convex]\nurl = \"https://a.convex.cloud\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("convex.ingest_token"), "{err}");
+    }
+
+    #[test]
+    fn the_token_never_appears_in_debug_or_rendered_output() {
+        let c = parse_str(
+            "[convex]\nurl = \"https://a.convex.cloud\"\ningest_token = \"tok-very-secret\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.convex.ingest_token.expose(), "tok-very-secret");
+        assert!(!format!("{c:?}").contains("tok-very-secret"));
+        assert!(!c.to_redacted_toml().contains("tok-very-secret"));
+    }
+}

@@ -1,0 +1,3 @@
+//! Export records.
+mod record;
+pub use record::*;

@@ -1,0 +1,329 @@
+//! The wire shape of one exported session: [`SessionExport`].
+//!
+//! This is the one record type that leaves the machine. Its JSON form (camelCase keys, optional
+//! fields omitted rather than `null`) is what the outbox stores, what the local NDJSON sink
+//! writes one per line, and what `convex/schema.ts` validates field for field. Change both
+//! together: `tests/integration/convex_e2e.rs` round-trips every field through the real Convex
+//! functions.
+//!
+//! Units: every `*At` field and `durationMs` is epoch **milliseconds** (as OpenCode stores its
+//! `time_*` columns); token counts are tokens; `cost` is US dollars as computed by OpenCode from
+//! its model price table.
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the record layout. Bumped on any incompatible change of [`SessionExport`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Why the session was exported: the OpenCode bus event the daemon inferred from the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndReason {
+    /// `session.idle`: the newest assistant message completed and ended the turn.
+    Idle,
+    /// `session.error`: the turn ended on an assistant message carrying `data.error`
+    /// (aborts, `MessageAbortedError`, included).
+    Error,
+    /// `session.deleted`: the session row disappeared; the record is the last one the daemon
+    /// built before that, with `deletedAt` set.
+    Deleted,
+}
+
+impl EndReason {
+    /// The lowercase name used in JSON and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Idle => "idle",
+            EndReason::Error => "error",
+            EndReason::Deleted => "deleted",
+        }
+    }
+}
+
+/// One exported OpenCode session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionExport {
+    /// [`SCHEMA_VERSION`] of this record.
+    pub schema_version: u32,
+    /// `session.id` (`ses_…`).
+    pub session_id: String,
+    /// Pseudonymous machine id: hex HMAC-SHA256 of the OS machine id (machine-uid) under an
+    /// app-specific key, truncated to 128 bits. The raw machine id never leaves the machine.
+    pub device_id: String,
+    /// Host name of the machine (`hostname::get`).
+    pub hostname: String,
+    /// `session.version`: the OpenCode version that created the session (e.g. `1.18.33`).
+    pub opencode_version: String,
+    /// Version of this daemon (`CARGO_PKG_VERSION`).
+    pub daemon_version: String,
+    /// `session.project_id` (a hash of the git remote or root commit; `global` outside git).
+    pub project_id: String,
+    /// `session.directory`: the absolute working directory OpenCode ran in.
+    pub project_directory: String,
+    /// `project.worktree` of the session's project, when the project row exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_worktree: Option<String>,
+    /// `session.parent_id`: set for subagent (child) sessions made by the `task` tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_session_id: Option<String>,
+    /// `session.title`.
+    pub title: String,
+    /// `session.time_created` (ms).
+    pub created_at: i64,
+    /// Last write to the session (ms): the largest of `session.time_updated` and the
+    /// `time_updated` of its `message` and `part` rows. Monotonic per session, so the Convex
+    /// upsert uses it (then `exportedAt`) to ignore records older than the stored one.
+    pub updated_at: i64,
+    /// When the daemon built this record (ms, the daemon's wall clock).
+    pub exported_at: i64,
+    /// `session.time_archived` (ms), when the session is archived.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archived_at: Option<i64>,
+    /// When the daemon saw the session row gone (ms); only with `endReason: "deleted"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_at: Option<i64>,
+    /// From `createdAt` to the last assistant message's `time.completed` (ms); absent when no
+    /// assistant message completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<i64>,
+    /// Rows in `message` for this session.
+    pub message_count: u64,
+    /// Messages with `data.role = "user"`.
+    pub user_message_count: u64,
+    /// Messages with `data.role = "assistant"` (one per LLM step).
+    pub assistant_message_count: u64,
+    /// Distinct `data.agent` values of the session's messages, in order of first use.
+    pub agents_used: Vec<String>,
+    /// The agent that answered most assistant messages (ties: the one used first), ignoring
+    /// OpenCode's internal `compaction`, `title` and `summary` agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary_agent: Option<String>,
+    /// Counts of the session's `todo` rows by `status`.
+    pub todo_stats: TodoStats,
+    /// Code changed during the session (see [`CodeChanges`]).
+    pub code_changes: CodeChanges,
+    /// Token and cost totals over the session's `step-finish` parts (what OpenCode's own
+    /// `session.cost` / `tokens_*` columns hold since 1.14.49).
+    pub tokens: TokenUsage,
+    /// Total cost in USD (sum of `step-finish` part `cost`).
+    pub cost: f64,
+    /// Usage per provider and model, from assistant messages and their `step-finish` parts.
+    pub models: Vec<ModelUsage>,
+    /// Usage per tool name, from `tool` parts.
+    pub tools: Vec<ToolUsage>,
+    /// Usage of the `skill` tool per skill name (`state.input.name`).
+    pub skills: Vec<ToolUsage>,
+    /// What ended the session's last turn.
+    pub end_reason: EndReason,
+    /// The error of the terminal assistant message (`data.error.name`,
+    /// `data.error.data.message`), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// True when the last turn never completed (OpenCode crashed or was killed mid-turn) and the
+    /// session was exported because it stayed inactive for `export.stale_after_secs`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub incomplete: bool,
+    /// Subagent sessions (`session.parent_id` = this session), each summarised.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<ChildSummary>,
+    /// This session plus all its subagent sessions, summed. Absent when there are no children.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollup: Option<Rollup>,
+    /// The todo list (`todo` rows ordered by `position`); present when `export.include_todos`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub todos: Option<Vec<Todo>>,
+    /// Per-message summaries with their text; present when `export.include_messages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<MessageSummary>>,
+}
+
+/// Todo counts by status. `total` counts every row, including statuses outside the four
+/// documented ones (OpenCode stores `status` as a free string).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TodoStats {
+    /// All todo rows.
+    pub total: u64,
+    /// `status = "completed"`.
+    pub completed: u64,
+    /// `status = "cancelled"`.
+    pub cancelled: u64,
+    /// `status = "pending"`.
+    pub pending: u64,
+    /// `status = "in_progress"`.
+    pub in_progress: u64,
+}
+
+impl TodoStats {
+    /// True when no todo is left open: every row is completed or cancelled (or there are none).
+    pub fn all_done(&self) -> bool {
+        self.completed + self.cancelled == self.total
+    }
+}
+
+/// Code changed during a session.
+///
+/// OpenCode ≥ 1.16 writes 0 into `session.summary_*`, so these come from what it really stores:
+/// `additions`/`deletions` are summed over the `summary.diffs` of the session's user messages
+/// (one diff list per turn); `filesChanged` counts distinct files across those diffs and the
+/// `files` of `patch` parts (absolute paths made relative to the session directory). When the
+/// session columns hold non-zero values (OpenCode 1.2–1.15) and no per-turn diffs exist, the
+/// columns are used.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeChanges {
+    /// Lines added.
+    pub additions: u64,
+    /// Lines deleted.
+    pub deletions: u64,
+    /// Distinct files changed.
+    pub files_changed: u64,
+}
+
+/// Token counts, as OpenCode reports them (`input` excludes cached tokens, `output` excludes
+/// reasoning).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenUsage {
+    /// `tokens.input`.
+    pub input: u64,
+    /// `tokens.output`.
+    pub output: u64,
+    /// `tokens.reasoning`.
+    pub reasoning: u64,
+    /// `tokens.cache.read`.
+    pub cache_read: u64,
+    /// `tokens.cache.write`.
+    pub cache_write: u64,
+}
+
+impl TokenUsage {
+    /// Adds `other` field by field.
+    pub fn add(&mut self, other: &TokenUsage) {
+        self.input += other.input;
+        self.output += other.output;
+        self.reasoning += other.reasoning;
+        self.cache_read += other.cache_read;
+        self.cache_write += other.cache_write;
+    }
+}
+
+/// Usage of one provider/model pair.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelUsage {
+    /// Assistant `data.providerID`.
+    pub provider_id: String,
+    /// Assistant `data.modelID`.
+    pub model_id: String,
+    /// Assistant messages answered by this model.
+    pub messages: u64,
+    /// Sum of the `step-finish` part tokens of those messages.
+    pub tokens: TokenUsage,
+    /// Sum of the `step-finish` part cost of those messages (USD).
+    pub cost: f64,
+}
+
+/// Usage of one tool (or one skill).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ToolUsage {
+    /// Tool name (`part.data.tool`) or skill name.
+    pub name: String,
+    /// Tool parts (calls).
+    pub calls: u64,
+    /// Calls whose `state.status` is `error`.
+    pub errors: u64,
+    /// Sum of `state.time.end - state.time.start` over finished calls (ms).
+    pub duration_ms: u64,
+}
+
+/// An error that ended a turn.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// `data.error.name`, e.g. `APIError`, `MessageAbortedError`, `UnknownError`.
+    pub name: String,
+    /// `data.error.data.message` (empty when OpenCode stored none).
+    pub message: String,
+}
+
+/// One subagent session, summarised inside its parent's record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildSummary {
+    /// The child's `session.id`.
+    pub session_id: String,
+    /// The child's title (OpenCode: `"<description> (@<agent> subagent)"`).
+    pub title: String,
+    /// The agent that ran the child (its primary agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// The child's message count.
+    pub message_count: u64,
+    /// The child's token totals.
+    pub tokens: TokenUsage,
+    /// The child's cost (USD).
+    pub cost: f64,
+    /// The child's error, when its last turn ended in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// Totals over a session and all its subagent sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rollup {
+    /// Sessions counted: 1 + the number of children.
+    pub sessions: u64,
+    /// Messages over all of them.
+    pub message_count: u64,
+    /// Tokens over all of them.
+    pub tokens: TokenUsage,
+    /// Cost over all of them (USD).
+    pub cost: f64,
+}
+
+/// One todo item (`todo` row).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Todo {
+    /// `todo.content`.
+    pub content: String,
+    /// `todo.status`: `pending`, `in_progress`, `completed`, `cancelled` (free string).
+    pub status: String,
+    /// `todo.priority`: `high`, `medium`, `low` (free string).
+    pub priority: String,
+}
+
+/// One message, summarised (only with `export.include_messages`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MessageSummary {
+    /// `message.id`.
+    pub id: String,
+    /// `data.role`: `user` or `assistant`.
+    pub role: String,
+    /// `data.agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// `data.providerID` (assistant) or `data.model.providerID` (user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_id: Option<String>,
+    /// `data.modelID` (assistant) or `data.model.modelID` (user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_id: Option<String>,
+    /// `message.time_created` (ms).
+    pub created_at: i64,
+    /// `data.time.completed` (ms), assistant messages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<i64>,
+    /// `data.finish`, assistant messages only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish: Option<String>,
+    /// `data.error.name`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The message's non-synthetic `text` parts joined by blank lines, cut to
+    /// `export.max_message_chars` characters.
+    pub text: String,
+}

@@ -1,0 +1,1 @@
+//! Device identity (being written).

@@ -1,0 +1,1 @@
+//! The durable sled outbox (being written).

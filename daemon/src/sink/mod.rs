@@ -1,0 +1,1 @@
+//! Delivery to Convex or a local file (being written).

@@ -1,0 +1,1 @@
+//! The OpenCode source (being written).

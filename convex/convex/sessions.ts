@@ -12,12 +12,12 @@ import type { Doc } from "./_generated/dataModel";
 import { sessionRecord } from "./schema";
 
 /** Most records accepted by one `ingest` call. */
-export const MAX_BATCH = 1000;
+const MAX_BATCH = 1000;
 /** Default and largest `limit` of `list`. */
-export const LIST_DEFAULT_LIMIT = 100;
-export const LIST_MAX_LIMIT = 1000;
+const LIST_DEFAULT_LIMIT = 100;
+const LIST_MAX_LIMIT = 1000;
 /** Most rows `stats` (and `list` by projectId) read. */
-export const SCAN_MAX_ROWS = 10000;
+const SCAN_MAX_ROWS = 10000;
 
 export type SessionRecord = Infer<typeof sessionRecord>;
 

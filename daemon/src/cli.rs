@@ -1,6 +1,133 @@
-//! The command line (being written).
+//! The command line: `run`, `once`, `check-config`, `status`, `queue`, `install`.
+//!
+//! Exit status: 0 success; 1 a runtime failure (cannot deliver, source unreadable, outbox
+//! locked by another instance, storage error); 2 a usage error (clap); 78 (`EX_CONFIG`) a
+//! configuration error — the systemd unit does not restart on it.
 
-/// Entry point.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Overrides, ENV_CONFIG};
+use crate::service;
+
+/// Exit status for configuration errors (`EX_CONFIG` from sysexits.h).
+pub const EXIT_CONFIG: u8 = 78;
+
+/// Exports OpenCode sessions from its SQLite database to Convex (or a local NDJSON file).
+#[derive(Debug, Parser)]
+#[command(name = "opencode-telemetry", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (TOML). Default: ~/.config/opencode-telemetry/config.toml on Linux.
+    #[arg(long, global = true, env = ENV_CONFIG, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// OpenCode database to read; overrides `source.db_path`.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: poll the database forever, export each session when it ends, deliver.
+    Run(RunArgs),
+    /// One pass: read every session, build its record, enqueue, deliver; exit 0 when the outbox
+    /// is drained.
+    Once(OnceArgs),
+    /// Validate the configuration and print the effective config (secrets redacted).
+    CheckConfig,
+    /// Show the outbox depth, the last delivery and the last error.
+    Status,
+    /// Inspect the outbox.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Install the user service (systemd user unit on Linux, launchd agent on macOS).
+    Install(InstallArgs),
+}
+
+/// Arguments of `run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Append every inferred transition (session.idle / session.error / session.deleted and
+    /// the export it caused) as a JSON line to this file.
+    #[arg(long, value_name = "FILE")]
+    pub transitions_log: Option<PathBuf>,
+}
+
+/// Arguments of `once`.
+#[derive(Debug, clap::Args)]
+pub struct OnceArgs {
+    /// Give up delivering after this many seconds of retrying (records stay queued).
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout_secs: u64,
+}
+
+/// `queue` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum QueueCommand {
+    /// List pending and dead-lettered records.
+    List,
+    /// Move every dead-lettered record back to pending.
+    RetryDead,
+}
+
+/// Arguments of `install`.
+#[derive(Debug, clap::Args)]
+pub struct InstallArgs {
+    /// Only print the unit / plist instead of writing it.
+    #[arg(long)]
+    pub print: bool,
+    /// Do not enable and start the service after writing it.
+    #[arg(long)]
+    pub no_start: bool,
+}
+
+/// Parses the command line and runs it; returns the process exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        config_path: cli.config.clone(),
+        db_path: cli.db.clone(),
+    };
+    let loaded = match config::load(&overrides) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("opencode-telemetry: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    service::init_tracing(&loaded.config.service.log_level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("opencode-telemetry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => service::run_daemon(loaded, args.transitions_log).await,
+            Command::Once(args) => service::once(&loaded.config, args.timeout_secs).await,
+            Command::CheckConfig => service::check_config(&loaded),
+            Command::Status => service::status(&loaded.config),
+            Command::Queue(QueueCommand::List) => service::queue_list(&loaded.config).await,
+            Command::Queue(QueueCommand::RetryDead) => service::queue_retry_dead(&loaded.config).await,
+            Command::Install(args) => service::install(&loaded, args.print, args.no_start),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("opencode-telemetry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1,1 +1,17 @@
+//! Integration tests: the real binary on real OpenCode databases.
+//!
+//! One test crate (ripgrep's layout): each module below is an area; `support` is the harness.
 
+mod support;
+
+/// `once` on the bundled OpenCode 1.18.33 database, checked against independent SQL.
+mod once_fixture;
+/// Reading a live WAL database leaves its three files byte-identical.
+mod wal_readonly;
+/// Configuration errors: exit 78, naming the key and the file.
+mod config_errors;
+/// The real binary → HTTP → the project's Convex functions (convex-test emulator) → query back.
+mod convex_e2e;
+/// Replaying OpenCode's own event log into a database: the tracker's exports agree with the
+/// moments OpenCode published.
+mod replay;

@@ -1,0 +1,229 @@
+//! The sender: drains the outbox into the sink.
+//!
+//! # Rules
+//! - Records are sent oldest first, `convex.batch_size` at a time; an entry leaves the outbox
+//!   only after the sink confirmed it ([`Outbox::ack`] is a compare-and-swap, so a newer version
+//!   enqueued meanwhile stays pending).
+//! - One [`sink::classify`] outcome drives everything:
+//!   - delivered → ack each record; per-record `conflict` results (the session id is already
+//!     stored under another device id) go to the dead-letter tree;
+//!   - retry (408, 429, 5xx, network, timeout) → one shared backoff with full jitter, honouring
+//!     `Retry-After` clamped to the cap; nothing is dropped, there is no give-up;
+//!   - rejected (a Convex function error or another 4xx) → a batch is split and re-sent record by
+//!     record, so only the offending record goes to the dead-letter tree (logged once, kept for
+//!     inspection with `queue list`, requeued with `queue retry-dead`);
+//!   - unauthorized (401/403, or the ingest mutation's `UNAUTHORIZED`) → all sending pauses, the
+//!     queue is kept, an actionable error is logged, and delivery is retried at the backoff cap
+//!     (so fixing the token on the deployment resumes delivery without a restart).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::queue::{Outbox, Pending, QueueError};
+use crate::sink::{self, AnySink, Classified};
+
+/// What one send attempt did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// The outbox was empty.
+    Idle,
+    /// Records were delivered (and maybe some dead-lettered); call again.
+    Progress {
+        /// Records acknowledged.
+        delivered: usize,
+        /// Records moved to the dead-letter tree.
+        dead: usize,
+    },
+    /// A transient failure; wait `wait` before the next attempt.
+    Backoff {
+        /// The delay chosen by the pacer.
+        wait: Duration,
+        /// Why.
+        reason: String,
+    },
+    /// The sink refused our credentials; wait `wait`.
+    Unauthorized {
+        /// The delay until the next try.
+        wait: Duration,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Drains the outbox into the sink, one batch per [`Sender::step`].
+pub struct Sender {
+    outbox: Arc<Outbox>,
+    sink: AnySink,
+    pacer: sink::Pacer,
+    batch_size: usize,
+}
+
+impl Sender {
+    /// A sender over `outbox` and `sink`.
+    pub fn new(outbox: Arc<Outbox>, sink: AnySink, pacer: sink::Pacer, batch_size: usize) -> Sender {
+        Sender {
+            outbox,
+            sink,
+            pacer,
+            batch_size: batch_size.max(1),
+        }
+    }
+
+    /// A description of the sink (no secrets).
+    pub fn describe(&self) -> String {
+        self.sink.describe()
+    }
+
+    /// Time until the pacer allows the next send.
+    pub fn until_ready(&self) -> Duration {
+        self.pacer.until_ready()
+    }
+
+    /// Sends one batch and applies the outcome.
+    ///
+    /// # Errors
+    /// [`QueueError`] from the outbox (storage errors are fatal for the daemon).
+    pub async fn step(&mut self) -> Result<Step, QueueError> {
+        let batch = self.outbox.pending(self.batch_size)?;
+        if batch.is_empty() {
+            return Ok(Step::Idle);
+        }
+        let outcome = self.send(&batch).await;
+        self.apply(&batch, outcome).await
+    }
+
+    async fn send(&self, batch: &[Pending]) -> Classified {
+        let records: Vec<&[u8]> = batch.iter().map(|p| p.record_json()).collect();
+        self.sink.send(&records).await
+    }
+
+    async fn apply(&mut self, batch: &[Pending], outcome: Classified) -> Result<Step, QueueError> {
+        match outcome {
+            Classified::Delivered(items) => {
+                self.pacer.on_success();
+                let mut delivered = 0;
+                let mut dead = 0;
+                for (i, p) in batch.iter().enumerate() {
+                    let item = items.iter().find(|r| r.session_id == p.session_id()).or(items.get(i));
+                    match item {
+                        Some(r) if r.is_conflict() => {
+                            let reason = format!(
+                                "conflict: session {} is stored under another device id",
+                                p.session_id()
+                            );
+                            tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected; moved to dead letters");
+                            self.outbox.dead_letter(p, &reason).await?;
+                            dead += 1;
+                        }
+                        _ => {
+                            self.outbox.ack(p).await?;
+                            delivered += 1;
+                        }
+                    }
+                }
+                self.outbox.record_delivery(now_ms());
+                Ok(Step::Progress { delivered, dead })
+            }
+            Classified::Rejected { reason } if batch.len() > 1 => {
+                // Find the offending record(s): resend one by one.
+                let mut delivered = 0;
+                let mut dead = 0;
+                for p in batch {
+                    let single = self.send(std::slice::from_ref(p)).await;
+                    match Box::pin(self.apply(std::slice::from_ref(p), single)).await? {
+                        Step::Progress { delivered: d, dead: x } => {
+                            delivered += d;
+                            dead += x;
+                        }
+                        other => {
+                            if delivered + dead == 0 {
+                                return Ok(other);
+                            }
+                            break;
+                        }
+                    }
+                }
+                tracing::debug!(%reason, "batch rejected; resent record by record");
+                Ok(Step::Progress { delivered, dead })
+            }
+            Classified::Rejected { reason } => {
+                let p = &batch[0];
+                tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected by the sink; moved to dead letters (see `opencode-telemetry queue list`)");
+                self.outbox.dead_letter(p, &reason).await?;
+                self.outbox.record_error(&format!("rejected {}: {reason}", p.session_id()));
+                Ok(Step::Progress { delivered: 0, dead: 1 })
+            }
+            Classified::Retry { reason, retry_after } => {
+                let wait = self.pacer.on_failure(retry_after);
+                self.outbox.record_error(&reason);
+                Ok(Step::Backoff { wait, reason })
+            }
+            Classified::Unauthorized { reason } => {
+                let wait = self.pacer.pause_unauthorized();
+                self.outbox.record_error(&reason);
+                Ok(Step::Unauthorized { wait, reason })
+            }
+        }
+    }
+
+    /// Drains until cancelled: sends while the outbox has records, then sleeps until `wake`
+    /// is notified (new records) or the pacer allows the next retry.
+    ///
+    /// # Errors
+    /// [`QueueError`]: a storage error; the daemon exits and its service manager restarts it.
+    pub async fn run(mut self, wake: Arc<Notify>, cancel: CancellationToken) -> Result<(), QueueError> {
+        let mut logged_unauthorized = false;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            let ready_in = self.pacer.until_ready();
+            if !ready_in.is_zero() {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(ready_in) => {}
+                }
+                continue;
+            }
+            let step = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                step = self.step() => step?,
+            };
+            match step {
+                Step::Idle => {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return Ok(()),
+                        _ = wake.notified() => {}
+                    }
+                }
+                Step::Progress { delivered, dead } => {
+                    logged_unauthorized = false;
+                    tracing::debug!(delivered, dead, "delivered a batch");
+                }
+                Step::Backoff { wait, reason } => {
+                    tracing::warn!(reason = %reason, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+                }
+                Step::Unauthorized { wait, reason } => {
+                    if !logged_unauthorized {
+                        tracing::error!(reason = %reason, retry_in_ms = wait.as_millis() as u64,
+                            "the Convex deployment refused the ingest token; sending is paused and the queue is kept. \
+                             Check that convex.ingest_token (or OPENCODE_TELEMETRY_INGEST_TOKEN) equals the deployment's \
+                             INGEST_TOKEN (npx convex env set INGEST_TOKEN ...)");
+                        logged_unauthorized = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Wall-clock now in epoch ms.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,513 @@
+//! The transition tracker: turns what OpenCode writes into the moments OpenCode announces on its
+//! bus (`session.idle`, `session.error`, `session.deleted`) and decides when each session is
+//! exported.
+//!
+//! # Per tick (see [`Tracker::tick`])
+//! 1. `session_heads`: one row per session with a change marker (`event_sequence.seq` on
+//!    OpenCode ≥ 1.16). Sessions whose marker did not change are not read at all.
+//! 2. For each changed session, `read_tail` (the newest messages and the parts of the newest
+//!    assistant message) and [`crate::source::activity::classify`]: busy, or ended (with the
+//!    terminal message's error, if any).
+//! 3. A session known before and absent now was **deleted**: its last record is exported with
+//!    `endReason: "deleted"` and `deletedAt`. OpenCode cascades every row away, so that record
+//!    is kept in the tracker's persisted state (built when the session was first seen and at
+//!    every end of turn).
+//! 4. A session that ended is exported once it stayed ended for `export.debounce_ms`
+//!    (transitions inside the window — the next step's message, a second `session.idle`, an
+//!    archive — give one export), provided every todo is completed or cancelled (or there are
+//!    none); with open todos it is exported after `export.final_after_secs` instead.
+//! 5. A busy session with no write for `export.stale_after_secs` (OpenCode died mid-turn) is
+//!    exported once with `incomplete: true`.
+//!
+//! A new end of turn (a different terminal message) exports again (latest version wins
+//! downstream); so does archiving after the export. Writes after the end of a turn that do not
+//! change it (title generation, `summary.diffs`, pruning) are not new activity.
+//!
+//! With `export.skip_subagent_sessions`, child sessions are not tracked on their own; their
+//! parent's record summarises them.
+//!
+//! # Time
+//! `now_ms` is passed in (wall clock in the daemon, a virtual clock in the replay test), so the
+//! tracker itself reads no clock.
+//!
+//! # Persisted state
+//! Each tracked session's [`SessionState`] is stored in the outbox's `state` tree under
+//! `session/<id>` (JSON, versioned by `v`), written in the same sled transaction as the
+//! records the tick enqueues. After a restart the tracker resumes from it: unchanged sessions
+//! are not re-exported, changed ones are re-evaluated, and sessions deleted while the daemon
+//! was down are exported as deleted.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::export::{self, ErrorInfo, ExportContext, Outcome, SessionExport};
+use crate::source::activity::{self, Activity};
+use crate::source::opencode::{ChangeMarker, OpenCodeDb, SourceError};
+
+/// Key prefix of per-session state in the `state` tree.
+pub const STATE_PREFIX: &[u8] = b"session/";
+
+/// Timing and scope rules of the tracker (from `[export]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// `export.debounce_ms`.
+    pub debounce_ms: i64,
+    /// `export.final_after_secs`, in ms.
+    pub final_after_ms: i64,
+    /// `export.stale_after_secs`, in ms.
+    pub stale_after_ms: i64,
+    /// `export.skip_subagent_sessions`.
+    pub skip_subagent_sessions: bool,
+}
+
+/// The persisted state of one tracked session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionState {
+    /// Marker at the last look.
+    pub marker: Marker,
+    /// What the newest rows said at the last look.
+    pub phase: Phase,
+    /// What was exported last (to export each end of turn once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exported: Option<ExportKey>,
+    /// The newest record built for the session (exported or not): the source of the
+    /// `deleted` record once the rows are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_record: Option<SessionExport>,
+}
+
+/// Serializable copy of [`ChangeMarker`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Marker {
+    /// [`ChangeMarker::seq`].
+    pub seq: i64,
+    /// [`ChangeMarker::time_updated`] (ms).
+    pub time_updated: i64,
+    /// [`ChangeMarker::time_archived`] (ms).
+    pub time_archived: Option<i64>,
+}
+
+impl From<ChangeMarker> for Marker {
+    fn from(m: ChangeMarker) -> Marker {
+        Marker {
+            seq: m.seq,
+            time_updated: m.time_updated,
+            time_archived: m.time_archived,
+        }
+    }
+}
+
+/// What the newest rows of a session said at the last look.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "phase", rename_all = "camelCase")]
+pub enum Phase {
+    /// No message yet.
+    Empty,
+    /// A turn in progress; `lastWriteMs` is the newest write seen.
+    #[serde(rename_all = "camelCase")]
+    Busy {
+        /// Newest write seen in the session's tail (ms).
+        last_write_ms: i64,
+    },
+    /// The last turn ended at `messageId`.
+    #[serde(rename_all = "camelCase")]
+    Ended {
+        /// The terminal assistant message.
+        message_id: String,
+        /// Its error, if any.
+        error: Option<ErrorInfo>,
+        /// When the tracker first saw this end of turn (ms, tracker clock).
+        seen_at_ms: i64,
+        /// Whether todos were left open (pending / in progress) at the last look.
+        todos_open: bool,
+    },
+}
+
+/// Identifies an exported version: the end of turn and the archive time it carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExportKey {
+    /// Terminal message id, or `stale:<lastWriteMs>` for an incomplete turn.
+    pub ending: String,
+    /// `archivedAt` of the exported record.
+    pub archived_at: Option<i64>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "v")]
+enum Stored {
+    #[serde(rename = "1")]
+    V1(SessionState),
+}
+
+/// The bus event a transition corresponds to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Event {
+    /// `session.idle`.
+    #[serde(rename = "session.idle")]
+    Idle,
+    /// `session.error` (followed by idle).
+    #[serde(rename = "session.error")]
+    Error,
+    /// `session.deleted`.
+    #[serde(rename = "session.deleted")]
+    Deleted,
+    /// No OpenCode event: the turn never completed and the session went stale.
+    #[serde(rename = "stale")]
+    Stale,
+}
+
+/// One export decided by a tick.
+#[derive(Debug, Clone)]
+pub struct Emitted {
+    /// The inferred event.
+    pub event: Event,
+    /// The record to enqueue.
+    pub record: SessionExport,
+}
+
+/// What one tick produced: records to enqueue and state to persist, committed together.
+#[derive(Debug, Default)]
+pub struct TickOutput {
+    /// Exports, in the order decided.
+    pub emitted: Vec<Emitted>,
+    /// `state` tree puts (key, value).
+    pub state_puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `state` tree removals.
+    pub state_removes: Vec<Vec<u8>>,
+    /// Sessions whose tail was read this tick.
+    pub tails_read: usize,
+    /// Sessions read in full this tick.
+    pub snapshots_read: usize,
+}
+
+impl TickOutput {
+    /// True when the tick has nothing to commit.
+    pub fn is_empty(&self) -> bool {
+        self.emitted.is_empty() && self.state_puts.is_empty() && self.state_removes.is_empty()
+    }
+}
+
+/// The in-memory tracker; see the module docs.
+#[derive(Debug)]
+pub struct Tracker {
+    rules: Rules,
+    sessions: HashMap<String, SessionState>,
+    /// Sessions with a timer pending (ended not yet exported, or busy): checked every tick.
+    watching: HashSet<String>,
+}
+
+/// The state key of a session.
+pub fn state_key(session_id: &str) -> Vec<u8> {
+    let mut k = STATE_PREFIX.to_vec();
+    k.extend_from_slice(session_id.as_bytes());
+    k
+}
+
+impl Tracker {
+    /// A tracker with no known session.
+    pub fn new(rules: Rules) -> Tracker {
+        Tracker {
+            rules,
+            sessions: HashMap::new(),
+            watching: HashSet::new(),
+        }
+    }
+
+    /// A tracker resumed from persisted `(key, value)` state entries (other keys are ignored;
+    /// undecodable values are dropped with a warning, which only costs a re-export).
+    pub fn resume(rules: Rules, entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Tracker {
+        let mut t = Tracker::new(rules);
+        for (k, v) in entries {
+            let Some(id) = k.strip_prefix(STATE_PREFIX) else {
+                continue;
+            };
+            let id = String::from_utf8_lossy(id).into_owned();
+            match serde_json::from_slice::<Stored>(&v) {
+                Ok(Stored::V1(state)) => {
+                    if wants_timer(&state) {
+                        t.watching.insert(id.clone());
+                    }
+                    t.sessions.insert(id, state);
+                }
+                Err(e) => {
+                    tracing::warn!(session_id = %id, error = %e, "dropping undecodable tracker state")
+                }
+            }
+        }
+        t
+    }
+
+    /// Number of tracked sessions.
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// True when no session is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// The state of one session.
+    pub fn state(&self, session_id: &str) -> Option<&SessionState> {
+        self.sessions.get(session_id)
+    }
+
+    /// True when a timer is pending (a tick may export something even if the database did not
+    /// change).
+    pub fn has_timers(&self) -> bool {
+        !self.watching.is_empty()
+    }
+
+    /// One pass. `scan` says whether the database changed since the last tick (otherwise only
+    /// timers are checked and no row is read except for due exports).
+    ///
+    /// # Errors
+    /// [`SourceError`] from the reader; the tracker is left as it was before the failing read
+    /// for sessions not yet processed, so the next tick retries.
+    pub fn tick(
+        &mut self,
+        db: &OpenCodeDb,
+        ctx: &ExportContext,
+        now_ms: i64,
+        scan: bool,
+    ) -> Result<TickOutput, SourceError> {
+        let mut out = TickOutput::default();
+        let mut dirty: HashSet<String> = HashSet::new();
+        if scan {
+            let heads = db.session_heads()?;
+            let mut present: HashSet<&str> = HashSet::with_capacity(heads.len());
+            for head in &heads {
+                if self.rules.skip_subagent_sessions && head.parent_id.is_some() {
+                    continue;
+                }
+                present.insert(head.id.as_str());
+                let marker = Marker::from(head.marker);
+                let is_new = !self.sessions.contains_key(&head.id);
+                if !is_new && self.sessions[&head.id].marker == marker {
+                    continue;
+                }
+                let Some(tail) = db.read_tail(&head.id)? else {
+                    continue; // Deleted between the two reads: the next tick sees it gone.
+                };
+                out.tails_read += 1;
+                let todos_open = tail
+                    .todo_statuses
+                    .iter()
+                    .any(|s| s != "completed" && s != "cancelled");
+                let last_write = tail.last_write_ms();
+                let activity = activity::classify(&tail.recent, &tail.assistant_parts);
+                let previous = self.sessions.get(&head.id);
+                let new_phase = match activity {
+                    Activity::Empty => Phase::Empty,
+                    Activity::Busy => Phase::Busy {
+                        last_write_ms: last_write,
+                    },
+                    Activity::Ended(e) => {
+                        let seen_at_ms = match previous.map(|p| &p.phase) {
+                            Some(Phase::Ended {
+                                message_id,
+                                seen_at_ms,
+                                ..
+                            }) if *message_id == e.message_id => *seen_at_ms,
+                            // The window counts from the terminal message's completion (OpenCode's
+                            // clock on this machine), so a turn that ended long ago — a backfill, or
+                            // one that ended while the daemon was down — is due at once.
+                            _ => e.completed_at.min(now_ms),
+                        };
+                        Phase::Ended {
+                            message_id: e.message_id,
+                            error: e.error,
+                            seen_at_ms,
+                            todos_open,
+                        }
+                    }
+                };
+                let entering_end = match (&new_phase, previous.map(|p| &p.phase)) {
+                    (Phase::Ended { message_id, .. }, Some(Phase::Ended { message_id: old, .. })) => {
+                        message_id != old
+                    }
+                    (Phase::Ended { .. }, _) => true,
+                    _ => false,
+                };
+                let mut state = previous.cloned().unwrap_or(SessionState {
+                    marker,
+                    phase: Phase::Empty,
+                    exported: None,
+                    last_record: None,
+                });
+                state.marker = marker;
+                state.phase = new_phase;
+                if let Some((event, outcome, key)) = self.due(&state, now_ms) {
+                    // Due already (a turn that ended long ago): export with this one read.
+                    if let Some(snapshot) = db.read_session(&head.id)? {
+                        out.snapshots_read += 1;
+                        let record = export::build(&snapshot, &outcome, ctx);
+                        state.exported = Some(ExportKey {
+                            ending: key,
+                            archived_at: record.archived_at,
+                        });
+                        state.last_record = Some(record.clone());
+                        out.emitted.push(Emitted { event, record });
+                    }
+                } else if is_new || entering_end {
+                    // Keep a record to export if the session is deleted before its export.
+                    if let Some(snapshot) = db.read_session(&head.id)? {
+                        out.snapshots_read += 1;
+                        let outcome = outcome_of(&state.phase);
+                        state.last_record = Some(export::build(&snapshot, &outcome, ctx));
+                    }
+                }
+                if wants_timer(&state) {
+                    self.watching.insert(head.id.clone());
+                } else {
+                    self.watching.remove(&head.id);
+                }
+                self.sessions.insert(head.id.clone(), state);
+                dirty.insert(head.id.clone());
+            }
+            let gone: Vec<String> = self
+                .sessions
+                .keys()
+                .filter(|id| !present.contains(id.as_str()))
+                .cloned()
+                .collect();
+            for id in gone {
+                let state = self.sessions.remove(&id).expect("listed above");
+                self.watching.remove(&id);
+                dirty.remove(&id);
+                out.state_removes.push(state_key(&id));
+                if let Some(last) = &state.last_record {
+                    out.emitted.push(Emitted {
+                        event: Event::Deleted,
+                        record: export::mark_deleted(last, now_ms),
+                    });
+                }
+            }
+        }
+
+        let watching: Vec<String> = self.watching.iter().cloned().collect();
+        for id in watching {
+            let Some(state) = self.sessions.get(&id) else {
+                self.watching.remove(&id);
+                continue;
+            };
+            let due = self.due(state, now_ms);
+            let Some((event, outcome, key)) = due else {
+                continue;
+            };
+            let Some(snapshot) = db.read_session(&id)? else {
+                continue;
+            };
+            out.snapshots_read += 1;
+            let record = export::build(&snapshot, &outcome, ctx);
+            let state = self.sessions.get_mut(&id).expect("present");
+            state.exported = Some(ExportKey {
+                ending: key,
+                archived_at: record.archived_at,
+            });
+            state.last_record = Some(record.clone());
+            out.emitted.push(Emitted { event, record });
+            dirty.insert(id.clone());
+            // Exported for this end of turn; the next change of the session re-arms the timer.
+            self.watching.remove(&id);
+        }
+
+        for id in dirty {
+            if let Some(state) = self.sessions.get(&id) {
+                let bytes = serde_json::to_vec(&Stored::V1(state.clone()))
+                    .expect("state serializes");
+                out.state_puts.push((state_key(&id), bytes));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Whether `state` is due for export at `now_ms`, and as what.
+    fn due(&self, state: &SessionState, now_ms: i64) -> Option<(Event, Outcome, String)> {
+        let archived = state.marker.time_archived;
+        match &state.phase {
+            Phase::Empty => None,
+            Phase::Ended {
+                message_id,
+                error,
+                seen_at_ms,
+                todos_open,
+            } => {
+                let key = ExportKey {
+                    ending: message_id.clone(),
+                    archived_at: archived,
+                };
+                if state.exported.as_ref() == Some(&key) {
+                    return None;
+                }
+                let same_turn = state
+                    .exported
+                    .as_ref()
+                    .is_some_and(|k| k.ending == *message_id);
+                let settled = now_ms >= seen_at_ms + self.rules.debounce_ms;
+                let todo_rule =
+                    !todos_open || same_turn || now_ms >= seen_at_ms + self.rules.final_after_ms;
+                if !(settled && todo_rule) {
+                    return None;
+                }
+                let event = if error.is_some() {
+                    Event::Error
+                } else {
+                    Event::Idle
+                };
+                Some((event, Outcome::ended(error.clone()), message_id.clone()))
+            }
+            Phase::Busy { last_write_ms } => {
+                let key = format!("stale:{last_write_ms}");
+                if state.exported.as_ref().is_some_and(|k| k.ending == key) {
+                    return None;
+                }
+                if now_ms < last_write_ms + self.rules.stale_after_ms {
+                    return None;
+                }
+                Some((
+                    Event::Stale,
+                    Outcome {
+                        end_reason: export::EndReason::Idle,
+                        error: None,
+                        incomplete: true,
+                    },
+                    key,
+                ))
+            }
+        }
+    }
+}
+
+/// Whether a session has an export still to come on a timer (debounce, final, stale).
+fn wants_timer(state: &SessionState) -> bool {
+    let exported = state.exported.as_ref();
+    match &state.phase {
+        Phase::Empty => false,
+        Phase::Ended { message_id, .. } => {
+            exported
+                != Some(&ExportKey {
+                    ending: message_id.clone(),
+                    archived_at: state.marker.time_archived,
+                })
+        }
+        Phase::Busy { last_write_ms } => {
+            exported.is_none_or(|k| k.ending != format!("stale:{last_write_ms}"))
+        }
+    }
+}
+
+fn outcome_of(phase: &Phase) -> Outcome {
+    match phase {
+        Phase::Ended { error, .. } => Outcome::ended(error.clone()),
+        Phase::Busy { .. } | Phase::Empty => Outcome {
+            end_reason: export::EndReason::Idle,
+            error: None,
+            incomplete: true,
+        },
+    }
+}

@@ -1,0 +1,190 @@
+//! Busy or ended? The rule OpenCode's prompt loop (`oc/session/prompt.ts` `runLoop`) uses to stop
+//! and publish `session.idle` (and, for errors, `session.error`), applied to database rows.
+//!
+//! A session's turn has **ended** when its newest assistant message is newer than its newest
+//! user message (ids compared as strings, as OpenCode does), has `time.completed`, and is
+//! terminal:
+//! - it carries `error` (API errors, aborts as `MessageAbortedError`, …) → `session.error`;
+//! - or it carries `structured` output;
+//! - or `finish` is set, is not `tool-calls`, and the message has no tool part that OpenCode
+//!   itself would still act on (tool parts run by the provider and calls interrupted by an
+//!   abort do not count);
+//! - or one of its tool parts failed because the user rejected a permission or dismissed a
+//!   question (the turn stops with `finish: "tool-calls"`).
+//!
+//! Anything else with messages is **busy**: a newer user message, an assistant message without
+//! `time.completed`, or a completed `tool-calls` step whose next step is on its way.
+
+use crate::export::ErrorInfo;
+use crate::source::opencode::rows::{is_rejection, MessageRow, PartRow};
+
+/// What the newest rows of a session say.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activity {
+    /// The session has no message yet.
+    Empty,
+    /// A turn is in progress (or OpenCode died mid-turn; see `export.stale_after_secs`).
+    Busy,
+    /// The last turn ended.
+    Ended(Ending),
+}
+
+/// How and where a turn ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ending {
+    /// The terminal assistant message (`message.id`).
+    pub message_id: String,
+    /// Its `time.completed` (ms).
+    pub completed_at: i64,
+    /// Its error, when it carries one (the turn published `session.error`).
+    pub error: Option<ErrorInfo>,
+}
+
+/// Classifies a session from its newest messages (`recent`, newest first) and the parts of the
+/// newest assistant message among them.
+pub fn classify(recent: &[MessageRow], assistant_parts: &[PartRow]) -> Activity {
+    let newest_user = recent.iter().find(|m| m.info.is_user());
+    let Some(assistant) = recent.iter().find(|m| m.info.is_assistant()) else {
+        return if newest_user.is_some() {
+            Activity::Busy
+        } else {
+            Activity::Empty
+        };
+    };
+    if newest_user.is_some_and(|u| u.id > assistant.id) {
+        return Activity::Busy;
+    }
+    let info = &assistant.info;
+    let Some(completed_at) = info.time.completed else {
+        return Activity::Busy;
+    };
+    let parts: Vec<&PartRow> = assistant_parts
+        .iter()
+        .filter(|p| p.message_id == assistant.id)
+        .collect();
+    let ended = |error: Option<ErrorInfo>| {
+        Activity::Ended(Ending {
+            message_id: assistant.id.clone(),
+            completed_at,
+            error,
+        })
+    };
+    if let Some(e) = &info.error {
+        return ended(Some(ErrorInfo {
+            name: e.name.clone(),
+            message: e.message(),
+        }));
+    }
+    if info.structured.is_some() {
+        return ended(None);
+    }
+    let rejected = parts.iter().any(|p| {
+        p.info.kind == "tool"
+            && p.info.state.as_ref().is_some_and(|s| {
+                s.status == "error" && s.error.as_deref().is_some_and(is_rejection)
+            })
+    });
+    if rejected {
+        return ended(None);
+    }
+    match info.finish.as_deref() {
+        Some(finish) if finish != "tool-calls" => {
+            let pending_tool = parts.iter().any(|p| {
+                p.info.is_local_tool()
+                    && !p
+                        .info
+                        .state
+                        .as_ref()
+                        .is_some_and(|s| s.status == "error" && s.interrupted())
+            });
+            if pending_tool {
+                Activity::Busy
+            } else {
+                ended(None)
+            }
+        }
+        _ => Activity::Busy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::opencode::rows::{MessageInfo, PartInfo};
+
+    fn msg(id: &str, json: &str) -> MessageRow {
+        MessageRow {
+            id: id.into(),
+            time_created: 0,
+            time_updated: 0,
+            info: serde_json::from_str::<MessageInfo>(json).unwrap(),
+        }
+    }
+    fn part(id: &str, message_id: &str, json: &str) -> PartRow {
+        PartRow {
+            id: id.into(),
+            message_id: message_id.into(),
+            time_updated: 0,
+            info: serde_json::from_str::<PartInfo>(json).unwrap(),
+        }
+    }
+    const USER: &str = r#"{"role":"user","time":{"created":1}}"#;
+
+    #[test]
+    fn a_stop_step_after_the_user_message_ends_the_turn() {
+        let a = msg("msg_2", r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#);
+        let recent = [a, msg("msg_1", USER)];
+        assert!(matches!(classify(&recent, &[]), Activity::Ended(e) if e.error.is_none() && e.completed_at == 3));
+    }
+
+    #[test]
+    fn a_tool_calls_step_is_busy_unless_a_permission_was_rejected() {
+        let a = msg("msg_2", r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"tool-calls"}"#);
+        let ok = part("prt_1", "msg_2", r#"{"type":"tool","tool":"bash","state":{"status":"completed"}}"#);
+        assert_eq!(classify(&[a.clone(), msg("msg_1", USER)], &[ok]), Activity::Busy);
+        let rejected = part(
+            "prt_1",
+            "msg_2",
+            r#"{"type":"tool","tool":"bash","state":{"status":"error","error":"The user rejected permission to use this specific tool call."}}"#,
+        );
+        assert!(matches!(classify(&[a, msg("msg_1", USER)], &[rejected]), Activity::Ended(_)));
+    }
+
+    #[test]
+    fn an_error_ends_the_turn_with_its_name_and_message() {
+        let a = msg(
+            "msg_2",
+            r#"{"role":"assistant","time":{"created":2,"completed":3},"error":{"name":"MessageAbortedError","data":{"message":"Aborted"}}}"#,
+        );
+        match classify(&[a, msg("msg_1", USER)], &[]) {
+            Activity::Ended(e) => assert_eq!(
+                e.error,
+                Some(ErrorInfo { name: "MessageAbortedError".into(), message: "Aborted".into() })
+            ),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_incomplete_assistant_or_a_newer_user_message_is_busy() {
+        let a = msg("msg_2", r#"{"role":"assistant","time":{"created":2}}"#);
+        assert_eq!(classify(&[a, msg("msg_1", USER)], &[]), Activity::Busy);
+        let done = msg("msg_2", r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#);
+        assert_eq!(classify(&[msg("msg_3", USER), done], &[]), Activity::Busy);
+        assert_eq!(classify(&[msg("msg_1", USER)], &[]), Activity::Busy);
+        assert_eq!(classify(&[], &[]), Activity::Empty);
+    }
+
+    #[test]
+    fn a_stop_step_with_a_pending_local_tool_is_busy_but_provider_tools_do_not_count() {
+        let a = msg("msg_2", r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#);
+        let local = part("prt_1", "msg_2", r#"{"type":"tool","tool":"bash","state":{"status":"running"}}"#);
+        assert_eq!(classify(&[a.clone(), msg("msg_1", USER)], &[local]), Activity::Busy);
+        let provider = part(
+            "prt_1",
+            "msg_2",
+            r#"{"type":"tool","tool":"web","metadata":{"providerExecuted":true},"state":{"status":"completed"}}"#,
+        );
+        assert!(matches!(classify(&[a, msg("msg_1", USER)], &[provider]), Activity::Ended(_)));
+    }
+}

@@ -1,0 +1,306 @@
+//! Row and JSON shapes of OpenCode's database: the only code that knows OpenCode's schema.
+//!
+//! Columns come from `PRAGMA table_info`, so databases of older OpenCode versions that lack a
+//! column (`session.agent`, `session.cost`, `event_sequence`, …) read as `None` instead of
+//! failing. JSON blobs (`message.data`, `part.data`) are parsed leniently: every field is
+//! optional and unknown fields are ignored, because OpenCode adds fields between releases.
+//! References are to `../shared/reference/opencode-storage.md` (§2 schema, §3 JSON shapes).
+
+use serde::Deserialize;
+use serde_json::Value;
+
+/// One `session` row (§2.1). Times are epoch ms.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    /// `id` (`ses_…`).
+    pub id: String,
+    /// `project_id`.
+    pub project_id: String,
+    /// `parent_id`: set for subagent sessions.
+    pub parent_id: Option<String>,
+    /// `directory`: absolute working directory.
+    pub directory: String,
+    /// `title`.
+    pub title: String,
+    /// `version`: the OpenCode version that created the session.
+    pub version: String,
+    /// `time_created` (ms).
+    pub time_created: i64,
+    /// `time_updated` (ms): last user-level activity, not bumped by streaming.
+    pub time_updated: i64,
+    /// `time_archived` (ms).
+    pub time_archived: Option<i64>,
+    /// `summary_additions` (always 0 since OpenCode 1.16).
+    pub summary_additions: Option<i64>,
+    /// `summary_deletions` (always 0 since OpenCode 1.16).
+    pub summary_deletions: Option<i64>,
+    /// `summary_files` (always 0 since OpenCode 1.16).
+    pub summary_files: Option<i64>,
+    /// `agent` (≥ 1.14.34): the last agent used.
+    pub agent: Option<String>,
+}
+
+/// One `project` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRow {
+    /// `id`.
+    pub id: String,
+    /// `worktree`: the repository root (`/` for the `global` project).
+    pub worktree: String,
+}
+
+/// One `message` row with its parsed `data`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageRow {
+    /// `id` (`msg_…`, ascending in creation order).
+    pub id: String,
+    /// `time_created` (ms).
+    pub time_created: i64,
+    /// `time_updated` (ms): wall time of the last write to the row.
+    pub time_updated: i64,
+    /// `data`, parsed.
+    pub info: MessageInfo,
+}
+
+/// `message.data` (§3.3): user and assistant messages share one lenient shape.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct MessageInfo {
+    /// `role`: `user` or `assistant`.
+    pub role: String,
+    /// `agent`, e.g. `build`, `plan`, `general`, `compaction`.
+    pub agent: Option<String>,
+    /// `mode` (deprecated alias of `agent` on assistant messages).
+    pub mode: Option<String>,
+    /// `model {providerID, modelID}` (user messages).
+    pub model: Option<UserModel>,
+    /// `providerID` (assistant messages).
+    #[serde(rename = "providerID")]
+    pub provider_id: Option<String>,
+    /// `modelID` (assistant messages).
+    #[serde(rename = "modelID")]
+    pub model_id: Option<String>,
+    /// `time {created, completed?}`.
+    pub time: MessageTime,
+    /// `error {name, data {message, …}}` (assistant messages).
+    pub error: Option<MessageError>,
+    /// `finish`: AI-SDK finish reason of the last step (assistant messages).
+    pub finish: Option<String>,
+    /// `cost` (USD, summed over the message's steps).
+    pub cost: Option<f64>,
+    /// `structured`: captured structured output (ends the turn).
+    pub structured: Option<Value>,
+    /// `summary`: an object `{diffs: FileDiff[]}` on user messages, a bool on compaction
+    /// summaries.
+    pub summary: Option<Value>,
+}
+
+impl MessageInfo {
+    /// True for `role = "user"`.
+    pub fn is_user(&self) -> bool {
+        self.role == "user"
+    }
+    /// True for `role = "assistant"`.
+    pub fn is_assistant(&self) -> bool {
+        self.role == "assistant"
+    }
+    /// `agent`, falling back to the deprecated `mode`.
+    pub fn agent_name(&self) -> Option<&str> {
+        self.agent.as_deref().or(self.mode.as_deref())
+    }
+}
+
+/// `model` of a user message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct UserModel {
+    /// `providerID`.
+    #[serde(rename = "providerID")]
+    pub provider_id: Option<String>,
+    /// `modelID`.
+    #[serde(rename = "modelID")]
+    pub model_id: Option<String>,
+}
+
+/// `time` of a message (ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct MessageTime {
+    /// `time.created`.
+    pub created: Option<i64>,
+    /// `time.completed`: set when the step finished (also on errors and aborts).
+    pub completed: Option<i64>,
+}
+
+/// `error` of an assistant message: `{name, data}`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct MessageError {
+    /// `name`, e.g. `APIError`, `MessageAbortedError`.
+    pub name: String,
+    /// `data`, whose `message` is the human-readable text.
+    pub data: Option<Value>,
+}
+
+impl MessageError {
+    /// `data.message`, or an empty string.
+    pub fn message(&self) -> String {
+        self.data
+            .as_ref()
+            .and_then(|d| d.get("message"))
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+}
+
+/// One `part` row with its parsed `data`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartRow {
+    /// `id` (`prt_…`, ascending).
+    pub id: String,
+    /// `message_id`.
+    pub message_id: String,
+    /// `time_updated` (ms).
+    pub time_updated: i64,
+    /// `data`, parsed.
+    pub info: PartInfo,
+}
+
+/// `part.data` (§3.4), one lenient shape for every part type.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct PartInfo {
+    /// `type`: `text`, `reasoning`, `tool`, `step-start`, `step-finish`, `patch`, `file`,
+    /// `agent`, `subtask`, `compaction`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `text` (text and reasoning parts).
+    pub text: Option<String>,
+    /// `synthetic` (text parts OpenCode adds itself).
+    pub synthetic: Option<bool>,
+    /// `tool`: the tool name (tool parts).
+    pub tool: Option<String>,
+    /// `state` (tool parts).
+    pub state: Option<ToolState>,
+    /// `metadata` (tool parts: `{providerExecuted: true}` for provider-run tools).
+    pub metadata: Option<Value>,
+    /// `reason` (step-finish parts).
+    pub reason: Option<String>,
+    /// `cost` (step-finish parts, USD).
+    pub cost: Option<f64>,
+    /// `tokens` (step-finish parts).
+    pub tokens: Option<Tokens>,
+    /// `files` (patch parts): absolute paths changed during the step.
+    pub files: Option<Vec<String>>,
+}
+
+impl PartInfo {
+    /// True for a tool part OpenCode itself runs (not executed by the provider).
+    pub fn is_local_tool(&self) -> bool {
+        self.kind == "tool"
+            && !self
+                .metadata
+                .as_ref()
+                .and_then(|m| m.get("providerExecuted"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+    }
+}
+
+/// `state` of a tool part.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct ToolState {
+    /// `status`: `pending`, `running`, `completed`, `error`.
+    pub status: String,
+    /// `input`: the call's arguments (`{name}` for the `skill` tool).
+    pub input: Option<Value>,
+    /// `error` text (status `error`).
+    pub error: Option<String>,
+    /// `time {start, end}` (ms).
+    pub time: Option<ToolTime>,
+    /// `metadata` (`interrupted: true` for aborted calls).
+    pub metadata: Option<Value>,
+}
+
+impl ToolState {
+    /// True when the call was interrupted by an abort (`metadata.interrupted`).
+    pub fn interrupted(&self) -> bool {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.get("interrupted"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+/// `state.time` of a tool part (ms).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ToolTime {
+    /// `start`.
+    pub start: Option<i64>,
+    /// `end`.
+    pub end: Option<i64>,
+}
+
+/// `tokens` of a step-finish part.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Tokens {
+    /// `input` (excludes cached tokens).
+    pub input: u64,
+    /// `output` (excludes reasoning).
+    pub output: u64,
+    /// `reasoning`.
+    pub reasoning: u64,
+    /// `cache {read, write}`.
+    pub cache: CacheTokens,
+}
+
+/// `tokens.cache`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct CacheTokens {
+    /// `read`.
+    pub read: u64,
+    /// `write`.
+    pub write: u64,
+}
+
+/// One `todo` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TodoRow {
+    /// `content`.
+    pub content: String,
+    /// `status` (free string; documented `pending | in_progress | completed | cancelled`).
+    pub status: String,
+    /// `priority` (free string; documented `high | medium | low`).
+    pub priority: String,
+}
+
+/// One entry of a user message's `summary.diffs` (FileDiff).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct FileDiff {
+    /// `file`: path relative to the worktree.
+    pub file: Option<String>,
+    /// `additions`.
+    pub additions: u64,
+    /// `deletions`.
+    pub deletions: u64,
+}
+
+/// Texts OpenCode writes into a tool part's `state.error` when the user rejected a permission
+/// request or dismissed a question (`core/v1/permission.ts`): such a part ends the turn.
+pub const REJECTION_PREFIXES: [&str; 3] = [
+    "The user rejected permission",
+    "The user dismissed this question",
+    "The user has specified a rule which prevents",
+];
+
+/// True when a tool error text is a permission/question rejection.
+pub fn is_rejection(error: &str) -> bool {
+    REJECTION_PREFIXES.iter().any(|p| error.starts_with(p))
+}

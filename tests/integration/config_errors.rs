@@ -1,0 +1,89 @@
+//! A bad configuration exits with 78 (EX_CONFIG) and says which key of which file is wrong.
+
+use crate::support::*;
+
+fn check_config(scratch: &Scratch, config: &std::path::Path) -> (i32, String) {
+    let out = run(command(scratch).arg("--config").arg(config).arg("check-config"));
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn an_unknown_key_exits_78_naming_the_key_and_the_file() {
+    let scratch = Scratch::new();
+    let config = scratch.write_config("[source]\npoll_intervall_ms = 250\n");
+    let (code, err) = check_config(&scratch, &config);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains("poll_intervall_ms"), "{err}");
+    assert!(err.contains(&config.display().to_string()), "{err}");
+}
+
+#[test]
+fn a_bad_value_exits_78_naming_the_key_and_the_file() {
+    let scratch = Scratch::new();
+    for (toml, key) in [
+        ("[export]\ndebounce_ms = \"soon\"\n", "debounce_ms"),
+        ("[convex]\nbatch_size = 0\n", "convex.batch_size"),
+        ("[convex]\nurl = \"http://convex.example.com\"\ningest_token = \"t\"\n", "convex.url"),
+        ("[source]\npoll_interval_ms = -5\n", "poll_interval_ms"),
+    ] {
+        let config = scratch.write_config(toml);
+        let (code, err) = check_config(&scratch, &config);
+        assert_eq!(code, 78, "{toml}: {err}");
+        assert!(err.contains(key), "{toml}: {err}");
+        assert!(err.contains(&config.display().to_string()), "{toml}: {err}");
+    }
+}
+
+#[test]
+fn an_unreadable_or_missing_file_exits_78_naming_it() {
+    let scratch = Scratch::new();
+    let missing = scratch.path("nope.toml");
+    let (code, err) = check_config(&scratch, &missing);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains(&missing.display().to_string()), "{err}");
+
+    let dir = scratch.path("a-directory.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (code, err) = check_config(&scratch, &dir);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains(&dir.display().to_string()), "{err}");
+}
+
+#[test]
+fn malformed_toml_exits_78() {
+    let scratch = Scratch::new();
+    let config = scratch.write_config("[source\n");
+    let (code, err) = check_config(&scratch, &config);
+    assert_eq!(code, 78, "{err}");
+    assert!(err.contains(&config.display().to_string()), "{err}");
+}
+
+#[test]
+fn check_config_prints_the_effective_config_with_the_token_redacted() {
+    let scratch = Scratch::new();
+    let config = scratch.write_config(
+        "[convex]\nurl = \"https://happy-otter-123.convex.cloud\"\ningest_token = \"tok-123-secret\"\n",
+    );
+    let out = run(command(&scratch).arg("--config").arg(&config).arg("check-config"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("https://happy-otter-123.convex.cloud"), "{stdout}");
+    assert!(stdout.contains("[redacted]"), "{stdout}");
+    assert!(!stdout.contains("tok-123-secret"));
+    // The env override wins over the file, and is redacted too.
+    let out = run(command(&scratch)
+        .env("OPENCODE_TELEMETRY_INGEST_TOKEN", "tok-from-env")
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config"));
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("tok-from-env"));
+}
+
+#[test]
+fn the_shipped_example_config_is_accepted_by_the_binary() {
+    let scratch = Scratch::new();
+    let example = repo_root().join("daemon/config.example.toml");
+    let out = run(command(&scratch).arg("--config").arg(&example).arg("check-config"));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -1,0 +1,134 @@
+//! Test harness: temp dirs with fixture copies, config files, and running the real binary.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The fixture set made by real OpenCode 1.18.33.
+pub fn fixture_dir() -> PathBuf {
+    repo_root().join("tests/fixtures/opencode-1.18.33")
+}
+
+/// The daemon binary built by cargo for this test run.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_opencode-telemetry"))
+}
+
+/// A scratch directory with a copy of the fixture DB and a config file.
+pub struct Scratch {
+    /// Keeps the directory alive.
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A new empty scratch dir.
+    pub fn new() -> Scratch {
+        Scratch { dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// Path inside the scratch dir.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Copies the checkpointed fixture DB (`opencode.db`) in; returns its path.
+    pub fn copy_fixture_db(&self) -> PathBuf {
+        let dst = self.path("oc/opencode.db");
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        std::fs::copy(fixture_dir().join("opencode.db"), &dst).unwrap();
+        dst
+    }
+
+    /// Copies the live WAL triple in; returns the main file's path.
+    pub fn copy_live_db(&self) -> PathBuf {
+        let dir = self.path("live");
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["opencode.db", "opencode.db-wal", "opencode.db-shm"] {
+            std::fs::copy(fixture_dir().join("live").join(f), dir.join(f)).unwrap();
+        }
+        dir.join("opencode.db")
+    }
+
+    /// Writes `config.toml` with `data_dir` inside the scratch dir plus `extra` TOML; returns
+    /// its path.
+    pub fn write_config(&self, extra: &str) -> PathBuf {
+        let path = self.path("config.toml");
+        let text = format!(
+            "data_dir = \"{}\"\n{extra}\n",
+            self.path("data").display()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// The local sink file used with the default config.
+    pub fn local_sink(&self) -> PathBuf {
+        self.path("data/sessions.ndjson")
+    }
+}
+
+/// A command for the real binary with a clean environment (no user config, no secrets).
+pub fn command(scratch: &Scratch) -> Command {
+    let mut cmd = Command::new(bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", scratch.path("home"))
+        .env("XDG_CONFIG_HOME", scratch.path("home/.config"))
+        .env("XDG_DATA_HOME", scratch.path("home/.local/share"))
+        .env("XDG_STATE_HOME", scratch.path("home/.local/state"))
+        .env("RUST_LOG", "warn");
+    cmd
+}
+
+/// Runs to completion with a time limit; panics with the output on timeout.
+pub fn run(cmd: &mut Command) -> Output {
+    use std::io::Read;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        out.read_to_end(&mut v).unwrap();
+        v
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        err.read_to_end(&mut v).unwrap();
+        v
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            child.kill().ok();
+            panic!("command timed out: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+}
+
+/// Reads an NDJSON file into JSON values.
+pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Opens a DB copy read-only for the test's own SQL.
+pub fn sql(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+}

@@ -73,8 +73,12 @@ impl ConvexSink {
         ConvexSink::with_timeouts(cfg, timeout, timeout.min(MAX_CONNECT_TIMEOUT))
     }
 
-    /// [`ConvexSink::new`] with explicit timeouts (tests use sub-second ones).
-    pub(crate) fn with_timeouts(
+    /// [`ConvexSink::new`] with an explicit request timeout and connect timeout (time-compressed
+    /// tests use sub-second ones; `convex.request_timeout_secs` is ignored).
+    ///
+    /// # Errors
+    /// As [`ConvexSink::new`].
+    pub fn with_timeouts(
         cfg: &ConvexConfig,
         request_timeout: Duration,
         connect_timeout: Duration,

@@ -1,0 +1,766 @@
+//! The Convex sink: one `sessions:ingest` mutation call per batch over Convex's HTTP API.
+//! The wire format and the classification table are in the [`crate::sink`] docs.
+
+use std::fmt;
+use std::time::Duration;
+
+use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::config::{check_convex_url, ConvexConfig, Secret};
+use crate::sink::classify::{classify_redacting, sanitize, transport_error};
+use crate::sink::{parse_record, Classified, SinkError};
+
+/// The `Convex-Client` header value: `opencode-telemetry-<crate version>` (`<name>-<semver>`,
+/// as the backend requires).
+pub const CONVEX_CLIENT: &str = concat!("opencode-telemetry-", env!("CARGO_PKG_VERSION"));
+
+/// The mutation called.
+pub const INGEST_PATH: &str = "sessions:ingest";
+
+/// Longest connect timeout (s); the request timeout is used when shorter.
+pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest response body read (bytes); a longer one is a transient failure.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Sends batches to `sessions:ingest` on a Convex deployment. Cheap to share by reference; the
+/// one `reqwest::Client` inside pools connections.
+#[derive(Clone)]
+pub struct ConvexSink {
+    client: reqwest::Client,
+    endpoint: url::Url,
+    origin: String,
+    token: Secret,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for ConvexSink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConvexSink")
+            .field("endpoint", &self.origin)
+            .field("token", &self.token)
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+#[derive(Serialize)]
+struct IngestBody<'a> {
+    path: &'static str,
+    args: IngestArgs<'a>,
+    format: &'static str,
+}
+
+#[derive(Serialize)]
+struct IngestArgs<'a> {
+    token: &'a str,
+    sessions: Vec<&'a RawValue>,
+}
+
+impl ConvexSink {
+    /// A sink for `cfg.url` with `cfg.ingest_token`, a request timeout of
+    /// `cfg.request_timeout_secs` (s) and a connect timeout of at most
+    /// [`MAX_CONNECT_TIMEOUT`].
+    ///
+    /// # Errors
+    /// [`SinkError::ConvexUrl`] when the URL is not `https://` (or `http://` to a loopback
+    /// host), [`SinkError::MissingToken`] when the token is empty, [`SinkError::Client`] when
+    /// the HTTP client cannot be built.
+    pub fn new(cfg: &ConvexConfig) -> Result<ConvexSink, SinkError> {
+        let timeout = Duration::from_secs(cfg.request_timeout_secs.max(1));
+        ConvexSink::with_timeouts(cfg, timeout, timeout.min(MAX_CONNECT_TIMEOUT))
+    }
+
+    /// [`ConvexSink::new`] with an explicit request timeout and connect timeout (time-compressed
+    /// tests use sub-second ones; `convex.request_timeout_secs` is ignored).
+    ///
+    /// # Errors
+    /// As [`ConvexSink::new`].
+    pub fn with_timeouts(
+        cfg: &ConvexConfig,
+        request_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Result<ConvexSink, SinkError> {
+        let url = check_convex_url(&cfg.url).map_err(|message| SinkError::ConvexUrl { message })?;
+        if cfg.ingest_token.is_empty() {
+            return Err(SinkError::MissingToken);
+        }
+        let origin = display_url(&url);
+        let mut base = url;
+        // Credentials in the URL would be sent (and shown); the token goes in the body only.
+        let _ = base.set_username("");
+        let _ = base.set_password(None);
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let endpoint = base
+            .join("api/mutation")
+            .map_err(|e| SinkError::ConvexUrl {
+                message: format!("cannot derive the mutation url: {e}"),
+            })?;
+        let client = reqwest::Client::builder()
+            .timeout(request_timeout)
+            .connect_timeout(connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .min_tls_version(reqwest::tls::Version::TLS_1_2)
+            .user_agent(CONVEX_CLIENT)
+            .build()
+            .map_err(|e| SinkError::Client {
+                message: sanitize(&e.to_string(), None),
+            })?;
+        Ok(ConvexSink {
+            client,
+            endpoint,
+            origin,
+            token: cfg.ingest_token.clone(),
+            request_timeout,
+        })
+    }
+
+    /// `convex <deployment url>` (no credentials).
+    pub fn describe(&self) -> String {
+        format!("convex {}", self.origin)
+    }
+
+    /// The URL posted to: `<deployment>/api/mutation`.
+    pub fn endpoint(&self) -> &url::Url {
+        &self.endpoint
+    }
+
+    /// Sends `records` (each a JSON object, spliced into the body verbatim) in one
+    /// `sessions:ingest` call and classifies the answer.
+    ///
+    /// No request is made for an empty batch (`Delivered(vec![])`) or when a record is not a
+    /// JSON object (`Rejected`, naming the record's position). A `Delivered` answer whose
+    /// results do not match the records one for one (count, or `sessionId` where the record
+    /// has one) is turned into `Retry`. Nothing is logged above debug, and never a body, a
+    /// header or the token.
+    pub async fn send(&self, records: &[&[u8]]) -> Classified {
+        if records.is_empty() {
+            return Classified::Delivered(Vec::new());
+        }
+        let n = records.len();
+        let mut sessions = Vec::with_capacity(n);
+        let mut ids = Vec::with_capacity(n);
+        for (i, record) in records.iter().enumerate() {
+            match parse_record(record) {
+                Ok((raw, id)) => {
+                    sessions.push(raw);
+                    ids.push(id);
+                }
+                Err(why) => {
+                    return Classified::Rejected {
+                        reason: format!("record {} of {n}: {why}", i + 1),
+                    }
+                }
+            }
+        }
+        let body = IngestBody {
+            path: INGEST_PATH,
+            args: IngestArgs {
+                token: self.token.expose(),
+                sessions,
+            },
+            format: "json",
+        };
+        let body = match serde_json::to_vec(&body) {
+            Ok(b) => b,
+            Err(e) => {
+                return Classified::Rejected {
+                    reason: format!("cannot encode the request: {e}"),
+                }
+            }
+        };
+        let secret = Some(self.token.expose());
+        let sent = self
+            .client
+            .post(self.endpoint.clone())
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .header("Convex-Client", HeaderValue::from_static(CONVEX_CLIENT))
+            .body(body)
+            .send()
+            .await;
+        let mut response = match sent {
+            Ok(r) => r,
+            Err(e) => return transport_error(e, self.request_timeout, secret),
+        };
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let mut bytes = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                        return Classified::Retry {
+                            reason: format!(
+                                "http {status}: response body over {MAX_RESPONSE_BYTES} bytes"
+                            ),
+                            retry_after: None,
+                        };
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let Classified::Retry { reason, .. } =
+                        transport_error(e, self.request_timeout, secret)
+                    else {
+                        unreachable!("transport errors are retries")
+                    };
+                    return Classified::Retry {
+                        reason: format!("http {status}: {reason}"),
+                        retry_after: None,
+                    };
+                }
+            }
+        }
+        let outcome = classify_redacting(status, &headers, &bytes, secret);
+        tracing::debug!(
+            status,
+            records = n,
+            outcome = outcome.kind(),
+            "convex ingest answered"
+        );
+        match outcome {
+            Classified::Delivered(items) => match mismatch(&items, &ids) {
+                None => Classified::Delivered(items),
+                Some(why) => Classified::Retry {
+                    reason: format!(
+                        "http {status}: unexpected response body, the deployment may be mid-deploy ({why})"
+                    ),
+                    retry_after: None,
+                },
+            },
+            other => other,
+        }
+    }
+}
+
+/// Why `items` do not answer `ids` one for one, if they do not.
+fn mismatch(items: &[crate::sink::ItemResult], ids: &[Option<String>]) -> Option<String> {
+    if items.len() != ids.len() {
+        return Some(format!("{} results for {} records", items.len(), ids.len()));
+    }
+    items
+        .iter()
+        .zip(ids)
+        .position(|(item, id)| id.as_ref().is_some_and(|id| *id != item.session_id))
+        .map(|i| format!("result {} is for another session", i + 1))
+}
+
+/// `scheme://host[:port][/path]` without credentials, query or trailing slash.
+fn display_url(url: &url::Url) -> String {
+    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
+    if let Some(port) = url.port() {
+        shown.push_str(&format!(":{port}"));
+    }
+    shown.push_str(url.path().trim_end_matches('/'));
+    shown
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sink::fault_server::{sample_record, FaultHandle, FaultServer, Mode, TOKEN};
+    use crate::sink::ItemResult;
+    use std::future::Future;
+
+    /// Every test is bounded in time.
+    async fn bounded<F: Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("test took over 10 s")
+    }
+
+    fn config(url: &str, token: &str) -> ConvexConfig {
+        ConvexConfig {
+            url: url.to_string(),
+            ingest_token: Secret::new(token),
+            ..ConvexConfig::default()
+        }
+    }
+
+    fn sink(h: &FaultHandle) -> ConvexSink {
+        sink_with(h, TOKEN, Duration::from_secs(5))
+    }
+
+    fn sink_with(h: &FaultHandle, token: &str, timeout: Duration) -> ConvexSink {
+        ConvexSink::with_timeouts(&config(&h.url(), token), timeout, timeout).unwrap()
+    }
+
+    fn item(id: &str, action: &str) -> ItemResult {
+        ItemResult {
+            session_id: id.into(),
+            action: action.into(),
+            stored_device_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn delivers_a_batch_with_per_item_results_including_conflicts() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            let a1 = sample_record("a", "dev-1", 100, 1000);
+            let b1 = sample_record("b", "dev-1", 100, 1000);
+            assert_eq!(
+                s.send(&[&a1, &b1]).await,
+                Classified::Delivered(vec![item("a", "inserted"), item("b", "inserted")])
+            );
+            let a2 = sample_record("a", "dev-1", 200, 2000);
+            let a_old = sample_record("a", "dev-1", 150, 3000);
+            let b_other = sample_record("b", "dev-2", 300, 3000);
+            let got = s.send(&[&a2, &a2, &a_old, &b_other]).await;
+            let mut conflict = item("b", "conflict");
+            conflict.stored_device_id = Some("dev-1".into());
+            assert_eq!(
+                got,
+                Classified::Delivered(vec![
+                    item("a", "updated"),
+                    item("a", "unchanged"),
+                    item("a", "stale"),
+                    conflict,
+                ])
+            );
+            let Classified::Delivered(items) = got else {
+                unreachable!()
+            };
+            assert_eq!(items.iter().filter(|i| i.is_conflict()).count(), 1);
+            let latest = h.latest();
+            assert_eq!(latest["a"]["updatedAt"], 200);
+            assert_eq!(latest["b"]["deviceId"], "dev-1");
+            assert_eq!(h.upserts().len(), 6);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn the_request_has_the_agreed_wire_format() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            // Key order, spacing and number forms of the stored bytes are kept.
+            let a = br#"{"sessionId":"a", "deviceId":"d","updatedAt":1.50,"exportedAt":2,"z":{"k":[1,2]}}"#;
+            let b = sample_record("b", "d", 1, 2);
+            assert!(matches!(s.send(&[a, &b]).await, Classified::Delivered(_)));
+            let req = &h.requests()[0];
+            assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/api/mutation"));
+            assert_eq!(req.content_type.as_deref(), Some("application/json"));
+            assert_eq!(
+                req.convex_client.as_deref(),
+                Some(concat!("opencode-telemetry-", env!("CARGO_PKG_VERSION")))
+            );
+            let expected = format!(
+                r#"{{"path":"sessions:ingest","args":{{"token":"{TOKEN}","sessions":[{},{}]}},"format":"json"}}"#,
+                std::str::from_utf8(a).unwrap(),
+                std::str::from_utf8(&b).unwrap()
+            );
+            assert_eq!(String::from_utf8(req.body.clone()).unwrap(), expected);
+            assert_eq!(s.endpoint().as_str(), format!("{}/api/mutation", h.url()));
+            assert_eq!(s.describe(), format!("convex {}", h.url()));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn empty_batches_and_non_object_records_make_no_request() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            assert_eq!(s.send(&[]).await, Classified::Delivered(vec![]));
+            let good = sample_record("a", "d", 1, 2);
+            for bad in [&b"[]"[..], b"nul", b"{\"a\":1", b"1"] {
+                let got = s.send(&[&good, &good, bad]).await;
+                assert!(
+                    matches!(&got, Classified::Rejected { reason } if reason.starts_with("record 3 of 3: ")),
+                    "{got:?}"
+                );
+            }
+            assert_eq!(h.request_count(), 0);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn http_429_with_retry_after_is_a_retry_with_the_delay() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            let r = sample_record("a", "d", 1, 2);
+            h.script([
+                Mode::retry_after(429, "7"),
+                Mode::retry_after(
+                    503,
+                    httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(20)),
+                ),
+                Mode::retry_after(429, "abc"),
+                Mode::retry_after(503, "-5"),
+                Mode::retry_after(429, "86400"),
+            ]);
+            let got = s.send(&[&r]).await;
+            assert_eq!(
+                got,
+                Classified::Retry {
+                    reason: "http 429: TooManyConcurrentRequests: injected 429 by the fault server"
+                        .into(),
+                    retry_after: Some(Duration::from_secs(7)),
+                }
+            );
+            let Classified::Retry {
+                retry_after: Some(d),
+                ..
+            } = s.send(&[&r]).await
+            else {
+                panic!()
+            };
+            assert!(
+                (Duration::from_secs(18)..=Duration::from_secs(20)).contains(&d),
+                "{d:?}"
+            );
+            for expected in [None, None, Some(Duration::from_secs(86400))] {
+                let got = s.send(&[&r]).await;
+                assert!(
+                    matches!(got, Classified::Retry { retry_after, .. } if retry_after == expected),
+                    "{got:?}"
+                );
+            }
+            assert!(matches!(s.send(&[&r]).await, Classified::Delivered(_)));
+            assert!(h.upserts().len() == 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn http_5xx_and_408_are_retries_and_560_is_read_like_200() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            let r = sample_record("a", "d", 1, 2);
+            for status in [500, 502, 503, 504, 408] {
+                h.script([Mode::status(status)]);
+                let got = s.send(&[&r]).await;
+                assert!(
+                    matches!(&got, Classified::Retry { reason, retry_after: None } if reason.starts_with(&format!("http {status}: "))),
+                    "{got:?}"
+                );
+            }
+            h.script([Mode::raw(560, r#"{"status":"error","errorMessage":"Uncaught Error: x"}"#)]);
+            assert!(matches!(s.send(&[&r]).await, Classified::Rejected { .. }));
+            h.script([Mode::raw(
+                560,
+                r#"{"status":"success","value":[{"sessionId":"a","action":"inserted"}]}"#,
+            )]);
+            assert_eq!(s.send(&[&r]).await, Classified::Delivered(vec![item("a", "inserted")]));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn other_4xx_are_rejections() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            let r = sample_record("a", "d", 1, 2);
+            for status in [400, 404, 413, 422] {
+                h.script([Mode::status(status)]);
+                let got = s.send(&[&r]).await;
+                assert!(
+                    matches!(&got, Classified::Rejected { reason } if reason.starts_with(&format!("http {status}: "))),
+                    "{got:?}"
+                );
+            }
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_function_error_rejects_and_splitting_isolates_the_bad_record() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            h.reject_sessions(["bad"]);
+            let records = [
+                sample_record("a", "d", 1, 2),
+                sample_record("bad", "d", 1, 2),
+                sample_record("c", "d", 1, 2),
+            ];
+            let batch: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            let got = s.send(&batch).await;
+            let Classified::Rejected { reason } = &got else { panic!("{got:?}") };
+            assert!(reason.starts_with("http 200: function error: "), "{reason}");
+            assert!(reason.contains("ArgumentValidationError"), "{reason}");
+            assert!(h.upserts().is_empty(), "a failed call writes nothing");
+            // What the sender does: resend one by one.
+            let outcomes: Vec<&str> = {
+                let mut v = Vec::new();
+                for r in &batch {
+                    v.push(s.send(&[r]).await.kind());
+                }
+                v
+            };
+            assert_eq!(outcomes, ["delivered", "rejected", "delivered"]);
+            assert_eq!(h.latest().keys().collect::<Vec<_>>(), ["a", "c"]);
+            // An invalid record (as the deployment's validator sees it) is rejected too.
+            let got = s.send(&[br#"{"sessionId":"x"}"#]).await;
+            assert!(matches!(&got, Classified::Rejected { reason } if reason.contains("Path: .sessions[0]")), "{got:?}");
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_and_http_401_are_unauthorized() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let r = sample_record("a", "d", 1, 2);
+            let wrong = sink_with(&h, "not-the-token", Duration::from_secs(5));
+            let got = wrong.send(&[&r]).await;
+            assert!(
+                matches!(&got, Classified::Unauthorized { reason } if reason.starts_with("http 200: function error UNAUTHORIZED: ")),
+                "{got:?}"
+            );
+            let s = sink(&h);
+            for mode in [Mode::unauthorized(), Mode::status(401), Mode::status(403)] {
+                h.script([mode]);
+                assert_eq!(s.send(&[&r]).await.kind(), "unauthorized");
+            }
+            // The token is fixed on the deployment: delivery resumes with the same sink.
+            h.set_token(Some("not-the-token"));
+            assert!(matches!(wrong.send(&[&r]).await, Classified::Delivered(_)));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_hung_server_hits_the_request_timeout() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink_with(&h, TOKEN, Duration::from_millis(300));
+            h.set_mode(Mode::Hang).await;
+            let started = tokio::time::Instant::now();
+            let got = s.send(&[&sample_record("a", "d", 1, 2)]).await;
+            let took = started.elapsed();
+            assert!(
+                matches!(&got, Classified::Retry { reason, retry_after: None } if reason.starts_with("request timed out after 300ms")),
+                "{got:?}"
+            );
+            assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
+            assert_eq!(h.request_count(), 1);
+            // A slow but timely answer is fine.
+            h.set_mode(Mode::Delay(Duration::from_millis(50))).await;
+            assert!(matches!(s.send(&[&sample_record("a", "d", 1, 2)]).await, Classified::Delivered(_)));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn refused_and_reset_connections_are_retries_and_the_server_comes_back() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            let r = sample_record("a", "d", 1, 2);
+            assert!(matches!(s.send(&[&r]).await, Classified::Delivered(_)));
+            h.set_mode(Mode::Refuse).await;
+            for _ in 0..3 {
+                let got = s.send(&[&r]).await;
+                assert!(
+                    matches!(
+                        &got,
+                        Classified::Retry {
+                            retry_after: None,
+                            ..
+                        }
+                    ),
+                    "{got:?}"
+                );
+            }
+            h.set_mode(Mode::Normal).await;
+            assert!(matches!(s.send(&[&r]).await, Classified::Delivered(_)));
+            h.script([Mode::Reset]);
+            let got = s.send(&[&r]).await;
+            assert!(matches!(&got, Classified::Retry { .. }), "{got:?}");
+            assert!(matches!(s.send(&[&r]).await, Classified::Delivered(_)));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn connection_refused_names_the_cause() {
+        bounded(async {
+            let (server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            h.set_mode(Mode::Refuse).await;
+            drop(server);
+            let got = s.send(&[&sample_record("a", "d", 1, 2)]).await;
+            assert!(
+                matches!(&got, Classified::Retry { reason, .. } if reason.starts_with("cannot connect: ") && reason.to_lowercase().contains("refused")),
+                "{got:?}"
+            );
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn answers_that_do_not_match_the_batch_are_retries() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            let (a, b) = (sample_record("a", "d", 1, 2), sample_record("b", "d", 1, 2));
+            h.script([
+                Mode::raw(200, r#"{"status":"success","value":[{"sessionId":"a","action":"inserted"}]}"#),
+                Mode::raw(200, r#"{"status":"success","value":[{"sessionId":"b","action":"inserted"},{"sessionId":"a","action":"inserted"}]}"#),
+                Mode::raw(200, "<html>deploying</html>"),
+                Mode::raw(200, r#"{"status":"success","value":null}"#),
+            ]);
+            for why in ["1 results for 2 records", "result 1 is for another session", "not json", "not an array"] {
+                let got = s.send(&[&a, &b]).await;
+                assert!(
+                    matches!(&got, Classified::Retry { reason, .. } if reason.contains("mid-deploy") && reason.contains(why)),
+                    "{why}: {got:?}"
+                );
+            }
+        })
+        .await;
+    }
+
+    #[test]
+    fn plain_http_is_refused_unless_loopback_and_a_token_is_required() {
+        for url in [
+            "http://example.com",
+            "http://10.0.0.1:3210",
+            "ftp://x.convex.cloud",
+            "not a url",
+        ] {
+            let err = ConvexSink::new(&config(url, "t")).unwrap_err();
+            assert!(matches!(err, SinkError::ConvexUrl { .. }), "{url}: {err}");
+        }
+        let err = ConvexSink::new(&config("http://example.com", "t"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("loopback"), "{err}");
+        assert!(matches!(
+            ConvexSink::new(&config("https://a.convex.cloud", "")),
+            Err(SinkError::MissingToken)
+        ));
+        let s = ConvexSink::new(&config("https://user:pw@a.convex.cloud/", "t")).unwrap();
+        assert_eq!(s.describe(), "convex https://a.convex.cloud");
+        assert_eq!(s.endpoint().as_str(), "https://a.convex.cloud/api/mutation");
+        let s = ConvexSink::new(&config("http://127.0.0.1:3210/prefix", "t")).unwrap();
+        assert_eq!(
+            s.endpoint().as_str(),
+            "http://127.0.0.1:3210/prefix/api/mutation"
+        );
+        assert!(ConvexSink::new(&config("http://[::1]:3210", "t")).is_ok());
+        assert!(ConvexSink::new(&config("http://localhost:3210", "t")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_token_never_appears_in_any_outcome_error_or_debug_output() {
+        bounded(async {
+            let token = "tok-\"sekrit\"-4f9a2c71d3";
+            let escaped = r#"tok-\"sekrit\"-4f9a2c71d3"#;
+            let (server, h) = FaultServer::start().await;
+            h.set_token(Some("the-right-one"));
+            let s = sink_with(&h, token, Duration::from_millis(300));
+            let r = sample_record("a", "d", 1, 2);
+            let echo = format!("Invalid token {token} / {escaped}");
+            let mut outputs = vec![format!("{s:?}"), s.describe()];
+            let modes = [
+                Mode::Normal, // wrong token → UNAUTHORIZED
+                Mode::function_error(echo.clone()),
+                Mode::function_error_code("BAD", &echo),
+                Mode::raw(401, echo.clone()),
+                Mode::raw(
+                    503,
+                    serde_json::json!({"code": "X", "message": echo}).to_string(),
+                ),
+                Mode::raw(400, echo.clone()),
+                Mode::raw(200, echo.clone()),
+                Mode::raw(302, echo.clone()),
+                Mode::Reset,
+                Mode::Hang,
+            ];
+            for mode in modes {
+                h.set_mode(mode).await;
+                let got = s.send(&[&r]).await;
+                assert_ne!(got.kind(), "delivered");
+                outputs.push(format!("{got:?}"));
+                outputs.push(got.to_string());
+            }
+            // An argument validation error echoing the whole args object (token included).
+            h.set_mode(Mode::Normal).await;
+            h.set_token(None);
+            let got = s.send(&[br#"{"sessionId":"x"}"#]).await;
+            assert!(matches!(&got, Classified::Rejected { .. }), "{got:?}");
+            outputs.push(format!("{got:?} {got}"));
+            // The server echoed the token; only the client's redaction keeps it out.
+            assert!(h
+                .requests()
+                .iter()
+                .all(|q| String::from_utf8_lossy(&q.body).contains(escaped)));
+            h.set_mode(Mode::Refuse).await;
+            drop(server);
+            let got = s.send(&[&r]).await;
+            outputs.push(format!("{got:?} {got}"));
+            let not_object = s.send(&[b"[]"]).await;
+            outputs.push(format!("{not_object:?} {not_object}"));
+            for cfg_err in [
+                ConvexSink::new(&config("http://example.com", token)).unwrap_err(),
+                ConvexSink::new(&config("https://x", "")).unwrap_err(),
+            ] {
+                outputs.push(format!("{cfg_err:?} {cfg_err}"));
+            }
+            for out in &outputs {
+                for needle in [token, escaped, "sekrit"] {
+                    assert!(!out.contains(needle), "token leaked: {out}");
+                }
+            }
+            assert!(outputs.iter().any(|o| o.contains("[redacted]")));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_sender_loop_with_the_pacer_spaces_its_retries() {
+        use crate::sink::retry::{Pacer, RetryPolicy};
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let s = sink(&h);
+            let r = sample_record("a", "d", 1, 2);
+            h.script([
+                Mode::status(503),
+                Mode::status(503),
+                Mode::retry_after(429, "0"),
+                Mode::status(500),
+            ]);
+            let mut pacer = Pacer::new(RetryPolicy::new(
+                Duration::from_millis(20),
+                Duration::from_millis(80),
+            ));
+            let mut waits = Vec::new();
+            let delivered = loop {
+                if let Some(at) = pacer.ready_at() {
+                    tokio::time::sleep_until(at).await;
+                }
+                let outcome = s.send(&[&r]).await;
+                let wait = pacer.observe(&outcome);
+                if let Classified::Delivered(items) = outcome {
+                    break items;
+                }
+                waits.push(wait);
+                assert!(waits.len() < 10, "never delivered");
+            };
+            assert_eq!(delivered, vec![item("a", "inserted")]);
+            let gaps = h.request_gaps();
+            assert_eq!(gaps.len(), 4);
+            for (gap, wait) in gaps.iter().zip(&waits) {
+                assert!(gap >= wait, "{gap:?} < {wait:?}");
+                assert!(*wait <= Duration::from_millis(80));
+            }
+            assert_eq!(h.latest().len(), 1);
+        })
+        .await;
+    }
+}

@@ -1,0 +1,852 @@
+//! A fault-injecting stand-in for a Convex deployment's `sessions:ingest`, for tests.
+//!
+//! A loopback HTTP/1.1 server (127.0.0.1, a free port) that answers
+//! `POST /api/mutation` with `{"path":"sessions:ingest","args":{"token","sessions":[…]},"format":"json"}`
+//! the way a deployment running `convex/sessions.ts` does, and that a test can script at run
+//! time through a [`FaultHandle`]:
+//!
+//! - **Normal** ([`Mode::Normal`]): checks the request like the Convex backend (method and path,
+//!   `Content-Type: application/json`, a `Convex-Client: <name>-<semver>` header when present,
+//!   a JSON body, the function path, the `format`), validates the arguments (`token` string,
+//!   `sessions` array of objects with string `sessionId`/`deviceId` and number
+//!   `updatedAt`/`exportedAt`; anything else fails the whole call with an
+//!   `ArgumentValidationError` that, like Convex's, echoes the offending value), checks the token
+//!   (a wrong one gives `errorData.code = "UNAUTHORIZED"`), then upserts every record with the
+//!   ingest rule: no row → `inserted`; other `deviceId` → `conflict` + `storedDeviceId`; stored
+//!   `(updatedAt, exportedAt)` greater → `stale`; equal → `unchanged`; else `updated`. The answer
+//!   is `200 {"status":"success","value":[{"sessionId","action",…}, …]}` in input order.
+//! - **Faults**: any status with an optional `Retry-After` value (seconds, HTTP-date or garbage)
+//!   and body; a function error body (`200 {"status":"error",…}`, optionally with `errorData`);
+//!   `UNAUTHORIZED`; a delay before the normal answer; hanging forever (the request is read, no
+//!   answer ever comes); a connection reset; refusing connections (the listener is closed and open
+//!   connections are dropped) and coming back on the same port; rejecting chosen session ids
+//!   with a function error (the whole call fails, as one invalid record fails a Convex batch).
+//!   [`FaultHandle::script`] queues one-shot answers consumed by the next requests, in order,
+//!   before the standing [`FaultHandle::set_mode`].
+//! - **Records**: every request ([`RequestLog`]: arrival time, headers of interest, the body,
+//!   session ids, the mode applied, the status sent), every upsert ([`Upsert`]: session id,
+//!   `updatedAt`, `exportedAt`, the record, the action, arrival time), and the latest stored
+//!   record per session ([`FaultHandle::latest`]).
+//!
+//! Times are [`tokio::time::Instant`]s. The server runs on the test's runtime and stops when the
+//! [`FaultServer`] is dropped (its handle stays readable).
+//!
+//! Self-contained: it depends only on tokio, hyper 1 (with hyper-util and http-body-util) and
+//! serde_json, so the integration test crate can `mod`-include it and the sink's unit tests
+//! include it with `#[path]`.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Map, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// The ingest token the server expects unless [`FaultHandle::set_token`] changes it.
+pub const TOKEN: &str = "fault-server-ingest-token";
+
+/// Most records one call accepts (as `MAX_BATCH` in `convex/sessions.ts`).
+pub const MAX_BATCH: usize = 1000;
+
+/// How the server answers a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// Behave like the deployment: validate, check the token, upsert, answer success.
+    Normal,
+    /// Answer `status` with this body (`Content-Type: application/json`) and, when set, this
+    /// exact `Retry-After` value (e.g. `"7"`, an HTTP-date, or garbage such as `"abc"`).
+    Status {
+        /// The HTTP status (100..=999).
+        status: u16,
+        /// The `Retry-After` header value, verbatim.
+        retry_after: Option<String>,
+        /// The response body, verbatim.
+        body: String,
+    },
+    /// Answer `200 {"status":"error","errorMessage":message,"errorData"?:data}` (a Convex
+    /// function error) without running the ingest.
+    FunctionError {
+        /// `errorMessage`.
+        message: String,
+        /// `errorData` (present when the function threw a `ConvexError`).
+        data: Option<Value>,
+    },
+    /// Wait this long, then behave as [`Mode::Normal`].
+    Delay(Duration),
+    /// Read the request, then never answer (the connection stays open until the client gives
+    /// up or the server stops).
+    Hang,
+    /// Read the request, then close the connection without an answer.
+    Reset,
+    /// As the standing mode: stop listening and drop open connections, so connecting fails;
+    /// setting any other mode listens again on the same port. In a script: as [`Mode::Reset`].
+    Refuse,
+}
+
+impl Mode {
+    /// `status` with a Convex request-error body `{"code","message"}`.
+    pub fn status(status: u16) -> Mode {
+        Mode::Status {
+            status,
+            retry_after: None,
+            body: request_error_body(status),
+        }
+    }
+
+    /// `status` with a request-error body and the given `Retry-After` value, verbatim.
+    pub fn retry_after(status: u16, value: impl Into<String>) -> Mode {
+        Mode::Status {
+            status,
+            retry_after: Some(value.into()),
+            body: request_error_body(status),
+        }
+    }
+
+    /// `status` with this exact body (e.g. garbage after a 200).
+    pub fn raw(status: u16, body: impl Into<String>) -> Mode {
+        Mode::Status {
+            status,
+            retry_after: None,
+            body: body.into(),
+        }
+    }
+
+    /// A Convex function error without `errorData` (as a plain `throw` or a validation error).
+    pub fn function_error(message: impl Into<String>) -> Mode {
+        Mode::FunctionError {
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// A `ConvexError({code, message})` function error.
+    pub fn function_error_code(code: &str, message: &str) -> Mode {
+        Mode::FunctionError {
+            message: format!("[Request ID: fault] Server Error\nUncaught ConvexError: {message}"),
+            data: Some(json!({ "code": code, "message": message })),
+        }
+    }
+
+    /// The error `sessions:ingest` throws for a wrong token.
+    pub fn unauthorized() -> Mode {
+        Mode::function_error_code(
+            "UNAUTHORIZED",
+            "The ingest token does not match this deployment's INGEST_TOKEN",
+        )
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Mode::Normal => "normal".into(),
+            Mode::Status { status, .. } => format!("status {status}"),
+            Mode::FunctionError { .. } => "function error".into(),
+            Mode::Delay(d) => format!("delay {d:?}"),
+            Mode::Hang => "hang".into(),
+            Mode::Reset | Mode::Refuse => "reset".into(),
+        }
+    }
+}
+
+/// One record the ingest processed (the call passed validation and the token check).
+#[derive(Debug, Clone)]
+pub struct Upsert {
+    /// `sessionId`.
+    pub session_id: String,
+    /// `deviceId`.
+    pub device_id: String,
+    /// `updatedAt` (ms).
+    pub updated_at: f64,
+    /// `exportedAt` (ms).
+    pub exported_at: f64,
+    /// `inserted`, `updated`, `unchanged`, `stale` or `conflict`.
+    pub action: String,
+    /// The record as received.
+    pub record: Value,
+    /// When its request arrived.
+    pub at: Instant,
+}
+
+/// One request the server received (whatever the answer).
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    /// Arrival time (before any injected delay).
+    pub at: Instant,
+    /// HTTP method.
+    pub method: String,
+    /// Request path.
+    pub path: String,
+    /// The `Content-Type` header.
+    pub content_type: Option<String>,
+    /// The `Convex-Client` header.
+    pub convex_client: Option<String>,
+    /// The body, verbatim (it holds the token: the test server keeps it for assertions).
+    pub body: Vec<u8>,
+    /// `args.sessions[*].sessionId` when the body has them.
+    pub session_ids: Vec<String>,
+    /// The mode that answered (`normal`, `status 503`, `hang`, …).
+    pub mode: String,
+    /// The status sent; `None` while pending, for a hang and for a reset.
+    pub status: Option<u16>,
+}
+
+/// Owns the running server; dropping it stops the server (the handle stays readable).
+pub struct FaultServer {
+    handle: FaultHandle,
+}
+
+/// Shared, cloneable control of a [`FaultServer`].
+#[derive(Clone)]
+pub struct FaultHandle {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Control {
+    listening: bool,
+    generation: u64,
+    shutdown: bool,
+}
+
+struct Shared {
+    addr: SocketAddr,
+    state: Mutex<State>,
+    control: watch::Sender<Control>,
+    bound: watch::Sender<bool>,
+}
+
+struct Stored {
+    device_id: String,
+    updated_at: f64,
+    exported_at: f64,
+    record: Value,
+}
+
+struct State {
+    mode: Mode,
+    script: VecDeque<Mode>,
+    token: Option<String>,
+    rejected: HashSet<String>,
+    requests: Vec<RequestLog>,
+    upserts: Vec<Upsert>,
+    latest: BTreeMap<String, Stored>,
+}
+
+impl FaultServer {
+    /// Starts a server on `127.0.0.1:0` in [`Mode::Normal`], expecting [`TOKEN`].
+    ///
+    /// # Panics
+    /// When no loopback port can be bound.
+    pub async fn start() -> (FaultServer, FaultHandle) {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("fault server: bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("fault server: local_addr");
+        let (control, _) = watch::channel(Control {
+            listening: true,
+            generation: 0,
+            shutdown: false,
+        });
+        let (bound, _) = watch::channel(true);
+        let shared = Arc::new(Shared {
+            addr,
+            state: Mutex::new(State {
+                mode: Mode::Normal,
+                script: VecDeque::new(),
+                token: Some(TOKEN.to_string()),
+                rejected: HashSet::new(),
+                requests: Vec::new(),
+                upserts: Vec::new(),
+                latest: BTreeMap::new(),
+            }),
+            control,
+            bound,
+        });
+        tokio::spawn(accept_loop(shared.clone(), listener));
+        let handle = FaultHandle { shared };
+        (
+            FaultServer {
+                handle: handle.clone(),
+            },
+            handle,
+        )
+    }
+
+    /// A handle to the server.
+    pub fn handle(&self) -> FaultHandle {
+        self.handle.clone()
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        self.handle
+            .shared
+            .control
+            .send_modify(|c| c.shutdown = true);
+    }
+}
+
+impl FaultHandle {
+    /// The deployment URL to configure: `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.shared.addr)
+    }
+
+    /// The listening address (the same across [`Mode::Refuse`] and back).
+    pub fn addr(&self) -> SocketAddr {
+        self.shared.addr
+    }
+
+    /// Sets the standing mode, used when no scripted answer is queued. Returns once it is in
+    /// effect: after [`Mode::Refuse`] nothing listens and earlier connections are closed; after
+    /// any other mode the server listens (again) on the same port.
+    pub async fn set_mode(&self, mode: Mode) {
+        let listen = mode != Mode::Refuse;
+        self.state().mode = mode;
+        let current = *self.shared.control.borrow();
+        if current.listening != listen {
+            self.shared.control.send_modify(|c| {
+                c.listening = listen;
+                if !listen {
+                    c.generation += 1;
+                }
+            });
+        }
+        let mut bound = self.shared.bound.subscribe();
+        let _ = bound.wait_for(|b| *b == listen).await;
+    }
+
+    /// Queues one-shot answers, consumed by the next requests in order before the standing mode
+    /// applies again.
+    pub fn script(&self, modes: impl IntoIterator<Item = Mode>) {
+        self.state().script.extend(modes);
+    }
+
+    /// Closes every open connection (clients must reconnect); listening is unaffected.
+    pub fn drop_connections(&self) {
+        self.shared.control.send_modify(|c| c.generation += 1);
+    }
+
+    /// The token the ingest accepts; `None` accepts any token.
+    pub fn set_token(&self, token: Option<&str>) {
+        self.state().token = token.map(str::to_string);
+    }
+
+    /// Makes any call containing one of these session ids fail with an
+    /// `ArgumentValidationError` function error (nothing of that call is written).
+    pub fn reject_sessions<I, S>(&self, ids: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.state()
+            .rejected
+            .extend(ids.into_iter().map(Into::into));
+    }
+
+    /// Forgets every [`FaultHandle::reject_sessions`].
+    pub fn clear_rejections(&self) {
+        self.state().rejected.clear();
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.state().requests.clone()
+    }
+
+    /// How many requests arrived so far.
+    pub fn request_count(&self) -> usize {
+        self.state().requests.len()
+    }
+
+    /// Arrival times of every request so far.
+    pub fn request_times(&self) -> Vec<Instant> {
+        self.state().requests.iter().map(|r| r.at).collect()
+    }
+
+    /// Gaps between consecutive request arrivals.
+    pub fn request_gaps(&self) -> Vec<Duration> {
+        let times = self.request_times();
+        times.windows(2).map(|w| w[1] - w[0]).collect()
+    }
+
+    /// Every record processed so far (including `unchanged`, `stale` and `conflict` ones).
+    pub fn upserts(&self) -> Vec<Upsert> {
+        self.state().upserts.clone()
+    }
+
+    /// The stored record per session id (the latest by `(updatedAt, exportedAt)`).
+    pub fn latest(&self) -> BTreeMap<String, Value> {
+        self.state()
+            .latest
+            .iter()
+            .map(|(k, v)| (k.clone(), v.record.clone()))
+            .collect()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A minimal record the ingest accepts (plus a couple of ordinary fields), as JSON bytes.
+pub fn sample_record(
+    session_id: &str,
+    device_id: &str,
+    updated_at: i64,
+    exported_at: i64,
+) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "schemaVersion": 1,
+        "sessionId": session_id,
+        "deviceId": device_id,
+        "hostname": "fault-host",
+        "title": format!("session {session_id}"),
+        "createdAt": 1_700_000_000_000_i64,
+        "updatedAt": updated_at,
+        "exportedAt": exported_at,
+        "messageCount": 3,
+    }))
+    .expect("a json! value serializes")
+}
+
+async fn accept_loop(shared: Arc<Shared>, first: TcpListener) {
+    let mut control = shared.control.subscribe();
+    let mut listener = Some(first);
+    loop {
+        let c = *control.borrow_and_update();
+        if c.shutdown {
+            return;
+        }
+        if !c.listening {
+            listener = None;
+        } else if listener.is_none() {
+            listener = Some(bind_again(shared.addr).await);
+        }
+        shared.bound.send_replace(listener.is_some());
+        match &listener {
+            Some(l) => tokio::select! {
+                accepted = l.accept() => {
+                    if let Ok((stream, _)) = accepted {
+                        tokio::spawn(serve_connection(shared.clone(), stream));
+                    }
+                }
+                changed = control.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            },
+            None => {
+                if control.changed().await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn bind_again(addr: SocketAddr) -> TcpListener {
+    let mut last = None;
+    for _ in 0..100 {
+        match TcpListener::bind(addr).await {
+            Ok(l) => return l,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("fault server: cannot listen on {addr} again: {last:?}");
+}
+
+async fn serve_connection(shared: Arc<Shared>, stream: TcpStream) {
+    let mut control = shared.control.subscribe();
+    let generation = control.borrow_and_update().generation;
+    let for_service = shared.clone();
+    let service = service_fn(move |req| handle_request(for_service.clone(), req));
+    let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(conn);
+    loop {
+        tokio::select! {
+            _ = &mut conn => return,
+            changed = control.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let c = *control.borrow_and_update();
+                if c.shutdown || c.generation != generation {
+                    return; // dropping `conn` closes the socket
+                }
+            }
+        }
+    }
+}
+
+type Answer = Response<Full<Bytes>>;
+
+async fn handle_request(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Answer, std::io::Error> {
+    let at = Instant::now();
+    let mode = {
+        let mut st = lock(&shared);
+        let standing = st.mode.clone();
+        st.script.pop_front().unwrap_or(standing)
+    };
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let header = |name: &str| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let content_type = header("content-type");
+    let convex_client = header("convex-client");
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
+    let index = {
+        let mut st = lock(&shared);
+        st.requests.push(RequestLog {
+            at,
+            method: method.clone(),
+            path: path.clone(),
+            content_type: content_type.clone(),
+            convex_client: convex_client.clone(),
+            body: body.to_vec(),
+            session_ids: session_ids_of(&body),
+            mode: mode.label(),
+            status: None,
+        });
+        st.requests.len() - 1
+    };
+    let incoming = Received {
+        method: &method,
+        path: &path,
+        content_type: content_type.as_deref(),
+        convex_client: convex_client.as_deref(),
+        body: &body,
+        at,
+    };
+    let answer = match mode {
+        Mode::Hang => match std::future::pending::<std::convert::Infallible>().await {},
+        Mode::Reset | Mode::Refuse => {
+            return Err(std::io::Error::other(
+                "fault server: injected connection reset",
+            ))
+        }
+        Mode::Delay(d) => {
+            tokio::time::sleep(d).await;
+            ingest(&shared, &incoming)
+        }
+        Mode::Status {
+            status,
+            retry_after,
+            body,
+        } => respond(status, body, retry_after.as_deref()),
+        Mode::FunctionError { message, data } => function_error(&message, data),
+        Mode::Normal => ingest(&shared, &incoming),
+    };
+    if let Some(entry) = lock(&shared).requests.get_mut(index) {
+        entry.status = Some(answer.status().as_u16());
+    }
+    Ok(answer)
+}
+
+fn lock(shared: &Shared) -> MutexGuard<'_, State> {
+    shared
+        .state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The parts of a request the ingest looks at.
+struct Received<'a> {
+    method: &'a str,
+    path: &'a str,
+    content_type: Option<&'a str>,
+    convex_client: Option<&'a str>,
+    body: &'a [u8],
+    at: Instant,
+}
+
+fn ingest(shared: &Shared, req: &Received<'_>) -> Answer {
+    if req.method != "POST" || req.path != "/api/mutation" {
+        return request_error(
+            404,
+            "NotFound",
+            &format!("no route {} {}", req.method, req.path),
+        );
+    }
+    if !req
+        .content_type
+        .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/json"))
+    {
+        return request_error(
+            400,
+            "BadJsonBody",
+            "Expected request with `Content-Type: application/json`",
+        );
+    }
+    if let Some(client) = req.convex_client {
+        if !valid_client_version(client) {
+            return request_error(
+                400,
+                "InvalidClientVersion",
+                &format!("Failed to parse client version string: '{client}'. Expected format is {{client_name}}-{{semver}}, e.g. my-esolang-client-0.0.1"),
+            );
+        }
+    }
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(req.body) else {
+        return request_error(400, "BadJsonBody", "Failed to deserialize request body");
+    };
+    match body.get("format").and_then(Value::as_str) {
+        None | Some("json") | Some("convex_clean_json") => {}
+        Some(other) => return request_error(400, "BadFormat", &format!("Invalid format: {other}")),
+    }
+    let path = body.get("path").and_then(Value::as_str).unwrap_or("");
+    if path != "sessions:ingest" {
+        return function_error(
+            &format!("[Request ID: fault] Server Error\nCould not find public function for '{path}'. Did you forget to run `npx convex dev` or `npx convex deploy`?"),
+            None,
+        );
+    }
+    let args = body.get("args").cloned().unwrap_or(Value::Null);
+    let (token, sessions) = match check_args(&args) {
+        Ok(parts) => parts,
+        Err(message) => return function_error(&message, None),
+    };
+    let mut st = lock(shared);
+    if let Some(i) = sessions
+        .iter()
+        .position(|s| st.rejected.contains(&s.session_id))
+    {
+        return function_error(
+            &format!(
+                "[Request ID: fault] Server Error\nArgumentValidationError: Value does not match validator.\nPath: .sessions[{i}].sessionId\nValue: {:?}\nValidator: v.string() (rejected by the fault server)",
+                sessions[i].session_id
+            ),
+            None,
+        );
+    }
+    if let Some(expected) = &st.token {
+        if &token != expected {
+            return function_error(
+                "[Request ID: fault] Server Error\nUncaught ConvexError: The ingest token does not match this deployment's INGEST_TOKEN",
+                Some(json!({
+                    "code": "UNAUTHORIZED",
+                    "message": "The ingest token does not match this deployment's INGEST_TOKEN",
+                })),
+            );
+        }
+    }
+    if sessions.len() > MAX_BATCH {
+        return function_error(
+            "[Request ID: fault] Server Error\nUncaught ConvexError: too many sessions",
+            Some(json!({ "code": "BATCH_TOO_LARGE", "limit": MAX_BATCH, "got": sessions.len() })),
+        );
+    }
+    let mut results = Vec::with_capacity(sessions.len());
+    for s in sessions {
+        let mut result = json!({ "sessionId": s.session_id });
+        let action = match st.latest.get(&s.session_id) {
+            None => "inserted",
+            Some(stored) if stored.device_id != s.device_id => {
+                result["storedDeviceId"] = json!(stored.device_id);
+                "conflict"
+            }
+            Some(stored)
+                if (stored.updated_at, stored.exported_at) > (s.updated_at, s.exported_at) =>
+            {
+                "stale"
+            }
+            Some(stored)
+                if (stored.updated_at, stored.exported_at) == (s.updated_at, s.exported_at) =>
+            {
+                "unchanged"
+            }
+            Some(_) => "updated",
+        };
+        result["action"] = json!(action);
+        if action == "inserted" || action == "updated" {
+            st.latest.insert(
+                s.session_id.clone(),
+                Stored {
+                    device_id: s.device_id.clone(),
+                    updated_at: s.updated_at,
+                    exported_at: s.exported_at,
+                    record: s.record.clone(),
+                },
+            );
+        }
+        st.upserts.push(Upsert {
+            session_id: s.session_id,
+            device_id: s.device_id,
+            updated_at: s.updated_at,
+            exported_at: s.exported_at,
+            action: action.to_string(),
+            record: s.record,
+            at: req.at,
+        });
+        results.push(result);
+    }
+    respond(
+        200,
+        json!({ "status": "success", "value": results }).to_string(),
+        None,
+    )
+}
+
+struct Session {
+    session_id: String,
+    device_id: String,
+    updated_at: f64,
+    exported_at: f64,
+    record: Value,
+}
+
+/// Validates `args` like the mutation's validators; the error messages echo the value, as
+/// Convex's do (so they can contain the token: the client must redact it).
+fn check_args(args: &Value) -> Result<(String, Vec<Session>), String> {
+    let invalid = |detail: String| {
+        format!("[Request ID: fault] Server Error\nArgumentValidationError: {detail}")
+    };
+    let Some(obj) = args.as_object() else {
+        return Err(invalid(format!(
+            "Value does not match validator.\nValue: {args}"
+        )));
+    };
+    if let Some(extra) = obj.keys().find(|k| *k != "token" && *k != "sessions") {
+        return Err(invalid(format!(
+            "Object contains extra field `{extra}` that is not in the validator.\n\nObject: {args}"
+        )));
+    }
+    let Some(token) = obj.get("token").and_then(Value::as_str) else {
+        return Err(invalid(format!(
+            "Object is missing the required field `token` or it is not a string.\n\nObject: {args}"
+        )));
+    };
+    let Some(list) = obj.get("sessions").and_then(Value::as_array) else {
+        return Err(invalid(format!(
+            "Object is missing the required field `sessions` or it is not an array.\n\nObject: {args}"
+        )));
+    };
+    let mut sessions = Vec::with_capacity(list.len());
+    for (i, record) in list.iter().enumerate() {
+        let r: Option<&Map<String, Value>> = record.as_object();
+        let field = |name: &str| r.and_then(|r| r.get(name));
+        let parsed = (
+            field("sessionId").and_then(Value::as_str),
+            field("deviceId").and_then(Value::as_str),
+            field("updatedAt").and_then(Value::as_f64),
+            field("exportedAt").and_then(Value::as_f64),
+        );
+        let (Some(session_id), Some(device_id), Some(updated_at), Some(exported_at)) = parsed
+        else {
+            return Err(invalid(format!(
+                "Value does not match validator.\nPath: .sessions[{i}]\nValue: {record}"
+            )));
+        };
+        sessions.push(Session {
+            session_id: session_id.to_string(),
+            device_id: device_id.to_string(),
+            updated_at,
+            exported_at,
+            record: record.clone(),
+        });
+    }
+    Ok((token.to_string(), sessions))
+}
+
+fn session_ids_of(body: &[u8]) -> Vec<String> {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return Vec::new();
+    };
+    v.pointer("/args/sessions")
+        .and_then(Value::as_array)
+        .map(|list| {
+            list.iter()
+                .filter_map(|r| r.get("sessionId").and_then(Value::as_str))
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `<name>-<semver>`, split at the last `-` (enough for the names tests use).
+fn valid_client_version(value: &str) -> bool {
+    let Some((name, version)) = value.rsplit_once('-') else {
+        return false;
+    };
+    let parts: Vec<&str> = version.split('.').collect();
+    !name.is_empty()
+        && parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn request_error_body(status: u16) -> String {
+    let code = match status {
+        400 => "BadJsonBody",
+        401 => "BadAdminKey",
+        403 => "Forbidden",
+        404 => "NotFound",
+        408 => "RequestTimeout",
+        429 => "TooManyConcurrentRequests",
+        500 => "InternalServerError",
+        503 => "Overloaded",
+        _ => "Injected",
+    };
+    json!({ "code": code, "message": format!("injected {status} by the fault server") }).to_string()
+}
+
+fn request_error(status: u16, code: &str, message: &str) -> Answer {
+    respond(
+        status,
+        json!({ "code": code, "message": message }).to_string(),
+        None,
+    )
+}
+
+fn function_error(message: &str, data: Option<Value>) -> Answer {
+    let mut body = json!({ "status": "error", "errorMessage": message });
+    if let Some(data) = data {
+        body["errorData"] = data;
+    }
+    respond(200, body.to_string(), None)
+}
+
+fn respond(status: u16, body: String, retry_after: Option<&str>) -> Answer {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Some(value) = retry_after {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            response.headers_mut().insert(RETRY_AFTER, value);
+        }
+    }
+    response
+}

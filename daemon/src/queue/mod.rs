@@ -114,6 +114,8 @@ mod error;
 mod format;
 mod open;
 mod status;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -1071,6 +1073,10 @@ impl Outbox {
         }
     }
 
+    #[cfg(test)]
+    fn trees(&self) -> &Trees {
+        &self.inner.trees
+    }
 }
 
 /// Builds a [`DeadEntry`] from a `dead` key and value (tolerating undecodable ones).

@@ -1,0 +1,350 @@
+//! Byte formats of everything the outbox persists: the pending envelope, the dead-letter entry,
+//! meta values and the status file. The serde types here are the only ones of the queue module;
+//! each is a `#[serde(tag = "v")]` enum, so a format change adds a variant (`V2`) and never edits
+//! an existing one. The layouts are described in the module doc of [`crate::queue`].
+
+use serde::{Deserialize, Serialize};
+
+/// Separates a JSON header line from the verbatim bytes that follow it (compact JSON never
+/// contains a raw newline, so the first `\n` always ends the header).
+const HEADER_END: u8 = b'\n';
+
+/// Version of the tree layout, stored in `meta/layout`. Bumped only if the set or meaning of the
+/// trees changes; the value formats are versioned on their own.
+pub(crate) const LAYOUT_VERSION: u64 = 1;
+
+/// `meta` keys.
+pub(crate) mod meta_key {
+    /// u64 BE: layout version ([`super::LAYOUT_VERSION`]).
+    pub const LAYOUT: &[u8] = b"layout";
+    /// u64 BE: the next sequence number to hand out.
+    pub const NEXT_SEQ: &[u8] = b"next_seq";
+    /// i64 BE: last successful delivery (ms).
+    pub const LAST_DELIVERY_AT: &[u8] = b"last_delivery_at";
+    /// JSON [`super::LastErrorRecord`].
+    pub const LAST_ERROR: &[u8] = b"last_error";
+    /// u64 BE: records ever enqueued.
+    pub const ENQUEUED_TOTAL: &[u8] = b"enqueued_total";
+    /// u64 BE: acks that removed an entry.
+    pub const ACKED_TOTAL: &[u8] = b"acked_total";
+    /// u64 BE: entries ever moved to `dead`.
+    pub const DEAD_LETTERED_TOTAL: &[u8] = b"dead_lettered_total";
+}
+
+/// Big-endian key of the `order` tree (sorts numerically).
+pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
+    seq.to_be_bytes()
+}
+
+/// The sequence number of an `order` key, if it is one.
+pub(crate) fn parse_seq_key(key: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+/// A u64 stored big-endian; anything else reads as `None`.
+pub(crate) fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    parse_seq_key(bytes)
+}
+
+/// An i64 stored big-endian; anything else reads as `None`.
+pub(crate) fn decode_i64(bytes: &[u8]) -> Option<i64> {
+    <[u8; 8]>::try_from(bytes).ok().map(i64::from_be_bytes)
+}
+
+/// Key of a `dead` entry: the session id, a NUL, the sequence number big-endian. Several dead
+/// versions of one session coexist and list in sequence order.
+pub(crate) fn dead_key(session_id: &[u8], seq: u64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(session_id.len() + 9);
+    key.extend_from_slice(session_id);
+    key.push(0);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The sequence number at the end of a `dead` key.
+pub(crate) fn dead_key_seq(key: &[u8]) -> Option<u64> {
+    let tail = key.len().checked_sub(8)?;
+    (key.get(tail.checked_sub(1)?) == Some(&0)).then_some(())?;
+    parse_seq_key(&key[tail..])
+}
+
+/// Header line of an outbox value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "v")]
+enum EnvelopeHeader {
+    /// Format 1.
+    #[serde(rename = "1", rename_all = "camelCase")]
+    V1 {
+        seq: u64,
+        session_id: String,
+        updated_at: i64,
+        exported_at: i64,
+        enqueued_at: i64,
+        attempts: u32,
+        record_len: u64,
+    },
+}
+
+/// A decoded outbox value (version-independent view).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Envelope {
+    /// Sequence number (position in `order`).
+    pub seq: u64,
+    /// The session id (also the outbox key).
+    pub session_id: String,
+    /// `updatedAt` of the record (ms).
+    pub updated_at: i64,
+    /// `exportedAt` of the record (ms).
+    pub exported_at: i64,
+    /// When this version was enqueued (ms).
+    pub enqueued_at: i64,
+    /// Failed delivery attempts recorded for this version.
+    pub attempts: u32,
+    /// Offset of the record bytes in the value.
+    pub body: usize,
+}
+
+/// Encodes an outbox value: header line, `\n`, the record bytes verbatim.
+pub(crate) fn encode_envelope(e: &Envelope, record: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    let header = EnvelopeHeader::V1 {
+        seq: e.seq,
+        session_id: e.session_id.clone(),
+        updated_at: e.updated_at,
+        exported_at: e.exported_at,
+        enqueued_at: e.enqueued_at,
+        attempts: e.attempts,
+        record_len: record.len() as u64,
+    };
+    let mut out = Vec::with_capacity(160 + record.len());
+    serde_json::to_writer(&mut out, &header)?;
+    out.push(HEADER_END);
+    out.extend_from_slice(record);
+    Ok(out)
+}
+
+/// Splits `header \n rest`.
+fn split_header(value: &[u8]) -> Result<(&[u8], usize), String> {
+    let end = value
+        .iter()
+        .position(|&b| b == HEADER_END)
+        .ok_or_else(|| format!("no header line in {} bytes", value.len()))?;
+    Ok((&value[..end], end + 1))
+}
+
+/// Decodes an outbox value. The error is a short lowercase reason.
+pub(crate) fn decode_envelope(value: &[u8]) -> Result<Envelope, String> {
+    let (header, body) = split_header(value)?;
+    let header: EnvelopeHeader =
+        serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;
+    match header {
+        EnvelopeHeader::V1 {
+            seq,
+            session_id,
+            updated_at,
+            exported_at,
+            enqueued_at,
+            attempts,
+            record_len,
+        } => {
+            let actual = (value.len() - body) as u64;
+            if actual != record_len {
+                return Err(format!(
+                    "record is {actual} bytes but the header says {record_len}"
+                ));
+            }
+            Ok(Envelope {
+                seq,
+                session_id,
+                updated_at,
+                exported_at,
+                enqueued_at,
+                attempts,
+                body,
+            })
+        }
+    }
+}
+
+/// Header line of a `dead` value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "v")]
+enum DeadHeader {
+    /// Format 1.
+    #[serde(rename = "1", rename_all = "camelCase")]
+    V1 {
+        session_id: String,
+        /// The envelope's sequence number; `None` when the envelope was undecodable.
+        seq: Option<u64>,
+        reason: String,
+        dead_at: i64,
+        stored_len: u64,
+    },
+}
+
+/// A decoded `dead` value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Dead {
+    pub session_id: String,
+    pub seq: Option<u64>,
+    pub reason: String,
+    pub dead_at: i64,
+    /// Offset of the stored outbox value (verbatim) in the dead value.
+    pub body: usize,
+}
+
+/// Encodes a `dead` value: header line, `\n`, the outbox value verbatim (which may itself be
+/// undecodable).
+pub(crate) fn encode_dead(d: &Dead, stored: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    let header = DeadHeader::V1 {
+        session_id: d.session_id.clone(),
+        seq: d.seq,
+        reason: d.reason.clone(),
+        dead_at: d.dead_at,
+        stored_len: stored.len() as u64,
+    };
+    let mut out = Vec::with_capacity(200 + stored.len());
+    serde_json::to_writer(&mut out, &header)?;
+    out.push(HEADER_END);
+    out.extend_from_slice(stored);
+    Ok(out)
+}
+
+/// Decodes a `dead` value.
+pub(crate) fn decode_dead(value: &[u8]) -> Result<Dead, String> {
+    let (header, body) = split_header(value)?;
+    let header: DeadHeader =
+        serde_json::from_slice(header).map_err(|e| format!("bad dead header: {e}"))?;
+    match header {
+        DeadHeader::V1 {
+            session_id,
+            seq,
+            reason,
+            dead_at,
+            stored_len,
+        } => {
+            let actual = (value.len() - body) as u64;
+            if actual != stored_len {
+                return Err(format!(
+                    "stored entry is {actual} bytes but the header says {stored_len}"
+                ));
+            }
+            Ok(Dead {
+                session_id,
+                seq,
+                reason,
+                dead_at,
+                body,
+            })
+        }
+    }
+}
+
+/// `meta/last_error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "v")]
+pub(crate) enum LastErrorRecord {
+    /// Format 1.
+    #[serde(rename = "1")]
+    V1 {
+        /// The message.
+        message: String,
+        /// When it was recorded (ms).
+        at: i64,
+    },
+}
+
+/// The status file `<data_dir>/status.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "v")]
+pub(crate) enum StatusFile {
+    /// Format 1.
+    #[serde(rename = "1", rename_all = "camelCase")]
+    V1 {
+        pid: u32,
+        written_at: i64,
+        pending_count: u64,
+        pending_bytes: u64,
+        max_bytes: u64,
+        oldest_enqueued_at: Option<i64>,
+        dead_count: u64,
+        last_delivery_at: Option<i64>,
+        last_error: Option<StatusError>,
+    },
+}
+
+/// The last error inside [`StatusFile`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct StatusError {
+    /// The message.
+    pub message: String,
+    /// When it was recorded (ms).
+    pub at: i64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(seq: u64) -> Envelope {
+        Envelope {
+            seq,
+            session_id: "ses_a\"b\nc".into(),
+            updated_at: 10,
+            exported_at: 20,
+            enqueued_at: 30,
+            attempts: 2,
+            body: 0,
+        }
+    }
+
+    #[test]
+    fn envelope_round_trips_and_keeps_the_record_bytes_verbatim() {
+        let record = b"{\"sessionId\":\"x\",\n \"cost\": 1.50}";
+        let bytes = encode_envelope(&env(7), record).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with("{\"v\":\"1\",\"seq\":7,\"sessionId\":\"ses_a\\\"b\\nc\","));
+        let decoded = decode_envelope(&bytes).unwrap();
+        assert_eq!(&bytes[decoded.body..], record);
+        assert_eq!(Envelope { body: 0, ..decoded }, env(7));
+    }
+
+    #[test]
+    fn envelope_decoding_rejects_garbage_truncation_and_unknown_versions() {
+        let bytes = encode_envelope(&env(1), b"{}").unwrap();
+        assert!(decode_envelope(b"garbage")
+            .unwrap_err()
+            .contains("no header line"));
+        assert!(decode_envelope(&bytes[..bytes.len() - 1])
+            .unwrap_err()
+            .contains("header says 2"));
+        let v2 = b"{\"v\":\"2\",\"seq\":1}\n{}";
+        assert!(decode_envelope(v2).unwrap_err().contains("bad header"));
+    }
+
+    #[test]
+    fn dead_round_trips_with_undecodable_bytes() {
+        let d = Dead {
+            session_id: "s".into(),
+            seq: None,
+            reason: "undecodable envelope: x".into(),
+            dead_at: 5,
+            body: 0,
+        };
+        let stored = [0xff, 0x00, b'\n', 0x80];
+        let bytes = encode_dead(&d, &stored).unwrap();
+        let back = decode_dead(&bytes).unwrap();
+        assert_eq!(&bytes[back.body..], &stored);
+        assert_eq!(Dead { body: 0, ..back }, d);
+    }
+
+    #[test]
+    fn keys_sort_by_sequence_and_parse_back() {
+        assert!(seq_key(2) < seq_key(256));
+        assert_eq!(parse_seq_key(&seq_key(99)), Some(99));
+        assert_eq!(parse_seq_key(b"short"), None);
+        let k = dead_key(b"ses_1", 42);
+        assert_eq!(dead_key_seq(&k), Some(42));
+        assert!(dead_key(b"ses_1", 1) < dead_key(b"ses_1", 2));
+        assert_eq!(dead_key_seq(b"12345678"), None);
+    }
+}

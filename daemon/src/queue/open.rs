@@ -1,0 +1,304 @@
+//! Opening the outbox: lock detection, verification of every tree, repair of the `order` index,
+//! and quarantine of a corrupt directory (see "Corruption is quarantined" in the module doc).
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+
+use sled::transaction::TransactionError;
+use sled::IVec;
+
+use super::format::{self, meta_key, Envelope, LAYOUT_VERSION};
+use super::{
+    decode_entry, now_ms, remove_stale_order_key, QueueError, Rebuild, Trees, Tx, TxResult,
+    QUEUE_DIR_NAME,
+};
+
+/// Pending and dead counts of a verified outbox.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
+    pub pending_count: i64,
+    pub pending_bytes: i64,
+    pub dead_count: i64,
+}
+
+/// A verified outbox.
+pub(crate) struct Opened {
+    pub dir: PathBuf,
+    pub trees: Trees,
+    pub counts: Counts,
+    pub rebuild: Option<Rebuild>,
+}
+
+/// Why an open attempt failed.
+enum Failure {
+    /// Another opener holds the lock.
+    Locked,
+    /// An OS error (permissions, no space, …): not corruption, leave the directory alone.
+    Os(sled::Error),
+    /// Corrupt content (sled's `Corruption`, a non-OS IO error, a sled panic, …).
+    Corrupt(String),
+    /// Any other error, returned as is.
+    Fatal(QueueError),
+}
+
+/// Opens and verifies `<data_dir>/queue`, quarantining and recreating it if it is corrupt.
+pub(crate) fn open(data_dir: &Path, cache_capacity: u64) -> Result<Opened, QueueError> {
+    let dir = data_dir.join(QUEUE_DIR_NAME);
+    create_dir(data_dir, false)?;
+    create_dir(&dir, true)?;
+    let cause = match open_verified(&dir, cache_capacity) {
+        Ok((trees, counts)) => {
+            return Ok(Opened {
+                dir,
+                trees,
+                counts,
+                rebuild: None,
+            })
+        }
+        Err(Failure::Locked) => return Err(QueueError::Locked { dir }),
+        Err(Failure::Os(source)) => return Err(QueueError::Open { dir, source }),
+        Err(Failure::Fatal(e)) => return Err(e),
+        Err(Failure::Corrupt(cause)) => cause,
+    };
+    let to = quarantine_path(data_dir);
+    if let Err(source) = std::fs::rename(&dir, &to) {
+        return Err(QueueError::Quarantine {
+            dir,
+            to,
+            cause,
+            source,
+        });
+    }
+    create_dir(&dir, true)?;
+    match open_verified(&dir, cache_capacity) {
+        Ok((trees, counts)) => Ok(Opened {
+            dir,
+            trees,
+            counts,
+            rebuild: Some(Rebuild {
+                moved_to: to,
+                cause,
+            }),
+        }),
+        Err(Failure::Locked) => Err(QueueError::Locked { dir }),
+        Err(Failure::Os(source)) => Err(QueueError::Open { dir, source }),
+        Err(Failure::Fatal(e)) => Err(e),
+        Err(Failure::Corrupt(cause)) => Err(QueueError::RebuildFailed { dir, cause }),
+    }
+}
+
+/// Creates a directory (owner-only for the outbox itself).
+fn create_dir(dir: &Path, private: bool) -> Result<(), QueueError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    if private {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    #[cfg(not(unix))]
+    let _ = private;
+    builder.create(dir).map_err(|source| QueueError::CreateDir {
+        dir: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// `<data_dir>/queue.corrupt-<unix seconds>`, with `-1`, `-2`, … appended if taken.
+fn quarantine_path(data_dir: &Path) -> PathBuf {
+    let secs = now_ms().div_euclid(1000);
+    let base = format!("{QUEUE_DIR_NAME}.corrupt-{secs}");
+    let mut path = data_dir.join(&base);
+    let mut n = 1;
+    while path.exists() {
+        path = data_dir.join(format!("{base}-{n}"));
+        n += 1;
+    }
+    path
+}
+
+/// Opens sled and verifies every tree, turning sled panics into [`Failure::Corrupt`].
+fn open_verified(dir: &Path, cache_capacity: u64) -> Result<(Trees, Counts), Failure> {
+    catch_unwind(AssertUnwindSafe(|| {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_capacity)
+            .open()
+            .map_err(classify)?;
+        let tree = |name: &str| db.open_tree(name).map_err(classify);
+        let trees = Trees {
+            outbox: tree("outbox")?,
+            order: tree("order")?,
+            state: tree("state")?,
+            dead: tree("dead")?,
+            meta: tree("meta")?,
+            db: db.clone(),
+        };
+        let counts = verify(dir, &trees)?;
+        Ok((trees, counts))
+    }))
+    .unwrap_or_else(|panic| {
+        let msg = panic
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_string());
+        Err(Failure::Corrupt(format!("sled panicked: {msg}")))
+    })
+}
+
+/// Sorts a sled error into lock / OS problem / corruption.
+fn classify(e: sled::Error) -> Failure {
+    match &e {
+        // sled 0.34.7 config.rs `try_lock`: an `Other` IO error with this text.
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => Failure::Locked,
+        sled::Error::Io(io) if io.raw_os_error().is_some() => Failure::Os(e),
+        // Synthesized IO errors (unexpected EOF, invalid data), `Corruption`, `ReportableBug`,
+        // `Unsupported` (a config stored in the directory that contradicts ours), …
+        _ => Failure::Corrupt(e.to_string()),
+    }
+}
+
+fn tx_failure(e: TransactionError<QueueError>) -> Failure {
+    match e {
+        TransactionError::Abort(e) => Failure::Fatal(e),
+        TransactionError::Storage(e) => classify(e),
+    }
+}
+
+/// Reads every entry of every tree (sled finds many corrupt pages only on read), checks the
+/// layout, moves undecodable envelopes to `dead`, repairs the `order` index and `next_seq`, and
+/// counts what is pending and dead.
+fn verify(dir: &Path, trees: &Trees) -> Result<Counts, Failure> {
+    match trees.meta.get(meta_key::LAYOUT).map_err(classify)? {
+        None => {
+            trees
+                .meta
+                .insert(meta_key::LAYOUT, &LAYOUT_VERSION.to_be_bytes()[..])
+                .map_err(classify)?;
+        }
+        Some(v) => match format::decode_u64(&v) {
+            Some(found) if found > LAYOUT_VERSION => {
+                return Err(Failure::Fatal(QueueError::NewerLayout {
+                    dir: dir.to_path_buf(),
+                    found,
+                    known: LAYOUT_VERSION,
+                }))
+            }
+            Some(_) => {}
+            None => return Err(Failure::Corrupt("meta/layout is not a u64".into())),
+        },
+    }
+
+    let mut counts = Counts::default();
+    let mut max_seq = 0u64;
+    let mut seqs: HashMap<IVec, u64> = HashMap::new();
+    let mut undecodable: Vec<(IVec, IVec, String)> = Vec::new();
+    for kv in trees.outbox.iter() {
+        let (key, value) = kv.map_err(classify)?;
+        match decode_entry(&key, &value) {
+            Ok(env) => {
+                counts.pending_count += 1;
+                counts.pending_bytes += value.len() as i64;
+                max_seq = max_seq.max(env.seq);
+                seqs.insert(key, env.seq);
+            }
+            Err(reason) => undecodable.push((key, value, reason)),
+        }
+    }
+
+    let mut indexed: HashSet<IVec> = HashSet::new();
+    let mut stale: Vec<(IVec, IVec)> = Vec::new();
+    for kv in trees.order.iter() {
+        let (key, sid) = kv.map_err(classify)?;
+        let seq = format::parse_seq_key(&key);
+        max_seq = max_seq.max(seq.unwrap_or(0));
+        match seq {
+            Some(seq) if seqs.get(&sid) == Some(&seq) => {
+                indexed.insert(sid);
+            }
+            _ => stale.push((key, sid)),
+        }
+    }
+
+    for kv in trees.dead.iter() {
+        let (key, _) = kv.map_err(classify)?;
+        max_seq = max_seq.max(format::dead_key_seq(&key).unwrap_or(0));
+    }
+    // Touch every page of the remaining trees too.
+    for kv in trees.state.iter().chain(trees.meta.iter()) {
+        kv.map_err(classify)?;
+    }
+
+    let run = |f: &dyn Fn(&Tx<'_>) -> TxResult<super::Delta>| trees.tx(f).map_err(tx_failure);
+    let mut repaired = false;
+    let next_seq = trees
+        .meta
+        .get(meta_key::NEXT_SEQ)
+        .map_err(classify)?
+        .and_then(|v| format::decode_u64(&v))
+        .unwrap_or(0);
+    if next_seq <= max_seq {
+        trees
+            .meta
+            .insert(meta_key::NEXT_SEQ, &(max_seq + 1).to_be_bytes()[..])
+            .map_err(classify)?;
+        repaired = true;
+    }
+    let now = now_ms();
+    for (key, value, reason) in &undecodable {
+        let reason = format!("undecodable envelope: {reason}");
+        run(&|t| t.bury(key, value, &reason, None, now))?;
+        repaired = true;
+    }
+    for (key, sid) in &stale {
+        run(&|t| remove_stale_order_key(t, key, sid).map(|()| super::Delta::default()))?;
+        repaired = true;
+    }
+    for sid in seqs.keys().filter(|sid| !indexed.contains(*sid)) {
+        let delta = run(&|t| reindex(t, sid))?;
+        counts.pending_bytes += delta.pending_bytes;
+        repaired = true;
+    }
+
+    counts.dead_count = trees.dead.len() as i64;
+    if repaired {
+        trees.db.flush().map_err(classify)?;
+    }
+    Ok(counts)
+}
+
+/// Gives the outbox entry of `sid` its missing `order` key; if its sequence number is taken by
+/// another session, rewrites the entry under a fresh one.
+fn reindex(t: &Tx<'_>, sid: &[u8]) -> TxResult<super::Delta> {
+    let mut delta = super::Delta::default();
+    let Some(value) = t.outbox.get(sid)? else {
+        return Ok(delta);
+    };
+    let Ok(env) = decode_entry(sid, &value) else {
+        return Ok(delta);
+    };
+    let key = format::seq_key(env.seq);
+    match t.order.get(key)? {
+        Some(owner) if owner == sid => {}
+        None => {
+            t.order.insert(&key[..], sid)?;
+        }
+        Some(_) => {
+            let seq = t.take_seqs(1)?;
+            let record = &value[env.body..];
+            let stored = format::encode_envelope(&Envelope { seq, ..env.clone() }, record)
+                .map_err(|source| {
+                    sled::transaction::ConflictableTransactionError::Abort(QueueError::Encode {
+                        session_id: env.session_id.clone(),
+                        source,
+                    })
+                })?;
+            delta.pending_bytes = stored.len() as i64 - value.len() as i64;
+            t.outbox.insert(sid, stored)?;
+            t.order.insert(&format::seq_key(seq)[..], sid)?;
+        }
+    }
+    Ok(delta)
+}

@@ -233,9 +233,11 @@ fn build(a: &Args) {
 /// a step-finish part, and bumps `event_sequence`, in one transaction per session (as OpenCode's
 /// projector would across a few commits).
 fn write_steps(conn: &Connection, sessions: &[String], stamp: i64) {
+    // Unique per run: the database is reused across runs.
+    let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() % 1_000_000_000_000;
     for (i, sid) in sessions.iter().enumerate() {
         let tx = conn.unchecked_transaction().unwrap();
-        let mid = format!("msg_{:012x}Step{i:09}", 0xf000_0000_0000u64 + stamp as u64 * 1000 + i as u64);
+        let mid = format!("msg_{:012x}Step{run:012}{i:06}", 0xf000_0000_0000u64 + stamp as u64 * 1000 + i as u64);
         let msg = format!(
             r#"{{"role":"assistant","agent":"build","mode":"build","providerID":"fake","modelID":"fake-model","cost":0.001,"tokens":{{"input":10,"output":5,"reasoning":0,"cache":{{"read":0,"write":0}}}},"time":{{"created":{stamp},"completed":{}}},"finish":"stop"}}"#,
             stamp + 5
@@ -249,7 +251,7 @@ fn write_steps(conn: &Connection, sessions: &[String], stamp: i64) {
         .iter()
         .enumerate()
         {
-            let pid = format!("prt_{:012x}Step{i:06}{k}", 0xf000_0000_0000u64 + stamp as u64 * 1000 + i as u64);
+            let pid = format!("prt_{:012x}Step{run:012}{i:06}{k}", 0xf000_0000_0000u64 + stamp as u64 * 1000 + i as u64);
             tx.execute("INSERT INTO part VALUES (?1, ?2, ?3, ?4, ?4, ?5)", params![pid, mid, sid, stamp, data]).unwrap();
         }
         tx.execute("UPDATE event_sequence SET seq = seq + 4 WHERE aggregate_id = ?1", [sid]).unwrap();
@@ -312,7 +314,7 @@ fn main() {
         let took = t.elapsed();
         assert_eq!(out.tails_read, k, "only the changed sessions are read");
         assert_eq!(out.emitted.len(), k);
-        changed_figures.push((k, took, out.tails_read, out.snapshots_read));
+        changed_figures.push((k, took, out.heads_read, out.tails_read, out.snapshots_read));
     }
 
     // sqlite3 shell scanning the part rows with json_extract.
@@ -338,8 +340,8 @@ fn main() {
     println!("| measurement | time |");
     println!("|---|---|");
     println!("| idle tick (data_version unchanged) | {} |", ms(idle));
-    for (k, took, tails, snaps) in &changed_figures {
-        println!("| changed tick, {k} session(s) changed ({tails} tails, {snaps} sessions read and exported) | {} |", ms(*took));
+    for (k, took, heads, tails, snaps) in &changed_figures {
+        println!("| changed tick, {k} session(s) changed ({heads} session rows, {tails} tails, {snaps} sessions read and exported) | {} |", ms(*took));
     }
     println!("| full first pass ({exported} sessions exported, {:.1} MiB of records) | {} |", bytes as f64 / 1048576.0, ms(first_pass));
     println!("| sqlite3: one json_extract scan of all part rows | {sqlite_figure} |");

@@ -100,6 +100,12 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if matches!(cli.command, Command::Run(_) | Command::Once(_) | Command::CheckConfig) {
+        if let Err(e) = loaded.check_delivery() {
+            eprintln!("opencode-telemetry: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    }
     service::init_tracing(&loaded.config.service.log_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -501,14 +501,26 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
     }
     if !config.convex.url.is_empty() {
         check_convex_url(&config.convex.url).map_err(|m| bad("convex.url", m))?;
-        if config.convex.ingest_token.is_empty() {
-            return Err(bad(
-                "convex.ingest_token",
-                format!("is required when convex.url is set (or set {ENV_INGEST_TOKEN})"),
-            ));
-        }
     }
     Ok(())
+}
+
+impl Loaded {
+    /// Checks what only delivering needs: the ingest token when `convex.url` is set. `run`,
+    /// `once` and `check-config` call it; `status` and `queue` work without the secret.
+    ///
+    /// # Errors
+    /// [`ConfigError::BadValue`] for `convex.ingest_token`.
+    pub fn check_delivery(&self) -> Result<(), ConfigError> {
+        if self.config.uses_convex() && self.config.convex.ingest_token.is_empty() {
+            return Err(ConfigError::BadValue {
+                path: self.path.clone().unwrap_or_else(|| PathBuf::from("<defaults>")),
+                key: "convex.ingest_token",
+                message: format!("is required when convex.url is set (or set {ENV_INGEST_TOKEN})"),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Accepts `https://…` anywhere and `http://…` only for loopback hosts (`127.0.0.0/8`, `::1`,
@@ -610,11 +622,11 @@ mod tests {
     }
 
     #[test]
-    fn a_convex_url_without_a_token_is_refused() {
-        let err = parse_str("[convex]\nurl = \"https://a.convex.cloud\"\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("convex.ingest_token"), "{err}");
+    fn a_convex_url_without_a_token_is_refused_for_delivery_only() {
+        let config = parse_str("[convex]\nurl = \"https://a.convex.cloud\"\n").unwrap();
+        let loaded = Loaded { config, path: Some(PathBuf::from("/etc/x.toml")) };
+        let err = loaded.check_delivery().unwrap_err().to_string();
+        assert!(err.contains("convex.ingest_token") && err.contains("/etc/x.toml"), "{err}");
     }
 
     #[test]

@@ -60,7 +60,7 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
         let line = stdout.lines().find(|l| l.starts_with(id.as_str())).unwrap_or_else(|| panic!("no line for {id}:\n{stdout}"));
         let r = &records[id];
         assert!(line.contains(r["endReason"].as_str().unwrap()), "{line}");
-        assert!(line.contains(&format!("msgs {:>3}", r["messageCount"])), "{line}");
+        assert!(line.contains(&format!("msgs {:>3}", r["messageCount"].as_u64().unwrap())), "{line}");
         assert!(line.contains(r["title"].as_str().unwrap()), "{line}");
     }
 

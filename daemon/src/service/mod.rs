@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Loaded};
 use crate::export::{self, ExportContext, Outcome, SessionExport};
 use crate::identity;
-use crate::queue::{Commit, NewRecord, Outbox, OutboxOptions, QueueError};
+use crate::queue::{Commit, LastError, NewRecord, Outbox, QueueError};
 use crate::sink::{self, AnySink};
 use crate::source::activity::Activity;
 use crate::source::opencode::{OpenCodeDb, SourceError};
@@ -110,17 +110,18 @@ fn rules(config: &Config) -> Rules {
 }
 
 fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
-    let opts = OutboxOptions {
-        max_bytes: config.queue.max_bytes,
-        cache_capacity_bytes: config.queue.cache_capacity_bytes,
-    };
-    Outbox::open(&config.queue_dir(), &opts).map_err(|e| match e {
+    let outbox = Outbox::open(&config.data_dir, &config.queue).map_err(|e| match e {
         QueueError::Locked { .. } => anyhow::anyhow!(
             "{e} (another opencode-telemetry is running with data_dir {}; stop it, or point this one at another data_dir)",
             config.data_dir.display()
         ),
         other => anyhow::Error::new(other).context("opening the outbox"),
-    })
+    })?;
+    if let Some(r) = outbox.rebuild() {
+        tracing::error!(moved_to = %r.moved_to.display(), cause = %r.cause,
+            "the outbox was corrupt; moved it aside and started a fresh one (sessions are re-read from the source)");
+    }
+    Ok(outbox)
 }
 
 fn new_record(record: &SessionExport) -> NewRecord {
@@ -134,10 +135,7 @@ fn new_record(record: &SessionExport) -> NewRecord {
 
 fn sender_for(config: &Config, outbox: Arc<Outbox>) -> anyhow::Result<Sender> {
     let sink = AnySink::from_config(config).context("setting up the sink")?;
-    let pacer = sink::Pacer::new(
-        Duration::from_millis(config.convex.initial_backoff_ms),
-        Duration::from_secs(config.convex.max_backoff_secs),
-    );
+    let pacer = sink::Pacer::new(sink::RetryPolicy::from_config(&config.convex));
     Ok(Sender::new(outbox, sink, pacer, config.convex.batch_size))
 }
 
@@ -268,7 +266,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
             Step::Backoff { wait, reason } => {
                 if Instant::now() + wait > deadline {
                     outbox.flush().await?;
-                    let left = outbox.stats()?.pending;
+                    let left = outbox.stats()?.pending_count;
                     bail!(
                         "cannot deliver to {}: {reason}; {left} record(s) stay queued and will be sent by the next `once` or by `run`",
                         sender.describe()
@@ -356,7 +354,7 @@ pub async fn run(
         tracing::warn!("the outbox was rebuilt; re-reading every session from the source");
         Tracker::new(rules(&config))
     } else {
-        Tracker::resume(rules(&config), outbox.state_entries(tracker::STATE_PREFIX)?)
+        Tracker::resume(rules(&config), outbox.state_scan(tracker::STATE_PREFIX)?)
     };
     let sender = sender_for(&config, outbox.clone())?;
     tracing::info!(
@@ -508,7 +506,7 @@ impl Poller {
                 self.last_data_version = None;
                 self.tracker = Some(Tracker::resume(
                     rules(&self.config),
-                    outbox.state_entries(tracker::STATE_PREFIX)?,
+                    outbox.state_scan(tracker::STATE_PREFIX)?,
                 ));
                 Ok(false)
             }
@@ -561,21 +559,90 @@ pub fn status(config: &Config) -> anyhow::Result<ExitCode> {
     println!("opencode db:     {}", config.source.db_path.display());
     println!("data dir:        {}", config.data_dir.display());
     let now = now_ms();
-    let status = match open_outbox(config) {
+    let view = match open_outbox(config) {
         Ok(outbox) => {
             println!("daemon:          not running (outbox opened directly)");
-            crate::queue::StatusSnapshot::from_outbox(&outbox)?
+            let st = outbox.stats()?;
+            StatusView {
+                pending_count: st.pending_count,
+                pending_bytes: st.pending_bytes,
+                max_bytes: st.max_bytes,
+                oldest_enqueued_at_ms: st.oldest_enqueued_at_ms,
+                dead_count: st.dead_count,
+                last_delivery_at_ms: st.last_delivery_at_ms,
+                last_error: st.last_error,
+            }
         }
         Err(_) => match crate::queue::read_status(&config.data_dir) {
             Some(s) => {
-                println!("daemon:          running (outbox locked; figures from its status file)");
-                s
+                println!(
+                    "daemon:          running, pid {} (outbox locked; figures from its status file, {}s old)",
+                    s.pid,
+                    (now - s.written_at_ms).max(0) / 1000
+                );
+                StatusView {
+                    pending_count: s.pending_count,
+                    pending_bytes: s.pending_bytes,
+                    max_bytes: s.max_bytes,
+                    oldest_enqueued_at_ms: s.oldest_enqueued_at_ms,
+                    dead_count: s.dead_count,
+                    last_delivery_at_ms: s.last_delivery_at_ms,
+                    last_error: s.last_error,
+                }
             }
-            None => bail!("the outbox at {} is locked and no status file exists", config.queue_dir().display()),
+            None => bail!(
+                "the outbox at {} is locked and no status file exists",
+                config.queue_dir().display()
+            ),
         },
     };
-    print!("{}", status.render(now));
+    print!("{}", view.render(now));
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `status` shows, from the outbox or from the daemon's status file.
+struct StatusView {
+    pending_count: u64,
+    pending_bytes: u64,
+    max_bytes: u64,
+    oldest_enqueued_at_ms: Option<i64>,
+    dead_count: u64,
+    last_delivery_at_ms: Option<i64>,
+    last_error: Option<LastError>,
+}
+
+fn ago(now: i64, at: Option<i64>) -> String {
+    match at {
+        Some(at) => format!("{}s ago", (now - at).max(0) / 1000),
+        None => "never".to_string(),
+    }
+}
+
+impl StatusView {
+    fn render(&self, now: i64) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "pending:         {} ({} bytes of {} max)\n",
+            self.pending_count, self.pending_bytes, self.max_bytes
+        ));
+        out.push_str(&format!(
+            "oldest pending:  {}\n",
+            match self.oldest_enqueued_at_ms {
+                Some(_) => format!("queued {}", ago(now, self.oldest_enqueued_at_ms)),
+                None => "none".to_string(),
+            }
+        ));
+        out.push_str(&format!("dead letters:    {}\n", self.dead_count));
+        out.push_str(&format!("last delivery:   {}\n", ago(now, self.last_delivery_at_ms)));
+        out.push_str(&format!(
+            "last error:      {}\n",
+            match &self.last_error {
+                Some(e) => format!("{} ({})", e.message, ago(now, Some(e.at_ms))),
+                None => "none".to_string(),
+            }
+        ));
+        out
+    }
 }
 
 /// `queue list`: pending and dead-lettered records.
@@ -599,7 +666,13 @@ pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
     let dead = outbox.dead_entries()?;
     println!("dead letters: {}", dead.len());
     for d in &dead {
-        println!("  {}", d.describe(now));
+        println!(
+            "  {}  dead {}  updatedAt {}  reason: {}",
+            d.session_id,
+            ago(now, d.dead_at_ms),
+            d.updated_at_ms.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+            d.reason
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -124,7 +124,7 @@ impl Sender {
                         }
                     }
                 }
-                self.outbox.record_delivery(now_ms());
+                self.outbox.record_delivery(now_ms())?;
                 Ok(Step::Progress { delivered, dead })
             }
             Classified::Rejected { reason } if batch.len() > 1 => {
@@ -153,17 +153,17 @@ impl Sender {
                 let p = &batch[0];
                 tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected by the sink; moved to dead letters (see `opencode-telemetry queue list`)");
                 self.outbox.dead_letter(p, &reason).await?;
-                self.outbox.record_error(&format!("rejected {}: {reason}", p.session_id()));
+                self.outbox.record_error(&format!("rejected {}: {reason}", p.session_id()))?;
                 Ok(Step::Progress { delivered: 0, dead: 1 })
             }
             Classified::Retry { reason, retry_after } => {
                 let wait = self.pacer.on_failure(retry_after);
-                self.outbox.record_error(&reason);
+                self.outbox.record_error(&reason)?;
                 Ok(Step::Backoff { wait, reason })
             }
             Classified::Unauthorized { reason } => {
                 let wait = self.pacer.pause_unauthorized();
-                self.outbox.record_error(&reason);
+                self.outbox.record_error(&reason)?;
                 Ok(Step::Unauthorized { wait, reason })
             }
         }

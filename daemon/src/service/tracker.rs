@@ -178,6 +178,8 @@ pub struct TickOutput {
     pub state_puts: Vec<(Vec<u8>, Vec<u8>)>,
     /// `state` tree removals.
     pub state_removes: Vec<Vec<u8>>,
+    /// Session rows read this tick (all of them on a full scan).
+    pub heads_read: usize,
     /// Sessions whose tail was read this tick.
     pub tails_read: usize,
     /// Sessions read in full this tick.
@@ -198,6 +200,20 @@ pub struct Tracker {
     sessions: HashMap<String, SessionState>,
     /// Sessions with a timer pending (ended not yet exported, or busy): checked every tick.
     watching: HashSet<String>,
+    /// What the last scan saw of the whole database (all sessions, children included); `None`
+    /// until the first scan, which reads every session row.
+    index: Option<SeqIndex>,
+}
+
+/// The last scan's view of `event_sequence` and `session`.
+#[derive(Debug, Default)]
+struct SeqIndex {
+    /// `event_sequence.seq` per session id.
+    seqs: HashMap<String, i64>,
+    /// Every session id (children included).
+    known: HashSet<String>,
+    /// `COUNT(*)` of `session`.
+    total: i64,
 }
 
 /// The state key of a session.
@@ -214,6 +230,7 @@ impl Tracker {
             rules,
             sessions: HashMap::new(),
             watching: HashSet::new(),
+            index: None,
         }
     }
 
@@ -278,13 +295,11 @@ impl Tracker {
         let mut out = TickOutput::default();
         let mut dirty: HashSet<String> = HashSet::new();
         if scan {
-            let heads = db.session_heads()?;
-            let mut present: HashSet<&str> = HashSet::with_capacity(heads.len());
+            let (heads, gone) = self.changes(db, &mut out)?;
             for head in &heads {
                 if self.rules.skip_subagent_sessions && head.parent_id.is_some() {
                     continue;
                 }
-                present.insert(head.id.as_str());
                 let marker = Marker::from(head.marker);
                 let is_new = !self.sessions.contains_key(&head.id);
                 if !is_new && self.sessions[&head.id].marker == marker {
@@ -369,14 +384,10 @@ impl Tracker {
                 self.sessions.insert(head.id.clone(), state);
                 dirty.insert(head.id.clone());
             }
-            let gone: Vec<String> = self
-                .sessions
-                .keys()
-                .filter(|id| !present.contains(id.as_str()))
-                .cloned()
-                .collect();
             for id in gone {
-                let state = self.sessions.remove(&id).expect("listed above");
+                let Some(state) = self.sessions.remove(&id) else {
+                    continue; // A child, or a session never tracked.
+                };
                 self.watching.remove(&id);
                 dirty.remove(&id);
                 out.state_removes.push(state_key(&id));
@@ -424,6 +435,73 @@ impl Tracker {
             }
         }
         Ok(out)
+    }
+
+    /// What changed since the last scan: heads to look at and ids confirmed gone.
+    ///
+    /// With `event_sequence` (OpenCode ≥ 1.16) this reads only that table's small rows, the
+    /// session rows of sessions whose `seq` moved (by primary key), and `COUNT(*)` of `session`:
+    /// every write to a session bumps its `seq`, and deleting a session removes its row. A session
+    /// without a sequence row (older than the last log wipe) can still be deleted unseen by the
+    /// sequence table; the count catches that and triggers a full scan of `session`. Without the
+    /// table, and on the first scan, every session row is read.
+    fn changes(
+        &mut self,
+        db: &OpenCodeDb,
+        out: &mut TickOutput,
+    ) -> Result<(Vec<crate::source::opencode::SessionHead>, Vec<String>), SourceError> {
+        if let (Some(index), Some(seqs)) = (self.index.as_mut(), db.sequences()?) {
+            let seqs: HashMap<String, i64> = seqs.into_iter().collect();
+            let mut heads = Vec::new();
+            let mut new_ids = Vec::new();
+            for (id, seq) in &seqs {
+                if index.seqs.get(id) == Some(seq) {
+                    continue;
+                }
+                if let Some(head) = db.session_head(id)? {
+                    out.heads_read += 1;
+                    if !index.known.contains(id) {
+                        new_ids.push(id.clone());
+                    }
+                    heads.push(head);
+                }
+            }
+            let mut gone = Vec::new();
+            for id in index.seqs.keys().filter(|id| !seqs.contains_key(*id)) {
+                out.heads_read += 1;
+                if db.session_head(id)?.is_none() {
+                    gone.push(id.clone());
+                }
+            }
+            let total = db.session_count()?;
+            let expected = index.total + new_ids.len() as i64
+                - gone.iter().filter(|id| index.known.contains(*id)).count() as i64;
+            if total == expected {
+                index.seqs = seqs;
+                index.total = total;
+                index.known.extend(new_ids);
+                for id in &gone {
+                    index.known.remove(id);
+                }
+                return Ok((heads, gone));
+            }
+            // A session appeared or vanished without a sequence row: look at everything.
+        }
+        let heads = db.session_heads()?;
+        out.heads_read += heads.len();
+        let known: HashSet<String> = heads.iter().map(|h| h.id.clone()).collect();
+        let gone = self
+            .sessions
+            .keys()
+            .filter(|id| !known.contains(*id))
+            .cloned()
+            .collect();
+        self.index = Some(SeqIndex {
+            seqs: db.sequences()?.unwrap_or_default().into_iter().collect(),
+            total: heads.len() as i64,
+            known,
+        });
+        Ok((heads, gone))
     }
 
     /// Whether `state` is due for export at `now_ms`, and as what.

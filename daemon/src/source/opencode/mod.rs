@@ -344,6 +344,73 @@ impl OpenCodeDb {
         Ok(heads)
     }
 
+    /// `(aggregate_id, seq)` of every `event_sequence` row (OpenCode ≥ 1.16): one small row per
+    /// session that had a durable event since the table was last wiped; every write to a session
+    /// bumps its `seq`. `None` when the table does not exist.
+    ///
+    /// # Errors
+    /// [`SourceError::Sqlite`].
+    pub fn sequences(&self) -> Result<Option<Vec<(String, i64)>>, SourceError> {
+        if !self.schema.has_event_sequence {
+            return Ok(None);
+        }
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT aggregate_id, seq FROM event_sequence")
+            .map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, int(r, 1).unwrap_or(0))))
+            .map_err(|e| self.sql_err(e))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.sql_err(e))?;
+        Ok(Some(rows))
+    }
+
+    /// The head of one session, read by primary key; `None` when the row is gone.
+    ///
+    /// # Errors
+    /// [`SourceError::Sqlite`].
+    pub fn session_head(&self, id: &str) -> Result<Option<SessionHead>, SourceError> {
+        let archived = self.session_col("time_archived");
+        let sql = if self.schema.has_event_sequence {
+            format!(
+                "SELECT s.id, s.parent_id, s.time_updated, {archived}, \
+                 COALESCE((SELECT seq FROM event_sequence WHERE aggregate_id = s.id), 0) \
+                 FROM session s WHERE s.id = ?1"
+            )
+        } else {
+            format!(
+                "SELECT s.id, s.parent_id, s.time_updated, {archived}, \
+                 COALESCE((SELECT MAX(time_updated) FROM message WHERE session_id = s.id), 0) \
+                 FROM session s WHERE s.id = ?1"
+            )
+        };
+        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.sql_err(e))?;
+        stmt.query_row([id], |r| {
+            Ok(SessionHead {
+                id: r.get(0)?,
+                parent_id: text(r, 1),
+                marker: ChangeMarker {
+                    seq: int(r, 4).unwrap_or(0),
+                    time_updated: int(r, 2).unwrap_or(0),
+                    time_archived: int(r, 3),
+                },
+            })
+        })
+        .optional()
+        .map_err(|e| self.sql_err(e))
+    }
+
+    /// `SELECT COUNT(*) FROM session` (answered from the smallest index, not the wide rows).
+    ///
+    /// # Errors
+    /// [`SourceError::Sqlite`].
+    pub fn session_count(&self) -> Result<i64, SourceError> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM session", [], |r| r.get(0))
+            .map_err(|e| self.sql_err(e))
+    }
+
     fn session_row(&self, id: &str) -> Result<Option<SessionRow>, SourceError> {
         let sql = format!(
             "SELECT s.id, s.project_id, s.parent_id, s.directory, s.title, s.version, \

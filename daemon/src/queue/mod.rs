@@ -98,7 +98,8 @@
 //!    recomputes the counters, and writes the status file.
 //! 2. Running: the service calls [`Outbox::commit`] per tick (skipping source reads while
 //!    [`Outbox::is_full`]), the sender [`Outbox::pending`] → deliver → [`Outbox::ack`] /
-//!    [`Outbox::record_attempt`] + [`Outbox::record_error`] / [`Outbox::dead_letter`].
+//!    [`Outbox::record_attempt`] + [`Outbox::record_error`] / [`Outbox::dead_letter`]
+//!    ([`Outbox::ack_batch`] acks a whole delivered batch in one transaction).
 //!    The status file is rewritten at most once per second, and within about a second of a
 //!    change (a trailing write is scheduled on the tokio runtime when one is running).
 //! 3. Shutdown: [`Outbox::flush`] (flushes acks and writes the status file), then drop.
@@ -661,28 +662,44 @@ impl Outbox {
     /// # Errors
     /// [`QueueError::Storage`].
     pub async fn ack(&self, p: &Pending) -> Result<AckOutcome, QueueError> {
+        let outcomes = self.ack_batch(std::slice::from_ref(p)).await?;
+        Ok(outcomes.first().copied().unwrap_or(AckOutcome::Missing))
+    }
+
+    /// [`Outbox::ack`] for every entry of a delivered batch, in one transaction (an ack costs
+    /// a transaction, so a batch of 50 is much cheaper acked at once). Returns one outcome per
+    /// entry, in order.
+    ///
+    /// # Errors
+    /// [`QueueError::Storage`].
+    pub async fn ack_batch(&self, ps: &[Pending]) -> Result<Vec<AckOutcome>, QueueError> {
         let now = now_ms();
-        let sid = p.session_id().as_bytes();
-        let (outcome, delta) = self.inner.tx("ack", |t| {
+        let (outcomes, delta) = self.inner.tx("ack", |t| {
             let mut delta = Delta::default();
-            let outcome = match t.outbox.get(sid)? {
-                Some(cur) if cur == p.stored => {
-                    t.outbox.remove(sid)?;
-                    t.order.remove(&format::seq_key(p.seq())[..])?;
-                    delta.remove_pending(cur.len());
-                    t.bump(meta_key::ACKED_TOTAL, 1)?;
-                    AckOutcome::Acked
-                }
-                Some(_) => AckOutcome::Superseded,
-                None => AckOutcome::Missing,
-            };
+            let mut outcomes = Vec::with_capacity(ps.len());
+            let mut acked = 0;
+            for p in ps {
+                let sid = p.session_id().as_bytes();
+                outcomes.push(match t.outbox.get(sid)? {
+                    Some(cur) if cur == p.stored => {
+                        t.outbox.remove(sid)?;
+                        t.order.remove(&format::seq_key(p.seq())[..])?;
+                        delta.remove_pending(cur.len());
+                        acked += 1;
+                        AckOutcome::Acked
+                    }
+                    Some(_) => AckOutcome::Superseded,
+                    None => AckOutcome::Missing,
+                });
+            }
+            t.bump(meta_key::ACKED_TOTAL, acked)?;
             t.meta
                 .insert(meta_key::LAST_DELIVERY_AT, &now.to_be_bytes()[..])?;
-            Ok((outcome, delta))
+            Ok((outcomes, delta))
         })?;
         self.inner.apply(delta);
         self.touch_status();
-        Ok(outcome)
+        Ok(outcomes)
     }
 
     /// Records one more failed delivery attempt on `p`'s entry (if it still holds `p`'s bytes)

@@ -206,6 +206,38 @@ async fn ack_of_an_older_version_is_superseded_and_keeps_the_newer_one() {
 }
 
 #[tokio::test]
+async fn ack_batch_acks_a_delivered_batch_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ob = open(tmp.path());
+    ob.commit(records(vec![
+        rec("ses_a", 1),
+        rec("ses_b", 1),
+        rec("ses_c", 1),
+    ]))
+    .await
+    .unwrap();
+    let batch = ob.pending(10).unwrap();
+    ob.commit(records(vec![rec("ses_b", 2)])).await.unwrap();
+    let c = batch[2].clone();
+    assert_eq!(ob.ack(&c).await.unwrap(), AckOutcome::Acked);
+    assert_eq!(
+        ob.ack_batch(&batch).await.unwrap(),
+        [
+            AckOutcome::Acked,
+            AckOutcome::Superseded,
+            AckOutcome::Missing
+        ]
+    );
+    let left = ob.pending(10).unwrap();
+    assert_eq!(sids(&left), ["ses_b"]);
+    assert_eq!(json_n(&left[0]), 2);
+    let stats = ob.stats().unwrap();
+    assert_eq!((stats.pending_count, stats.acked_total), (1, 2));
+    assert_eq!(stats.pending_bytes, left[0].stored_len() as u64);
+    assert!(ob.ack_batch(&[]).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn an_identical_recommit_is_a_new_version_for_acks() {
     // Same record bytes, new sequence number and enqueue time: the stored bytes differ, so an
     // ack of the first read does not remove the second commit.
@@ -978,6 +1010,23 @@ async fn a_truncated_log_recovers_a_consistent_prefix() {
     }
 }
 
+#[test]
+fn an_os_error_at_open_fails_without_touching_the_directory() {
+    // Not corruption (think permission denied, no space left): moving the directory aside would
+    // not help, so open fails and the service manager's restarts retry it as it is.
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("queue/db")).unwrap(); // EISDIR on open
+    let err = Outbox::open(tmp.path(), &cfg()).unwrap_err();
+    assert!(matches!(err, QueueError::Open { .. }), "{err}");
+    assert!(err.is_permanent());
+    assert!(
+        err.to_string().starts_with("cannot open the outbox at "),
+        "{err}"
+    );
+    assert!(quarantined(tmp.path()).is_empty());
+    assert!(tmp.path().join("queue/db").is_dir());
+}
+
 #[tokio::test]
 async fn a_newer_layout_is_refused_and_left_in_place() {
     let tmp = tempfile::tempdir().unwrap();
@@ -1003,13 +1052,16 @@ async fn the_status_file_is_written_at_open_and_at_most_once_a_second() {
     let tmp = tempfile::tempdir().unwrap();
     assert_eq!(read_status(tmp.path()), None);
     let ob = open(tmp.path());
+    let opened = Instant::now();
     let s0 = read_status(tmp.path()).expect("written at open");
     assert_eq!(s0.pid, std::process::id());
     assert_eq!((s0.pending_count, s0.max_bytes), (0, cfg().max_bytes));
     // Within the second after the last write, changes wait for the trailing write.
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
     ob.record_error("http 503: unavailable").unwrap();
-    assert_eq!(read_status(tmp.path()).unwrap().pending_count, 0);
+    if opened.elapsed() < Duration::from_millis(800) {
+        assert_eq!(read_status(tmp.path()).unwrap().pending_count, 0);
+    }
     tokio::time::sleep(Duration::from_millis(1300)).await;
     let s1 = read_status(tmp.path()).unwrap();
     assert_eq!(s1.pending_count, 1);
@@ -1027,6 +1079,32 @@ async fn the_status_file_is_written_at_open_and_at_most_once_a_second() {
     // Garbage reads as "no status".
     std::fs::write(status_path(tmp.path()), b"{").unwrap();
     assert_eq!(read_status(tmp.path()), None);
+}
+
+#[tokio::test]
+async fn the_outbox_and_its_futures_can_move_between_tasks() {
+    fn send_sync<T: Send + Sync + 'static>(_: &T) {}
+    fn send<T: Send>(t: T) -> T {
+        t
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ob = open(tmp.path());
+    send_sync(&ob);
+    let task = {
+        let ob = ob.clone();
+        tokio::spawn(async move {
+            send(ob.commit(records(vec![rec("ses_a", 1)])))
+                .await
+                .unwrap();
+            let p = ob.pending(1).unwrap().remove(0);
+            send(ob.ack(&p)).await.unwrap();
+            send(ob.dead_letter(&p, "x")).await.unwrap();
+            send(ob.retry_dead()).await.unwrap();
+            send(ob.flush()).await.unwrap();
+        })
+    };
+    task.await.unwrap();
+    assert_eq!(ob.stats().unwrap().acked_total, 1);
 }
 
 #[test]

@@ -100,7 +100,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if matches!(cli.command, Command::Run(_) | Command::Once(_) | Command::CheckConfig) {
+    if matches!(
+        cli.command,
+        Command::Run(_) | Command::Once(_) | Command::CheckConfig
+    ) {
         if let Err(e) = loaded.check_delivery() {
             eprintln!("opencode-telemetry: {e}");
             return ExitCode::from(EXIT_CONFIG);
@@ -125,7 +128,9 @@ pub fn main() -> ExitCode {
             Command::CheckConfig => service::check_config(&loaded),
             Command::Status => service::status(&loaded.config),
             Command::Queue(QueueCommand::List) => service::queue_list(&loaded.config).await,
-            Command::Queue(QueueCommand::RetryDead) => service::queue_retry_dead(&loaded.config).await,
+            Command::Queue(QueueCommand::RetryDead) => {
+                service::queue_retry_dead(&loaded.config).await
+            }
             Command::Install(args) => service::install(&loaded, args.print, args.no_start),
         }
     });

@@ -58,7 +58,11 @@ impl Secret {
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.0.is_empty() { "\"\"" } else { "[redacted]" })
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "[redacted]"
+        })
     }
 }
 
@@ -482,7 +486,10 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
         ));
     }
     if config.convex.initial_backoff_ms == 0 {
-        return Err(bad("convex.initial_backoff_ms", "must be at least 1".into()));
+        return Err(bad(
+            "convex.initial_backoff_ms",
+            "must be at least 1".into(),
+        ));
     }
     if config.convex.max_backoff_secs == 0 {
         return Err(bad("convex.max_backoff_secs", "must be at least 1".into()));
@@ -490,7 +497,10 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
     if config.queue.max_bytes < 1024 * 1024 {
         return Err(bad(
             "queue.max_bytes",
-            format!("must be at least 1048576 (1 MiB), got {}", config.queue.max_bytes),
+            format!(
+                "must be at least 1048576 (1 MiB), got {}",
+                config.queue.max_bytes
+            ),
         ));
     }
     if config.export.max_message_chars == 0 {
@@ -514,7 +524,10 @@ impl Loaded {
     pub fn check_delivery(&self) -> Result<(), ConfigError> {
         if self.config.uses_convex() && self.config.convex.ingest_token.is_empty() {
             return Err(ConfigError::BadValue {
-                path: self.path.clone().unwrap_or_else(|| PathBuf::from("<defaults>")),
+                path: self
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("<defaults>")),
                 key: "convex.ingest_token",
                 message: format!("is required when convex.url is set (or set {ENV_INGEST_TOKEN})"),
             });
@@ -598,14 +611,18 @@ mod tests {
 
     #[test]
     fn an_unknown_key_is_named_with_the_file() {
-        let err = parse_str("[source]\npoll_intervall_ms = 5\n").unwrap_err().to_string();
+        let err = parse_str("[source]\npoll_intervall_ms = 5\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("poll_intervall_ms"), "{err}");
         assert!(err.contains("/etc/x.toml"), "{err}");
     }
 
     #[test]
     fn a_wrongly_typed_value_is_named_with_its_key() {
-        let err = parse_str("[export]\ndebounce_ms = \"soon\"\n").unwrap_err().to_string();
+        let err = parse_str("[export]\ndebounce_ms = \"soon\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("debounce_ms"), "{err}");
         assert!(err.contains("/etc/x.toml"), "{err}");
     }
@@ -624,9 +641,15 @@ mod tests {
     #[test]
     fn a_convex_url_without_a_token_is_refused_for_delivery_only() {
         let config = parse_str("[convex]\nurl = \"https://a.convex.cloud\"\n").unwrap();
-        let loaded = Loaded { config, path: Some(PathBuf::from("/etc/x.toml")) };
+        let loaded = Loaded {
+            config,
+            path: Some(PathBuf::from("/etc/x.toml")),
+        };
         let err = loaded.check_delivery().unwrap_err().to_string();
-        assert!(err.contains("convex.ingest_token") && err.contains("/etc/x.toml"), "{err}");
+        assert!(
+            err.contains("convex.ingest_token") && err.contains("/etc/x.toml"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -59,7 +59,11 @@ mod tests {
         let id = device_id_from(raw);
         assert_eq!(id.len(), 32);
         assert!(!id.contains(raw));
-        assert_eq!(id, device_id_from(&format!("{raw}\n")), "trailing newline ignored");
+        assert_eq!(
+            id,
+            device_id_from(&format!("{raw}\n")),
+            "trailing newline ignored"
+        );
         assert_ne!(id, device_id_from("4c4c4544003957108052b4c04f384834"));
         // Independent check of the construction: HMAC-SHA256(key = machine id, msg = APP_KEY).
         let mut mac = Hmac::<Sha256>::new_from_slice(raw.as_bytes()).unwrap();

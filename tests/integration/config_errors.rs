@@ -3,8 +3,14 @@
 use crate::support::*;
 
 fn check_config(scratch: &Scratch, config: &std::path::Path) -> (i32, String) {
-    let out = run(command(scratch).arg("--config").arg(config).arg("check-config"));
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+    let out = run(command(scratch)
+        .arg("--config")
+        .arg(config)
+        .arg("check-config"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -23,7 +29,10 @@ fn a_bad_value_exits_78_naming_the_key_and_the_file() {
     for (toml, key) in [
         ("[export]\ndebounce_ms = \"soon\"\n", "debounce_ms"),
         ("[convex]\nbatch_size = 0\n", "convex.batch_size"),
-        ("[convex]\nurl = \"http://convex.example.com\"\ningest_token = \"t\"\n", "convex.url"),
+        (
+            "[convex]\nurl = \"http://convex.example.com\"\ningest_token = \"t\"\n",
+            "convex.url",
+        ),
         ("[source]\npoll_interval_ms = -5\n", "poll_interval_ms"),
     ] {
         let config = scratch.write_config(toml);
@@ -64,10 +73,20 @@ fn check_config_prints_the_effective_config_with_the_token_redacted() {
     let config = scratch.write_config(
         "[convex]\nurl = \"https://happy-otter-123.convex.cloud\"\ningest_token = \"tok-123-secret\"\n",
     );
-    let out = run(command(&scratch).arg("--config").arg(&config).arg("check-config"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("https://happy-otter-123.convex.cloud"), "{stdout}");
+    assert!(
+        stdout.contains("https://happy-otter-123.convex.cloud"),
+        "{stdout}"
+    );
     assert!(stdout.contains("[redacted]"), "{stdout}");
     assert!(!stdout.contains("tok-123-secret"));
     // The env override wins over the file, and is redacted too.
@@ -84,6 +103,13 @@ fn check_config_prints_the_effective_config_with_the_token_redacted() {
 fn the_shipped_example_config_is_accepted_by_the_binary() {
     let scratch = Scratch::new();
     let example = repo_root().join("daemon/config.example.toml");
-    let out = run(command(&scratch).arg("--config").arg(&example).arg("check-config"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&example)
+        .arg("check-config"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

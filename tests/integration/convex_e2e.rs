@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -67,7 +66,11 @@ impl Emulator {
     /// Calls an internal query as admin and returns its value.
     pub fn admin_query(&self, path: &str, args: Value) -> Value {
         let body = json!({"path": path, "args": args, "format": "json"});
-        let v = post_json(&format!("{}/api/query", self.url), Some(&format!("Convex {ADMIN_KEY}")), &body);
+        let v = post_json(
+            &format!("{}/api/query", self.url),
+            Some(&format!("Convex {ADMIN_KEY}")),
+            &body,
+        );
         assert_eq!(v["status"], "success", "{v}");
         v["value"].clone()
     }
@@ -75,7 +78,10 @@ impl Emulator {
 
 /// POSTs JSON and returns the JSON reply (any status).
 pub fn post_json(url: &str, authorization: Option<&str>, body: &Value) -> Value {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut req = reqwest::Client::new().post(url).json(body);
         if let Some(a) = authorization {
@@ -118,8 +124,17 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
 
     // The same pass to the local sink gives the reference records.
     let local_cfg = scratch.write_config("[export]\ninclude_messages = true\n");
-    let out = run(command(&scratch).arg("--config").arg(&local_cfg).arg("--db").arg(&db).arg("once"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&local_cfg)
+        .arg("--db")
+        .arg(&db)
+        .arg("once"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let reference = read_ndjson(&scratch.local_sink());
     assert_eq!(reference.len(), 25);
 
@@ -143,7 +158,12 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
             .arg("once"))
     };
     let out = once(TOKEN);
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     for r in &reference {
         let id = r["sessionId"].as_str().unwrap();
@@ -157,7 +177,11 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
 
     // A second pass updates the same rows: still one row per session.
     let out = once(TOKEN);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listed = emu.admin_query("sessions:list", json!({"limit": 1000}));
     assert_eq!(listed.as_array().unwrap().len(), 25);
 
@@ -166,7 +190,17 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ingest token"), "{stderr}");
-    assert!(!stderr.contains("wrong-token-value") && !stderr.contains(TOKEN), "{stderr}");
-    let status = run(command(&scratch).arg("--config").arg(&convex_cfg).arg("status"));
-    assert!(String::from_utf8_lossy(&status.stdout).contains("25"), "{}", String::from_utf8_lossy(&status.stdout));
+    assert!(
+        !stderr.contains("wrong-token-value") && !stderr.contains(TOKEN),
+        "{stderr}"
+    );
+    let status = run(command(&scratch)
+        .arg("--config")
+        .arg(&convex_cfg)
+        .arg("status"));
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("25"),
+        "{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
 }

@@ -4,14 +4,14 @@
 
 mod support;
 
-/// `once` on the bundled OpenCode 1.18.33 database, checked against independent SQL.
-mod once_fixture;
-/// Reading a live WAL database leaves its three files byte-identical.
-mod wal_readonly;
 /// Configuration errors: exit 78, naming the key and the file.
 mod config_errors;
 /// The real binary → HTTP → the project's Convex functions (convex-test emulator) → query back.
 mod convex_e2e;
+/// `once` on the bundled OpenCode 1.18.33 database, checked against independent SQL.
+mod once_fixture;
 /// Replaying OpenCode's own event log into a database: the tracker's exports agree with the
 /// moments OpenCode published.
 mod replay;
+/// Reading a live WAL database leaves its three files byte-identical.
+mod wal_readonly;

@@ -24,6 +24,18 @@ fn once(scratch: &Scratch, db: &std::path::Path, config: &std::path::Path) -> st
     out
 }
 
+/// The `session` columns the record is checked against.
+struct SessionCols {
+    project_id: String,
+    directory: String,
+    title: String,
+    version: String,
+    created: i64,
+    archived: Option<i64>,
+    cost: f64,
+    tokens: [i64; 5],
+}
+
 fn by_id(records: Vec<Value>) -> BTreeMap<String, Value> {
     records
         .into_iter()
@@ -57,31 +69,51 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
     assert_eq!(records.keys().cloned().collect::<BTreeSet<_>>(), roots);
     // …and one printed line per session: id, end reason, messages, todos, cost, title.
     for id in &roots {
-        let line = stdout.lines().find(|l| l.starts_with(id.as_str())).unwrap_or_else(|| panic!("no line for {id}:\n{stdout}"));
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_else(|| panic!("no line for {id}:\n{stdout}"));
         let r = &records[id];
         assert!(line.contains(r["endReason"].as_str().unwrap()), "{line}");
-        assert!(line.contains(&format!("msgs {:>3}", r["messageCount"].as_u64().unwrap())), "{line}");
+        assert!(
+            line.contains(&format!("msgs {:>3}", r["messageCount"].as_u64().unwrap())),
+            "{line}"
+        );
         assert!(line.contains(r["title"].as_str().unwrap()), "{line}");
     }
 
     let hostname = hostname_of_this_machine();
     for (id, r) in &records {
-        let (project_id, directory, title, version, created, archived, cost, t_in, t_out, t_reason, t_cr, t_cw): (
-            String, String, String, String, i64, Option<i64>, f64, i64, i64, i64, i64, i64,
-        ) = conn
+        let row = conn
             .query_row(
                 "SELECT project_id, directory, title, version, time_created, time_archived, cost, \
                  tokens_input, tokens_output, tokens_reasoning, tokens_cache_read, tokens_cache_write \
                  FROM session WHERE id = ?1",
                 [id],
                 |r| {
-                    Ok((
-                        r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?,
-                        r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?,
-                    ))
+                    Ok(SessionCols {
+                        project_id: r.get(0)?,
+                        directory: r.get(1)?,
+                        title: r.get(2)?,
+                        version: r.get(3)?,
+                        created: r.get(4)?,
+                        archived: r.get(5)?,
+                        cost: r.get(6)?,
+                        tokens: [r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?, r.get(11)?],
+                    })
                 },
             )
             .unwrap();
+        let SessionCols {
+            project_id,
+            directory,
+            title,
+            version,
+            created,
+            archived,
+            cost,
+            tokens: [t_in, t_out, t_reason, t_cr, t_cw],
+        } = row;
         assert_eq!(r["projectId"], project_id.as_str());
         assert_eq!(r["projectDirectory"], directory.as_str());
         assert_eq!(r["title"], title.as_str());
@@ -92,12 +124,22 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
         assert_eq!(r["hostname"], hostname.as_str());
         assert_eq!(r["daemonVersion"], env!("CARGO_PKG_VERSION"));
         let device = r["deviceId"].as_str().unwrap();
-        assert!(device.len() == 32 && device.chars().all(|c| c.is_ascii_hexdigit()), "{device}");
+        assert!(
+            device.len() == 32 && device.chars().all(|c| c.is_ascii_hexdigit()),
+            "{device}"
+        );
         let machine_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
         assert!(machine_id.trim().is_empty() || !device.contains(machine_id.trim()));
 
         // Messages by role.
-        assert_eq!(r["messageCount"], count(&conn, "SELECT COUNT(*) FROM message WHERE session_id = ?1", id));
+        assert_eq!(
+            r["messageCount"],
+            count(
+                &conn,
+                "SELECT COUNT(*) FROM message WHERE session_id = ?1",
+                id
+            )
+        );
         assert_eq!(
             r["userMessageCount"],
             count(&conn, "SELECT COUNT(*) FROM message WHERE session_id = ?1 AND json_extract(data, '$.role') = 'user'", id)
@@ -117,24 +159,44 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
             .unwrap() as u64
         };
         let stats = &r["todoStats"];
-        assert_eq!(stats["total"], count(&conn, "SELECT COUNT(*) FROM todo WHERE session_id = ?1", id));
+        assert_eq!(
+            stats["total"],
+            count(&conn, "SELECT COUNT(*) FROM todo WHERE session_id = ?1", id)
+        );
         assert_eq!(stats["completed"], todo("completed"));
         assert_eq!(stats["pending"], todo("pending"));
         assert_eq!(stats["inProgress"], todo("in_progress"));
         assert_eq!(stats["cancelled"], todo("cancelled"));
-        assert_eq!(r["todos"].as_array().unwrap().len() as u64, stats["total"].as_u64().unwrap());
+        assert_eq!(
+            r["todos"].as_array().unwrap().len() as u64,
+            stats["total"].as_u64().unwrap()
+        );
 
         // Cost and tokens equal OpenCode's own session usage columns (≥ 1.14.49).
-        assert!((r["cost"].as_f64().unwrap() - cost).abs() < 1e-9, "{id}: {} vs {cost}", r["cost"]);
+        assert!(
+            (r["cost"].as_f64().unwrap() - cost).abs() < 1e-9,
+            "{id}: {} vs {cost}",
+            r["cost"]
+        );
         let tokens = &r["tokens"];
         assert_eq!(tokens["input"].as_i64(), Some(t_in));
         assert_eq!(tokens["output"].as_i64(), Some(t_out));
         assert_eq!(tokens["reasoning"].as_i64(), Some(t_reason));
         assert_eq!(tokens["cacheRead"].as_i64(), Some(t_cr));
         assert_eq!(tokens["cacheWrite"].as_i64(), Some(t_cw));
-        let model_cost: f64 = r["models"].as_array().unwrap().iter().map(|m| m["cost"].as_f64().unwrap()).sum();
+        let model_cost: f64 = r["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["cost"].as_f64().unwrap())
+            .sum();
         assert!((model_cost - cost).abs() < 1e-9);
-        let model_messages: u64 = r["models"].as_array().unwrap().iter().map(|m| m["messages"].as_u64().unwrap()).sum();
+        let model_messages: u64 = r["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["messages"].as_u64().unwrap())
+            .sum();
         assert_eq!(model_messages, r["assistantMessageCount"].as_u64().unwrap());
 
         // Tool calls per tool name and their errors.
@@ -146,7 +208,12 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
             )
             .unwrap();
         let expected: BTreeMap<String, (u64, u64)> = stmt
-            .query_map([id], |r| Ok((r.get::<_, String>(0)?, (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64))))
+            .query_map([id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    (r.get::<_, i64>(1)? as u64, r.get::<_, i64>(2)? as u64),
+                ))
+            })
             .unwrap()
             .map(Result::unwrap)
             .collect();
@@ -154,7 +221,12 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
             .as_array()
             .unwrap()
             .iter()
-            .map(|t| (t["name"].as_str().unwrap().to_string(), (t["calls"].as_u64().unwrap(), t["errors"].as_u64().unwrap())))
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    (t["calls"].as_u64().unwrap(), t["errors"].as_u64().unwrap()),
+                )
+            })
             .collect();
         assert_eq!(got, expected, "{id}");
 
@@ -179,7 +251,12 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
             .unwrap()
             .map(Result::unwrap)
             .collect();
-        let got: BTreeSet<String> = r["agentsUsed"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect();
+        let got: BTreeSet<String> = r["agentsUsed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
         assert_eq!(got, agents, "{id}");
 
         // End reason and error: the newest assistant message's error.
@@ -213,20 +290,36 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
         let listed: Vec<String> = r
             .get("children")
             .and_then(Value::as_array)
-            .map(|c| c.iter().map(|c| c["sessionId"].as_str().unwrap().to_string()).collect())
+            .map(|c| {
+                c.iter()
+                    .map(|c| c["sessionId"].as_str().unwrap().to_string())
+                    .collect()
+            })
             .unwrap_or_default();
         assert_eq!(listed, children, "{id}");
         if !children.is_empty() {
             let child_msgs = count(&conn, "SELECT COUNT(*) FROM message WHERE session_id IN (SELECT id FROM session WHERE parent_id = ?1)", id);
-            assert_eq!(r["rollup"]["messageCount"].as_u64().unwrap(), r["messageCount"].as_u64().unwrap() + child_msgs);
-            assert_eq!(r["rollup"]["sessions"].as_u64().unwrap(), 1 + children.len() as u64);
+            assert_eq!(
+                r["rollup"]["messageCount"].as_u64().unwrap(),
+                r["messageCount"].as_u64().unwrap() + child_msgs
+            );
+            assert_eq!(
+                r["rollup"]["sessions"].as_u64().unwrap(),
+                1 + children.len() as u64
+            );
         }
     }
 
     // The error sessions named by the harness manifest, with the error names OpenCode published
     // on its bus (session.error in events → transitions.json).
-    let manifest: Value = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("manifest.json")).unwrap()).unwrap();
-    let transitions: Value = serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("transitions.json")).unwrap()).unwrap();
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let transitions: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("transitions.json")).unwrap(),
+    )
+    .unwrap();
     let mut error_sessions = 0;
     for job in manifest["jobs"].as_array().unwrap() {
         let kind = job["kind"].as_str().unwrap();
@@ -242,7 +335,11 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
             .map(|t| t["error"].as_str().unwrap())
             .collect();
         assert_eq!(records[sid]["endReason"], "error", "{sid} ({kind})");
-        assert_eq!(records[sid]["error"]["name"].as_str(), published.last().copied(), "{sid}");
+        assert_eq!(
+            records[sid]["error"]["name"].as_str(),
+            published.last().copied(),
+            "{sid}"
+        );
         error_sessions += 1;
     }
     assert_eq!(error_sessions, 5);
@@ -256,10 +353,17 @@ fn with_subagent_sessions_included_children_are_records_with_their_parent_ids() 
     once(&scratch, &db, &config);
     let records = by_id(read_ndjson(&scratch.local_sink()));
     let conn = sql(&db);
-    assert_eq!(records.len() as u64, count(&conn, "SELECT COUNT(*) FROM session WHERE id <> ?1", ""));
+    assert_eq!(
+        records.len() as u64,
+        count(&conn, "SELECT COUNT(*) FROM session WHERE id <> ?1", "")
+    );
     let mut children = 0;
     for (id, r) in &records {
-        let parent: Option<String> = conn.query_row("SELECT parent_id FROM session WHERE id = ?1", [id], |r| r.get(0)).unwrap();
+        let parent: Option<String> = conn
+            .query_row("SELECT parent_id FROM session WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
         assert_eq!(r["parentSessionId"].as_str(), parent.as_deref(), "{id}");
         children += usize::from(parent.is_some());
     }
@@ -274,16 +378,27 @@ fn once_twice_delivers_again_and_the_outbox_ends_empty() {
     once(&scratch, &db, &config);
     once(&scratch, &db, &config);
     assert_eq!(read_ndjson(&scratch.local_sink()).len(), 50);
-    let status = run(command(&scratch).arg("--config").arg(&config).arg("--db").arg(&db).arg("status"));
+    let status = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .arg("status"));
     assert!(status.status.success());
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("pending:         0") || text.contains("pending: 0"), "{text}");
+    assert!(
+        text.contains("pending:         0") || text.contains("pending: 0"),
+        "{text}"
+    );
 }
 
 fn hostname_of_this_machine() -> String {
     let out = std::process::Command::new("hostname").output();
     match out {
         Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        _ => std::fs::read_to_string("/etc/hostname").unwrap_or_default().trim().to_string(),
+        _ => std::fs::read_to_string("/etc/hostname")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }

@@ -25,7 +25,10 @@ use crate::support::*;
 /// One write OpenCode made, at its receive time (ms).
 enum Write {
     Sync(Value),
-    Todos { session_id: String, todos: Vec<Value> },
+    Todos {
+        session_id: String,
+        todos: Vec<Value>,
+    },
     DeleteSession(String),
 }
 
@@ -34,14 +37,19 @@ fn load_writes() -> Vec<(i64, Write)> {
     let text = std::fs::read_to_string(fixture_dir().join("events.jsonl")).unwrap();
     for line in text.lines() {
         let e: Value = serde_json::from_str(line).unwrap();
-        let Some(payload) = e.get("payload") else { continue };
+        let Some(payload) = e.get("payload") else {
+            continue;
+        };
         let ts = (e["recv_ts"].as_f64().unwrap() * 1000.0) as i64;
         match payload["type"].as_str().unwrap() {
             "sync" => writes.push((ts, Write::Sync(payload["syncEvent"].clone()))),
             "todo.updated" => writes.push((
                 ts,
                 Write::Todos {
-                    session_id: payload["properties"]["sessionID"].as_str().unwrap().to_string(),
+                    session_id: payload["properties"]["sessionID"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
                     todos: payload["properties"]["todos"].as_array().unwrap().clone(),
                 },
             )),
@@ -54,7 +62,10 @@ fn load_writes() -> Vec<(i64, Write)> {
         let e: Value = serde_json::from_str(line).unwrap();
         if e.get("harness").and_then(Value::as_str) == Some("session_delete") {
             let ts = (e["ts"].as_f64().unwrap() * 1000.0) as i64;
-            writes.push((ts, Write::DeleteSession(e["sessionID"].as_str().unwrap().to_string())));
+            writes.push((
+                ts,
+                Write::DeleteSession(e["sessionID"].as_str().unwrap().to_string()),
+            ));
         }
     }
     writes.sort_by_key(|(ts, _)| *ts);
@@ -65,7 +76,8 @@ fn load_writes() -> Vec<(i64, Write)> {
 fn create_db(path: &Path) -> Connection {
     let fixture = sql(&fixture_dir().join("opencode.db"));
     let conn = Connection::open(path).unwrap();
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;").unwrap();
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
+        .unwrap();
     let ddl: Vec<String> = fixture
         .prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY type = 'index'")
         .unwrap()
@@ -152,8 +164,10 @@ fn apply(conn: &Connection, ts: i64, write: &Write) {
                     .unwrap();
                 }
                 "session.deleted.1" => {
-                    tx.execute("DELETE FROM session WHERE id = ?1", [sid]).unwrap();
-                    tx.execute("DELETE FROM event_sequence WHERE aggregate_id = ?1", [sid]).unwrap();
+                    tx.execute("DELETE FROM session WHERE id = ?1", [sid])
+                        .unwrap();
+                    tx.execute("DELETE FROM event_sequence WHERE aggregate_id = ?1", [sid])
+                        .unwrap();
                 }
                 "message.updated.1" => {
                     let i = &data["info"];
@@ -192,7 +206,8 @@ fn apply(conn: &Connection, ts: i64, write: &Write) {
             }
         }
         Write::Todos { session_id, todos } => {
-            tx.execute("DELETE FROM todo WHERE session_id = ?1", [session_id]).unwrap();
+            tx.execute("DELETE FROM todo WHERE session_id = ?1", [session_id])
+                .unwrap();
             for (pos, t) in todos.iter().enumerate() {
                 tx.execute(
                     "INSERT INTO todo (session_id, content, status, priority, position, time_created, time_updated) \
@@ -203,9 +218,12 @@ fn apply(conn: &Connection, ts: i64, write: &Write) {
             }
         }
         Write::DeleteSession(id) => {
-            tx.execute("DELETE FROM session WHERE parent_id = ?1", [id]).unwrap();
-            tx.execute("DELETE FROM session WHERE id = ?1", [id]).unwrap();
-            tx.execute("DELETE FROM event_sequence WHERE aggregate_id = ?1", [id]).unwrap();
+            tx.execute("DELETE FROM session WHERE parent_id = ?1", [id])
+                .unwrap();
+            tx.execute("DELETE FROM session WHERE id = ?1", [id])
+                .unwrap();
+            tx.execute("DELETE FROM event_sequence WHERE aggregate_id = ?1", [id])
+                .unwrap();
         }
     }
     tx.commit().unwrap();
@@ -215,12 +233,24 @@ fn apply(conn: &Connection, ts: i64, write: &Write) {
 type Expected = (Event, Option<String>, i64);
 
 /// Applies the export rules to OpenCode's published moments of one session.
-fn expected_exports(transitions: &[Value], deleted_at: Option<i64>, debounce_ms: i64) -> Vec<Expected> {
+fn expected_exports(
+    transitions: &[Value],
+    deleted_at: Option<i64>,
+    debounce_ms: i64,
+) -> Vec<Expected> {
     // Collapse into moments: idle episodes (first idle after a busy), archives, deletion.
     enum Moment {
-        Idle { at: i64, error: Option<String>, todos_open: bool },
-        Archived { at: i64 },
-        Deleted { at: i64 },
+        Idle {
+            at: i64,
+            error: Option<String>,
+            todos_open: bool,
+        },
+        Archived {
+            at: i64,
+        },
+        Deleted {
+            at: i64,
+        },
     }
     let mut moments = Vec::new();
     let mut in_idle = false;
@@ -243,7 +273,11 @@ fn expected_exports(transitions: &[Value], deleted_at: Option<i64>, debounce_ms:
             }
             "session.idle" if !in_idle => {
                 in_idle = true;
-                moments.push(Moment::Idle { at, error: pending_error.clone(), todos_open });
+                moments.push(Moment::Idle {
+                    at,
+                    error: pending_error.clone(),
+                    todos_open,
+                });
             }
             "session.archived" => moments.push(Moment::Archived { at }),
             "session.deleted" => moments.push(Moment::Deleted { at }),
@@ -257,10 +291,17 @@ fn expected_exports(transitions: &[Value], deleted_at: Option<i64>, debounce_ms:
     let mut out: Vec<Expected> = Vec::new();
     let mut pending: Option<(i64, Option<String>)> = None; // an idle export waiting for its window
     let mut exported_once = false;
-    let flush = |pending: &mut Option<(i64, Option<String>)>, out: &mut Vec<Expected>, until: i64, exported: &mut bool| {
+    let flush = |pending: &mut Option<(i64, Option<String>)>,
+                 out: &mut Vec<Expected>,
+                 until: i64,
+                 exported: &mut bool| {
         if let Some((at, err)) = pending.take() {
             if at + debounce_ms <= until {
-                let ev = if err.is_some() { Event::Error } else { Event::Idle };
+                let ev = if err.is_some() {
+                    Event::Error
+                } else {
+                    Event::Idle
+                };
                 out.push((ev, err, at));
                 *exported = true;
             }
@@ -268,7 +309,11 @@ fn expected_exports(transitions: &[Value], deleted_at: Option<i64>, debounce_ms:
     };
     for m in moments {
         match m {
-            Moment::Idle { at, error, todos_open } => {
+            Moment::Idle {
+                at,
+                error,
+                todos_open,
+            } => {
                 flush(&mut pending, &mut out, at, &mut exported_once);
                 if !todos_open {
                     pending = Some((at, error));
@@ -300,8 +345,10 @@ fn replay(debounce_ms: i64) {
     let db_path = scratch.path("opencode.db");
     let writer = create_db(&db_path);
     let writes = load_writes();
-    let transitions: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("transitions.json")).unwrap()).unwrap();
+    let transitions: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("transitions.json")).unwrap(),
+    )
+    .unwrap();
 
     let rules = Rules {
         debounce_ms,
@@ -360,15 +407,32 @@ fn replay(debounce_ms: i64) {
             assert!(!got.contains_key(sid), "child {sid} exported on its own");
             continue;
         }
-        let expected = expected_exports(t["transitions"].as_array().unwrap(), deleted_at.get(sid).copied(), debounce_ms);
+        let expected = expected_exports(
+            t["transitions"].as_array().unwrap(),
+            deleted_at.get(sid).copied(),
+            debounce_ms,
+        );
         let actual = got.remove(sid).unwrap_or_default();
-        let kinds = |v: &[(Event, Option<String>, i64)]| v.iter().map(|(e, n, _)| (*e, n.clone())).collect::<Vec<_>>();
-        assert_eq!(kinds(&actual), kinds(&expected), "{sid} ({}) debounce {debounce_ms}", t["job"]);
+        let kinds = |v: &[(Event, Option<String>, i64)]| {
+            v.iter()
+                .map(|(e, n, _)| (*e, n.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            kinds(&actual),
+            kinds(&expected),
+            "{sid} ({}) debounce {debounce_ms}",
+            t["job"]
+        );
         // Timing: an idle/error export lands one debounce window (plus at most one poll and the
         // DB-to-bus lag) after OpenCode published the moment; a deletion within one poll.
         for ((event, _, at), (_, _, gt)) in actual.iter().zip(&expected) {
             let lag = at - gt;
-            let window = if *event == Event::Deleted { 0 } else { debounce_ms };
+            let window = if *event == Event::Deleted {
+                0
+            } else {
+                debounce_ms
+            };
             assert!(
                 lag >= window - 500 && lag <= window + poll + 500,
                 "{sid}: {event:?} exported {lag} ms after the ground truth (window {window})"
@@ -376,7 +440,10 @@ fn replay(debounce_ms: i64) {
         }
         checked += 1;
     }
-    assert!(got.is_empty(), "exports for sessions OpenCode never announced: {got:?}");
+    assert!(
+        got.is_empty(),
+        "exports for sessions OpenCode never announced: {got:?}"
+    );
     assert_eq!(checked, 27);
 }
 
@@ -393,17 +460,39 @@ fn with_a_short_debounce_every_idle_episode_is_exported_separately() {
 #[test]
 fn the_expectation_model_merges_episodes_inside_the_window() {
     // Guards the test's own oracle: s05 has two idle episodes 0.7 s apart.
-    let transitions: Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture_dir().join("transitions.json")).unwrap()).unwrap();
-    let s05 = transitions["ses_e035b5eb6ffeY9JRHZGSMoNjAB"]["transitions"].as_array().unwrap();
+    let transitions: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixture_dir().join("transitions.json")).unwrap(),
+    )
+    .unwrap();
+    let s05 = transitions["ses_e035b5eb6ffeY9JRHZGSMoNjAB"]["transitions"]
+        .as_array()
+        .unwrap();
     assert_eq!(expected_exports(s05, None, 5000).len(), 1);
     assert_eq!(expected_exports(s05, None, 300).len(), 2);
-    let s04 = transitions["ses_e035b604cffemvAyVYe6L4d6bS"]["transitions"].as_array().unwrap();
+    let s04 = transitions["ses_e035b604cffemvAyVYe6L4d6bS"]["transitions"]
+        .as_array()
+        .unwrap();
     let e = expected_exports(s04, None, 5000);
-    assert_eq!(e.iter().map(|x| x.0).collect::<Vec<_>>(), vec![Event::Deleted]);
-    let s00 = transitions["ses_e035b7387ffeXGxgAz2ewC5tbB"]["transitions"].as_array().unwrap();
-    assert_eq!(expected_exports(s00, None, 5000).len(), 1, "archived inside the window");
-    assert_eq!(expected_exports(s00, None, 300).len(), 2, "archived after the export");
+    assert_eq!(
+        e.iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![Event::Deleted]
+    );
+    let s00 = transitions["ses_e035b7387ffeXGxgAz2ewC5tbB"]["transitions"]
+        .as_array()
+        .unwrap();
+    assert_eq!(
+        expected_exports(s00, None, 5000).len(),
+        1,
+        "archived inside the window"
+    );
+    assert_eq!(
+        expected_exports(s00, None, 300).len(),
+        2,
+        "archived after the export"
+    );
     let e = expected_exports(s04, None, 300);
-    assert_eq!(e.iter().map(|x| x.0).collect::<Vec<_>>(), vec![Event::Idle, Event::Deleted]);
+    assert_eq!(
+        e.iter().map(|x| x.0).collect::<Vec<_>>(),
+        vec![Event::Idle, Event::Deleted]
+    );
 }

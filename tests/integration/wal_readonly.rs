@@ -23,14 +23,29 @@ fn once_on_the_live_wal_database_sees_the_wal_and_changes_no_byte() {
     let db = scratch.copy_live_db();
     let before = hashes(&db);
     let config = scratch.write_config("");
-    let out = run(command(&scratch).arg("--config").arg(&config).arg("--db").arg(&db).arg("once"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(hashes(&db), before, "the daemon modified the database files");
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .arg("once"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        hashes(&db),
+        before,
+        "the daemon modified the database files"
+    );
     // The main file alone holds 29 sessions (26 roots); with the WAL applied c03 is deleted:
     // 28 sessions, 25 roots. Seeing 25 proves the WAL was read.
     let records = read_ndjson(&scratch.local_sink());
     assert_eq!(records.len(), 25);
-    assert!(!records.iter().any(|r| r["sessionId"] == "ses_e035afddfffe6f2cYtkqN1p7xz"));
+    assert!(!records
+        .iter()
+        .any(|r| r["sessionId"] == "ses_e035afddfffe6f2cYtkqN1p7xz"));
 }
 
 #[test]

@@ -63,9 +63,17 @@ impl Outcome {
 /// The activity of a full snapshot (see [`activity::classify`]).
 pub fn snapshot_activity(snapshot: &SessionSnapshot) -> Activity {
     let recent: Vec<MessageRow> = snapshot.messages.iter().rev().cloned().collect();
-    let newest_assistant = recent.iter().find(|m| m.info.is_assistant()).map(|m| m.id.as_str());
+    let newest_assistant = recent
+        .iter()
+        .find(|m| m.info.is_assistant())
+        .map(|m| m.id.as_str());
     let parts: Vec<PartRow> = match newest_assistant {
-        Some(id) => snapshot.parts.iter().filter(|p| p.message_id == id).cloned().collect(),
+        Some(id) => snapshot
+            .parts
+            .iter()
+            .filter(|p| p.message_id == id)
+            .cloned()
+            .collect(),
         None => Vec::new(),
     };
     activity::classify(&recent, &parts)
@@ -429,7 +437,10 @@ fn message_summaries(snapshot: &SessionSnapshot, max_chars: usize) -> Vec<Messag
         .iter()
         .map(|m| {
             let info = &m.info;
-            let joined = texts.get(m.id.as_str()).map(|t| t.join("\n\n")).unwrap_or_default();
+            let joined = texts
+                .get(m.id.as_str())
+                .map(|t| t.join("\n\n"))
+                .unwrap_or_default();
             let mut text: String = joined.chars().take(max_chars).collect();
             if text.len() > budget {
                 text.clear();

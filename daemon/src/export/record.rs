@@ -337,15 +337,28 @@ mod tests {
     /// so `convex/schema.ts` and [`SessionExport`] cannot drift apart unnoticed.
     #[test]
     fn the_convex_test_fixture_round_trips_through_the_record_type() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../convex/tests/fixtures/full-record.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../convex/tests/fixtures/full-record.json"
+        );
         let text = std::fs::read_to_string(path).unwrap();
         let original: serde_json::Value = serde_json::from_str(&text).unwrap();
         let record: SessionExport = serde_json::from_value(original.clone()).unwrap();
         assert_eq!(serde_json::to_value(&record).unwrap(), original);
         // Every optional field is present in the fixture, so the schema sees them all.
         for key in [
-            "projectWorktree", "parentSessionId", "archivedAt", "deletedAt", "durationMs",
-            "primaryAgent", "error", "incomplete", "children", "rollup", "todos", "messages",
+            "projectWorktree",
+            "parentSessionId",
+            "archivedAt",
+            "deletedAt",
+            "durationMs",
+            "primaryAgent",
+            "error",
+            "incomplete",
+            "children",
+            "rollup",
+            "todos",
+            "messages",
         ] {
             assert!(original.get(key).is_some(), "fixture lacks {key}");
         }

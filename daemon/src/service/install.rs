@@ -36,14 +36,18 @@ pub fn launchd_plist(bin: &str, home: &str, config: Option<&str>) -> String {
     if let Some(c) = config {
         plist = plist.replace(
             "    <string>run</string>",
-            &format!("    <string>--config</string>\n    <string>{c}</string>\n    <string>run</string>"),
+            &format!(
+                "    <string>--config</string>\n    <string>{c}</string>\n    <string>run</string>"
+            ),
         );
     }
     plist
 }
 
 fn quote(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+    {
         s.to_string()
     } else {
         format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
@@ -65,7 +69,10 @@ fn run(cmd: &mut Command) -> anyhow::Result<()> {
 pub fn install(loaded: &Loaded, print_only: bool, no_start: bool) -> anyhow::Result<ExitCode> {
     let bin = std::env::current_exe().context("finding this binary")?;
     let bin = bin.to_string_lossy().into_owned();
-    let config = loaded.path.as_ref().map(|p| p.to_string_lossy().into_owned());
+    let config = loaded
+        .path
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned());
     let home = directories::BaseDirs::new()
         .map(|b| b.home_dir().to_path_buf())
         .context("no home directory")?;
@@ -92,10 +99,17 @@ pub fn install(loaded: &Loaded, print_only: bool, no_start: bool) -> anyhow::Res
     }
     if cfg!(target_os = "macos") {
         std::fs::create_dir_all(home.join("Library/Logs/opencode-telemetry"))?;
-        let uid = Command::new("id").arg("-u").output().context("running id -u")?;
+        let uid = Command::new("id")
+            .arg("-u")
+            .output()
+            .context("running id -u")?;
         let uid = String::from_utf8_lossy(&uid.stdout).trim().to_string();
-        run(Command::new("launchctl").args(["bootstrap", &format!("gui/{uid}")]).arg(&path))?;
-        println!("started dev.opencode-telemetry (launchctl print gui/{uid}/dev.opencode-telemetry)");
+        run(Command::new("launchctl")
+            .args(["bootstrap", &format!("gui/{uid}")])
+            .arg(&path))?;
+        println!(
+            "started dev.opencode-telemetry (launchctl print gui/{uid}/dev.opencode-telemetry)"
+        );
     } else {
         run(Command::new("systemctl").args(["--user", "daemon-reload"]))?;
         run(Command::new("systemctl").args(["--user", "enable", "--now", "opencode-telemetry"]))?;
@@ -111,7 +125,9 @@ mod tests {
     #[test]
     fn the_unit_runs_this_binary_with_the_named_config() {
         let unit = systemd_unit("/opt/bin/opencode-telemetry", Some("/home/u/my cfg.toml"));
-        assert!(unit.contains("ExecStart=/opt/bin/opencode-telemetry --config \"/home/u/my cfg.toml\" run"));
+        assert!(unit.contains(
+            "ExecStart=/opt/bin/opencode-telemetry --config \"/home/u/my cfg.toml\" run"
+        ));
         assert!(unit.contains("ExecStartPre=/opt/bin/opencode-telemetry --config \"/home/u/my cfg.toml\" check-config"));
         assert!(unit.contains("RestartPreventExitStatus=78"));
         assert!(!unit.contains("%h/.cargo"));

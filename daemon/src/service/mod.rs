@@ -160,7 +160,11 @@ pub fn check_config(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     println!(
         "# opencode database: {} ({})",
         c.source.db_path.display(),
-        if c.source.db_path.exists() { "exists" } else { "not found yet" }
+        if c.source.db_path.exists() {
+            "exists"
+        } else {
+            "not found yet"
+        }
     );
     print!("{}", c.to_redacted_toml());
     println!("# config ok");
@@ -303,7 +307,10 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
 ///
 /// # Errors
 /// Fatal failures (outbox storage, sink set-up).
-pub async fn run_daemon(loaded: Loaded, transitions_log: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+pub async fn run_daemon(
+    loaded: Loaded,
+    transitions_log: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         config = %loaded.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into()),
@@ -633,7 +640,10 @@ impl StatusView {
             }
         ));
         out.push_str(&format!("dead letters:    {}\n", self.dead_count));
-        out.push_str(&format!("last delivery:   {}\n", ago(now, self.last_delivery_at_ms)));
+        out.push_str(&format!(
+            "last delivery:   {}\n",
+            ago(now, self.last_delivery_at_ms)
+        ));
         out.push_str(&format!(
             "last error:      {}\n",
             match &self.last_error {
@@ -670,7 +680,9 @@ pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
             "  {}  dead {}  updatedAt {}  reason: {}",
             d.session_id,
             ago(now, d.dead_at_ms),
-            d.updated_at_ms.map(|t| t.to_string()).unwrap_or_else(|| "?".into()),
+            d.updated_at_ms
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into()),
             d.reason
         );
     }

@@ -63,7 +63,12 @@ pub struct Sender {
 
 impl Sender {
     /// A sender over `outbox` and `sink`.
-    pub fn new(outbox: Arc<Outbox>, sink: AnySink, pacer: sink::Pacer, batch_size: usize) -> Sender {
+    pub fn new(
+        outbox: Arc<Outbox>,
+        sink: AnySink,
+        pacer: sink::Pacer,
+        batch_size: usize,
+    ) -> Sender {
         Sender {
             outbox,
             sink,
@@ -104,26 +109,30 @@ impl Sender {
         match outcome {
             Classified::Delivered(items) => {
                 self.pacer.on_success();
-                let mut delivered = 0;
                 let mut dead = 0;
+                let mut to_ack = Vec::with_capacity(batch.len());
                 for (i, p) in batch.iter().enumerate() {
-                    let item = items.iter().find(|r| r.session_id == p.session_id()).or(items.get(i));
+                    let item = items
+                        .iter()
+                        .find(|r| r.session_id == p.session_id())
+                        .or(items.get(i));
                     match item {
                         Some(r) if r.is_conflict() => {
                             let reason = format!(
-                                "conflict: session {} is stored under another device id",
-                                p.session_id()
+                                "conflict: session {} is stored under another device id ({})",
+                                p.session_id(),
+                                r.stored_device_id.as_deref().unwrap_or("?")
                             );
                             tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected; moved to dead letters");
                             self.outbox.dead_letter(p, &reason).await?;
                             dead += 1;
                         }
-                        _ => {
-                            self.outbox.ack(p).await?;
-                            delivered += 1;
-                        }
+                        _ => to_ack.push(p.clone()),
                     }
                 }
+                // One transaction for the whole batch; a superseded entry stays pending.
+                let delivered = to_ack.len();
+                self.outbox.ack_batch(&to_ack).await?;
                 self.outbox.record_delivery(now_ms())?;
                 Ok(Step::Progress { delivered, dead })
             }
@@ -134,7 +143,10 @@ impl Sender {
                 for p in batch {
                     let single = self.send(std::slice::from_ref(p)).await;
                     match Box::pin(self.apply(std::slice::from_ref(p), single)).await? {
-                        Step::Progress { delivered: d, dead: x } => {
+                        Step::Progress {
+                            delivered: d,
+                            dead: x,
+                        } => {
                             delivered += d;
                             dead += x;
                         }
@@ -153,10 +165,17 @@ impl Sender {
                 let p = &batch[0];
                 tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected by the sink; moved to dead letters (see `opencode-telemetry queue list`)");
                 self.outbox.dead_letter(p, &reason).await?;
-                self.outbox.record_error(&format!("rejected {}: {reason}", p.session_id()))?;
-                Ok(Step::Progress { delivered: 0, dead: 1 })
+                self.outbox
+                    .record_error(&format!("rejected {}: {reason}", p.session_id()))?;
+                Ok(Step::Progress {
+                    delivered: 0,
+                    dead: 1,
+                })
             }
-            Classified::Retry { reason, retry_after } => {
+            Classified::Retry {
+                reason,
+                retry_after,
+            } => {
                 let wait = self.pacer.on_failure(retry_after);
                 self.outbox.record_error(&reason)?;
                 Ok(Step::Backoff { wait, reason })
@@ -174,7 +193,11 @@ impl Sender {
     ///
     /// # Errors
     /// [`QueueError`]: a storage error; the daemon exits and its service manager restarts it.
-    pub async fn run(mut self, wake: Arc<Notify>, cancel: CancellationToken) -> Result<(), QueueError> {
+    pub async fn run(
+        mut self,
+        wake: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Result<(), QueueError> {
         let mut logged_unauthorized = false;
         loop {
             if cancel.is_cancelled() {

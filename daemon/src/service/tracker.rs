@@ -342,9 +342,12 @@ impl Tracker {
                     }
                 };
                 let entering_end = match (&new_phase, previous.map(|p| &p.phase)) {
-                    (Phase::Ended { message_id, .. }, Some(Phase::Ended { message_id: old, .. })) => {
-                        message_id != old
-                    }
+                    (
+                        Phase::Ended { message_id, .. },
+                        Some(Phase::Ended {
+                            message_id: old, ..
+                        }),
+                    ) => message_id != old,
                     (Phase::Ended { .. }, _) => true,
                     _ => false,
                 };
@@ -429,8 +432,8 @@ impl Tracker {
 
         for id in dirty {
             if let Some(state) = self.sessions.get(&id) {
-                let bytes = serde_json::to_vec(&Stored::V1(state.clone()))
-                    .expect("state serializes");
+                let bytes =
+                    serde_json::to_vec(&Stored::V1(state.clone())).expect("state serializes");
                 out.state_puts.push((state_key(&id), bytes));
             }
         }

@@ -148,6 +148,12 @@ pub(crate) fn classify_redacting(
                             sanitize(code, secret)
                         ),
                     },
+                    // The deployment does not have our functions (not deployed yet, or the URL
+                    // names another deployment): no record is at fault, so keep everything and
+                    // retry at the backoff cap instead of dead-lettering the whole queue.
+                    None if message.contains("Could not find public function") => retry(format!(
+                        "the deployment has no sessions:ingest function; deploy convex/ with `npx convex deploy` ({shown})"
+                    )),
                     None => Classified::Rejected {
                         reason: format!("http {status}: function error: {shown}"),
                     },
@@ -436,6 +442,13 @@ mod tests {
             "{c:?}"
         );
         // errorData without a code is not UNAUTHORIZED.
+        let body = br#"{"status":"error","errorMessage":"[Request ID: 3] Server Error\nCould not find public function for 'sessions:ingest'. Did you forget to run `npx convex dev` or `npx convex deploy`?"}"#;
+        match classify(200, &HeaderMap::new(), body) {
+            Classified::Retry { reason, .. } => {
+                assert!(reason.contains("npx convex deploy"), "{reason}")
+            }
+            other => panic!("a missing function must not dead-letter records: {other:?}"),
+        }
         let body = br#"{"status":"error","errorMessage":"m","errorData":"UNAUTHORIZED"}"#;
         assert!(matches!(
             classify(200, &none(), body),

@@ -132,22 +132,40 @@ mod tests {
 
     #[test]
     fn a_stop_step_after_the_user_message_ends_the_turn() {
-        let a = msg("msg_2", r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#);
+        let a = msg(
+            "msg_2",
+            r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#,
+        );
         let recent = [a, msg("msg_1", USER)];
-        assert!(matches!(classify(&recent, &[]), Activity::Ended(e) if e.error.is_none() && e.completed_at == 3));
+        assert!(
+            matches!(classify(&recent, &[]), Activity::Ended(e) if e.error.is_none() && e.completed_at == 3)
+        );
     }
 
     #[test]
     fn a_tool_calls_step_is_busy_unless_a_permission_was_rejected() {
-        let a = msg("msg_2", r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"tool-calls"}"#);
-        let ok = part("prt_1", "msg_2", r#"{"type":"tool","tool":"bash","state":{"status":"completed"}}"#);
-        assert_eq!(classify(&[a.clone(), msg("msg_1", USER)], &[ok]), Activity::Busy);
+        let a = msg(
+            "msg_2",
+            r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"tool-calls"}"#,
+        );
+        let ok = part(
+            "prt_1",
+            "msg_2",
+            r#"{"type":"tool","tool":"bash","state":{"status":"completed"}}"#,
+        );
+        assert_eq!(
+            classify(&[a.clone(), msg("msg_1", USER)], &[ok]),
+            Activity::Busy
+        );
         let rejected = part(
             "prt_1",
             "msg_2",
             r#"{"type":"tool","tool":"bash","state":{"status":"error","error":"The user rejected permission to use this specific tool call."}}"#,
         );
-        assert!(matches!(classify(&[a, msg("msg_1", USER)], &[rejected]), Activity::Ended(_)));
+        assert!(matches!(
+            classify(&[a, msg("msg_1", USER)], &[rejected]),
+            Activity::Ended(_)
+        ));
     }
 
     #[test]
@@ -159,7 +177,10 @@ mod tests {
         match classify(&[a, msg("msg_1", USER)], &[]) {
             Activity::Ended(e) => assert_eq!(
                 e.error,
-                Some(ErrorInfo { name: "MessageAbortedError".into(), message: "Aborted".into() })
+                Some(ErrorInfo {
+                    name: "MessageAbortedError".into(),
+                    message: "Aborted".into()
+                })
             ),
             other => panic!("{other:?}"),
         }
@@ -169,7 +190,10 @@ mod tests {
     fn an_incomplete_assistant_or_a_newer_user_message_is_busy() {
         let a = msg("msg_2", r#"{"role":"assistant","time":{"created":2}}"#);
         assert_eq!(classify(&[a, msg("msg_1", USER)], &[]), Activity::Busy);
-        let done = msg("msg_2", r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#);
+        let done = msg(
+            "msg_2",
+            r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#,
+        );
         assert_eq!(classify(&[msg("msg_3", USER), done], &[]), Activity::Busy);
         assert_eq!(classify(&[msg("msg_1", USER)], &[]), Activity::Busy);
         assert_eq!(classify(&[], &[]), Activity::Empty);
@@ -177,14 +201,27 @@ mod tests {
 
     #[test]
     fn a_stop_step_with_a_pending_local_tool_is_busy_but_provider_tools_do_not_count() {
-        let a = msg("msg_2", r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#);
-        let local = part("prt_1", "msg_2", r#"{"type":"tool","tool":"bash","state":{"status":"running"}}"#);
-        assert_eq!(classify(&[a.clone(), msg("msg_1", USER)], &[local]), Activity::Busy);
+        let a = msg(
+            "msg_2",
+            r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#,
+        );
+        let local = part(
+            "prt_1",
+            "msg_2",
+            r#"{"type":"tool","tool":"bash","state":{"status":"running"}}"#,
+        );
+        assert_eq!(
+            classify(&[a.clone(), msg("msg_1", USER)], &[local]),
+            Activity::Busy
+        );
         let provider = part(
             "prt_1",
             "msg_2",
             r#"{"type":"tool","tool":"web","metadata":{"providerExecuted":true},"state":{"status":"completed"}}"#,
         );
-        assert!(matches!(classify(&[a, msg("msg_1", USER)], &[provider]), Activity::Ended(_)));
+        assert!(matches!(
+            classify(&[a, msg("msg_1", USER)], &[provider]),
+            Activity::Ended(_)
+        ));
     }
 }

@@ -7,7 +7,10 @@ use std::process::{Command, Output};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The fixture set made by real OpenCode 1.18.33.
@@ -29,7 +32,9 @@ pub struct Scratch {
 impl Scratch {
     /// A new empty scratch dir.
     pub fn new() -> Scratch {
-        Scratch { dir: tempfile::tempdir().unwrap() }
+        Scratch {
+            dir: tempfile::tempdir().unwrap(),
+        }
     }
 
     /// Path inside the scratch dir.
@@ -59,10 +64,7 @@ impl Scratch {
     /// its path.
     pub fn write_config(&self, extra: &str) -> PathBuf {
         let path = self.path("config.toml");
-        let text = format!(
-            "data_dir = \"{}\"\n{extra}\n",
-            self.path("data").display()
-        );
+        let text = format!("data_dir = \"{}\"\n{extra}\n", self.path("data").display());
         std::fs::write(&path, text).unwrap();
         path
     }
@@ -91,7 +93,11 @@ pub fn run(cmd: &mut Command) -> Output {
     use std::io::Read;
     use std::process::Stdio;
     use std::time::{Duration, Instant};
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let t_out = std::thread::spawn(move || {
@@ -115,7 +121,11 @@ pub fn run(cmd: &mut Command) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    Output { status, stdout: t_out.join().unwrap(), stderr: t_err.join().unwrap() }
+    Output {
+        status,
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+    }
 }
 
 /// Reads an NDJSON file into JSON values.

@@ -23,9 +23,7 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
-use rows::{
-    MessageInfo, MessageRow, PartInfo, PartRow, ProjectRow, SessionRow, TodoRow,
-};
+use rows::{MessageInfo, MessageRow, PartInfo, PartRow, ProjectRow, SessionRow, TodoRow};
 
 /// Errors of the OpenCode reader.
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +158,9 @@ pub struct OpenCodeDb {
 
 impl std::fmt::Debug for OpenCodeDb {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenCodeDb").field("path", &self.path).finish()
+        f.debug_struct("OpenCodeDb")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -325,7 +325,10 @@ impl OpenCodeDb {
                  ON m.session_id = s.id"
             )
         };
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.sql_err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| self.sql_err(e))?;
         let heads = stmt
             .query_map([], |r| {
                 Ok(SessionHead {
@@ -385,7 +388,10 @@ impl OpenCodeDb {
                  FROM session s WHERE s.id = ?1"
             )
         };
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.sql_err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| self.sql_err(e))?;
         stmt.query_row([id], |r| {
             Ok(SessionHead {
                 id: r.get(0)?,
@@ -421,7 +427,10 @@ impl OpenCodeDb {
             self.session_col("summary_files"),
             self.session_col("agent"),
         );
-        let mut stmt = self.conn.prepare_cached(&sql).map_err(|e| self.sql_err(e))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .map_err(|e| self.sql_err(e))?;
         stmt.query_row([id], |r| {
             Ok(SessionRow {
                 id: r.get(0)?,
@@ -446,11 +455,22 @@ impl OpenCodeDb {
     fn warn_once(&self, table: &str, id: &str, what: &str) {
         let key = format!("{table}:{id}");
         if self.warned.borrow_mut().insert(key) {
-            tracing::warn!(table, row_id = id, error = what, "skipping malformed opencode row");
+            tracing::warn!(
+                table,
+                row_id = id,
+                error = what,
+                "skipping malformed opencode row"
+            );
         }
     }
 
-    fn parse_message(&self, id: String, created: i64, updated: i64, data: Option<String>) -> Option<MessageRow> {
+    fn parse_message(
+        &self,
+        id: String,
+        created: i64,
+        updated: i64,
+        data: Option<String>,
+    ) -> Option<MessageRow> {
         let Some(data) = data else {
             self.warn_once("message", &id, "data is not text");
             return None;
@@ -469,7 +489,13 @@ impl OpenCodeDb {
         }
     }
 
-    fn parse_part(&self, id: String, message_id: String, updated: i64, data: Option<String>) -> Option<PartRow> {
+    fn parse_part(
+        &self,
+        id: String,
+        message_id: String,
+        updated: i64,
+        data: Option<String>,
+    ) -> Option<PartRow> {
         let Some(data) = data else {
             self.warn_once("part", &id, "data is not text");
             return None;
@@ -498,7 +524,12 @@ impl OpenCodeDb {
             .map_err(|e| self.sql_err(e))?;
         let raw = stmt
             .query_map([session_id], |r| {
-                Ok((r.get::<_, String>(0)?, int(r, 1).unwrap_or(0), int(r, 2).unwrap_or(0), text(r, 3)))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    int(r, 1).unwrap_or(0),
+                    int(r, 2).unwrap_or(0),
+                    text(r, 3),
+                ))
             })
             .map_err(|e| self.sql_err(e))?
             .collect::<Result<Vec<_>, _>>()
@@ -538,7 +569,12 @@ impl OpenCodeDb {
     ) -> Result<Vec<PartRow>, SourceError> {
         let raw = stmt
             .query_map([key], |r| {
-                Ok((r.get::<_, String>(0)?, text(r, 1).unwrap_or_default(), int(r, 2).unwrap_or(0), text(r, 3)))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    text(r, 1).unwrap_or_default(),
+                    int(r, 2).unwrap_or(0),
+                    text(r, 3),
+                ))
             })
             .map_err(|e| self.sql_err(e))?
             .collect::<Result<Vec<_>, _>>()
@@ -605,19 +641,29 @@ impl OpenCodeDb {
     }
 
     /// Runs `f` inside one read transaction, which always ends before returning.
-    fn in_read_txn<T>(&self, f: impl FnOnce(&Self) -> Result<T, SourceError>) -> Result<T, SourceError> {
+    fn in_read_txn<T>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
         self.conn
             .execute_batch("BEGIN DEFERRED")
             .map_err(|e| self.sql_err(e))?;
         let out = f(self);
         // A read transaction has nothing to commit; ROLLBACK just releases the snapshot.
-        let end = self.conn.execute_batch("ROLLBACK").map_err(|e| self.sql_err(e));
+        let end = self
+            .conn
+            .execute_batch("ROLLBACK")
+            .map_err(|e| self.sql_err(e));
         let out = out?;
         end?;
         Ok(out)
     }
 
-    fn snapshot_in_txn(&self, id: &str, depth: usize) -> Result<Option<SessionSnapshot>, SourceError> {
+    fn snapshot_in_txn(
+        &self,
+        id: &str,
+        depth: usize,
+    ) -> Result<Option<SessionSnapshot>, SourceError> {
         let Some(session) = self.session_row(id)? else {
             return Ok(None);
         };
@@ -675,7 +721,12 @@ impl OpenCodeDb {
                 .map_err(|e| db.sql_err(e))?;
             let raw = stmt
                 .query_map(rusqlite::params![id, TAIL_MESSAGES as i64], |r| {
-                    Ok((r.get::<_, String>(0)?, int(r, 1).unwrap_or(0), int(r, 2).unwrap_or(0), text(r, 3)))
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        int(r, 1).unwrap_or(0),
+                        int(r, 2).unwrap_or(0),
+                        text(r, 3),
+                    ))
                 })
                 .map_err(|e| db.sql_err(e))?
                 .collect::<Result<Vec<_>, _>>()

@@ -113,3 +113,27 @@ fn the_shipped_example_config_is_accepted_by_the_binary() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn every_command_has_help() {
+    let scratch = Scratch::new();
+    for args in [
+        vec!["--help"],
+        vec!["run", "--help"],
+        vec!["once", "--help"],
+        vec!["check-config", "--help"],
+        vec!["status", "--help"],
+        vec!["queue", "--help"],
+        vec!["queue", "list", "--help"],
+        vec!["queue", "retry-dead", "--help"],
+        vec!["install", "--help"],
+    ] {
+        let out = run(command(&scratch).args(&args));
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Usage: opencode-telemetry"),
+            "{args:?}: {text}"
+        );
+    }
+}

@@ -13,5 +13,8 @@ mod once_fixture;
 /// Replaying OpenCode's own event log into a database: the tracker's exports agree with the
 /// moments OpenCode published.
 mod replay;
+/// `run` as a process: missing database, todo rule, stale turns, restarts, deletions while
+/// down, malformed rows.
+mod run_daemon;
 /// Reading a live WAL database leaves its three files byte-identical.
 mod wal_readonly;

@@ -76,6 +76,10 @@ pub struct SessionState {
     /// `deleted` record once the rows are gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_record: Option<SessionExport>,
+    /// When one of its subagent sessions last changed after the session was exported (ms):
+    /// the record's `children` / `rollup` are re-exported one debounce window later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub children_changed_at_ms: Option<i64>,
 }
 
 /// Serializable copy of [`ChangeMarker`].
@@ -203,6 +207,9 @@ pub struct Tracker {
     /// What the last scan saw of the whole database (all sessions, children included); `None`
     /// until the first scan, which reads every session row.
     index: Option<SeqIndex>,
+    /// Markers of subagent sessions (with `skip_subagent_sessions`), to notice a child that
+    /// changes after its parent was exported. Not persisted: the first scan after a start fills it.
+    child_markers: HashMap<String, Marker>,
 }
 
 /// The last scan's view of `event_sequence` and `session`.
@@ -231,6 +238,7 @@ impl Tracker {
             sessions: HashMap::new(),
             watching: HashSet::new(),
             index: None,
+            child_markers: HashMap::new(),
         }
     }
 
@@ -295,9 +303,23 @@ impl Tracker {
         let mut out = TickOutput::default();
         let mut dirty: HashSet<String> = HashSet::new();
         if scan {
+            let first_scan = self.index.is_none();
             let (heads, gone) = self.changes(db, &mut out)?;
             for head in &heads {
-                if self.rules.skip_subagent_sessions && head.parent_id.is_some() {
+                if let (true, Some(parent)) = (self.rules.skip_subagent_sessions, &head.parent_id) {
+                    let marker = Marker::from(head.marker);
+                    let previous = self.child_markers.insert(head.id.clone(), marker);
+                    let changed = previous.is_some_and(|m| m != marker)
+                        || (previous.is_none() && !first_scan);
+                    if changed {
+                        if let Some(p) = self.sessions.get_mut(parent) {
+                            if p.exported.is_some() {
+                                p.children_changed_at_ms = Some(now_ms);
+                                self.watching.insert(parent.clone());
+                                dirty.insert(parent.clone());
+                            }
+                        }
+                    }
                     continue;
                 }
                 let marker = Marker::from(head.marker);
@@ -356,6 +378,7 @@ impl Tracker {
                     phase: Phase::Empty,
                     exported: None,
                     last_record: None,
+                    children_changed_at_ms: None,
                 });
                 state.marker = marker;
                 state.phase = new_phase;
@@ -368,6 +391,7 @@ impl Tracker {
                             ending: key,
                             archived_at: record.archived_at,
                         });
+                        state.children_changed_at_ms = None;
                         state.last_record = Some(record.clone());
                         out.emitted.push(Emitted { event, record });
                     }
@@ -388,6 +412,7 @@ impl Tracker {
                 dirty.insert(head.id.clone());
             }
             for id in gone {
+                self.child_markers.remove(&id);
                 let Some(state) = self.sessions.remove(&id) else {
                     continue; // A child, or a session never tracked.
                 };
@@ -423,6 +448,7 @@ impl Tracker {
                 ending: key,
                 archived_at: record.archived_at,
             });
+            state.children_changed_at_ms = None;
             state.last_record = Some(record.clone());
             out.emitted.push(Emitted { event, record });
             dirty.insert(id.clone());
@@ -523,7 +549,16 @@ impl Tracker {
                     archived_at: archived,
                 };
                 if state.exported.as_ref() == Some(&key) {
-                    return None;
+                    let since = state.children_changed_at_ms?;
+                    if now_ms < since + self.rules.debounce_ms {
+                        return None;
+                    }
+                    let event = if error.is_some() {
+                        Event::Error
+                    } else {
+                        Event::Idle
+                    };
+                    return Some((event, Outcome::ended(error.clone()), message_id.clone()));
                 }
                 let same_turn = state
                     .exported
@@ -570,11 +605,12 @@ fn wants_timer(state: &SessionState) -> bool {
     match &state.phase {
         Phase::Empty => false,
         Phase::Ended { message_id, .. } => {
-            exported
-                != Some(&ExportKey {
-                    ending: message_id.clone(),
-                    archived_at: state.marker.time_archived,
-                })
+            state.children_changed_at_ms.is_some()
+                || exported
+                    != Some(&ExportKey {
+                        ending: message_id.clone(),
+                        archived_at: state.marker.time_archived,
+                    })
         }
         Phase::Busy { last_write_ms } => {
             exported.is_none_or(|k| k.ending != format!("stale:{last_write_ms}"))

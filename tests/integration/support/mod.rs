@@ -142,3 +142,110 @@ pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
 pub fn sql(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
 }
+
+/// A running `opencode-telemetry run`; killed on drop.
+pub struct Daemon {
+    /// The child process.
+    pub child: std::process::Child,
+    /// Its stderr, collected by a thread.
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `run` with `--config` and `--transitions-log <scratch>/transitions.jsonl`.
+    pub fn start(scratch: &Scratch, config: &Path, db: &Path) -> Daemon {
+        use std::io::Read;
+        use std::process::Stdio;
+        let mut child = command(scratch)
+            .env("RUST_LOG", "info")
+            .arg("--config")
+            .arg(config)
+            .arg("--db")
+            .arg(db)
+            .arg("run")
+            .arg("--transitions-log")
+            .arg(scratch.path("transitions.jsonl"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Daemon { child, stderr }
+    }
+
+    /// What the daemon logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Sends SIGTERM and waits (at most `secs`) for the exit status.
+    pub fn terminate(&mut self, secs: u64) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no exit within {secs} s of SIGTERM:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `cond` holds, checking every 50 ms, at most `secs` seconds.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// NDJSON lines of a file that may not exist yet.
+pub fn ndjson_if_any(path: &Path) -> Vec<serde_json::Value> {
+    if path.exists() {
+        read_ndjson(path)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Opens a DB copy read-write, as OpenCode would (foreign keys on, so deletes cascade).
+pub fn writer(path: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    conn.execute_batch("PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;")
+        .unwrap();
+    conn
+}

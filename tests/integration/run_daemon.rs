@@ -1,0 +1,428 @@
+//! `opencode-telemetry run` as a process: waiting for a missing database, the todo rule, a
+//! crashed (stale) turn, restart without re-exports, deletion while the daemon is down, and
+//! malformed rows.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use rusqlite::params;
+use serde_json::Value;
+
+use crate::support::*;
+
+const FAST: &str = "[source]\npoll_interval_ms = 100\n[export]\ndebounce_ms = 0\n";
+
+fn roots(db: &Path) -> BTreeSet<String> {
+    sql(db)
+        .prepare("SELECT id FROM session WHERE parent_id IS NULL")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+fn ids(records: &[Value]) -> BTreeSet<String> {
+    records
+        .iter()
+        .map(|r| r["sessionId"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Session ids whose todo list still has open items.
+fn open_todo_sessions(db: &Path) -> BTreeSet<String> {
+    sql(db)
+        .prepare(
+            "SELECT DISTINCT session_id FROM todo WHERE status NOT IN ('completed', 'cancelled')",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn run_waits_for_a_missing_database_then_exports_every_session() {
+    let scratch = Scratch::new();
+    let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
+    let db = scratch.path("oc/opencode.db");
+    let mut daemon = Daemon::start(&scratch, &config, &db);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon exited: {}",
+        daemon.stderr()
+    );
+    assert_eq!(
+        daemon
+            .stderr()
+            .matches("waiting for the opencode database")
+            .count(),
+        1,
+        "{}",
+        daemon.stderr()
+    );
+    assert!(ndjson_if_any(&scratch.local_sink()).is_empty());
+
+    // OpenCode creates its database: the daemon picks it up.
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    let tmp = scratch.path("oc/opencode.db.tmp");
+    std::fs::copy(fixture_dir().join("opencode.db"), &tmp).unwrap();
+    std::fs::rename(&tmp, &db).unwrap();
+    wait_for(30, "25 exports", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 25
+    });
+    let records = read_ndjson(&scratch.local_sink());
+    assert_eq!(ids(&records), roots(&db));
+    assert_eq!(records.len(), 25, "each session exported once");
+
+    let status = daemon.terminate(15);
+    assert!(status.success(), "{status:?}\n{}", daemon.stderr());
+    assert_eq!(
+        daemon
+            .stderr()
+            .matches("waiting for the opencode database")
+            .count(),
+        1
+    );
+    assert!(daemon.stderr().contains("shutdown complete"));
+    let log = read_ndjson(&scratch.path("transitions.jsonl"));
+    assert_eq!(log.len(), 25);
+    for line in &log {
+        let expected = if line["endReason"] == "error" {
+            "session.error"
+        } else {
+            "session.idle"
+        };
+        assert_eq!(line["event"], expected, "{line}");
+    }
+}
+
+#[test]
+fn idle_sessions_with_open_todos_wait_for_final_after_secs() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let open = open_todo_sessions(&db);
+    assert_eq!(open.len(), 3);
+
+    // final_after_secs far away: the three sessions with open todos are held back.
+    let config = scratch.write_config(&format!("{FAST}final_after_secs = 1000000000\n"));
+    let mut daemon = Daemon::start(&scratch, &config, &db);
+    wait_for(30, "22 exports", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 22
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(daemon.terminate(15).success());
+    let records = read_ndjson(&scratch.local_sink());
+    let exported = ids(&records);
+    assert_eq!(records.len(), 22);
+    assert!(
+        exported.is_disjoint(&open),
+        "a session with open todos was exported early"
+    );
+    assert_eq!(
+        exported.union(&open).cloned().collect::<BTreeSet<_>>(),
+        roots(&db)
+    );
+
+    // These sessions have been idle since the fixture was made; with final_after_secs = 1 the
+    // restarted daemon exports exactly them (the other 22 are unchanged: not exported again).
+    let config = scratch.write_config(&format!("{FAST}final_after_secs = 1\n"));
+    let mut daemon = Daemon::start(&scratch, &config, &db);
+    wait_for(30, "3 more exports", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 25
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(daemon.terminate(15).success());
+    let records = read_ndjson(&scratch.local_sink());
+    assert_eq!(records.len(), 25);
+    assert_eq!(ids(&records[22..]), open);
+    for r in &records[22..] {
+        let stats = &r["todoStats"];
+        assert!(stats["pending"].as_u64().unwrap() + stats["inProgress"].as_u64().unwrap() > 0);
+        assert_eq!(r["endReason"], "idle");
+    }
+}
+
+/// Makes a session look like OpenCode died mid-turn: its newest assistant message loses
+/// `time.completed` and `finish`.
+fn crash_turn(db: &Path, session_id: &str) {
+    let w = writer(db);
+    let n = w
+        .execute(
+            "UPDATE message SET data = json_remove(data, '$.time.completed', '$.finish') WHERE id = \
+             (SELECT id FROM message WHERE session_id = ?1 AND json_extract(data, '$.role') = 'assistant' \
+              ORDER BY time_created DESC, id DESC LIMIT 1)",
+            [session_id],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn a_turn_that_never_completed_is_exported_once_as_incomplete_after_stale_after_secs() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let crashed = "ses_e035b7394ffeBPXMCvay8DFBP4";
+    crash_turn(&db, crashed);
+
+    let config = scratch.write_config(&format!(
+        "{FAST}final_after_secs = 0\nstale_after_secs = 1000000000\n"
+    ));
+    let mut daemon = Daemon::start(&scratch, &config, &db);
+    wait_for(30, "24 exports", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 24
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(daemon.terminate(15).success());
+    let records = read_ndjson(&scratch.local_sink());
+    assert_eq!(
+        records.len(),
+        24,
+        "a busy session is not exported before it goes stale"
+    );
+    assert!(!ids(&records).contains(crashed));
+
+    let config = scratch.write_config(&format!(
+        "{FAST}final_after_secs = 0\nstale_after_secs = 1\n"
+    ));
+    let mut daemon = Daemon::start(&scratch, &config, &db);
+    wait_for(30, "the stale export", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 25
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(daemon.terminate(15).success());
+    let records = read_ndjson(&scratch.local_sink());
+    assert_eq!(records.len(), 25, "exported once");
+    let r = &records[24];
+    assert_eq!(r["sessionId"], crashed);
+    assert_eq!(r["incomplete"], true);
+    assert_eq!(r["endReason"], "idle");
+    let log = read_ndjson(&scratch.path("transitions.jsonl"));
+    assert_eq!(log.last().unwrap()["event"], "stale");
+}
+
+/// Appends a new turn (user prompt + completed assistant answer) to a session, as OpenCode's
+/// projector writes it: message rows, parts, and the bumped `event_sequence`.
+fn add_turn(db: &Path, session_id: &str, at_ms: i64) {
+    let w = writer(db);
+    let tx = w.unchecked_transaction().unwrap();
+    let user = format!("msg_ffffffffff01{:014}", at_ms % 100_000_000_000_000);
+    let asst = format!("msg_ffffffffff02{:014}", at_ms % 100_000_000_000_000);
+    tx.execute(
+        "INSERT INTO message VALUES (?1, ?2, ?3, ?3, ?4)",
+        params![user, session_id, at_ms, format!(r#"{{"role":"user","time":{{"created":{at_ms}}},"agent":"build","model":{{"providerID":"fake","modelID":"fake-model"}}}}"#)],
+    )
+    .unwrap();
+    tx.execute(
+        "INSERT INTO message VALUES (?1, ?2, ?3, ?3, ?4)",
+        params![asst, session_id, at_ms + 1, format!(
+            r#"{{"parentID":"{user}","role":"assistant","mode":"build","agent":"build","cost":0.5,"tokens":{{"input":100,"output":10,"reasoning":0,"cache":{{"read":0,"write":0}}}},"modelID":"fake-model","providerID":"fake","time":{{"created":{},"completed":{}}},"finish":"stop"}}"#,
+            at_ms + 1,
+            at_ms + 2
+        )],
+    )
+    .unwrap();
+    for (i, data) in [
+        r#"{"type":"step-start"}"#,
+        r#"{"type":"text","text":"second answer"}"#,
+        r#"{"type":"step-finish","reason":"stop","cost":0.5,"tokens":{"input":100,"output":10,"reasoning":0,"cache":{"read":0,"write":0}}}"#,
+    ]
+    .iter()
+    .enumerate()
+    {
+        tx.execute(
+            "INSERT INTO part VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+            params![format!("prt_ffffffffff0{i}{:014}", at_ms % 100_000_000_000_000), asst, session_id, at_ms + 2, data],
+        )
+        .unwrap();
+    }
+    tx.execute(
+        "UPDATE event_sequence SET seq = seq + 5 WHERE aggregate_id = ?1",
+        [session_id],
+    )
+    .unwrap();
+    tx.execute(
+        "UPDATE session SET time_updated = ?2 WHERE id = ?1",
+        params![session_id, at_ms],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+}
+
+#[test]
+fn after_a_restart_only_changed_and_deleted_sessions_are_exported() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
+    let mut daemon = Daemon::start(&scratch, &config, &db);
+    wait_for(30, "25 exports", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 25
+    });
+    assert!(daemon.terminate(15).success());
+    let first = read_ndjson(&scratch.local_sink());
+    assert_eq!(first.len(), 25);
+
+    // While the daemon is down: a session is deleted (OpenCode cascades its rows away, children
+    // first) and another gets a new turn.
+    let deleted = "ses_e035b4390ffehBh0TbGe3PP4OX"; // s12, a subagent parent
+    let changed = "ses_e035b1c37ffeqT86ocD3i8jlk0"; // c00
+    {
+        let w = writer(&db);
+        w.execute("DELETE FROM session WHERE parent_id = ?1", [deleted])
+            .unwrap();
+        w.execute("DELETE FROM session WHERE id = ?1", [deleted])
+            .unwrap();
+        w.execute(
+            "DELETE FROM event_sequence WHERE aggregate_id = ?1",
+            [deleted],
+        )
+        .unwrap();
+        assert_eq!(
+            count_rows(
+                &w,
+                "SELECT COUNT(*) FROM message WHERE session_id = ?1",
+                deleted
+            ),
+            0,
+            "cascade"
+        );
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    add_turn(&db, changed, now - 10_000);
+
+    let mut daemon = Daemon::start(&scratch, &config, &db);
+    wait_for(30, "2 more exports", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 27
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(daemon.terminate(15).success());
+    let all = read_ndjson(&scratch.local_sink());
+    assert_eq!(all.len(), 27, "unchanged sessions are not exported again");
+    let new: Vec<&Value> = all[25..].iter().collect();
+    let del = new
+        .iter()
+        .find(|r| r["sessionId"] == deleted)
+        .expect("the deleted session");
+    assert_eq!(del["endReason"], "deleted");
+    assert!(del["deletedAt"].as_i64().unwrap() >= now - 10_000);
+    let before = first.iter().find(|r| r["sessionId"] == deleted).unwrap();
+    assert_eq!(
+        del["messageCount"], before["messageCount"],
+        "the last record, kept in the daemon's state"
+    );
+    assert_eq!(del["children"], before["children"]);
+    let upd = new
+        .iter()
+        .find(|r| r["sessionId"] == changed)
+        .expect("the changed session");
+    let old = first.iter().find(|r| r["sessionId"] == changed).unwrap();
+    assert_eq!(
+        upd["messageCount"].as_u64().unwrap(),
+        old["messageCount"].as_u64().unwrap() + 2
+    );
+    assert!((upd["cost"].as_f64().unwrap() - old["cost"].as_f64().unwrap() - 0.5).abs() < 1e-9);
+    assert!(upd["updatedAt"].as_i64().unwrap() > old["updatedAt"].as_i64().unwrap());
+    let log = read_ndjson(&scratch.path("transitions.jsonl"));
+    assert_eq!(log.len(), 27);
+    assert!(log
+        .iter()
+        .any(|l| l["sessionId"] == deleted && l["event"] == "session.deleted"));
+}
+
+fn count_rows(conn: &rusqlite::Connection, sql: &str, id: &str) -> i64 {
+    conn.query_row(sql, [id], |r| r.get(0)).unwrap()
+}
+
+#[test]
+fn a_malformed_row_is_skipped_with_one_warning_and_nothing_else_is_lost() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let sid = "ses_e035b553affejt71lXMmLQpLxo"; // s08, 8 messages
+    let (bad_msg, bad_part): (String, String) = {
+        let w = writer(&db);
+        let m: String = w
+            .query_row("SELECT id FROM message WHERE session_id = ?1 ORDER BY time_created LIMIT 1 OFFSET 2", [sid], |r| r.get(0))
+            .unwrap();
+        let p: String = w
+            .query_row("SELECT id FROM part WHERE session_id = ?1 AND message_id <> ?2 ORDER BY id LIMIT 1", [sid, &m], |r| r.get(0))
+            .unwrap();
+        w.execute(
+            "UPDATE message SET data = '{\"role\": \"assistant\", truncated' WHERE id = ?1",
+            [&m],
+        )
+        .unwrap();
+        w.execute("UPDATE part SET data = X'00FF' WHERE id = ?1", [&p])
+            .unwrap();
+        (m, p)
+    };
+    let config = scratch.write_config("");
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .arg("once"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches(bad_msg.as_str()).count(), 1, "{stderr}");
+    assert_eq!(stderr.matches(bad_part.as_str()).count(), 1, "{stderr}");
+    let records = read_ndjson(&scratch.local_sink());
+    assert_eq!(records.len(), 25, "every session still exported");
+    let r = records.iter().find(|r| r["sessionId"] == sid).unwrap();
+    assert_eq!(r["messageCount"], 7, "the malformed message is skipped");
+}
+
+#[test]
+fn a_subagent_session_that_changes_after_its_parent_was_exported_re_exports_the_parent() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let parent = "ses_e035b5a3effe1VAqFzl4bA7JO8"; // s06
+    let child = "ses_e035b58ceffe9MFt8mqpmU3IPW";
+    let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
+    let mut daemon = Daemon::start(&scratch, &config, &db);
+    wait_for(30, "25 exports", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 25
+    });
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    add_turn(&db, child, now);
+    wait_for(30, "the parent's re-export", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 26
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(daemon.terminate(15).success());
+    let records = read_ndjson(&scratch.local_sink());
+    assert_eq!(records.len(), 26, "only the parent is exported again, once");
+    let before = records[..25]
+        .iter()
+        .find(|r| r["sessionId"] == parent)
+        .unwrap();
+    let after = &records[25];
+    assert_eq!(
+        after["sessionId"], parent,
+        "the child is not exported on its own"
+    );
+    assert_eq!(
+        after["messageCount"], before["messageCount"],
+        "the parent's own rows did not change"
+    );
+    assert_eq!(
+        after["rollup"]["messageCount"].as_u64().unwrap(),
+        before["rollup"]["messageCount"].as_u64().unwrap() + 2
+    );
+    assert_eq!(
+        after["children"][0]["messageCount"].as_u64().unwrap(),
+        before["children"][0]["messageCount"].as_u64().unwrap() + 2
+    );
+    assert!(
+        after["updatedAt"].as_i64().unwrap() > before["updatedAt"].as_i64().unwrap(),
+        "newer at Convex"
+    );
+}

@@ -134,6 +134,9 @@ pub fn main() -> ExitCode {
             Command::Install(args) => service::install(&loaded, args.print, args.no_start),
         }
     });
+    // A database read still running on the blocking pool (a shutdown during a tick) must not
+    // hold the process past its grace period.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(code) => code,
         Err(e) => {

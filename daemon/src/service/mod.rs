@@ -390,13 +390,18 @@ pub async fn run(
     let result: anyhow::Result<()> = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
-            _ = ticker.tick() => {
-                match poller.tick(&outbox).await {
-                    Ok(true) => wake.notify_one(),
-                    Ok(false) => {}
-                    Err(e) => break Err(e),
-                }
-            }
+            _ = ticker.tick() => {}
+        }
+        // A tick can take seconds (the first pass over a large database); shutdown does not wait
+        // for it. Dropping it mid-way is safe: a commit either applied (and the final flush below
+        // persists it) or did not, and the source is re-read after the restart.
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            ticked = poller.tick(&outbox) => match ticked {
+                Ok(true) => wake.notify_one(),
+                Ok(false) => {}
+                Err(e) => break Err(e),
+            },
         }
     };
     cancel.cancel();

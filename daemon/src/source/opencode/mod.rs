@@ -107,13 +107,7 @@ impl SessionSnapshot {
     /// The last write to the session (ms): the largest of `session.time_updated` and the
     /// `time_updated` of its message and part rows.
     pub fn last_write_ms(&self) -> i64 {
-        let m = self.messages.iter().map(|m| m.time_updated).max();
-        let p = self.parts.iter().map(|p| p.time_updated).max();
-        [Some(self.session.time_updated), m, p]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(0)
+        newest_write(&self.session, &self.messages, &self.parts)
     }
 }
 
@@ -134,14 +128,15 @@ pub struct SessionTail {
 impl SessionTail {
     /// The newest write seen in the tail (ms).
     pub fn last_write_ms(&self) -> i64 {
-        let m = self.recent.iter().map(|m| m.time_updated).max();
-        let p = self.assistant_parts.iter().map(|p| p.time_updated).max();
-        [Some(self.session.time_updated), m, p]
-            .into_iter()
-            .flatten()
-            .max()
-            .unwrap_or(0)
+        newest_write(&self.session, &self.recent, &self.assistant_parts)
     }
+}
+
+/// The largest of `session.time_updated` and the rows' `time_updated` (ms).
+fn newest_write(session: &SessionRow, messages: &[MessageRow], parts: &[PartRow]) -> i64 {
+    let m = messages.iter().map(|m| m.time_updated);
+    let p = parts.iter().map(|p| p.time_updated);
+    m.chain(p).fold(session.time_updated, i64::max)
 }
 
 /// How many newest messages a tail holds.
@@ -237,19 +232,43 @@ impl OpenCodeDb {
         }
     }
 
+    /// Runs a (cached) query and collects every row.
+    fn all<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, SourceError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map(params, f)
+            .and_then(|rows| rows.collect::<Result<Vec<T>, _>>())
+            .map_err(|e| self.sql_err(e))?;
+        Ok(rows)
+    }
+
+    /// Runs a (cached) query for at most one row.
+    fn one<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, SourceError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql_err(e))?;
+        stmt.query_row(params, f)
+            .optional()
+            .map_err(|e| self.sql_err(e))
+    }
+
     fn detect_schema(&self) -> Result<Schema, SourceError> {
-        let tables: HashSet<String> = {
-            let mut stmt = self
-                .conn
-                .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
-                .map_err(|e| self.sql_err(e))?;
-            let names = stmt
-                .query_map([], |r| r.get::<_, String>(0))
-                .map_err(|e| self.sql_err(e))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| self.sql_err(e))?;
-            names
-        };
+        let tables: HashSet<String> = self
+            .all(
+                "SELECT name FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )?
+            .into_iter()
+            .collect();
         for required in ["session", "message", "part"] {
             if !tables.contains(required) {
                 return Err(SourceError::NotOpenCode {
@@ -258,15 +277,12 @@ impl OpenCodeDb {
                 });
             }
         }
-        let mut stmt = self
-            .conn
-            .prepare("SELECT name FROM pragma_table_info('session')")
-            .map_err(|e| self.sql_err(e))?;
-        let session_cols = stmt
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(|e| self.sql_err(e))?
-            .collect::<Result<_, _>>()
-            .map_err(|e| self.sql_err(e))?;
+        let session_cols = self
+            .all("SELECT name FROM pragma_table_info('session')", [], |r| {
+                r.get(0)
+            })?
+            .into_iter()
+            .collect();
         Ok(Schema {
             session_cols,
             has_event_sequence: tables.contains("event_sequence"),
@@ -286,9 +302,9 @@ impl OpenCodeDb {
     /// # Errors
     /// [`SourceError::Sqlite`].
     pub fn data_version(&self) -> Result<i64, SourceError> {
-        self.conn
-            .query_row("PRAGMA data_version", [], |r| r.get(0))
-            .map_err(|e| self.sql_err(e))
+        Ok(self
+            .one("PRAGMA data_version", [], |r| r.get(0))?
+            .unwrap_or(0))
     }
 
     /// Whether change markers come from `event_sequence` (OpenCode ≥ 1.16).
@@ -304,47 +320,54 @@ impl OpenCodeDb {
         }
     }
 
-    /// One row per session with its change marker. Cost: one pass over `session` (and
-    /// `event_sequence`, one row per session) on OpenCode ≥ 1.16; on older databases, one pass
-    /// over `message` grouped by session. Never reads `part` or `event`.
+    /// The select list shared by [`Self::session_heads`] and [`Self::session_head`]: id,
+    /// parent id, `time_updated`, `time_archived`, and the change counter (`event_sequence.seq`,
+    /// or the newest `message.time_updated` without that table).
+    fn head_columns(&self) -> String {
+        let counter = if self.schema.has_event_sequence {
+            "(SELECT seq FROM event_sequence WHERE aggregate_id = s.id)"
+        } else {
+            "(SELECT MAX(time_updated) FROM message WHERE session_id = s.id)"
+        };
+        format!(
+            "s.id, s.parent_id, s.time_updated, {}, COALESCE({counter}, 0)",
+            self.session_col("time_archived")
+        )
+    }
+
+    fn head(r: &Row<'_>) -> rusqlite::Result<SessionHead> {
+        Ok(SessionHead {
+            id: r.get(0)?,
+            parent_id: text(r, 1),
+            marker: ChangeMarker {
+                seq: int(r, 4).unwrap_or(0),
+                time_updated: int(r, 2).unwrap_or(0),
+                time_archived: int(r, 3),
+            },
+        })
+    }
+
+    /// One row per session with its change marker: a pass over `session`, with one indexed
+    /// lookup per session into `event_sequence` (OpenCode ≥ 1.16) or, on older databases, into
+    /// `message` by `(session_id, …)`. Never reads `part` or `event`.
     ///
     /// # Errors
     /// [`SourceError::Sqlite`].
     pub fn session_heads(&self) -> Result<Vec<SessionHead>, SourceError> {
-        let archived = self.session_col("time_archived");
-        let sql = if self.schema.has_event_sequence {
-            format!(
-                "SELECT s.id, s.parent_id, s.time_updated, {archived}, COALESCE(e.seq, 0) \
-                 FROM session s LEFT JOIN event_sequence e ON e.aggregate_id = s.id"
-            )
-        } else {
-            format!(
-                "SELECT s.id, s.parent_id, s.time_updated, {archived}, \
-                 COALESCE(m.t, 0) FROM session s LEFT JOIN \
-                 (SELECT session_id, MAX(time_updated) AS t FROM message GROUP BY session_id) m \
-                 ON m.session_id = s.id"
-            )
-        };
-        let mut stmt = self
-            .conn
-            .prepare_cached(&sql)
-            .map_err(|e| self.sql_err(e))?;
-        let heads = stmt
-            .query_map([], |r| {
-                Ok(SessionHead {
-                    id: r.get(0)?,
-                    parent_id: text(r, 1),
-                    marker: ChangeMarker {
-                        seq: int(r, 4).unwrap_or(0),
-                        time_updated: int(r, 2).unwrap_or(0),
-                        time_archived: int(r, 3),
-                    },
-                })
-            })
-            .map_err(|e| self.sql_err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql_err(e))?;
-        Ok(heads)
+        let sql = format!("SELECT {} FROM session s", self.head_columns());
+        self.all(&sql, [], Self::head)
+    }
+
+    /// The head of one session, read by primary key; `None` when the row is gone.
+    ///
+    /// # Errors
+    /// [`SourceError::Sqlite`].
+    pub fn session_head(&self, id: &str) -> Result<Option<SessionHead>, SourceError> {
+        let sql = format!(
+            "SELECT {} FROM session s WHERE s.id = ?1",
+            self.head_columns()
+        );
+        self.one(&sql, [id], Self::head)
     }
 
     /// `(aggregate_id, seq)` of every `event_sequence` row (OpenCode ≥ 1.16): one small row per
@@ -357,54 +380,10 @@ impl OpenCodeDb {
         if !self.schema.has_event_sequence {
             return Ok(None);
         }
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT aggregate_id, seq FROM event_sequence")
-            .map_err(|e| self.sql_err(e))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, int(r, 1).unwrap_or(0))))
-            .map_err(|e| self.sql_err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql_err(e))?;
-        Ok(Some(rows))
-    }
-
-    /// The head of one session, read by primary key; `None` when the row is gone.
-    ///
-    /// # Errors
-    /// [`SourceError::Sqlite`].
-    pub fn session_head(&self, id: &str) -> Result<Option<SessionHead>, SourceError> {
-        let archived = self.session_col("time_archived");
-        let sql = if self.schema.has_event_sequence {
-            format!(
-                "SELECT s.id, s.parent_id, s.time_updated, {archived}, \
-                 COALESCE((SELECT seq FROM event_sequence WHERE aggregate_id = s.id), 0) \
-                 FROM session s WHERE s.id = ?1"
-            )
-        } else {
-            format!(
-                "SELECT s.id, s.parent_id, s.time_updated, {archived}, \
-                 COALESCE((SELECT MAX(time_updated) FROM message WHERE session_id = s.id), 0) \
-                 FROM session s WHERE s.id = ?1"
-            )
-        };
-        let mut stmt = self
-            .conn
-            .prepare_cached(&sql)
-            .map_err(|e| self.sql_err(e))?;
-        stmt.query_row([id], |r| {
-            Ok(SessionHead {
-                id: r.get(0)?,
-                parent_id: text(r, 1),
-                marker: ChangeMarker {
-                    seq: int(r, 4).unwrap_or(0),
-                    time_updated: int(r, 2).unwrap_or(0),
-                    time_archived: int(r, 3),
-                },
-            })
+        self.all("SELECT aggregate_id, seq FROM event_sequence", [], |r| {
+            Ok((r.get::<_, String>(0)?, int(r, 1).unwrap_or(0)))
         })
-        .optional()
-        .map_err(|e| self.sql_err(e))
+        .map(Some)
     }
 
     /// `SELECT COUNT(*) FROM session` (answered from the smallest index, not the wide rows).
@@ -412,9 +391,9 @@ impl OpenCodeDb {
     /// # Errors
     /// [`SourceError::Sqlite`].
     pub fn session_count(&self) -> Result<i64, SourceError> {
-        self.conn
-            .query_row("SELECT COUNT(*) FROM session", [], |r| r.get(0))
-            .map_err(|e| self.sql_err(e))
+        Ok(self
+            .one("SELECT COUNT(*) FROM session", [], |r| r.get(0))?
+            .unwrap_or(0))
     }
 
     fn session_row(&self, id: &str) -> Result<Option<SessionRow>, SourceError> {
@@ -427,11 +406,7 @@ impl OpenCodeDb {
             self.session_col("summary_files"),
             self.session_col("agent"),
         );
-        let mut stmt = self
-            .conn
-            .prepare_cached(&sql)
-            .map_err(|e| self.sql_err(e))?;
-        stmt.query_row([id], |r| {
+        self.one(&sql, [id], |r| {
             Ok(SessionRow {
                 id: r.get(0)?,
                 project_id: text(r, 1).unwrap_or_default(),
@@ -448,8 +423,6 @@ impl OpenCodeDb {
                 agent: text(r, 12),
             })
         })
-        .optional()
-        .map_err(|e| self.sql_err(e))
     }
 
     fn warn_once(&self, table: &str, id: &str, what: &str) {
@@ -464,124 +437,72 @@ impl OpenCodeDb {
         }
     }
 
-    fn parse_message(
+    /// Parses a row's JSON `data`; a row that is not text or not valid JSON of the expected
+    /// shape is skipped with one warning.
+    fn parse<T: serde::de::DeserializeOwned>(
         &self,
-        id: String,
-        created: i64,
-        updated: i64,
+        table: &str,
+        id: &str,
         data: Option<String>,
-    ) -> Option<MessageRow> {
+    ) -> Option<T> {
         let Some(data) = data else {
-            self.warn_once("message", &id, "data is not text");
+            self.warn_once(table, id, "data is not text");
             return None;
         };
-        match serde_json::from_str::<MessageInfo>(&data) {
-            Ok(info) => Some(MessageRow {
-                id,
-                time_created: created,
-                time_updated: updated,
-                info,
-            }),
-            Err(e) => {
-                self.warn_once("message", &id, &e.to_string());
-                None
-            }
-        }
+        serde_json::from_str(&data)
+            .map_err(|e| self.warn_once(table, id, &e.to_string()))
+            .ok()
     }
 
-    fn parse_part(
+    /// Messages of `sql` (columns: id, time_created, time_updated, data), malformed ones skipped.
+    fn message_rows<P: rusqlite::Params>(
         &self,
-        id: String,
-        message_id: String,
-        updated: i64,
-        data: Option<String>,
-    ) -> Option<PartRow> {
-        let Some(data) = data else {
-            self.warn_once("part", &id, "data is not text");
-            return None;
-        };
-        match serde_json::from_str::<PartInfo>(&data) {
-            Ok(info) => Some(PartRow {
-                id,
-                message_id,
-                time_updated: updated,
-                info,
-            }),
-            Err(e) => {
-                self.warn_once("part", &id, &e.to_string());
-                None
-            }
-        }
-    }
-
-    fn messages(&self, session_id: &str) -> Result<Vec<MessageRow>, SourceError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, time_created, time_updated, data FROM message \
-                 WHERE session_id = ?1 ORDER BY time_created, id",
-            )
-            .map_err(|e| self.sql_err(e))?;
-        let raw = stmt
-            .query_map([session_id], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    int(r, 1).unwrap_or(0),
-                    int(r, 2).unwrap_or(0),
-                    text(r, 3),
-                ))
-            })
-            .map_err(|e| self.sql_err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql_err(e))?;
+        sql: &str,
+        params: P,
+    ) -> Result<Vec<MessageRow>, SourceError> {
+        let raw = self.all(sql, params, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                int(r, 1).unwrap_or(0),
+                int(r, 2).unwrap_or(0),
+                text(r, 3),
+            ))
+        })?;
         Ok(raw
             .into_iter()
-            .filter_map(|(id, c, u, d)| self.parse_message(id, c, u, d))
+            .filter_map(|(id, created, updated, data)| {
+                let info: MessageInfo = self.parse("message", &id, data)?;
+                Some(MessageRow {
+                    id,
+                    time_created: created,
+                    time_updated: updated,
+                    info,
+                })
+            })
             .collect())
     }
 
-    fn parts_of_session(&self, session_id: &str) -> Result<Vec<PartRow>, SourceError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, message_id, time_updated, data FROM part \
-                 WHERE session_id = ?1 ORDER BY message_id, id",
-            )
-            .map_err(|e| self.sql_err(e))?;
-        self.collect_parts(&mut stmt, session_id)
-    }
-
-    fn parts_of_message(&self, message_id: &str) -> Result<Vec<PartRow>, SourceError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT id, message_id, time_updated, data FROM part \
-                 WHERE message_id = ?1 ORDER BY id",
-            )
-            .map_err(|e| self.sql_err(e))?;
-        self.collect_parts(&mut stmt, message_id)
-    }
-
-    fn collect_parts(
-        &self,
-        stmt: &mut rusqlite::CachedStatement<'_>,
-        key: &str,
-    ) -> Result<Vec<PartRow>, SourceError> {
-        let raw = stmt
-            .query_map([key], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    text(r, 1).unwrap_or_default(),
-                    int(r, 2).unwrap_or(0),
-                    text(r, 3),
-                ))
-            })
-            .map_err(|e| self.sql_err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql_err(e))?;
+    /// Parts of `sql` (columns: id, message_id, time_updated, data), malformed ones skipped.
+    fn part_rows(&self, sql: &str, key: &str) -> Result<Vec<PartRow>, SourceError> {
+        let raw = self.all(sql, [key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                text(r, 1).unwrap_or_default(),
+                int(r, 2).unwrap_or(0),
+                text(r, 3),
+            ))
+        })?;
         Ok(raw
             .into_iter()
-            .filter_map(|(id, m, u, d)| self.parse_part(id, m, u, d))
+            .filter_map(|(id, message_id, updated, data)| {
+                let info: PartInfo = self.parse("part", &id, data)?;
+                Some(PartRow {
+                    id,
+                    message_id,
+                    time_updated: updated,
+                    info,
+                })
+            })
             .collect())
     }
 
@@ -589,55 +510,33 @@ impl OpenCodeDb {
         if !self.schema.has_todo {
             return Ok(Vec::new());
         }
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT content, status, priority FROM todo WHERE session_id = ?1 ORDER BY position",
-            )
-            .map_err(|e| self.sql_err(e))?;
-        let todos = stmt
-            .query_map([session_id], |r| {
+        self.all(
+            "SELECT content, status, priority FROM todo WHERE session_id = ?1 ORDER BY position",
+            [session_id],
+            |r| {
                 Ok(TodoRow {
                     content: text(r, 0).unwrap_or_default(),
                     status: text(r, 1).unwrap_or_default(),
                     priority: text(r, 2).unwrap_or_default(),
                 })
-            })
-            .map_err(|e| self.sql_err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql_err(e))?;
-        Ok(todos)
+            },
+        )
     }
 
     fn project(&self, project_id: &str) -> Result<Option<ProjectRow>, SourceError> {
         if !self.schema.has_project {
             return Ok(None);
         }
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id, worktree FROM project WHERE id = ?1")
-            .map_err(|e| self.sql_err(e))?;
-        stmt.query_row([project_id], |r| {
-            Ok(ProjectRow {
-                id: r.get(0)?,
-                worktree: text(r, 1).unwrap_or_default(),
-            })
-        })
-        .optional()
-        .map_err(|e| self.sql_err(e))
-    }
-
-    fn child_ids(&self, parent_id: &str) -> Result<Vec<String>, SourceError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT id FROM session WHERE parent_id = ?1 ORDER BY time_created, id")
-            .map_err(|e| self.sql_err(e))?;
-        let ids = stmt
-            .query_map([parent_id], |r| r.get::<_, String>(0))
-            .map_err(|e| self.sql_err(e))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| self.sql_err(e))?;
-        Ok(ids)
+        self.one(
+            "SELECT id, worktree FROM project WHERE id = ?1",
+            [project_id],
+            |r| {
+                Ok(ProjectRow {
+                    id: r.get(0)?,
+                    worktree: text(r, 1).unwrap_or_default(),
+                })
+            },
+        )
     }
 
     /// Runs `f` inside one read transaction, which always ends before returning.
@@ -668,15 +567,28 @@ impl OpenCodeDb {
             return Ok(None);
         };
         let project = self.project(&session.project_id)?;
-        let messages = self.messages(id)?;
+        let messages = self.message_rows(
+            "SELECT id, time_created, time_updated, data FROM message \
+             WHERE session_id = ?1 ORDER BY time_created, id",
+            [id],
+        )?;
         let known: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-        let mut parts = self.parts_of_session(id)?;
+        let mut parts = self.part_rows(
+            "SELECT id, message_id, time_updated, data FROM part \
+             WHERE session_id = ?1 ORDER BY message_id, id",
+            id,
+        )?;
         // Parts whose message row was skipped as malformed go too.
         parts.retain(|p| known.contains(p.message_id.as_str()));
         let todos = self.todos(id)?;
         let mut children = Vec::new();
         if depth < MAX_CHILD_DEPTH {
-            for child in self.child_ids(id)? {
+            let ids: Vec<String> = self.all(
+                "SELECT id FROM session WHERE parent_id = ?1 ORDER BY time_created, id",
+                [id],
+                |r| r.get(0),
+            )?;
+            for child in ids {
                 if let Some(c) = self.snapshot_in_txn(&child, depth + 1)? {
                     children.push(c);
                 }
@@ -712,31 +624,17 @@ impl OpenCodeDb {
             let Some(session) = db.session_row(id)? else {
                 return Ok(None);
             };
-            let mut stmt = db
-                .conn
-                .prepare_cached(
-                    "SELECT id, time_created, time_updated, data FROM message \
-                     WHERE session_id = ?1 ORDER BY time_created DESC, id DESC LIMIT ?2",
-                )
-                .map_err(|e| db.sql_err(e))?;
-            let raw = stmt
-                .query_map(rusqlite::params![id, TAIL_MESSAGES as i64], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        int(r, 1).unwrap_or(0),
-                        int(r, 2).unwrap_or(0),
-                        text(r, 3),
-                    ))
-                })
-                .map_err(|e| db.sql_err(e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| db.sql_err(e))?;
-            let recent: Vec<MessageRow> = raw
-                .into_iter()
-                .filter_map(|(i, c, u, d)| db.parse_message(i, c, u, d))
-                .collect();
+            let recent = db.message_rows(
+                "SELECT id, time_created, time_updated, data FROM message \
+                 WHERE session_id = ?1 ORDER BY time_created DESC, id DESC LIMIT ?2",
+                rusqlite::params![id, TAIL_MESSAGES as i64],
+            )?;
             let assistant_parts = match recent.iter().find(|m| m.info.is_assistant()) {
-                Some(m) => db.parts_of_message(&m.id)?,
+                Some(m) => db.part_rows(
+                    "SELECT id, message_id, time_updated, data FROM part \
+                     WHERE message_id = ?1 ORDER BY id",
+                    &m.id,
+                )?,
                 None => Vec::new(),
             };
             let todo_statuses = db.todos(id)?.into_iter().map(|t| t.status).collect();

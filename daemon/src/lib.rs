@@ -13,6 +13,7 @@
 //! - [`cli`]: the command line.
 
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod export;
 pub mod identity;

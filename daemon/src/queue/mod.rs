@@ -129,6 +129,7 @@ use sled::transaction::{
 };
 use sled::IVec;
 
+use crate::clock::now_ms;
 use crate::config::QueueConfig;
 
 pub use error::QueueError;
@@ -386,14 +387,6 @@ struct Inner {
     dead_count: AtomicI64,
     rebuild: Option<Rebuild>,
     status: Mutex<StatusState>,
-}
-
-/// Current wall-clock time in epoch ms.
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -949,6 +942,26 @@ impl Outbox {
         })
     }
 
+    /// The outbox as `status` shows it (the same snapshot the status file holds), stamped with
+    /// this process and now.
+    ///
+    /// # Errors
+    /// [`QueueError::Storage`].
+    pub fn snapshot(&self) -> Result<StatusSnapshot, QueueError> {
+        let s = self.stats()?;
+        Ok(StatusSnapshot {
+            pid: std::process::id(),
+            written_at_ms: now_ms(),
+            pending_count: s.pending_count,
+            pending_bytes: s.pending_bytes,
+            max_bytes: s.max_bytes,
+            oldest_enqueued_at_ms: s.oldest_enqueued_at_ms,
+            dead_count: s.dead_count,
+            last_delivery_at_ms: s.last_delivery_at_ms,
+            last_error: s.last_error,
+        })
+    }
+
     /// True when the pending bytes reached `queue.max_bytes`: the service stops reading the
     /// source until deliveries make room. O(1) (an in-memory counter).
     pub fn is_full(&self) -> bool {
@@ -1059,18 +1072,7 @@ impl Outbox {
 
     fn write_status_locked(&self, st: &mut StatusState) {
         st.last_write = Some(Instant::now());
-        let result = self.stats().map_err(|e| e.to_string()).and_then(|s| {
-            let snap = StatusSnapshot {
-                pid: std::process::id(),
-                written_at_ms: now_ms(),
-                pending_count: s.pending_count,
-                pending_bytes: s.pending_bytes,
-                max_bytes: s.max_bytes,
-                oldest_enqueued_at_ms: s.oldest_enqueued_at_ms,
-                dead_count: s.dead_count,
-                last_delivery_at_ms: s.last_delivery_at_ms,
-                last_error: s.last_error,
-            };
+        let result = self.snapshot().map_err(|e| e.to_string()).and_then(|snap| {
             status::write_status_file(&self.inner.status_path, &snap).map_err(|e| e.to_string())
         });
         match result {

@@ -34,14 +34,15 @@ use anyhow::{bail, Context};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::{Config, Loaded};
 use crate::export::{self, ExportContext, Outcome, SessionExport};
 use crate::identity;
-use crate::queue::{Commit, LastError, NewRecord, Outbox, QueueError};
+use crate::queue::{Commit, NewRecord, Outbox, QueueError, StatusSnapshot};
 use crate::sink::{self, AnySink};
 use crate::source::activity::Activity;
 use crate::source::opencode::{OpenCodeDb, SourceError};
-use sender::{now_ms, Sender, Step};
+use sender::{Sender, Step};
 use tracker::{Emitted, Rules, Tracker};
 
 /// Sets up `tracing` on stderr: `RUST_LOG` wins, else `service.log_level`. Under journald
@@ -571,19 +572,10 @@ pub fn status(config: &Config) -> anyhow::Result<ExitCode> {
     println!("opencode db:     {}", config.source.db_path.display());
     println!("data dir:        {}", config.data_dir.display());
     let now = now_ms();
-    let view = match open_outbox(config) {
+    let snapshot = match open_outbox(config) {
         Ok(outbox) => {
             println!("daemon:          not running (outbox opened directly)");
-            let st = outbox.stats()?;
-            StatusView {
-                pending_count: st.pending_count,
-                pending_bytes: st.pending_bytes,
-                max_bytes: st.max_bytes,
-                oldest_enqueued_at_ms: st.oldest_enqueued_at_ms,
-                dead_count: st.dead_count,
-                last_delivery_at_ms: st.last_delivery_at_ms,
-                last_error: st.last_error,
-            }
+            outbox.snapshot()?
         }
         Err(_) => match crate::queue::read_status(&config.data_dir) {
             Some(s) => {
@@ -592,15 +584,7 @@ pub fn status(config: &Config) -> anyhow::Result<ExitCode> {
                     s.pid,
                     (now - s.written_at_ms).max(0) / 1000
                 );
-                StatusView {
-                    pending_count: s.pending_count,
-                    pending_bytes: s.pending_bytes,
-                    max_bytes: s.max_bytes,
-                    oldest_enqueued_at_ms: s.oldest_enqueued_at_ms,
-                    dead_count: s.dead_count,
-                    last_delivery_at_ms: s.last_delivery_at_ms,
-                    last_error: s.last_error,
-                }
+                s
             }
             None => bail!(
                 "the outbox at {} is locked and no status file exists",
@@ -608,21 +592,11 @@ pub fn status(config: &Config) -> anyhow::Result<ExitCode> {
             ),
         },
     };
-    print!("{}", view.render(now));
+    print!("{}", render_status(&snapshot, now));
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `status` shows, from the outbox or from the daemon's status file.
-struct StatusView {
-    pending_count: u64,
-    pending_bytes: u64,
-    max_bytes: u64,
-    oldest_enqueued_at_ms: Option<i64>,
-    dead_count: u64,
-    last_delivery_at_ms: Option<i64>,
-    last_error: Option<LastError>,
-}
-
+/// "12s ago", or "never".
 fn ago(now: i64, at: Option<i64>) -> String {
     match at {
         Some(at) => format!("{}s ago", (now - at).max(0) / 1000),
@@ -630,34 +604,28 @@ fn ago(now: i64, at: Option<i64>) -> String {
     }
 }
 
-impl StatusView {
-    fn render(&self, now: i64) -> String {
-        let mut out = String::new();
-        out.push_str(&format!(
-            "pending:         {} ({} bytes of {} max)\n",
-            self.pending_count, self.pending_bytes, self.max_bytes
-        ));
-        out.push_str(&format!(
-            "oldest pending:  {}\n",
-            match self.oldest_enqueued_at_ms {
-                Some(_) => format!("queued {}", ago(now, self.oldest_enqueued_at_ms)),
-                None => "none".to_string(),
-            }
-        ));
-        out.push_str(&format!("dead letters:    {}\n", self.dead_count));
-        out.push_str(&format!(
-            "last delivery:   {}\n",
-            ago(now, self.last_delivery_at_ms)
-        ));
-        out.push_str(&format!(
-            "last error:      {}\n",
-            match &self.last_error {
-                Some(e) => format!("{} ({})", e.message, ago(now, Some(e.at_ms))),
-                None => "none".to_string(),
-            }
-        ));
-        out
-    }
+/// The figures `status` prints.
+fn render_status(s: &StatusSnapshot, now: i64) -> String {
+    let oldest = match s.oldest_enqueued_at_ms {
+        Some(_) => format!("queued {}", ago(now, s.oldest_enqueued_at_ms)),
+        None => "none".to_string(),
+    };
+    let last_error = match &s.last_error {
+        Some(e) => format!("{} ({})", e.message, ago(now, Some(e.at_ms))),
+        None => "none".to_string(),
+    };
+    format!(
+        "pending:         {} ({} bytes of {} max)\n\
+         oldest pending:  {oldest}\n\
+         dead letters:    {}\n\
+         last delivery:   {}\n\
+         last error:      {last_error}\n",
+        s.pending_count,
+        s.pending_bytes,
+        s.max_bytes,
+        s.dead_count,
+        ago(now, s.last_delivery_at_ms),
+    )
 }
 
 /// `queue list`: pending and dead-lettered records.

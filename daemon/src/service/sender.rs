@@ -22,6 +22,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::queue::{Outbox, Pending, QueueError};
 use crate::sink::{self, AnySink, Classified};
 
@@ -241,12 +242,4 @@ impl Sender {
             }
         }
     }
-}
-
-/// Wall-clock now in epoch ms.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

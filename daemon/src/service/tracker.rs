@@ -387,12 +387,7 @@ impl Tracker {
                     if let Some(snapshot) = db.read_session(&head.id)? {
                         out.snapshots_read += 1;
                         let record = export::build(&snapshot, &outcome, ctx);
-                        state.exported = Some(ExportKey {
-                            ending: key,
-                            archived_at: record.archived_at,
-                        });
-                        state.children_changed_at_ms = None;
-                        state.last_record = Some(record.clone());
+                        mark_exported(&mut state, key, &record);
                         out.emitted.push(Emitted { event, record });
                     }
                 } else if is_new || entering_end {
@@ -444,12 +439,7 @@ impl Tracker {
             out.snapshots_read += 1;
             let record = export::build(&snapshot, &outcome, ctx);
             let state = self.sessions.get_mut(&id).expect("present");
-            state.exported = Some(ExportKey {
-                ending: key,
-                archived_at: record.archived_at,
-            });
-            state.children_changed_at_ms = None;
-            state.last_record = Some(record.clone());
+            mark_exported(state, key, &record);
             out.emitted.push(Emitted { event, record });
             dirty.insert(id.clone());
             // Exported for this end of turn; the next change of the session re-arms the timer.
@@ -597,6 +587,16 @@ impl Tracker {
             }
         }
     }
+}
+
+/// Records that `record` was exported for the end of turn `ending`.
+fn mark_exported(state: &mut SessionState, ending: String, record: &SessionExport) {
+    state.exported = Some(ExportKey {
+        ending,
+        archived_at: record.archived_at,
+    });
+    state.children_changed_at_ms = None;
+    state.last_record = Some(record.clone());
 }
 
 /// Whether a session has an export still to come on a timer (debounce, final, stale).

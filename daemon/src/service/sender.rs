@@ -178,15 +178,25 @@ impl Sender {
                 retry_after,
             } => {
                 let wait = self.pacer.on_failure(retry_after);
+                self.count_attempts(batch)?;
                 self.outbox.record_error(&reason)?;
                 Ok(Step::Backoff { wait, reason })
             }
             Classified::Unauthorized { reason } => {
                 let wait = self.pacer.pause_unauthorized();
+                self.count_attempts(batch)?;
                 self.outbox.record_error(&reason)?;
                 Ok(Step::Unauthorized { wait, reason })
             }
         }
+    }
+
+    /// Counts a failed attempt on each record of the batch (shown by `queue list`).
+    fn count_attempts(&self, batch: &[Pending]) -> Result<(), QueueError> {
+        for p in batch {
+            self.outbox.record_attempt(p)?;
+        }
+        Ok(())
     }
 
     /// Drains until cancelled: sends while the outbox has records, then sleeps until `wake`

@@ -148,8 +148,13 @@ fn build(a: &Args) {
     }
     std::fs::create_dir_all(a.db.parent().unwrap()).unwrap();
     let t = Instant::now();
-    let src =
-        Connection::open_with_flags(fixture(), rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    // The static fixture: immutable, so no -wal/-shm appear next to it.
+    let uri = format!("file:{}?mode=ro&immutable=1", fixture().display());
+    let src = Connection::open_with_flags(
+        uri,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
+    )
+    .unwrap();
     let (cols, sessions) = load_fixture(&src);
     let conn = Connection::open(&a.db).unwrap();
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = OFF;")

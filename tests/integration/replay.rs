@@ -74,7 +74,7 @@ fn load_writes() -> Vec<(i64, Write)> {
 
 /// A fresh database with the fixture's schema and project rows, written like OpenCode does.
 fn create_db(path: &Path) -> Connection {
-    let fixture = sql(&fixture_dir().join("opencode.db"));
+    let fixture = fixture_sql();
     let conn = Connection::open(path).unwrap();
     conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
         .unwrap();

@@ -426,3 +426,46 @@ fn a_subagent_session_that_changes_after_its_parent_was_exported_re_exports_the_
         "newer at Convex"
     );
 }
+
+#[test]
+fn a_database_replaced_by_rename_is_reopened_and_read_again() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
+    let mut daemon = Daemon::start(&scratch, &config, &db);
+    wait_for(30, "25 exports", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 25
+    });
+
+    // A new file (new inode) takes the old one's name, with one session changed.
+    let next = scratch.path("oc/opencode.next.db");
+    std::fs::copy(fixture_dir().join("opencode.db"), &next).unwrap();
+    let changed = "ses_e035b3ab2ffeO6eS7qqNoSRTcP"; // s13
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    add_turn(&next, changed, now);
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::rename(&next, &db).unwrap();
+
+    wait_for(30, "the changed session's export", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 26
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(daemon.terminate(15).success());
+    let records = read_ndjson(&scratch.local_sink());
+    assert_eq!(
+        records.len(),
+        26,
+        "only the changed session is exported again"
+    );
+    assert_eq!(records[25]["sessionId"], changed);
+    assert!(
+        daemon.stderr().contains("was replaced; reopening"),
+        "{}",
+        daemon.stderr()
+    );
+}

@@ -459,13 +459,16 @@ impl Poller {
                     tracing::info!(db = %db_path.display(), "the opencode database file was replaced; reopening");
                     db = None;
                 }
-                if db.is_none() {
+                let reopened = db.is_none();
+                if reopened {
                     db = Some(OpenCodeDb::open(&db_path, busy)?);
+                    tracker.rescan();
                     tracing::info!(db = %db_path.display(), "opened the opencode database (read-only)");
                 }
                 let d = db.as_ref().expect("opened above");
                 let dv = d.data_version()?;
-                let changed = last_dv != Some(dv);
+                // `data_version` is per connection: after a (re)open its value says nothing.
+                let changed = reopened || last_dv != Some(dv);
                 if !changed && !tracker.has_timers() {
                     return Ok((None, Some(dv)));
                 }

@@ -266,6 +266,12 @@ impl Tracker {
         t
     }
 
+    /// Forgets what the last scan saw, so the next scan reads every session row: call it when
+    /// the database was (re)opened, since the file may have been replaced.
+    pub fn rescan(&mut self) {
+        self.index = None;
+    }
+
     /// Number of tracked sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()

@@ -368,8 +368,9 @@ class EventHub:
     def marker(self, **kw):
         rec = {"recv_ts": now(), "harness": kw}
         with self.cond:
-            self.out.write(json.dumps(rec) + "\n")
-            self.out.flush()
+            if not self.out.closed:  # a job thread may still be finishing during clean-up
+                self.out.write(json.dumps(rec) + "\n")
+                self.out.flush()
         return rec["recv_ts"]
 
     def _run(self):
@@ -417,8 +418,9 @@ class EventHub:
         rec = {"recv_ts": ts}
         rec.update(ev)
         with self.cond:
-            self.out.write(json.dumps(rec) + "\n")
-            self.out.flush()
+            if not self.out.closed:
+                self.out.write(json.dumps(rec) + "\n")
+                self.out.flush()
             self.events.append(rec)
             self.cond.notify_all()
 
@@ -450,7 +452,8 @@ class EventHub:
     def close(self):
         self.stop_flag = True
         self.t.join(timeout=3)
-        self.out.close()
+        with self.cond:
+            self.out.close()
 
 
 # ---------------------------------------------------------------------------
@@ -786,6 +789,43 @@ def expected_exports(moments, debounce, final_after, shift=0.0):
     return out
 
 
+def check_oracle():
+    """Guards the oracle above on hand-made moment lists (debounce 2 s, final_after 6 s)."""
+    def sig(ms):
+        return [(e["event"], e["error"], e["archived"]) for e in expected_exports(ms, 2.0, 6.0)]
+
+    def mk(*items):
+        out = []
+        for kind, ts, *extra in items:
+            m = {"kind": kind, "ts": ts, "ref_event": kind}
+            if kind == "error":
+                m["error"] = extra[0]
+            if kind == "todos":
+                m["open"] = extra[0]
+            out.append(m)
+        return out
+
+    idle = ("session.idle", None, False)
+    assert sig(mk(("busy", 0), ("idle", 1))) == [idle]
+    # error turns publish idle twice: one export, as session.error
+    assert sig(mk(("busy", 0), ("error", 1, "APIError"), ("idle", 1), ("idle", 1.3))) == [
+        ("session.error", "APIError", False)]
+    # a new prompt inside the window cancels the pending export; after it, both are exported
+    assert sig(mk(("busy", 0), ("idle", 1), ("busy", 1.5), ("idle", 2))) == [idle]
+    assert sig(mk(("busy", 0), ("idle", 1), ("busy", 3.5), ("idle", 4))) == [idle, idle]
+    # open todos: exported after final_after unless a prompt comes first
+    exp = expected_exports(mk(("busy", 0), ("todos", 0.5, True), ("idle", 1)), 2.0, 6.0)
+    assert [e["due"] for e in exp] == [7.0] and exp[0]["todos_open"]
+    assert sig(mk(("busy", 0), ("todos", 0.5, True), ("idle", 1), ("busy", 4), ("todos", 5, False),
+                  ("idle", 6))) == [idle]
+    # archive inside the window rides on the export; after it, exports again
+    assert sig(mk(("busy", 0), ("idle", 1), ("archived", 1.5))) == [("session.idle", None, True)]
+    assert sig(mk(("busy", 0), ("idle", 1), ("archived", 4))) == [idle, ("session.idle", None, True)]
+    # deletion inside the window replaces the pending export; after it, follows it
+    assert sig(mk(("busy", 0), ("idle", 1), ("deleted", 1.5))) == [("session.deleted", None, None)]
+    assert sig(mk(("busy", 0), ("idle", 1), ("deleted", 4))) == [idle, ("session.deleted", None, None)]
+
+
 def signature(exports):
     return [(e["event"], e["error"], e["archived"]) for e in exports]
 
@@ -830,6 +870,17 @@ def db_facts(db_file, sid):
         }
     finally:
         conn.close()
+
+
+# Tool calls of each job's first turn as scripted in fake_llm.py: the `tools` of the job's first
+# record must count exactly these (a subagent's own calls belong to the child session).
+FIRST_TURN_TOOLS = {
+    "complete": {"todowrite": 2, "bash": 1, "write": 1, "read": 1, "edit": 1},
+    "delete": {"todowrite": 2, "bash": 1, "write": 1, "read": 1, "edit": 1},
+    "incomplete_todos": {"todowrite": 2, "bash": 1},
+    "subagent": {"task": 1},
+    "abort": {"bash": 1},
+}
 
 
 def check_record(kind, rec, facts):
@@ -896,6 +947,12 @@ def main():
     ap.add_argument("--job-timeout", type=float, default=60)
     ap.add_argument("--total-timeout", type=float, default=240, help="hard limit for the whole run")
     ap.add_argument("--no-netns", action="store_true", help="do not re-run inside `unshare -n`")
+    ap.add_argument("--daemon-debounce-ms", type=int,
+                    help="configure the daemon with this debounce while the checks keep --debounce-ms "
+                         "(to see the test catch a daemon that does not keep its rules)")
+    ap.add_argument("--daemon-after-opencode", dest="daemon_first", action="store_false",
+                    help="start the daemon once `opencode serve` is up (default: before it, when "
+                         "OpenCode's database does not exist yet, as a user service would be)")
     a = ap.parse_args()
     a.opencode = os.path.abspath(a.opencode)
     a.daemon = os.path.abspath(a.daemon)
@@ -904,6 +961,7 @@ def main():
         reexec_in_netns("OPENCODE_TELEMETRY_LIVE_IN_NETNS")
     signal.signal(signal.SIGTERM, on_sigterm)
 
+    check_oracle()
     t0 = now()
     deadline = t0 + a.total_timeout
     out = os.path.abspath(a.out)
@@ -925,7 +983,8 @@ def main():
         "daemon_bin": os.path.abspath(a.daemon),
         "netns": os.environ.get("OPENCODE_TELEMETRY_LIVE_IN_NETNS") == "1",
         "config": {"debounce_ms": a.debounce_ms, "poll_interval_ms": a.poll_ms,
-                   "final_after_secs": a.final_after_secs, "parallel": a.parallel},
+                   "final_after_secs": a.final_after_secs, "parallel": a.parallel,
+                   "daemon_first": a.daemon_first},
         "bounds_s": {"idle_or_error": idle_bound, "open_todos": final_after + poll + 1.0,
                      "archive_or_delete": idle_bound},
         "problems": [],
@@ -945,6 +1004,7 @@ def main():
         repos.append(p)
 
     procs = {}
+    stopping = threading.Event()
     hub = None
     watcher = None
     jobs = []
@@ -960,6 +1020,32 @@ def main():
         procs["fake_llm"] = fake
         llm_port = int(fake.wait_line(r"PORT (\d+)", 15).group(1))
         write_opencode_config(out, llm_port)
+
+        def start_daemon():
+            os.makedirs(daemon_dir)
+            cfg_path = os.path.join(daemon_dir, "config.toml")
+            with open(cfg_path, "w") as f:
+                f.write(
+                    "data_dir = %s\n\n[source]\ndb_path = %s\npoll_interval_ms = %d\n\n"
+                    "[export]\ndebounce_ms = %d\nfinal_after_secs = %d\n\n[local]\npath = %s\n\n"
+                    "[service]\nshutdown_grace_secs = 5\nlog_level = \"info\"\n"
+                    % (json.dumps(os.path.join(daemon_dir, "data")), json.dumps(db_path), a.poll_ms,
+                       a.daemon_debounce_ms or a.debounce_ms, a.final_after_secs, json.dumps(sink_path)))
+            dhome = os.path.join(daemon_dir, "home")
+            denv = {"PATH": env["PATH"], "HOME": dhome, "XDG_CONFIG_HOME": os.path.join(dhome, ".config"),
+                    "XDG_DATA_HOME": os.path.join(dhome, ".local/share"),
+                    "XDG_STATE_HOME": os.path.join(dhome, ".local/state"), "NO_COLOR": "1"}
+            daemon = Proc("opencode-telemetry",
+                          [a.daemon, "--config", cfg_path, "run", "--transitions-log", tlog_path],
+                          daemon_dir, denv, os.path.join(logs, "daemon.log"))
+            procs["daemon"] = daemon
+            daemon.wait_line(r"running", 20)
+            report["timings_s"]["daemon_running"] = round(now() - t0, 2)
+
+        watcher = OutputWatcher(sink_path, tlog_path)
+        if a.daemon_first:
+            # As a user service would: running before OpenCode has ever created its database.
+            start_daemon()
 
         # 2. OpenCode serve + its event stream
         port = free_port()
@@ -986,26 +1072,9 @@ def main():
             raise RuntimeError("OpenCode's database is not at %s" % db_path)
         report["timings_s"]["opencode_ready"] = round(now() - t0, 2)
 
-        # 3. the daemon on the live database
-        os.makedirs(daemon_dir)
-        cfg_path = os.path.join(daemon_dir, "config.toml")
-        with open(cfg_path, "w") as f:
-            f.write(
-                "data_dir = %s\n\n[source]\ndb_path = %s\npoll_interval_ms = %d\n\n"
-                "[export]\ndebounce_ms = %d\nfinal_after_secs = %d\n\n[local]\npath = %s\n\n"
-                "[service]\nshutdown_grace_secs = 5\nlog_level = \"info\"\n"
-                % (json.dumps(os.path.join(daemon_dir, "data")), json.dumps(db_path), a.poll_ms,
-                   a.debounce_ms, a.final_after_secs, json.dumps(sink_path)))
-        dhome = os.path.join(daemon_dir, "home")
-        denv = {"PATH": env["PATH"], "HOME": dhome, "XDG_CONFIG_HOME": os.path.join(dhome, ".config"),
-                "XDG_DATA_HOME": os.path.join(dhome, ".local/share"),
-                "XDG_STATE_HOME": os.path.join(dhome, ".local/state"), "NO_COLOR": "1"}
-        watcher = OutputWatcher(sink_path, tlog_path)
-        daemon = Proc("opencode-telemetry", [a.daemon, "--config", cfg_path, "run", "--transitions-log", tlog_path],
-                      daemon_dir, denv, os.path.join(logs, "daemon.log"))
-        procs["daemon"] = daemon
-        daemon.wait_line(r"running", 20)
-        report["timings_s"]["daemon_running"] = round(now() - t0, 2)
+        # 3. the daemon on the live database (unless it was started first)
+        if not a.daemon_first:
+            start_daemon()
 
         # 4. the jobs
         c = Ctx(api=api, hub=hub, watcher=watcher, job_timeout=a.job_timeout, export_bound_s=idle_bound,
@@ -1023,8 +1092,8 @@ def main():
                     j = work.get_nowait()
                 except queue.Empty:
                     return
-                if now() > deadline:
-                    j["status"] = "skipped (total timeout)"
+                if now() > deadline or stopping.is_set():
+                    j["status"] = "skipped (total timeout or stopping)"
                     continue
                 try:
                     run_job(j, c)
@@ -1077,6 +1146,7 @@ def main():
         log("driver error: %r" % e)
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the clean-up finish
+        stopping.set()
         d = procs.get("daemon")
         if d is not None:
             rc, secs, killed = d.stop(timeout=15)
@@ -1186,13 +1256,37 @@ def main():
         s["latencies"] = lat
         if len(recs) != len(actual):
             sp.append("%d records at the sink, %d exports in the transitions log" % (len(recs), len(actual)))
-        # contents against the final database
+        # contents against the final database, OpenCode's events and the scripted turns
         if recs and os.path.exists(final_db):
             facts = db_facts(final_db, sid)
             s["db"] = facts
             last = recs[-1]["record"]
             sp += check_record(j["kind"], last, facts)
-            if j["kind"] == "subagent" and not (facts and facts["children"]):
+            for r in recs:
+                rec = r["record"]
+                if rec.get("opencodeVersion") != version:
+                    sp.append("opencodeVersion %r, want %r" % (rec.get("opencodeVersion"), version))
+                if rec.get("projectDirectory") != j["repo"]:
+                    sp.append("projectDirectory %r, want %r" % (rec.get("projectDirectory"), j["repo"]))
+                if not rec.get("createdAt") or not rec.get("updatedAt") or rec["updatedAt"] > rec.get("exportedAt", 0):
+                    sp.append("createdAt/updatedAt/exportedAt out of order: %s/%s/%s" % (
+                        rec.get("createdAt"), rec.get("updatedAt"), rec.get("exportedAt")))
+            want_tools = FIRST_TURN_TOOLS.get(j["kind"], {})
+            got_tools = {t.get("name"): t.get("calls") for t in recs[0]["record"].get("tools") or []}
+            if got_tools != want_tools:
+                sp.append("tools %s, the scripted turn made %s" % (got_tools, want_tools))
+            ev_kids = sorted(k for k, v in children.items() if v == sid)
+            if facts is not None:
+                rec_kids = sorted(ch.get("sessionId") for ch in last.get("children") or [])
+                if rec_kids != ev_kids:
+                    sp.append("children %s, OpenCode's session.created events say %s" % (rec_kids, ev_kids))
+            if facts is not None and facts["last_completed"] and match:
+                ends = [e for e in match if e["ref_event"] in ("session.idle", "session.error")]
+                if ends:
+                    # How long after OpenCode's event the terminal message's time.completed was
+                    # written: the daemon's debounce counts from the latter.
+                    s["completed_after_event_s"] = round(facts["last_completed"] / 1000.0 - ends[-1]["ref"], 3)
+            if j["kind"] == "subagent" and not (facts and facts["children"] and ev_kids):
                 sp.append("the subagent job left no child session in the database")
             if j["kind"] in ("archive", "archive_late") and not (facts and facts["time_archived"]):
                 sp.append("the archived session has no time_archived in the database")
@@ -1223,8 +1317,8 @@ def print_summary(report):
         report["config"]["poll_interval_ms"], report["config"]["final_after_secs"],
         report["timings_s"].get("total", 0)))
     for s in report["sessions"]:
-        lat = ", ".join("%s %.2fs/%.2fs (from %s)" % (x["event"], x.get("sink_latency_s", -1), x.get("bound_s", -1),
-                                                      x.get("answers", "?"))
+        lat = ", ".join("%s %.2fs/%.2fs (from %s)" % (x["event"], x["sink_latency_s"], x["bound_s"], x["answers"])
+                        if "sink_latency_s" in x else "%s (unmatched)" % x["event"]
                         for x in s.get("latencies", []))
         log("  %-16s %s  %s  %s" % (s["kind"], s.get("session_id"), lat or "no export",
                                     "OK" if not s["problems"] else "PROBLEMS: " + "; ".join(s["problems"])))

@@ -622,11 +622,13 @@ def run_job(job, c):
         return wait_event(lambda t, p: t == "session.idle" and p.get("sessionID") == sid, since,
                           "session.idle (%s)" % what)
 
-    def wait_export(n, what):
+    def wait_export(n, idle_ev, what):
+        """Waits for the session's n-th record at the sink, and until the next action cannot
+        be mistaken for one inside the debounce window (the oracle's margin is 0.6 s)."""
         limit = c.export_bound_s + 10
         if not c.watcher.wait_records(sid, n, limit):
             raise JobFailed("record %d of the session not at the sink within %.0fs (%s)" % (n, limit, what))
-        time.sleep(0.3)
+        time.sleep(max(0.3, idle_ev["recv_ts"] + c.debounce_s + 1.0 - now()))
 
     idx = prompt(scenario)
     if kind == "abort":
@@ -638,10 +640,10 @@ def run_job(job, c):
         c.hub.marker(kind="abort_request", job=job["id"], sessionID=sid)
         st, r = c.api.call("POST", "/session/%s/abort" % sid, query=q)
         job["notes"].append("abort -> %s %s" % (st, r))
-    wait_idle(idx, "first prompt")
+    first_idle = wait_idle(idx, "first prompt")
 
     if kind == "multiturn":
-        wait_export(1, "first turn")
+        wait_export(1, first_idle, "first turn")
         idx = prompt("incomplete_todos")
         wait_idle(idx, "second prompt")
     elif kind == "multiturn_quick":
@@ -657,7 +659,7 @@ def run_job(job, c):
         wait_event(lambda t, p: t == "session.deleted" and ev_session(p) == sid, idx, "session.deleted")
     elif kind in ("archive", "archive_late"):
         if kind == "archive_late":
-            wait_export(1, "before archiving")
+            wait_export(1, first_idle, "before archiving")
         else:
             time.sleep(0.5)
         idx = c.hub.index()
@@ -668,7 +670,7 @@ def run_job(job, c):
                    and ((p.get("info") or {}).get("time") or {}).get("archived"), idx,
                    "session.updated with time.archived")
     elif kind == "cli_delete":
-        wait_export(1, "before deleting")
+        wait_export(1, first_idle, "before deleting")
         watch = RowWatch(c.db_path, sid)
         c.hub.marker(kind="cli_delete_start", job=job["id"], sessionID=sid)
         t0 = now()
@@ -1078,6 +1080,7 @@ def main():
 
         # 4. the jobs
         c = Ctx(api=api, hub=hub, watcher=watcher, job_timeout=a.job_timeout, export_bound_s=idle_bound,
+                debounce_s=debounce,
                 db_path=db_path, opencode=a.opencode, env=env)
         for i, (kind, scenario, what) in enumerate(JOBS):
             jobs.append({"id": "j%02d" % i, "kind": kind, "scenario": scenario, "what": what,

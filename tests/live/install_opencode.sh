@@ -6,10 +6,13 @@
 #
 #   tests/live/install_opencode.sh target/opencode-1.18.33
 #
-# `opencode-ai` is a thin wrapper whose optionalDependencies carry the native binary
-# (opencode-linux-x64, …); its postinstall only links that binary to bin/opencode.exe, so when
-# the postinstall is skipped or fails the platform package's bin/opencode is used directly.
-# Exits non-zero when no working binary of VERSION can be had.
+# `opencode-ai` is a thin wrapper whose optionalDependencies carry the native binaries
+# (opencode-linux-x64, opencode-linux-x64-baseline, …). Its postinstall only copies one of them to
+# bin/opencode.exe after running `opencode --version` with the real $HOME, which creates
+# ~/.config/opencode, ~/.cache/opencode and ~/.local/{share,state}/opencode. So install scripts
+# are skipped (--ignore-scripts), and the platform package's bin/opencode is used directly; the
+# check below runs `--version` in a throwaway home. Exits non-zero when no working binary of
+# VERSION can be had.
 set -euo pipefail
 DIR=${1:?usage: install_opencode.sh DIR [VERSION]}
 VER=${2:-1.18.33}
@@ -62,7 +65,7 @@ fi
 
 echo "installing opencode-ai@${VER} into $PWD" >&2
 [ -f package.json ] || echo '{"name":"opencode-telemetry-live-test","private":true}' > package.json
-if ! timeout 600 npm install --no-audit --no-fund --loglevel=error "opencode-ai@${VER}" >&2; then
+if ! timeout 600 npm install --no-audit --no-fund --ignore-scripts --loglevel=error "opencode-ai@${VER}" >&2; then
   echo "npm install opencode-ai@${VER} failed; installing ${PLAT}@${VER} directly" >&2
   timeout 600 npm install --no-audit --no-fund --ignore-scripts --loglevel=error "${PLAT}@${VER}" >&2
 fi

@@ -14,7 +14,12 @@ fi
 echo "== convex: typecheck + vitest"
 (cd convex && npm run --silent typecheck && npx vitest run)
 
-# 3. The daemon: unit tests, integration tests (real binary, real OpenCode databases, the
-#    Convex functions behind the emulator).
+# 3. Real OpenCode for the live end-to-end test (tests/integration/live_opencode.rs): npm
+#    opencode-ai@1.18.33 into target/, skipped when already there. Needs the npm registry once.
+echo "== opencode 1.18.33 (tests/live/install_opencode.sh)"
+tests/live/install_opencode.sh target/opencode-1.18.33 >/dev/null
+
+# 4. The daemon: unit tests, integration tests (real binary, real OpenCode databases, the
+#    Convex functions behind the emulator, real OpenCode driven live).
 echo "== cargo test"
 cargo test --workspace --locked

@@ -8,6 +8,7 @@ mod support;
 mod config_errors;
 /// The real binary → HTTP → the project's Convex functions (convex-test emulator) → query back.
 mod convex_e2e;
+mod live_opencode;
 /// `once` on the bundled OpenCode 1.18.33 database, checked against independent SQL.
 mod once_fixture;
 /// Replaying OpenCode's own event log into a database: the tracker's exports agree with the

@@ -8,6 +8,7 @@ mod support;
 mod config_errors;
 /// The real binary → HTTP → the project's Convex functions (convex-test emulator) → query back.
 mod convex_e2e;
+/// Real OpenCode 1.18.33, driven live: exports compared with its own event stream.
 mod live_opencode;
 /// `once` on the bundled OpenCode 1.18.33 database, checked against independent SQL.
 mod once_fixture;

@@ -505,9 +505,10 @@ impl Poller {
                 }
                 Ok(emitted)
             }
-            Err(SourceError::Missing { path }) => {
+            // Not there yet, or OpenCode is still creating its tables: wait quietly.
+            Err(e @ (SourceError::Missing { .. } | SourceError::NotOpenCode { .. })) => {
                 if !missing_logged {
-                    tracing::info!(db = %path.display(), "waiting for the opencode database to appear");
+                    tracing::info!(reason = %e, "waiting for the opencode database to appear");
                 }
                 self.missing_logged = true;
                 self.db = None;

@@ -469,3 +469,120 @@ fn a_database_replaced_by_rename_is_reopened_and_read_again() {
         daemon.stderr()
     );
 }
+
+/// Turns a fixture copy into the shape of an OpenCode 1.2-era database: the session columns
+/// added since (`workspace_id`, `path`, `agent`, `model`, `cost`, `tokens_*`, `metadata`) and
+/// the `event` / `event_sequence` tables do not exist.
+fn downgrade_to_v1_2_schema(db: &Path) {
+    let w = writer(db);
+    w.execute_batch(
+        "DROP TABLE event; DROP TABLE event_sequence; DROP INDEX IF EXISTS session_workspace_idx;",
+    )
+    .unwrap();
+    for col in [
+        "workspace_id",
+        "path",
+        "agent",
+        "model",
+        "cost",
+        "tokens_input",
+        "tokens_output",
+        "tokens_reasoning",
+        "tokens_cache_read",
+        "tokens_cache_write",
+        "metadata",
+    ] {
+        w.execute_batch(&format!("ALTER TABLE session DROP COLUMN {col}"))
+            .unwrap();
+    }
+}
+
+#[test]
+fn an_older_opencode_schema_is_read_through_feature_detection() {
+    let scratch = Scratch::new();
+    let reference_db = scratch.copy_fixture_db();
+    let config = scratch.write_config("");
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&reference_db)
+        .arg("once"));
+    assert!(out.status.success());
+    let reference = read_ndjson(&scratch.local_sink());
+
+    let old = scratch.path("old/opencode.db");
+    std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+    std::fs::copy(&reference_db, &old).unwrap();
+    downgrade_to_v1_2_schema(&old);
+
+    // once: the same records (all values come from rows every version has).
+    let config = scratch.path("old.toml");
+    std::fs::write(
+        &config,
+        format!("data_dir = \"{}\"\n", scratch.path("data-old").display()),
+    )
+    .unwrap();
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&old)
+        .arg("once"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = read_ndjson(&scratch.path("data-old/sessions.ndjson"));
+    assert_eq!(records.len(), reference.len());
+    for (a, b) in records.iter().zip(&reference) {
+        let strip = |v: &Value| {
+            let mut v = v.clone();
+            v.as_object_mut().unwrap().remove("exportedAt");
+            v
+        };
+        assert_eq!(strip(a), strip(b));
+    }
+
+    // run: without event_sequence, changes are found through message times.
+    let config = scratch.path("old-run.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = \"{}\"\n{FAST}final_after_secs = 0\n",
+            scratch.path("data-old-run").display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Daemon::start(&scratch, &config, &old);
+    let sink = scratch.path("data-old-run/sessions.ndjson");
+    wait_for(30, "25 exports", || ndjson_if_any(&sink).len() >= 25);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    add_turn_without_sequence(&old, "ses_e035b3ab2ffeO6eS7qqNoSRTcP", now);
+    wait_for(30, "the changed session", || {
+        ndjson_if_any(&sink).len() >= 26
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(daemon.terminate(15).success());
+    let records = read_ndjson(&sink);
+    assert_eq!(records.len(), 26);
+    assert_eq!(records[25]["sessionId"], "ses_e035b3ab2ffeO6eS7qqNoSRTcP");
+}
+
+/// [`add_turn`] on a database without `event_sequence`.
+fn add_turn_without_sequence(db: &Path, session_id: &str, at_ms: i64) {
+    let w = writer(db);
+    w.execute_batch(
+        "CREATE TABLE event_sequence (aggregate_id TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
+    )
+    .unwrap();
+    drop(w);
+    add_turn(db, session_id, at_ms);
+    writer(db)
+        .execute_batch("DROP TABLE event_sequence")
+        .unwrap();
+}

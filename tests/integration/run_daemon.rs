@@ -204,7 +204,8 @@ fn a_turn_that_never_completed_is_exported_once_as_incomplete_after_stale_after_
 }
 
 /// Appends a new turn (user prompt + completed assistant answer) to a session, as OpenCode's
-/// projector writes it: message rows, parts, and the bumped `event_sequence`.
+/// projector writes it: message rows, parts, and the bumped `event_sequence` (when the database
+/// has one).
 fn add_turn(db: &Path, session_id: &str, at_ms: i64) {
     let w = writer(db);
     let tx = w.unchecked_transaction().unwrap();
@@ -238,11 +239,20 @@ fn add_turn(db: &Path, session_id: &str, at_ms: i64) {
         )
         .unwrap();
     }
-    tx.execute(
-        "UPDATE event_sequence SET seq = seq + 5 WHERE aggregate_id = ?1",
-        [session_id],
-    )
-    .unwrap();
+    let has_sequence: bool = tx
+        .query_row(
+            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'event_sequence'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if has_sequence {
+        tx.execute(
+            "UPDATE event_sequence SET seq = seq + 5 WHERE aggregate_id = ?1",
+            [session_id],
+        )
+        .unwrap();
+    }
     tx.execute(
         "UPDATE session SET time_updated = ?2 WHERE id = ?1",
         params![session_id, at_ms],
@@ -562,7 +572,7 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64;
-    add_turn_without_sequence(&old, "ses_e035b3ab2ffeO6eS7qqNoSRTcP", now);
+    add_turn(&old, "ses_e035b3ab2ffeO6eS7qqNoSRTcP", now);
     wait_for(30, "the changed session", || {
         ndjson_if_any(&sink).len() >= 26
     });
@@ -571,18 +581,4 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
     let records = read_ndjson(&sink);
     assert_eq!(records.len(), 26);
     assert_eq!(records[25]["sessionId"], "ses_e035b3ab2ffeO6eS7qqNoSRTcP");
-}
-
-/// [`add_turn`] on a database without `event_sequence`.
-fn add_turn_without_sequence(db: &Path, session_id: &str, at_ms: i64) {
-    let w = writer(db);
-    w.execute_batch(
-        "CREATE TABLE event_sequence (aggregate_id TEXT PRIMARY KEY, seq INTEGER NOT NULL)",
-    )
-    .unwrap();
-    drop(w);
-    add_turn(db, session_id, at_ms);
-    writer(db)
-        .execute_batch("DROP TABLE event_sequence")
-        .unwrap();
 }

@@ -142,3 +142,10 @@ pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
 pub fn sql(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
 }
+
+/// The real daemon as a child process.
+pub mod daemon;
+/// The fault-injecting stand-in for a Convex deployment.
+pub mod fault_server;
+/// Generated OpenCode databases and a writer of new steps.
+pub mod gen_db;

@@ -691,6 +691,39 @@ async fn server_down_for_hours_then_back() {
     .await;
 }
 
+/// `queue list` shows, per pending record, the failed delivery attempts (`attempts N`): after
+/// several 503s every queued record must show them, not `attempts 0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_list_counts_failed_attempts() {
+    bounded(Duration::from_secs(30), async {
+        let rig = Rig::new(5, Knobs::default()).await;
+        rig.server.set_mode(Mode::status(503)).await;
+        let mut d = rig.start();
+        wait_for(Duration::from_secs(10), "three failed attempts", || {
+            (rig.server.request_count() >= 3).then_some(())
+        })
+        .await;
+        let (exit, _) = d.terminate(Duration::from_secs(10));
+        assert!(exit.success());
+        let failed = rig.server.request_count();
+        let list = rig.cli(&["queue", "list"]);
+        let list = String::from_utf8_lossy(&list.stdout).into_owned();
+        assert!(list.contains("pending: 5\n"), "{list}");
+        let attempts: Vec<u64> = list
+            .lines()
+            .filter_map(|l| l.split("attempts ").nth(1))
+            .map(|n| n.trim().parse().unwrap())
+            .collect();
+        assert_eq!(attempts.len(), 5, "{list}");
+        assert!(
+            attempts.iter().all(|a| *a >= 1),
+            "every record was in {failed} failed requests, yet `queue list` shows attempts \
+             {attempts:?}:\n{list}"
+        );
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenario 8: 429 / 503 with Retry-After.
 

@@ -1415,3 +1415,86 @@ async fn a_corrupt_outbox_is_moved_aside_and_rebuilt_from_the_source() {
     })
     .await;
 }
+
+/// Garbling sled's log (`queue/db`: its first 4 KiB, 64 bytes in its middle, its last 4 KiB,
+/// the whole file) or zeroing it, in an outbox as a daemon leaves it after SIGTERM (6 pending
+/// records, 1 dead letter, tracker state). sled recovers the longest valid prefix of its log,
+/// which the outbox accepts as a crash ("Truncation is a crash"): pending records and tracker
+/// state roll back together and the source is re-read. But a crash never loses what was
+/// flushed, and a dead letter (flushed, not re-derivable from the source) must not vanish
+/// without a word: opening must keep it or notice the damage (quarantine the directory and log
+/// an ERROR, as for any other corruption).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbled_outbox_log_is_detected_not_silently_emptied() {
+    bounded(Duration::from_secs(60), async {
+        let rig = Rig::new(30, Knobs::default()).await;
+        outbox_with_dead_and_pending(&rig).await;
+        let queue = rig.data().join("queue");
+        let pristine = rig.scratch.path("pristine-queue");
+        copy_dir(&queue, &pristine);
+        let files: Vec<String> = std::fs::read_dir(&pristine)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        type Damage = fn(&mut Vec<u8>);
+        let variants: [(&str, Damage); 5] = [
+            ("first 4 KiB garbled", |b| {
+                b.iter_mut().take(4096).for_each(|x| *x ^= 0x5a)
+            }),
+            ("64 bytes in the middle garbled", |b| {
+                let mid = b.len() / 2;
+                b[mid..mid + 64].iter_mut().for_each(|x| *x ^= 0x5a)
+            }),
+            ("last 4 KiB garbled", |b| {
+                let n = b.len();
+                b[n - 4096..].iter_mut().for_each(|x| *x ^= 0x5a)
+            }),
+            ("whole file garbled", |b| {
+                b.iter_mut().for_each(|x| *x ^= 0x5a)
+            }),
+            ("zeroed", |b| b.iter_mut().for_each(|x| *x = 0)),
+        ];
+        let mut silent = Vec::new();
+        for (name, damage) in variants {
+            let _ = std::fs::remove_dir_all(&queue);
+            for q in quarantined(&rig) {
+                std::fs::remove_dir_all(rig.data().join(q)).unwrap();
+            }
+            copy_dir(&pristine, &queue);
+            let mut bytes = std::fs::read(queue.join("db")).unwrap();
+            damage(&mut bytes);
+            std::fs::write(queue.join("db"), bytes).unwrap();
+            let list = rig.cli(&["queue", "list"]);
+            let stdout = String::from_utf8_lossy(&list.stdout).into_owned();
+            let stderr = String::from_utf8_lossy(&list.stderr).into_owned();
+            let summary: Vec<&str> = stdout.lines().filter(|l| !l.starts_with(' ')).collect();
+            let noticed = stderr.contains("the outbox was corrupt") && quarantined(&rig).len() == 1;
+            let kept = stdout.contains("dead letters: 1\n");
+            eprintln!("{name}: {summary:?}, noticed {noticed}");
+            if !noticed && !kept {
+                silent.push(format!("{name}: {summary:?}"));
+            }
+        }
+        assert!(
+            silent.is_empty(),
+            "a damaged outbox (files {files:?}; 6 pending records, 1 dead letter, tracker state \
+             for 30 sessions) opened as an empty one, without any error and without quarantine: \
+             the dead letter and the pending deletion are lost for good:\n{}",
+            silent.join("\n")
+        );
+    })
+    .await;
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let p = e.unwrap().path();
+        let dest = to.join(p.file_name().unwrap());
+        if p.is_dir() {
+            copy_dir(&p, &dest);
+        } else {
+            std::fs::copy(&p, &dest).unwrap();
+        }
+    }
+}

@@ -1486,6 +1486,40 @@ async fn a_garbled_outbox_log_is_detected_not_silently_emptied() {
     .await;
 }
 
+/// sled writes a snapshot at every open: `snap.<lsn>.generating`, written, fsynced, then
+/// renamed to `snap.<lsn>`. A SIGKILL (or power loss) between the create and the write leaves
+/// an empty `snap.<lsn>.generating` behind, and sled 0.34 reads it at the next open as the
+/// newest snapshot (its snapshot lister skips only `*.in___motion`) and fails with
+/// "corruption". The outbox itself is intact: the daemon must not quarantine it (losing its
+/// dead letters, its pending deletion and its tracker state, and re-exporting every session);
+/// the leftover is the interrupted write of an optional file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_left_half_written_by_a_crash_does_not_cost_the_outbox() {
+    bounded(Duration::from_secs(60), async {
+        let rig = Rig::new(30, Knobs::default()).await;
+        outbox_with_dead_and_pending(&rig).await;
+        // What a kill between sled's create and write of the snapshot leaves.
+        std::fs::write(
+            rig.data().join("queue/snap.FFFFFFFFFFFFFFFF.generating"),
+            b"",
+        )
+        .unwrap();
+        let list = rig.cli(&["queue", "list"]);
+        let stdout = String::from_utf8_lossy(&list.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&list.stderr).into_owned();
+        assert!(
+            stdout.contains("pending: 6\n")
+                && stdout.contains("dead letters: 1\n")
+                && quarantined(&rig).is_empty(),
+            "an intact outbox with a half-written sled snapshot beside it was quarantined \
+             ({:?}): its 6 pending records (one a deletion), its dead letter and its tracker \
+             state are gone.\nqueue list:\n{stdout}\nstderr: {stderr}",
+            quarantined(&rig)
+        );
+    })
+    .await;
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

@@ -8,6 +8,9 @@ mod support;
 mod config_errors;
 /// The real binary → HTTP → the project's Convex functions (convex-test emulator) → query back.
 mod convex_e2e;
+/// Delivery under faults and crashes: the real daemon, SIGKILL/SIGTERM, and a fault-injecting
+/// HTTP server on 127.0.0.1.
+mod delivery_faults;
 /// Real OpenCode 1.18.33, driven live: exports compared with its own event stream.
 mod live_opencode;
 /// `once` on the bundled OpenCode 1.18.33 database, checked against independent SQL.

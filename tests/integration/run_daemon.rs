@@ -4,10 +4,12 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::params;
 use serde_json::Value;
 
+use crate::support::daemon::Daemon;
 use crate::support::*;
 
 const FAST: &str = "[source]\npoll_interval_ms = 100\n[export]\ndebounce_ms = 0\n";
@@ -47,21 +49,21 @@ fn run_waits_for_a_missing_database_then_exports_every_session() {
     let scratch = Scratch::new();
     let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
     let db = scratch.path("oc/opencode.db");
-    let mut daemon = Daemon::start(&scratch, &config, &db);
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
+    std::thread::sleep(Duration::from_millis(1500));
     assert!(
-        daemon.child.try_wait().unwrap().is_none(),
+        daemon.try_wait().is_none(),
         "the daemon exited: {}",
-        daemon.stderr()
+        daemon.output()
     );
     assert_eq!(
         daemon
-            .stderr()
+            .output()
             .matches("waiting for the opencode database")
             .count(),
         1,
         "{}",
-        daemon.stderr()
+        daemon.output()
     );
     assert!(ndjson_if_any(&scratch.local_sink()).is_empty());
 
@@ -77,16 +79,16 @@ fn run_waits_for_a_missing_database_then_exports_every_session() {
     assert_eq!(ids(&records), roots(&db));
     assert_eq!(records.len(), 25, "each session exported once");
 
-    let status = daemon.terminate(15);
-    assert!(status.success(), "{status:?}\n{}", daemon.stderr());
+    let status = daemon.terminate(Duration::from_secs(15)).0;
+    assert!(status.success(), "{status:?}\n{}", daemon.output());
     assert_eq!(
         daemon
-            .stderr()
+            .output()
             .matches("waiting for the opencode database")
             .count(),
         1
     );
-    assert!(daemon.stderr().contains("shutdown complete"));
+    assert!(daemon.output().contains("shutdown complete"));
     let log = read_ndjson(&scratch.path("transitions.jsonl"));
     assert_eq!(log.len(), 25);
     for line in &log {
@@ -108,12 +110,12 @@ fn idle_sessions_with_open_todos_wait_for_final_after_secs() {
 
     // final_after_secs far away: the three sessions with open todos are held back.
     let config = scratch.write_config(&format!("{FAST}final_after_secs = 1000000000\n"));
-    let mut daemon = Daemon::start(&scratch, &config, &db);
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
     wait_for(30, "22 exports", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 22
     });
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(daemon.terminate(15).success());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&scratch.local_sink());
     let exported = ids(&records);
     assert_eq!(records.len(), 22);
@@ -129,12 +131,12 @@ fn idle_sessions_with_open_todos_wait_for_final_after_secs() {
     // These sessions have been idle since the fixture was made; with final_after_secs = 1 the
     // restarted daemon exports exactly them (the other 22 are unchanged: not exported again).
     let config = scratch.write_config(&format!("{FAST}final_after_secs = 1\n"));
-    let mut daemon = Daemon::start(&scratch, &config, &db);
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
     wait_for(30, "3 more exports", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 25
     });
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert!(daemon.terminate(15).success());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&scratch.local_sink());
     assert_eq!(records.len(), 25);
     assert_eq!(ids(&records[22..]), open);
@@ -170,12 +172,12 @@ fn a_turn_that_never_completed_is_exported_once_as_incomplete_after_stale_after_
     let config = scratch.write_config(&format!(
         "{FAST}final_after_secs = 0\nstale_after_secs = 1000000000\n"
     ));
-    let mut daemon = Daemon::start(&scratch, &config, &db);
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
     wait_for(30, "24 exports", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 24
     });
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert!(daemon.terminate(15).success());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&scratch.local_sink());
     assert_eq!(
         records.len(),
@@ -187,12 +189,12 @@ fn a_turn_that_never_completed_is_exported_once_as_incomplete_after_stale_after_
     let config = scratch.write_config(&format!(
         "{FAST}final_after_secs = 0\nstale_after_secs = 1\n"
     ));
-    let mut daemon = Daemon::start(&scratch, &config, &db);
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
     wait_for(30, "the stale export", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 25
     });
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert!(daemon.terminate(15).success());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&scratch.local_sink());
     assert_eq!(records.len(), 25, "exported once");
     let r = &records[24];
@@ -266,11 +268,11 @@ fn after_a_restart_only_changed_and_deleted_sessions_are_exported() {
     let scratch = Scratch::new();
     let db = scratch.copy_fixture_db();
     let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
-    let mut daemon = Daemon::start(&scratch, &config, &db);
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
     wait_for(30, "25 exports", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 25
     });
-    assert!(daemon.terminate(15).success());
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let first = read_ndjson(&scratch.local_sink());
     assert_eq!(first.len(), 25);
 
@@ -305,12 +307,12 @@ fn after_a_restart_only_changed_and_deleted_sessions_are_exported() {
         .as_millis() as i64;
     add_turn(&db, changed, now - 10_000);
 
-    let mut daemon = Daemon::start(&scratch, &config, &db);
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
     wait_for(30, "2 more exports", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 27
     });
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    assert!(daemon.terminate(15).success());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let all = read_ndjson(&scratch.local_sink());
     assert_eq!(all.len(), 27, "unchanged sessions are not exported again");
     let new: Vec<&Value> = all[25..].iter().collect();
@@ -394,7 +396,7 @@ fn a_subagent_session_that_changes_after_its_parent_was_exported_re_exports_the_
     let parent = "ses_e035b5a3effe1VAqFzl4bA7JO8"; // s06
     let child = "ses_e035b58ceffe9MFt8mqpmU3IPW";
     let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
-    let mut daemon = Daemon::start(&scratch, &config, &db);
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
     wait_for(30, "25 exports", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 25
     });
@@ -406,8 +408,8 @@ fn a_subagent_session_that_changes_after_its_parent_was_exported_re_exports_the_
     wait_for(30, "the parent's re-export", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 26
     });
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert!(daemon.terminate(15).success());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&scratch.local_sink());
     assert_eq!(records.len(), 26, "only the parent is exported again, once");
     let before = records[..25]
@@ -442,7 +444,7 @@ fn a_database_replaced_by_rename_is_reopened_and_read_again() {
     let scratch = Scratch::new();
     let db = scratch.copy_fixture_db();
     let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
-    let mut daemon = Daemon::start(&scratch, &config, &db);
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
     wait_for(30, "25 exports", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 25
     });
@@ -464,8 +466,8 @@ fn a_database_replaced_by_rename_is_reopened_and_read_again() {
     wait_for(30, "the changed session's export", || {
         ndjson_if_any(&scratch.local_sink()).len() >= 26
     });
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert!(daemon.terminate(15).success());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&scratch.local_sink());
     assert_eq!(
         records.len(),
@@ -474,9 +476,9 @@ fn a_database_replaced_by_rename_is_reopened_and_read_again() {
     );
     assert_eq!(records[25]["sessionId"], changed);
     assert!(
-        daemon.stderr().contains("was replaced; reopening"),
+        daemon.output().contains("was replaced; reopening"),
         "{}",
-        daemon.stderr()
+        daemon.output()
     );
 }
 
@@ -565,7 +567,7 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
         ),
     )
     .unwrap();
-    let mut daemon = Daemon::start(&scratch, &config, &old);
+    let mut daemon = Daemon::start_local(&scratch, &config, &old);
     let sink = scratch.path("data-old-run/sessions.ndjson");
     wait_for(30, "25 exports", || ndjson_if_any(&sink).len() >= 25);
     let now = std::time::SystemTime::now()
@@ -576,8 +578,8 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
     wait_for(30, "the changed session", || {
         ndjson_if_any(&sink).len() >= 26
     });
-    std::thread::sleep(std::time::Duration::from_millis(1000));
-    assert!(daemon.terminate(15).success());
+    std::thread::sleep(Duration::from_millis(1000));
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&sink);
     assert_eq!(records.len(), 26);
     assert_eq!(records[25]["sessionId"], "ses_e035b3ab2ffeO6eS7qqNoSRTcP");

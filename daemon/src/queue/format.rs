@@ -269,6 +269,10 @@ pub(crate) enum StatusFile {
         dead_count: u64,
         last_delivery_at: Option<i64>,
         last_error: Option<StatusError>,
+        /// The outbox's next sequence number as of its last completed flush: a high-water mark
+        /// kept outside sled (absent in files of earlier builds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        committed_seq: Option<u64>,
     },
 }
 

@@ -49,9 +49,17 @@
 //!   source from scratch (its state was in the quarantined directory too). A fresh outbox that
 //!   fails again is an error, so there is no crash loop. OS errors (permission denied, no space)
 //!   are not corruption: they fail the open without touching the directory.
-//! - **Truncation is a crash.** sled recovers the longest valid prefix of its log, so a truncated
-//!   or zeroed `db` opens with fewer entries; since `state` and `outbox` share that log, the
-//!   recovered cursor matches the recovered records and the source is re-read from there.
+//! - **Losing flushed data is corruption, not a crash.** sled recovers the longest valid prefix
+//!   of its log and reports nothing, so a damaged log would silently rewind the outbox (and a
+//!   damaged start would open as an empty one). Two checks catch that: an outbox that had a log
+//!   must recover its `meta/layout` marker (flushed when the outbox is created), and it must
+//!   recover at least the sequence number recorded as durable in `status.json` (written only
+//!   after completed flushes, outside sled). Either failing quarantines the directory like any
+//!   other corruption. Damage past the last flush (a torn tail) loses only unflushed writes, which
+//!   a crash may lose anyway.
+//! - **Interrupted snapshots are dropped.** sled writes `snap.<n>.generating`, fsyncs and renames
+//!   it; a leftover `.generating` file is an interrupted write and is deleted before opening
+//!   (sled 0.34 would otherwise pick it and fail), so sled replays from the previous snapshot.
 //!
 //! # On-disk format
 //! One sled 0.34.7 `Db` at `<data_dir>/queue` with five trees, plus a status file beside it:
@@ -77,7 +85,8 @@
 //!
 //! <data_dir>/status.json   {"v":"1","pid":…,"writtenAt":<ms>,"pendingCount":…,"pendingBytes":…,
 //!                           "maxBytes":…,"oldestEnqueuedAt":<ms>|null,"deadCount":…,
-//!                           "lastDeliveryAt":<ms>|null,"lastError":{"message":…,"at":<ms>}|null}
+//!                           "lastDeliveryAt":<ms>|null,"lastError":{"message":…,"at":<ms>}|null,
+//!                           "committedSeq":<next seq as of the last completed flush>}
 //! <data_dir>/queue.corrupt-<unix seconds>[-n]   a quarantined outbox (kept for inspection)
 //! ```
 //! Headers are `#[serde(tag = "v")]` enums: a format change adds `V2` (and a reader for it) and
@@ -387,6 +396,8 @@ struct Inner {
     dead_count: AtomicI64,
     rebuild: Option<Rebuild>,
     status: Mutex<StatusState>,
+    /// `meta/next_seq` as of the last completed flush (see [`StatusSnapshot::committed_seq`]).
+    durable_next_seq: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -539,6 +550,7 @@ impl Outbox {
             dead_count: AtomicI64::new(opened.counts.dead_count),
             rebuild: opened.rebuild,
             status: Mutex::new(StatusState::default()),
+            durable_next_seq: std::sync::atomic::AtomicU64::new(opened.counts.next_seq),
         });
         let outbox = Outbox { inner };
         outbox.write_status_now();
@@ -959,6 +971,7 @@ impl Outbox {
             dead_count: s.dead_count,
             last_delivery_at_ms: s.last_delivery_at_ms,
             last_error: s.last_error,
+            committed_seq: Some(self.inner.durable_next_seq.load(Ordering::Acquire)),
         })
     }
 
@@ -1154,12 +1167,23 @@ impl Inner {
     }
 
     async fn flush(&self, op: &'static str) -> Result<(), QueueError> {
+        // Everything applied before the flush starts is durable once it returns.
+        let next_seq = self
+            .trees
+            .meta
+            .get(meta_key::NEXT_SEQ)
+            .map_err(self.storage(op))?
+            .and_then(|v| format::decode_u64(&v));
         self.trees
             .db
             .flush_async()
             .await
             .map(drop)
-            .map_err(self.storage(op))
+            .map_err(self.storage(op))?;
+        if let Some(seq) = next_seq {
+            self.durable_next_seq.fetch_max(seq, Ordering::AcqRel);
+        }
+        Ok(())
     }
 
     fn apply(&self, d: Delta) {

@@ -20,6 +20,8 @@ pub(crate) struct Counts {
     pub pending_count: i64,
     pub pending_bytes: i64,
     pub dead_count: i64,
+    /// `meta/next_seq` after verification (durable: read from disk, or repaired and flushed).
+    pub next_seq: u64,
 }
 
 /// A verified outbox.
@@ -47,7 +49,9 @@ pub(crate) fn open(data_dir: &Path, cache_capacity: u64) -> Result<Opened, Queue
     let dir = data_dir.join(QUEUE_DIR_NAME);
     create_dir(data_dir, false)?;
     create_dir(&dir, true)?;
-    let cause = match open_verified(&dir, cache_capacity) {
+    // The high-water mark the last daemon recorded outside sled, after a completed flush.
+    let committed = super::read_status(data_dir).and_then(|s| s.committed_seq);
+    let cause = match open_verified(&dir, cache_capacity, committed) {
         Ok((trees, counts)) => {
             return Ok(Opened {
                 dir,
@@ -71,7 +75,7 @@ pub(crate) fn open(data_dir: &Path, cache_capacity: u64) -> Result<Opened, Queue
         });
     }
     create_dir(&dir, true)?;
-    match open_verified(&dir, cache_capacity) {
+    match open_verified(&dir, cache_capacity, None) {
         Ok((trees, counts)) => Ok(Opened {
             dir,
             trees,
@@ -118,8 +122,43 @@ fn quarantine_path(data_dir: &Path) -> PathBuf {
     path
 }
 
+/// Removes `snap.*.generating` files: sled writes a snapshot under that name, fsyncs it and
+/// renames it, so such a file is by construction an interrupted write (a crash or power loss in
+/// between). sled 0.34 would pick it as the newest snapshot and fail on it; without it, sled
+/// replays its log from the previous snapshot.
+fn remove_interrupted_snapshots(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::warn!(file = %entry.path().display(), "removed an interrupted sled snapshot")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove an interrupted sled snapshot")
+                }
+            }
+        }
+    }
+}
+
 /// Opens sled and verifies every tree, turning sled panics into [`Failure::Corrupt`].
-fn open_verified(dir: &Path, cache_capacity: u64) -> Result<(Trees, Counts), Failure> {
+fn open_verified(
+    dir: &Path,
+    cache_capacity: u64,
+    committed: Option<u64>,
+) -> Result<(Trees, Counts), Failure> {
+    remove_interrupted_snapshots(dir);
+    // sled recovers the longest valid prefix of its log; a damaged start of the log recovers as
+    // an *empty* database. An outbox that had data always has its layout marker (flushed when
+    // the outbox is created), so a non-empty log without it is corruption, not a new outbox.
+    let had_data = std::fs::metadata(dir.join("db")).is_ok_and(|m| m.len() > 0);
+    // A missing or empty log is a new outbox (or one reset by hand), not a damaged one.
+    let committed = committed.filter(|_| had_data);
     catch_unwind(AssertUnwindSafe(|| {
         let db = sled::Config::new()
             .path(dir)
@@ -135,7 +174,7 @@ fn open_verified(dir: &Path, cache_capacity: u64) -> Result<(Trees, Counts), Fai
             meta: tree("meta")?,
             db: db.clone(),
         };
-        let counts = verify(dir, &trees)?;
+        let counts = verify(dir, &trees, had_data, committed)?;
         Ok((trees, counts))
     }))
     .unwrap_or_else(|panic| {
@@ -170,13 +209,26 @@ fn tx_failure(e: TransactionError<QueueError>) -> Failure {
 /// Reads every entry of every tree (sled finds many corrupt pages only on read), checks the
 /// layout, moves undecodable envelopes to `dead`, repairs the `order` index and `next_seq`, and
 /// counts what is pending and dead.
-fn verify(dir: &Path, trees: &Trees) -> Result<Counts, Failure> {
+fn verify(
+    dir: &Path,
+    trees: &Trees,
+    had_data: bool,
+    committed: Option<u64>,
+) -> Result<Counts, Failure> {
     match trees.meta.get(meta_key::LAYOUT).map_err(classify)? {
+        None if had_data => {
+            return Err(Failure::Corrupt(
+                "the outbox log had data but recovered without its layout marker (a damaged log)"
+                    .into(),
+            ))
+        }
         None => {
             trees
                 .meta
                 .insert(meta_key::LAYOUT, &LAYOUT_VERSION.to_be_bytes()[..])
                 .map_err(classify)?;
+            // Durable at once, so that a later open can tell "new" from "wiped".
+            trees.db.flush().map_err(classify)?;
         }
         Some(v) => match format::decode_u64(&v) {
             Some(found) if found > LAYOUT_VERSION => {
@@ -239,6 +291,15 @@ fn verify(dir: &Path, trees: &Trees) -> Result<Counts, Failure> {
         .map_err(classify)?
         .and_then(|v| format::decode_u64(&v))
         .unwrap_or(0);
+    // sled recovers the longest valid prefix of its log, so damage in the middle rewinds the
+    // outbox to an earlier state without any error. A recovered sequence below the last one
+    // known durable (recorded outside sled) means flushed commits were lost: corruption.
+    let recovered = next_seq.max(max_seq + 1);
+    if let Some(committed) = committed.filter(|c| recovered < *c) {
+        return Err(Failure::Corrupt(format!(
+            "the outbox log recovered to sequence {recovered}, but sequence {committed} had been durably committed (a damaged log)"
+        )));
+    }
     if next_seq <= max_seq {
         trees
             .meta
@@ -246,6 +307,7 @@ fn verify(dir: &Path, trees: &Trees) -> Result<Counts, Failure> {
             .map_err(classify)?;
         repaired = true;
     }
+    counts.next_seq = recovered;
     let now = now_ms();
     for (key, value, reason) in &undecodable {
         let reason = format!("undecodable envelope: {reason}");

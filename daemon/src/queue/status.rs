@@ -34,6 +34,9 @@ pub struct StatusSnapshot {
     pub last_delivery_at_ms: Option<i64>,
     /// Last recorded error.
     pub last_error: Option<LastError>,
+    /// The next sequence number as of the outbox's last completed flush: everything below it was
+    /// durably committed. [`super::Outbox::open`] treats a log that recovers below it as damaged.
+    pub committed_seq: Option<u64>,
 }
 
 /// The status file of a data dir: `<data_dir>/status.json`.
@@ -58,6 +61,7 @@ pub fn read_status(data_dir: &Path) -> Option<StatusSnapshot> {
             dead_count,
             last_delivery_at,
             last_error,
+            committed_seq,
         } => Some(StatusSnapshot {
             pid,
             written_at_ms: written_at,
@@ -71,6 +75,7 @@ pub fn read_status(data_dir: &Path) -> Option<StatusSnapshot> {
                 message: e.message,
                 at_ms: e.at,
             }),
+            committed_seq,
         }),
     }
 }
@@ -91,6 +96,7 @@ pub(crate) fn write_status_file(path: &Path, snap: &StatusSnapshot) -> std::io::
             message: e.message.clone(),
             at: e.at_ms,
         }),
+        committed_seq: snap.committed_seq,
     };
     let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
     let mut tmp_name = path.as_os_str().to_owned();

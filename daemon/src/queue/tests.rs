@@ -774,7 +774,11 @@ fn sigkill_during_commits_loses_no_acknowledged_commit() {
         let wanted = 10 + rand::random::<u64>() % 30;
         // Generous: on a loaded 2-core CI machine the child can take seconds to start.
         let deadline = Instant::now() + Duration::from_secs(90);
-        while (lines.lock().unwrap().len() as u64) < wanted && Instant::now() < deadline {
+        let commits = |lines: &Mutex<Vec<String>>| {
+            let lines = lines.lock().unwrap();
+            lines.iter().filter(|l| l.starts_with("COMMITTED ")).count() as u64
+        };
+        while commits(&lines) < wanted && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_micros(rand::random::<u64>() % 20_000));
@@ -962,7 +966,7 @@ async fn a_corrupt_page_that_sled_finds_only_when_reading_it_is_caught_at_open()
 }
 
 #[tokio::test]
-async fn a_garbled_snapshot_and_a_leftover_generating_snapshot_are_moved_aside() {
+async fn a_garbled_snapshot_is_moved_aside_and_a_leftover_generating_one_is_dropped() {
     let tmp = tempfile::tempdir().unwrap();
     fill(tmp.path(), 100).await;
     let dir = tmp.path().join("queue");
@@ -976,14 +980,22 @@ async fn a_garbled_snapshot_and_a_leftover_generating_snapshot_are_moved_aside()
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
     ob.flush().await.unwrap();
     drop(ob);
-    // A torn `snap.*.generating` from a crash mid-snapshot, sorting after the real one.
-    std::fs::write(dir.join("snap.FFFFFFFFFFFFFFFF.generating"), [7u8; 100]).unwrap();
+    // A torn `snap.*.generating` from a crash mid-snapshot, sorting after the real one: an
+    // interrupted write, removed at open; the outbox keeps its data.
+    let torn = dir.join("snap.FFFFFFFFFFFFFFFF.generating");
+    std::fs::write(&torn, [7u8; 100]).unwrap();
     let ob = open(tmp.path());
-    assert!(
-        ob.was_rebuilt(),
-        "a garbage .generating snapshot opened fine"
-    );
-    // Two rebuilds (possibly within the same second) keep both directories.
+    assert!(!ob.was_rebuilt(), "an interrupted snapshot cost the outbox");
+    assert!(!torn.exists());
+    let pending = ob.pending(10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].session_id(), "ses_a");
+    drop(ob);
+    // A second corruption: two rebuilds (possibly within the same second) keep both directories.
+    for s in &snapshot_files(&dir) {
+        std::fs::write(s, b"garbage garbage garbage").unwrap();
+    }
+    assert!(open(tmp.path()).was_rebuilt());
     assert_eq!(quarantined(tmp.path()).len(), 2);
 }
 

@@ -364,7 +364,10 @@ pub async fn run(
     } else {
         Tracker::resume(rules(&config), outbox.state_scan(tracker::STATE_PREFIX)?)
     };
-    let sender = sender_for(&config, outbox.clone())?;
+    // On SIGTERM the request in flight may finish, keeping 500 ms of the grace period to flush.
+    let grace = Duration::from_secs(config.service.shutdown_grace_secs);
+    let sender = sender_for(&config, outbox.clone())?
+        .with_in_flight_limit(grace.saturating_sub(Duration::from_millis(500)));
     tracing::info!(
         sink = %sender.describe(),
         db = %config.source.db_path.display(),
@@ -406,7 +409,6 @@ pub async fn run(
         }
     };
     cancel.cancel();
-    let grace = Duration::from_secs(config.service.shutdown_grace_secs);
     match tokio::time::timeout(grace, sender_task).await {
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "sender failed"),
         Ok(Err(e)) => tracing::error!(error = %e, "sender task panicked"),

@@ -60,6 +60,7 @@ pub struct Sender {
     sink: AnySink,
     pacer: sink::Pacer,
     batch_size: usize,
+    in_flight_limit: Duration,
 }
 
 impl Sender {
@@ -75,7 +76,14 @@ impl Sender {
             sink,
             pacer,
             batch_size: batch_size.max(1),
+            in_flight_limit: Duration::ZERO,
         }
+    }
+
+    /// On shutdown, how long [`Sender::run`] lets a request in flight finish (default: not at all).
+    pub fn with_in_flight_limit(mut self, limit: Duration) -> Sender {
+        self.in_flight_limit = limit;
+        self
     }
 
     /// A description of the sink (no secrets).
@@ -222,9 +230,19 @@ impl Sender {
                 }
                 continue;
             }
-            let step = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                step = self.step() => step?,
+            let step = {
+                let in_flight_limit = self.in_flight_limit;
+                let step = self.step();
+                tokio::pin!(step);
+                tokio::select! {
+                    step = &mut step => step?,
+                    _ = cancel.cancelled() => {
+                        // Let the request in flight finish (its acknowledgement saves a
+                        // duplicate after the restart), within the shutdown grace period.
+                        let _ = tokio::time::timeout(in_flight_limit, &mut step).await;
+                        return Ok(());
+                    }
+                }
             };
             match step {
                 Step::Idle => {

@@ -168,9 +168,16 @@ pub(crate) fn classify_redacting(
             reason: format!("http {status}: {}", request_error_message(body, secret)),
         },
         408 | 429 | 500..=599 => retry(request_error_message(body, secret)),
-        400..=499 => Classified::Rejected {
+        // A Convex request error (`{"code","message"}`) is a verdict on this request. A 4xx with
+        // any other body came from something in between (a proxy, a captive portal, a wrong
+        // URL): no record is at fault, so keep them all and retry.
+        400..=499 if is_convex_request_error(body) => Classified::Rejected {
             reason: format!("http {status}: {}", request_error_message(body, secret)),
         },
+        400..=499 => retry(format!(
+            "not an answer from Convex (a proxy or a wrong url?): {}",
+            request_error_message(body, secret)
+        )),
         // 1xx, 3xx (redirects are not followed) and anything past 599: a proxy or a wrong URL,
         // not a verdict on the records, so keep them and try again later.
         _ => retry(format!(
@@ -295,6 +302,14 @@ fn parse_function_response(body: &[u8]) -> Result<FunctionResponse, String> {
 }
 
 /// The message of a request-level error body (`{"code","message"}`), else the body as text.
+/// True for Convex's request-error body: a JSON object with a string `code`.
+fn is_convex_request_error(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("code").map(|c| c.is_string()))
+        .unwrap_or(false)
+}
+
 fn request_error_message(body: &[u8], secret: Option<&str>) -> String {
     #[derive(Deserialize)]
     struct RequestError {
@@ -488,13 +503,14 @@ mod tests {
     }
 
     #[test]
-    fn other_4xx_are_rejections() {
+    fn other_4xx_from_convex_are_rejections() {
         for status in [400, 404, 405, 409, 413, 415, 422, 499] {
-            let c = classify(status, &with_retry_after("5"), b"<html>nope</html>");
+            let body = br#"{"code":"BadConvexFunctionIdentifier","message":"nope"}"#;
+            let c = classify(status, &with_retry_after("5"), body);
             assert_eq!(
                 c,
                 Classified::Rejected {
-                    reason: format!("http {status}: <html>nope</html>")
+                    reason: format!("http {status}: BadConvexFunctionIdentifier: nope")
                 }
             );
         }
@@ -669,5 +685,23 @@ mod tests {
             Classified::Delivered(items).to_string(),
             "delivered 5 records (1 conflicts)"
         );
+    }
+
+    #[test]
+    fn a_4xx_that_is_not_from_convex_is_retried_not_dead_lettered() {
+        let html = b"<html><body>400 Bad Request (proxy)</body></html>";
+        assert!(matches!(
+            classify(400, &HeaderMap::new(), html),
+            Classified::Retry { .. }
+        ));
+        assert!(matches!(
+            classify(404, &HeaderMap::new(), b""),
+            Classified::Retry { .. }
+        ));
+        let convex = br#"{"code":"BadJsonBody","message":"Expected request with `Content-Type: application/json`"}"#;
+        match classify(400, &HeaderMap::new(), convex) {
+            Classified::Rejected { reason } => assert!(reason.contains("BadJsonBody"), "{reason}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -158,84 +158,6 @@ pub fn sql(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
 }
 
-/// A running `opencode-telemetry run`; killed on drop.
-pub struct Daemon {
-    /// The child process.
-    pub child: std::process::Child,
-    /// Its stderr, collected by a thread.
-    stderr: std::sync::Arc<std::sync::Mutex<String>>,
-}
-
-impl Daemon {
-    /// Starts `run` with `--config` and `--transitions-log <scratch>/transitions.jsonl`.
-    pub fn start(scratch: &Scratch, config: &Path, db: &Path) -> Daemon {
-        use std::io::Read;
-        use std::process::Stdio;
-        let mut child = command(scratch)
-            .env("RUST_LOG", "info")
-            .arg("--config")
-            .arg(config)
-            .arg("--db")
-            .arg(db)
-            .arg("run")
-            .arg("--transitions-log")
-            .arg(scratch.path("transitions.jsonl"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut err = child.stderr.take().unwrap();
-        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = err.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        Daemon { child, stderr }
-    }
-
-    /// What the daemon logged so far.
-    pub fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Sends SIGTERM and waits (at most `secs`) for the exit status.
-    pub fn terminate(&mut self, secs: u64) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let ok = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no exit within {secs} s of SIGTERM:\n{}",
-                self.stderr()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Waits until `cond` holds, checking every 50 ms, at most `secs` seconds.
 pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
@@ -264,3 +186,9 @@ pub fn writer(path: &Path) -> rusqlite::Connection {
         .unwrap();
     conn
 }
+/// The real daemon as a child process.
+pub mod daemon;
+/// The fault-injecting stand-in for a Convex deployment.
+pub mod fault_server;
+/// Generated OpenCode databases and a writer of new steps.
+pub mod gen_db;

@@ -12,7 +12,6 @@
 //! when the next moment falls inside the window — and nothing else.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use opencode_telemetry::export::ExportContext;
 use opencode_telemetry::service::tracker::{Event, Rules, Tracker};
@@ -20,6 +19,7 @@ use opencode_telemetry::source::opencode::OpenCodeDb;
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
+use crate::support::gen_db::GenDb;
 use crate::support::*;
 
 /// One write OpenCode made, at its receive time (ms).
@@ -70,39 +70,6 @@ fn load_writes() -> Vec<(i64, Write)> {
     }
     writes.sort_by_key(|(ts, _)| *ts);
     writes
-}
-
-/// A fresh database with the fixture's schema and project rows, written like OpenCode does.
-fn create_db(path: &Path) -> Connection {
-    let fixture = fixture_sql();
-    let conn = Connection::open(path).unwrap();
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA foreign_keys = ON;")
-        .unwrap();
-    let ddl: Vec<String> = fixture
-        .prepare("SELECT sql FROM sqlite_master WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%' ORDER BY type = 'index'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for stmt in ddl {
-        conn.execute_batch(&stmt).unwrap();
-    }
-    let projects: Vec<(String, String, i64, i64)> = fixture
-        .prepare("SELECT id, worktree, time_created, time_updated FROM project")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    for (id, worktree, c, u) in projects {
-        conn.execute(
-            "INSERT INTO project (id, worktree, vcs, time_created, time_updated, sandboxes) VALUES (?1, ?2, 'git', ?3, ?4, '[]')",
-            params![id, worktree, c, u],
-        )
-        .unwrap();
-    }
-    conn
 }
 
 fn strip(v: &Value, keys: &[&str]) -> String {
@@ -343,7 +310,11 @@ fn expected_exports(
 fn replay(debounce_ms: i64) {
     let scratch = Scratch::new();
     let db_path = scratch.path("opencode.db");
-    let writer = create_db(&db_path);
+    // An empty database with OpenCode's schema, projects and migrations, written like OpenCode
+    // does (WAL, foreign keys on so that deletes cascade).
+    let generated = GenDb::create(&db_path, 0);
+    let writer = generated.conn();
+    writer.execute_batch("PRAGMA foreign_keys = ON;").unwrap();
     let writes = load_writes();
     let transitions: Value = serde_json::from_str(
         &std::fs::read_to_string(fixture_dir().join("transitions.json")).unwrap(),
@@ -376,7 +347,7 @@ fn replay(debounce_ms: i64) {
     let mut now = start;
     while now <= end {
         while next < writes.len() && writes[next].0 <= now {
-            apply(&writer, writes[next].0, &writes[next].1);
+            apply(writer, writes[next].0, &writes[next].1);
             next += 1;
         }
         let dv = reader.data_version().unwrap();

@@ -7,6 +7,9 @@
 //! The file is a copy of the fixture (same schema, projects and migrations) whose session rows
 //! are replaced, so the daemon reads it exactly as it reads a real database. The writer keeps a
 //! read-write connection in WAL mode, like OpenCode.
+//!
+//! Self-contained (std and rusqlite only): the integration tests use it as `support::gen_db`,
+//! and `daemon/benches/source.rs` includes the same file with `#[path]`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +17,10 @@ use std::time::Duration;
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{params, Connection};
 
-use super::fixture_dir;
+/// The checkpointed fixture database made by OpenCode 1.18.33.
+fn fixture_db() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/opencode-1.18.33/opencode.db")
+}
 
 /// One fixture session's rows.
 struct FixtureSession {
@@ -105,11 +111,18 @@ fn load_fixture(conn: &Connection) -> (Vec<String>, Vec<FixtureSession>) {
 
 impl GenDb {
     /// Creates `path` with `sessions` top-level sessions (each repeats one fixture session's
-    /// rows, shifted `n` minutes back) and opens the writer.
+    /// rows, shifted `n` minutes back) and opens the writer. `create(path, 0)` is an empty
+    /// database with OpenCode's schema, projects and migrations.
     pub fn create(path: &Path, sessions: usize) -> GenDb {
+        GenDb::create_with_turns(path, sessions, 1)
+    }
+
+    /// [`GenDb::create`] where each session repeats its fixture session's messages and parts
+    /// `turns` times (each repeat 10 s later), for large databases.
+    pub fn create_with_turns(path: &Path, sessions: usize, turns: usize) -> GenDb {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         // The checkpointed fixture file alone is the whole database (no -wal beside it).
-        std::fs::copy(fixture_dir().join("opencode.db"), path).unwrap();
+        std::fs::copy(fixture_db(), path).unwrap();
         let conn = Connection::open(path).unwrap();
         conn.busy_timeout(Duration::from_secs(10)).unwrap();
         conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
@@ -155,37 +168,34 @@ impl GenDb {
                 let shift = -(n as i64) * 60_000;
                 let mut row = f.session.clone();
                 row[id_col] = SqlValue::Text(sid.clone());
-                for col in [tc_col, tu_col] {
+                let last_turn = (turns as i64 - 1) * 10_000;
+                for (col, extra) in [(tc_col, 0), (tu_col, last_turn)] {
                     if let SqlValue::Integer(v) = row[col] {
-                        row[col] = SqlValue::Integer(v + shift);
+                        row[col] = SqlValue::Integer(v + shift + extra);
                     }
                 }
                 ins_session
                     .execute(rusqlite::params_from_iter(row.iter()))
                     .unwrap();
-                let mut msg_ids = std::collections::HashMap::new();
-                for (mid, c, u, data) in &f.messages {
-                    counter += 1;
-                    // Keep the fixture id's time prefix so ids sort as OpenCode's do.
-                    let new_id = format!("{}G{counter:09}", &mid[..16]);
-                    msg_ids.insert(mid.clone(), new_id.clone());
-                    ins_msg
-                        .execute(params![new_id, sid, c + shift, u + shift, data])
-                        .unwrap();
-                }
-                for (pid, mid, c, u, data) in &f.parts {
-                    counter += 1;
-                    let new_id = format!("{}G{counter:09}", &pid[..16]);
-                    ins_part
-                        .execute(params![
-                            new_id,
-                            msg_ids[mid],
-                            sid,
-                            c + shift,
-                            u + shift,
-                            data
-                        ])
-                        .unwrap();
+                for turn in 0..turns as i64 {
+                    let dt = shift + turn * 10_000;
+                    let mut msg_ids = std::collections::HashMap::new();
+                    for (mid, c, u, data) in &f.messages {
+                        counter += 1;
+                        // Keep the fixture id's time prefix so ids sort as OpenCode's do.
+                        let new_id = format!("{}G{counter:09}", &mid[..16]);
+                        msg_ids.insert(mid.clone(), new_id.clone());
+                        ins_msg
+                            .execute(params![new_id, sid, c + dt, u + dt, data])
+                            .unwrap();
+                    }
+                    for (pid, mid, c, u, data) in &f.parts {
+                        counter += 1;
+                        let new_id = format!("{}G{counter:09}", &pid[..16]);
+                        ins_part
+                            .execute(params![new_id, msg_ids[mid], sid, c + dt, u + dt, data])
+                            .unwrap();
+                    }
                 }
                 for (content, status, priority, pos, c, u) in &f.todos {
                     ins_todo
@@ -201,7 +211,10 @@ impl GenDb {
                         .unwrap();
                 }
                 ins_seq
-                    .execute(params![sid, (f.messages.len() + f.parts.len()) as i64])
+                    .execute(params![
+                        sid,
+                        ((f.messages.len() + f.parts.len()) * turns) as i64
+                    ])
                     .unwrap();
                 ids.push(sid);
             }
@@ -216,6 +229,31 @@ impl GenDb {
             counter: 0,
             last_stamp: 0,
         }
+    }
+
+    /// Opens a database made earlier by [`GenDb::create_with_turns`] (the bench reuses it).
+    pub fn open(path: &Path) -> GenDb {
+        let conn = Connection::open(path).unwrap();
+        conn.busy_timeout(Duration::from_secs(10)).unwrap();
+        let ids = conn
+            .prepare("SELECT id FROM session WHERE parent_id IS NULL ORDER BY id DESC")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        GenDb {
+            path: path.to_path_buf(),
+            conn,
+            ids,
+            counter: 0,
+            last_stamp: 0,
+        }
+    }
+
+    /// The writer's connection (read-write, WAL).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     /// The top-level session ids, in creation order.
@@ -233,8 +271,9 @@ impl GenDb {
         self.last_stamp = stamp;
         self.counter += 1;
         let k = self.counter;
-        // `msg_f…` sorts after every fixture id (`msg_e…`) and after earlier steps.
-        let mid = format!("msg_f{k:011x}Step{k:010}");
+        // `msg_f…` sorts after every fixture id (`msg_1…`/`msg_e…`) and, keyed on the step's
+        // time, after earlier steps — also those of an earlier run on a reused database.
+        let mid = format!("msg_f{stamp:011x}Step{k:010}");
         let msg = format!(
             r#"{{"role":"assistant","agent":"build","mode":"build","providerID":"fake","modelID":"fake-model","cost":0.001,"tokens":{{"input":10,"output":5,"reasoning":0,"cache":{{"read":0,"write":0}}}},"time":{{"created":{stamp},"completed":{}}},"finish":"stop"}}"#,
             stamp + 1
@@ -251,7 +290,7 @@ impl GenDb {
             r#"{"type":"step-finish","reason":"stop","cost":0.001,"tokens":{"input":10,"output":5,"reasoning":0,"cache":{"read":0,"write":0}}}"#.to_string(),
         ];
         for (j, data) in parts.iter().enumerate() {
-            let pid = format!("prt_f{k:011x}Step{k:010}{j}");
+            let pid = format!("prt_f{stamp:011x}Step{k:010}{j}");
             tx.execute(
                 "INSERT INTO part VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
                 params![pid, mid, session_id, stamp, data],

@@ -138,21 +138,6 @@ pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Opens the static fixture database for the test's own SQL. `immutable=1` is right for a file
-/// that never changes (and, unlike a plain read-only open of a WAL-mode file, creates no
-/// `-wal`/`-shm` next to it); the daemon itself never opens a live database this way.
-pub fn fixture_sql() -> rusqlite::Connection {
-    let uri = format!(
-        "file:{}?mode=ro&immutable=1",
-        fixture_dir().join("opencode.db").display()
-    );
-    rusqlite::Connection::open_with_flags(
-        uri,
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_URI,
-    )
-    .unwrap()
-}
-
 /// Opens a DB copy read-only for the test's own SQL.
 pub fn sql(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()

@@ -14,6 +14,23 @@ use crate::support::*;
 
 const FAST: &str = "[source]\npoll_interval_ms = 100\n[export]\ndebounce_ms = 0\n";
 
+/// Waits until `sink` holds `n` records, then one more second, so that an export too many would
+/// show.
+fn settle(sink: &Path, n: usize, what: &str) {
+    wait_for(30, what, || ndjson_if_any(sink).len() >= n);
+    std::thread::sleep(Duration::from_millis(1000));
+}
+
+/// Runs the daemon until the local sink holds `n` records (and [`settle`]s), stops it with
+/// SIGTERM (it must exit 0) and returns every record.
+fn run_until(scratch: &Scratch, config: &Path, db: &Path, n: usize) -> Vec<Value> {
+    let mut daemon = Daemon::start_local(scratch, config, db);
+    settle(&scratch.local_sink(), n, &format!("{n} exports"));
+    let status = daemon.terminate(Duration::from_secs(15)).0;
+    assert!(status.success(), "{status:?}\n{}", daemon.output());
+    read_ndjson(&scratch.local_sink())
+}
+
 fn roots(db: &Path) -> BTreeSet<String> {
     sql(db)
         .prepare("SELECT id FROM session WHERE parent_id IS NULL")
@@ -110,13 +127,7 @@ fn idle_sessions_with_open_todos_wait_for_final_after_secs() {
 
     // final_after_secs far away: the three sessions with open todos are held back.
     let config = scratch.write_config(&format!("{FAST}final_after_secs = 1000000000\n"));
-    let mut daemon = Daemon::start_local(&scratch, &config, &db);
-    wait_for(30, "22 exports", || {
-        ndjson_if_any(&scratch.local_sink()).len() >= 22
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
-    let records = read_ndjson(&scratch.local_sink());
+    let records = run_until(&scratch, &config, &db, 22);
     let exported = ids(&records);
     assert_eq!(records.len(), 22);
     assert!(
@@ -131,13 +142,7 @@ fn idle_sessions_with_open_todos_wait_for_final_after_secs() {
     // These sessions have been idle since the fixture was made; with final_after_secs = 1 the
     // restarted daemon exports exactly them (the other 22 are unchanged: not exported again).
     let config = scratch.write_config(&format!("{FAST}final_after_secs = 1\n"));
-    let mut daemon = Daemon::start_local(&scratch, &config, &db);
-    wait_for(30, "3 more exports", || {
-        ndjson_if_any(&scratch.local_sink()).len() >= 25
-    });
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
-    let records = read_ndjson(&scratch.local_sink());
+    let records = run_until(&scratch, &config, &db, 25);
     assert_eq!(records.len(), 25);
     assert_eq!(ids(&records[22..]), open);
     for r in &records[22..] {
@@ -172,13 +177,7 @@ fn a_turn_that_never_completed_is_exported_once_as_incomplete_after_stale_after_
     let config = scratch.write_config(&format!(
         "{FAST}final_after_secs = 0\nstale_after_secs = 1000000000\n"
     ));
-    let mut daemon = Daemon::start_local(&scratch, &config, &db);
-    wait_for(30, "24 exports", || {
-        ndjson_if_any(&scratch.local_sink()).len() >= 24
-    });
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
-    let records = read_ndjson(&scratch.local_sink());
+    let records = run_until(&scratch, &config, &db, 24);
     assert_eq!(
         records.len(),
         24,
@@ -189,13 +188,7 @@ fn a_turn_that_never_completed_is_exported_once_as_incomplete_after_stale_after_
     let config = scratch.write_config(&format!(
         "{FAST}final_after_secs = 0\nstale_after_secs = 1\n"
     ));
-    let mut daemon = Daemon::start_local(&scratch, &config, &db);
-    wait_for(30, "the stale export", || {
-        ndjson_if_any(&scratch.local_sink()).len() >= 25
-    });
-    std::thread::sleep(Duration::from_millis(1000));
-    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
-    let records = read_ndjson(&scratch.local_sink());
+    let records = run_until(&scratch, &config, &db, 25);
     assert_eq!(records.len(), 25, "exported once");
     let r = &records[24];
     assert_eq!(r["sessionId"], crashed);
@@ -268,12 +261,7 @@ fn after_a_restart_only_changed_and_deleted_sessions_are_exported() {
     let scratch = Scratch::new();
     let db = scratch.copy_fixture_db();
     let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
-    let mut daemon = Daemon::start_local(&scratch, &config, &db);
-    wait_for(30, "25 exports", || {
-        ndjson_if_any(&scratch.local_sink()).len() >= 25
-    });
-    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
-    let first = read_ndjson(&scratch.local_sink());
+    let first = run_until(&scratch, &config, &db, 25);
     assert_eq!(first.len(), 25);
 
     // While the daemon is down: a session is deleted (OpenCode cascades its rows away, children
@@ -307,13 +295,7 @@ fn after_a_restart_only_changed_and_deleted_sessions_are_exported() {
         .as_millis() as i64;
     add_turn(&db, changed, now - 10_000);
 
-    let mut daemon = Daemon::start_local(&scratch, &config, &db);
-    wait_for(30, "2 more exports", || {
-        ndjson_if_any(&scratch.local_sink()).len() >= 27
-    });
-    std::thread::sleep(Duration::from_millis(1500));
-    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
-    let all = read_ndjson(&scratch.local_sink());
+    let all = run_until(&scratch, &config, &db, 27);
     assert_eq!(all.len(), 27, "unchanged sessions are not exported again");
     let new: Vec<&Value> = all[25..].iter().collect();
     let del = new
@@ -405,10 +387,7 @@ fn a_subagent_session_that_changes_after_its_parent_was_exported_re_exports_the_
         .unwrap()
         .as_millis() as i64;
     add_turn(&db, child, now);
-    wait_for(30, "the parent's re-export", || {
-        ndjson_if_any(&scratch.local_sink()).len() >= 26
-    });
-    std::thread::sleep(Duration::from_millis(1000));
+    settle(&scratch.local_sink(), 26, "the parent's re-export");
     assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&scratch.local_sink());
     assert_eq!(records.len(), 26, "only the parent is exported again, once");
@@ -463,10 +442,7 @@ fn a_database_replaced_by_rename_is_reopened_and_read_again() {
     }
     std::fs::rename(&next, &db).unwrap();
 
-    wait_for(30, "the changed session's export", || {
-        ndjson_if_any(&scratch.local_sink()).len() >= 26
-    });
-    std::thread::sleep(Duration::from_millis(1000));
+    settle(&scratch.local_sink(), 26, "the changed session's export");
     assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&scratch.local_sink());
     assert_eq!(
@@ -575,10 +551,7 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
         .unwrap()
         .as_millis() as i64;
     add_turn(&old, "ses_e035b3ab2ffeO6eS7qqNoSRTcP", now);
-    wait_for(30, "the changed session", || {
-        ndjson_if_any(&sink).len() >= 26
-    });
-    std::thread::sleep(Duration::from_millis(1000));
+    settle(&sink, 26, "the changed session");
     assert!(daemon.terminate(Duration::from_secs(15)).0.success());
     let records = read_ndjson(&sink);
     assert_eq!(records.len(), 26);

@@ -124,17 +124,7 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
 
     // The same pass to the local sink gives the reference records.
     let local_cfg = scratch.write_config("[export]\ninclude_messages = true\n");
-    let out = run(command(&scratch)
-        .arg("--config")
-        .arg(&local_cfg)
-        .arg("--db")
-        .arg(&db)
-        .arg("once"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_once(&scratch, &local_cfg, &db);
     let reference = read_ndjson(&scratch.local_sink());
     assert_eq!(reference.len(), 25);
 

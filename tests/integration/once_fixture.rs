@@ -8,22 +8,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn once(scratch: &Scratch, db: &std::path::Path, config: &std::path::Path) -> std::process::Output {
-    let out = run(command(scratch)
-        .arg("--config")
-        .arg(config)
-        .arg("--db")
-        .arg(db)
-        .arg("once"));
-    assert!(
-        out.status.success(),
-        "once failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// The `session` columns the record is checked against.
 struct SessionCols {
     project_id: String,
@@ -52,7 +36,7 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
     let scratch = Scratch::new();
     let db = scratch.copy_fixture_db();
     let config = scratch.write_config("");
-    let out = once(&scratch, &db, &config);
+    let out = run_once(&scratch, &config, &db);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let records = by_id(read_ndjson(&scratch.local_sink()));
     let conn = sql(&db);
@@ -350,7 +334,7 @@ fn with_subagent_sessions_included_children_are_records_with_their_parent_ids() 
     let scratch = Scratch::new();
     let db = scratch.copy_fixture_db();
     let config = scratch.write_config("[export]\nskip_subagent_sessions = false\n");
-    once(&scratch, &db, &config);
+    run_once(&scratch, &config, &db);
     let records = by_id(read_ndjson(&scratch.local_sink()));
     let conn = sql(&db);
     assert_eq!(
@@ -375,8 +359,8 @@ fn once_twice_delivers_again_and_the_outbox_ends_empty() {
     let scratch = Scratch::new();
     let db = scratch.copy_fixture_db();
     let config = scratch.write_config("");
-    once(&scratch, &db, &config);
-    once(&scratch, &db, &config);
+    run_once(&scratch, &config, &db);
+    run_once(&scratch, &config, &db);
     assert_eq!(read_ndjson(&scratch.local_sink()).len(), 50);
     let status = run(command(&scratch)
         .arg("--config")

@@ -355,14 +355,8 @@ fn a_malformed_row_is_skipped_with_one_warning_and_nothing_else_is_lost() {
         (m, p)
     };
     let config = scratch.write_config("");
-    let out = run(command(&scratch)
-        .arg("--config")
-        .arg(&config)
-        .arg("--db")
-        .arg(&db)
-        .arg("once"));
+    let out = run_once(&scratch, &config, &db);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
     assert_eq!(stderr.matches(bad_msg.as_str()).count(), 1, "{stderr}");
     assert_eq!(stderr.matches(bad_part.as_str()).count(), 1, "{stderr}");
     let records = read_ndjson(&scratch.local_sink());
@@ -490,13 +484,7 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
     let scratch = Scratch::new();
     let reference_db = scratch.copy_fixture_db();
     let config = scratch.write_config("");
-    let out = run(command(&scratch)
-        .arg("--config")
-        .arg(&config)
-        .arg("--db")
-        .arg(&reference_db)
-        .arg("once"));
-    assert!(out.status.success());
+    run_once(&scratch, &config, &reference_db);
     let reference = read_ndjson(&scratch.local_sink());
 
     let old = scratch.path("old/opencode.db");
@@ -511,17 +499,7 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
         format!("data_dir = \"{}\"\n", scratch.path("data-old").display()),
     )
     .unwrap();
-    let out = run(command(&scratch)
-        .arg("--config")
-        .arg(&config)
-        .arg("--db")
-        .arg(&old)
-        .arg("once"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_once(&scratch, &config, &old);
     let records = read_ndjson(&scratch.path("data-old/sessions.ndjson"));
     assert_eq!(records.len(), reference.len());
     for (a, b) in records.iter().zip(&reference) {

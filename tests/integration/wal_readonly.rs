@@ -23,17 +23,7 @@ fn once_on_the_live_wal_database_sees_the_wal_and_changes_no_byte() {
     let db = scratch.copy_live_db();
     let before = hashes(&db);
     let config = scratch.write_config("");
-    let out = run(command(&scratch)
-        .arg("--config")
-        .arg(&config)
-        .arg("--db")
-        .arg(&db)
-        .arg("once"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_once(&scratch, &config, &db);
     assert_eq!(
         hashes(&db),
         before,

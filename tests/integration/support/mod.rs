@@ -128,6 +128,23 @@ pub fn run(cmd: &mut Command) -> Output {
     }
 }
 
+/// Runs `once --config config --db db` and asserts it succeeded.
+pub fn run_once(scratch: &Scratch, config: &Path, db: &Path) -> Output {
+    let out = run(command(scratch)
+        .arg("--config")
+        .arg(config)
+        .arg("--db")
+        .arg(db)
+        .arg("once"));
+    assert!(
+        out.status.success(),
+        "once failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Reads an NDJSON file into JSON values.
 pub fn read_ndjson(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

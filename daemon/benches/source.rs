@@ -137,6 +137,7 @@ fn main() {
             },
             now,
             true,
+            u64::MAX,
         )
         .unwrap();
     let first_pass = t.elapsed();
@@ -177,6 +178,7 @@ fn main() {
                 },
                 stamp,
                 true,
+                u64::MAX,
             )
             .unwrap();
         let took = t.elapsed();

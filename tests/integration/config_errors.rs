@@ -173,3 +173,78 @@ fn install_print_shows_the_service_for_this_binary_and_config() {
         "--print writes nothing"
     );
 }
+
+/// The database `check-config` reports, for an environment and optional extra arguments.
+fn resolved_db(scratch: &Scratch, env: &[(&str, &str)], args: &[&str]) -> String {
+    let config = scratch.write_config("");
+    let mut cmd = command(scratch);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run(cmd
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .arg("check-config"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("# opencode database: "))
+        .unwrap_or_else(|| panic!("{stdout}"))
+        .to_string();
+    line.rsplit_once(" (")
+        .map(|(p, _)| p.to_string())
+        .unwrap_or(line)
+}
+
+#[test]
+fn the_default_database_is_found_the_way_opencode_resolves_it() {
+    let scratch = Scratch::new();
+    let data = scratch.path("xdg-data");
+    let oc = data.join("opencode");
+    std::fs::create_dir_all(&oc).unwrap();
+    let data_s = data.display().to_string();
+    let env = [("XDG_DATA_HOME", data_s.as_str())];
+
+    // Nothing there yet: $XDG_DATA_HOME/opencode/opencode.db, waited for.
+    assert_eq!(
+        resolved_db(&scratch, &env, &[]),
+        oc.join("opencode.db").display().to_string()
+    );
+    // Only a channel database (a preview or source build): that one.
+    std::fs::write(oc.join("opencode-beta2.db"), b"").unwrap();
+    assert_eq!(
+        resolved_db(&scratch, &env, &[]),
+        oc.join("opencode-beta2.db").display().to_string()
+    );
+    // The release database exists too: the release one.
+    std::fs::write(oc.join("opencode.db"), b"").unwrap();
+    assert_eq!(
+        resolved_db(&scratch, &env, &[]),
+        oc.join("opencode.db").display().to_string()
+    );
+    // OPENCODE_DB: relative to OpenCode's data dir, or absolute.
+    let rel = [
+        ("XDG_DATA_HOME", data_s.as_str()),
+        ("OPENCODE_DB", "custom.db"),
+    ];
+    assert_eq!(
+        resolved_db(&scratch, &rel, &[]),
+        oc.join("custom.db").display().to_string()
+    );
+    let abs = [
+        ("XDG_DATA_HOME", data_s.as_str()),
+        ("OPENCODE_DB", "/srv/oc/x.db"),
+    ];
+    assert_eq!(resolved_db(&scratch, &abs, &[]), "/srv/oc/x.db");
+    // --db wins over everything.
+    assert_eq!(
+        resolved_db(&scratch, &abs, &["--db", "/tmp/y.db"]),
+        "/tmp/y.db"
+    );
+}

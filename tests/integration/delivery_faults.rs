@@ -1537,3 +1537,58 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Scenario 6: the outbox bound.
+
+/// With the server down and `queue.max_bytes` = 1 MiB, a 1000-session backlog (about 1.4 MiB
+/// of records) fills the outbox to its bound and the daemon stops reading the source: the outbox
+/// never holds more than the bound plus one record, stays put while the server is down, says so
+/// once in its log, and drops nothing — once the server is back every session arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_stops_reading_the_source_and_drops_nothing() {
+    bounded(Duration::from_secs(90), async {
+        let rig = Rig::new(1000, Knobs::default()).await;
+        let max_bytes: u64 = 1024 * 1024;
+        let mut config = std::fs::read_to_string(&rig.config).unwrap();
+        config.push_str(&format!("[queue]\nmax_bytes = {max_bytes}\n"));
+        std::fs::write(&rig.config, config).unwrap();
+        rig.server.set_mode(Mode::Refuse).await;
+        let mut d = rig.start();
+
+        let pending = |rig: &Rig| -> Option<(u64, u64)> {
+            let s = rig.status_file()?;
+            Some((s["pendingCount"].as_u64()?, s["pendingBytes"].as_u64()?))
+        };
+        let (count, bytes) = wait_for(Duration::from_secs(30), "a full outbox", || {
+            pending(&rig).filter(|(_, b)| *b >= max_bytes)
+        })
+        .await;
+        // The bound holds to within one record (the largest here is well under 16 KiB).
+        assert!(
+            bytes < max_bytes + 16 * 1024,
+            "{bytes} bytes pending, bound {max_bytes}"
+        );
+        assert!(count < 1000, "the whole backlog was read: {count} pending");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (count_later, bytes_later) = pending(&rig).unwrap();
+        assert_eq!(count_later, count, "it kept reading while full");
+        // Only the failed-attempt counters in the envelope headers may grow (a digit or two).
+        assert!(
+            bytes_later - bytes <= 2 * count,
+            "{bytes} → {bytes_later} bytes"
+        );
+        let log = d.output();
+        assert_eq!(log.matches("the outbox is full").count(), 1, "{log}");
+
+        rig.server.set_mode(Mode::Normal).await;
+        let reference = rig.reference();
+        assert_eq!(reference.len(), 1000);
+        rig.wait_delivered(&reference, Duration::from_secs(45))
+            .await;
+        let (exit, _) = d.terminate(Duration::from_secs(10));
+        assert!(exit.success());
+        rig.check_conservation(&reference);
+    })
+    .await;
+}

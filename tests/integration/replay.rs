@@ -355,7 +355,7 @@ fn replay(debounce_ms: i64) {
         last_dv = Some(dv);
         let mut ctx = ctx.clone();
         ctx.exported_at = now;
-        let out = tracker.tick(&reader, &ctx, now, scan).unwrap();
+        let out = tracker.tick(&reader, &ctx, now, scan, u64::MAX).unwrap();
         for e in out.emitted {
             got.entry(e.record.session_id.clone()).or_default().push((
                 e.event,

@@ -105,6 +105,16 @@ pub(crate) struct Envelope {
 }
 
 /// Encodes an outbox value: header line, `\n`, the record bytes verbatim.
+/// Upper bound of what the envelope adds to a record, not counting the session id: the header
+/// line's fixed text and its numbers at their widest, and the separator.
+pub const ENVELOPE_OVERHEAD_BYTES: u64 = 224;
+
+/// Upper bound of the bytes a record takes in the outbox (what `queue.max_bytes` counts), for a
+/// plain ASCII session id such as OpenCode's `ses_…`.
+pub fn stored_size_bound(session_id: &str, record_len: usize) -> u64 {
+    ENVELOPE_OVERHEAD_BYTES + session_id.len() as u64 + record_len as u64
+}
+
 pub(crate) fn encode_envelope(e: &Envelope, record: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
     let header = EnvelopeHeader::V1 {
         seq: e.seq,
@@ -288,6 +298,22 @@ pub(crate) struct StatusError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stored_size_bound_holds_for_the_widest_header() {
+        let e = Envelope {
+            seq: u64::MAX,
+            session_id: "ses_e035b7394ffeBPXMCvay8DFBP4".into(),
+            updated_at: i64::MIN,
+            exported_at: i64::MIN,
+            enqueued_at: i64::MIN,
+            attempts: u32::MAX,
+            body: 0,
+        };
+        let record = vec![b'x'; 1000];
+        let stored = encode_envelope(&e, &record).unwrap();
+        assert!(stored.len() as u64 <= stored_size_bound(&e.session_id, record.len()));
+    }
 
     fn env(seq: u64) -> Envelope {
         Envelope {

@@ -33,8 +33,9 @@
 //!   `undecodable envelope: …`; the rest keeps flowing.
 //! - **Bounded, never dropping.** [`Outbox::is_full`] is true once the pending bytes reach
 //!   `queue.max_bytes`; the service then stops reading the source (which it can re-read later).
-//!   `commit` itself never refuses or drops a record, so the bound can be exceeded by at most one
-//!   tick's records. `is_full` reads an in-memory counter (O(1)); the counters change in the same
+//!   `commit` itself never refuses or drops a record; the service keeps each tick's records
+//!   within [`Outbox::free_bytes`] (counted with [`stored_size_bound`]), so the bound is exceeded
+//!   by at most one record. `is_full` reads an in-memory counter (O(1)); the counters change in the same
 //!   code path as the transactions and are recomputed exactly at every open.
 //! - **One instance per directory.** sled holds an exclusive `flock` on `<dir>/db`; a second open
 //!   (from another process or the same one) fails with [`QueueError::Locked`].
@@ -142,6 +143,7 @@ use crate::clock::now_ms;
 use crate::config::QueueConfig;
 
 pub use error::QueueError;
+pub use format::{stored_size_bound, ENVELOPE_OVERHEAD_BYTES};
 pub use status::{read_status, status_path, StatusSnapshot, STATUS_FILE_NAME};
 
 use format::{meta_key, Envelope};
@@ -979,6 +981,13 @@ impl Outbox {
     /// source until deliveries make room. O(1) (an in-memory counter).
     pub fn is_full(&self) -> bool {
         self.inner.pending_bytes() >= self.inner.max_bytes
+    }
+
+    /// Bytes left before the outbox is full (`queue.max_bytes` minus the pending bytes). O(1).
+    pub fn free_bytes(&self) -> u64 {
+        self.inner
+            .max_bytes
+            .saturating_sub(self.inner.pending_bytes())
     }
 
     /// Reads one `state` entry.

@@ -452,6 +452,7 @@ impl Poller {
         let mut tracker = self.tracker.take().expect("tracker present between ticks");
         let mut ctx = self.ctx.clone();
         let last_dv = self.last_data_version;
+        let budget = outbox.free_bytes();
         let missing_logged = self.missing_logged;
         let now = now_ms();
         ctx.exported_at = now;
@@ -474,7 +475,7 @@ impl Poller {
                 if !changed && !tracker.has_timers() {
                     return Ok((None, Some(dv)));
                 }
-                let out = tracker.tick(d, &ctx, now, changed)?;
+                let out = tracker.tick(d, &ctx, now, changed, budget)?;
                 Ok((Some(out), Some(dv)))
             })();
             (db, tracker, result)
@@ -495,8 +496,23 @@ impl Poller {
                     return Ok(false);
                 }
                 let emitted = !out.emitted.is_empty();
+                if out.deferred > 0 {
+                    tracing::debug!(
+                        deferred = out.deferred,
+                        "the outbox is nearly full; exports deferred"
+                    );
+                }
                 let commit = Commit {
-                    records: out.emitted.iter().map(|e| new_record(&e.record)).collect(),
+                    records: out
+                        .emitted
+                        .iter()
+                        .map(|e| NewRecord {
+                            session_id: e.record.session_id.clone(),
+                            updated_at: e.record.updated_at,
+                            exported_at: e.record.exported_at,
+                            json: e.json.clone(),
+                        })
+                        .collect(),
                     state_puts: out.state_puts,
                     state_removes: out.state_removes,
                 };

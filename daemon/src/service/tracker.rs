@@ -171,6 +171,19 @@ pub struct Emitted {
     pub event: Event,
     /// The record to enqueue.
     pub record: SessionExport,
+    /// The record as JSON (what the outbox stores), serialized once here.
+    pub json: Vec<u8>,
+}
+
+impl Emitted {
+    fn new(event: Event, record: SessionExport) -> Emitted {
+        let json = serde_json::to_vec(&record).expect("a record serializes");
+        Emitted {
+            event,
+            record,
+            json,
+        }
+    }
 }
 
 /// What one tick produced: records to enqueue and state to persist, committed together.
@@ -188,9 +201,19 @@ pub struct TickOutput {
     pub tails_read: usize,
     /// Sessions read in full this tick.
     pub snapshots_read: usize,
+    /// Bytes the emitted records will take in the outbox (an upper bound, envelopes included).
+    pub bytes: u64,
+    /// Exports that were due but left for a later tick because the byte budget was spent.
+    pub deferred: usize,
 }
 
 impl TickOutput {
+    fn push(&mut self, e: Emitted) {
+        // What the outbox will count for it (envelope included), against the byte budget.
+        self.bytes += crate::queue::stored_size_bound(&e.record.session_id, e.json.len());
+        self.emitted.push(e);
+    }
+
     /// True when the tick has nothing to commit.
     pub fn is_empty(&self) -> bool {
         self.emitted.is_empty() && self.state_puts.is_empty() && self.state_removes.is_empty()
@@ -294,7 +317,10 @@ impl Tracker {
     }
 
     /// One pass. `scan` says whether the database changed since the last tick (otherwise only
-    /// timers are checked and no row is read except for due exports).
+    /// timers are checked and no row is read except for due exports). Exports stop once their
+    /// JSON reaches `budget_bytes` (the outbox's free space): the sessions left stay due and go
+    /// out in later ticks, so a backlog never overfills the outbox by more than one record.
+    /// Deletions are always emitted (the tracker forgets a deleted session in the same tick).
     ///
     /// # Errors
     /// [`SourceError`] from the reader; the tracker is left as it was before the failing read
@@ -305,6 +331,7 @@ impl Tracker {
         ctx: &ExportContext,
         now_ms: i64,
         scan: bool,
+        budget_bytes: u64,
     ) -> Result<TickOutput, SourceError> {
         let mut out = TickOutput::default();
         let mut dirty: HashSet<String> = HashSet::new();
@@ -388,13 +415,16 @@ impl Tracker {
                 });
                 state.marker = marker;
                 state.phase = new_phase;
-                if let Some((event, outcome, key)) = self.due(&state, now_ms) {
+                let due = self.due(&state, now_ms);
+                let within_budget = out.bytes < budget_bytes;
+                out.deferred += usize::from(due.is_some() && !within_budget);
+                if let Some((event, outcome, key)) = due.filter(|_| within_budget) {
                     // Due already (a turn that ended long ago): export with this one read.
                     if let Some(snapshot) = db.read_session(&head.id)? {
                         out.snapshots_read += 1;
                         let record = export::build(&snapshot, &outcome, ctx);
                         mark_exported(&mut state, key, &record);
-                        out.emitted.push(Emitted { event, record });
+                        out.push(Emitted::new(event, record));
                     }
                 } else if is_new || entering_end {
                     // Keep a record to export if the session is deleted before its export.
@@ -421,10 +451,10 @@ impl Tracker {
                 dirty.remove(&id);
                 out.state_removes.push(state_key(&id));
                 if let Some(last) = &state.last_record {
-                    out.emitted.push(Emitted {
-                        event: Event::Deleted,
-                        record: export::mark_deleted(last, now_ms),
-                    });
+                    out.push(Emitted::new(
+                        Event::Deleted,
+                        export::mark_deleted(last, now_ms),
+                    ));
                 }
             }
         }
@@ -439,6 +469,10 @@ impl Tracker {
             let Some((event, outcome, key)) = due else {
                 continue;
             };
+            if out.bytes >= budget_bytes {
+                out.deferred += 1;
+                continue;
+            }
             let Some(snapshot) = db.read_session(&id)? else {
                 continue;
             };
@@ -446,7 +480,7 @@ impl Tracker {
             let record = export::build(&snapshot, &outcome, ctx);
             let state = self.sessions.get_mut(&id).expect("present");
             mark_exported(state, key, &record);
-            out.emitted.push(Emitted { event, record });
+            out.push(Emitted::new(event, record));
             dirty.insert(id.clone());
             // Exported for this end of turn; the next change of the session re-arms the timer.
             self.watching.remove(&id);

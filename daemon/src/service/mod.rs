@@ -125,12 +125,13 @@ fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     Ok(outbox)
 }
 
-fn new_record(record: &SessionExport) -> NewRecord {
+/// The outbox entry for `record`, whose JSON is `json`.
+fn new_record(record: &SessionExport, json: Vec<u8>) -> NewRecord {
     NewRecord {
         session_id: record.session_id.clone(),
         updated_at: record.updated_at,
         exported_at: record.exported_at,
-        json: serde_json::to_vec(record).expect("a record serializes"),
+        json,
     }
 }
 
@@ -244,7 +245,10 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
 
     outbox
         .commit(Commit {
-            records: records.iter().map(new_record).collect(),
+            records: records
+                .iter()
+                .map(|r| new_record(r, serde_json::to_vec(r).expect("a record serializes")))
+                .collect(),
             state_puts: Vec::new(),
             state_removes: Vec::new(),
         })
@@ -506,12 +510,7 @@ impl Poller {
                     records: out
                         .emitted
                         .iter()
-                        .map(|e| NewRecord {
-                            session_id: e.record.session_id.clone(),
-                            updated_at: e.record.updated_at,
-                            exported_at: e.record.exported_at,
-                            json: e.json.clone(),
-                        })
+                        .map(|e| new_record(&e.record, e.json.clone()))
                         .collect(),
                     state_puts: out.state_puts,
                     state_removes: out.state_removes,
@@ -594,28 +593,49 @@ pub fn status(config: &Config) -> anyhow::Result<ExitCode> {
     println!("opencode db:     {}", config.source.db_path.display());
     println!("data dir:        {}", config.data_dir.display());
     let now = now_ms();
-    let snapshot = match open_outbox(config) {
-        Ok(outbox) => {
-            println!("daemon:          not running (outbox opened directly)");
-            outbox.snapshot()?
+    // A running daemon keeps `status.json` current; reading it leaves the outbox's lock alone
+    // (a daemon starting right now must not find it taken).
+    let running = crate::queue::read_status(&config.data_dir).filter(|s| process_alive(s.pid));
+    let snapshot = match running {
+        Some(s) => {
+            println!(
+                "daemon:          running, pid {} (figures from its status file, {}s old)",
+                s.pid,
+                (now - s.written_at_ms).max(0) / 1000
+            );
+            s
         }
-        Err(_) => match crate::queue::read_status(&config.data_dir) {
-            Some(s) => {
-                println!(
-                    "daemon:          running, pid {} (outbox locked; figures from its status file, {}s old)",
-                    s.pid,
-                    (now - s.written_at_ms).max(0) / 1000
-                );
-                s
+        None => match open_outbox(config) {
+            Ok(outbox) => {
+                println!("daemon:          not running (outbox opened directly)");
+                outbox.snapshot()?
             }
-            None => bail!(
-                "the outbox at {} is locked and no status file exists",
-                config.queue_dir().display()
-            ),
+            Err(e) => match crate::queue::read_status(&config.data_dir) {
+                Some(s) => {
+                    println!(
+                        "daemon:          running (outbox locked; figures from its status file, {}s old)",
+                        (now - s.written_at_ms).max(0) / 1000
+                    );
+                    s
+                }
+                None => return Err(e),
+            },
         },
     };
     print!("{}", render_status(&snapshot, now));
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether an opencode-telemetry process with this id runs (Linux: `/proc/<pid>/cmdline`, so a
+/// pid reused by another program does not count; elsewhere unknown, so false and `status` opens
+/// the outbox itself).
+fn process_alive(pid: u32) -> bool {
+    if !cfg!(target_os = "linux") || pid == std::process::id() {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("opencode-telemetry"))
+        .unwrap_or(false)
 }
 
 /// "12s ago", or "never".

@@ -52,33 +52,32 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
-fn query_all<T, F>(conn: &Connection, sql: &str, id: &str, f: F) -> Vec<T>
+fn query_all<T, P, F>(conn: &Connection, sql: &str, params: P, f: F) -> Vec<T>
 where
+    P: rusqlite::Params,
     F: FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
 {
     conn.prepare(sql)
         .unwrap()
-        .query_map([id], f)
+        .query_map(params, f)
         .unwrap()
         .map(Result::unwrap)
         .collect()
 }
 
 fn load_fixture(conn: &Connection) -> (Vec<String>, Vec<FixtureSession>) {
-    let cols: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('session')")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let ids: Vec<String> = conn
-        .prepare("SELECT id FROM session WHERE parent_id IS NULL ORDER BY id")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let cols: Vec<String> = query_all(
+        conn,
+        "SELECT name FROM pragma_table_info('session')",
+        [],
+        |r| r.get(0),
+    );
+    let ids: Vec<String> = query_all(
+        conn,
+        "SELECT id FROM session WHERE parent_id IS NULL ORDER BY id",
+        [],
+        |r| r.get(0),
+    );
     let select = format!("SELECT {} FROM session WHERE id = ?1", cols.join(", "));
     let out = ids
         .iter()
@@ -89,19 +88,19 @@ fn load_fixture(conn: &Connection) -> (Vec<String>, Vec<FixtureSession>) {
             messages: query_all(
                 conn,
                 "SELECT id, time_created, time_updated, data FROM message WHERE session_id = ?1 ORDER BY time_created, id",
-                id,
+                [id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
             ),
             parts: query_all(
                 conn,
                 "SELECT id, message_id, time_created, time_updated, data FROM part WHERE session_id = ?1 ORDER BY id",
-                id,
+                [id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             ),
             todos: query_all(
                 conn,
                 "SELECT content, status, priority, position, time_created, time_updated FROM todo WHERE session_id = ?1",
-                id,
+                [id],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             ),
         })

@@ -141,13 +141,17 @@ pub struct ExportConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConvexConfig {
-    /// Deployment URL, e.g. `https://happy-otter-123.convex.cloud`. Empty: use the local sink.
+    /// The deployment: its HTTP-actions URL `https://happy-otter-123.convex.site`, or its
+    /// `https://happy-otter-123.convex.cloud` URL (the `.site` one is derived from it). Any other
+    /// URL (a self-hosted backend's HTTP-actions port, a custom domain) is the HTTP-actions
+    /// origin as given. Records go to `POST <origin>/ingest`. Empty: use the local sink.
     /// Plain `http://` is accepted only for loopback hosts.
     pub url: String,
     /// The ingest token the deployment's `INGEST_TOKEN` environment variable holds
     /// (`npx convex env set INGEST_TOKEN …`). Prefer `OPENCODE_TELEMETRY_INGEST_TOKEN`.
     pub ingest_token: Secret,
-    /// Records per `sessions:ingest` call.
+    /// Most records per `POST /ingest` request (1..=500; a batch is also cut at 8 MiB of
+    /// record JSON). One record due goes alone; more go together.
     pub batch_size: usize,
     /// Timeout of one HTTP request (s).
     pub request_timeout_secs: u64,
@@ -231,7 +235,7 @@ impl Default for ConvexConfig {
         ConvexConfig {
             url: String::new(),
             ingest_token: Secret::default(),
-            batch_size: 50,
+            batch_size: 100,
             request_timeout_secs: 30,
             initial_backoff_ms: 1000,
             max_backoff_secs: 300,
@@ -473,10 +477,13 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
             "must be at least 1 (milliseconds)".into(),
         ));
     }
-    if config.convex.batch_size == 0 || config.convex.batch_size > 1000 {
+    if config.convex.batch_size == 0 || config.convex.batch_size > 500 {
         return Err(bad(
             "convex.batch_size",
-            format!("must be 1..=1000, got {}", config.convex.batch_size),
+            format!(
+                "must be 1..=500 (the ingest HTTP action's limit), got {}",
+                config.convex.batch_size
+            ),
         ));
     }
     if config.convex.request_timeout_secs == 0 {
@@ -530,6 +537,21 @@ impl Loaded {
                     .unwrap_or_else(|| PathBuf::from("<defaults>")),
                 key: "convex.ingest_token",
                 message: format!("is required when convex.url is set (or set {ENV_INGEST_TOKEN})"),
+            });
+        }
+        let token = self.config.convex.ingest_token.expose();
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ConfigError::BadValue {
+                path: self
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from("<defaults>")),
+                key: "convex.ingest_token",
+                // Never the value: only what is wrong with it.
+                message:
+                    "must be printable ASCII without spaces (it is sent as an HTTP bearer token); \
+                          `openssl rand -hex 32` makes a good one"
+                        .into(),
             });
         }
         Ok(())

@@ -6,7 +6,7 @@
 //! - SIGKILL at random moments, 50 times, while 500 sessions are delivered and updated;
 //! - the server down for a compressed "hours" period, then back;
 //! - 429/503 with `Retry-After` as seconds, a date, garbage and a huge value;
-//! - 400 and function errors to dead letters while the rest flows; 401 pauses sending;
+//! - 400 and per-record rejections to dead letters while the rest flows; 401 pauses sending;
 //! - slow and hung server: the request timeout fires; SIGTERM still exits in the grace period;
 //! - one session updated repeatedly while the server is slow: one pending entry, versions
 //!   never go backwards;
@@ -839,8 +839,8 @@ async fn retry_after_seconds_date_garbage_and_huge_values() {
 // ---------------------------------------------------------------------------------------------
 // Scenario 9: error classification — dead letters and 401.
 
-/// A 400 and function errors (an argument validation error for two chosen sessions): only the
-/// offending records go to the dead-letter tree, each sent a bounded number of times and logged
+/// A 400 (the batch is split) and per-record `rejected` results (an argument validation error
+/// for two chosen sessions): only the offending records go to the dead-letter tree, each sent a bounded number of times and logged
 /// once, while the rest is delivered. `status` shows the dead-letter count and last error,
 /// `queue list` the dead records and their reasons; `queue retry-dead` requeues them and the
 /// next run delivers them.
@@ -967,7 +967,8 @@ async fn rejected_records_go_to_dead_letters_while_the_rest_flows() {
     .await;
 }
 
-/// 401, then the deployment's `UNAUTHORIZED` function error (a rotated token): sending pauses
+/// A 401, then the ingest action's own 401 for a token it does not hold (a rotated token):
+/// sending pauses
 /// (one attempt per cap-length, no backoff growth, nothing dead-lettered), the queue is kept,
 /// the error is logged once and never with the token; once the token matches again delivery
 /// resumes without a restart.
@@ -978,7 +979,7 @@ async fn unauthorized_pauses_sending_and_keeps_the_queue() {
         rig.server.set_mode(Mode::status(401)).await;
         let mut d = rig.start();
         tokio::time::sleep(Duration::from_millis(3500)).await;
-        // A wrong token on the deployment: the ingest's own UNAUTHORIZED error.
+        // A wrong token on the deployment: the ingest action's own 401 UNAUTHORIZED.
         rig.server.set_token(Some("rotated-token-not-the-daemons"));
         rig.server.set_mode(Mode::Normal).await;
         tokio::time::sleep(Duration::from_millis(3000)).await;

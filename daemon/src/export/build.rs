@@ -11,10 +11,6 @@ use crate::source::opencode::SessionSnapshot;
 /// OpenCode's internal agents, which never count as a session's primary agent.
 pub const INTERNAL_AGENTS: [&str; 3] = ["compaction", "title", "summary"];
 
-/// Above this many bytes of message text in one record, further texts are emptied, keeping the
-/// record well under Convex's 1 MiB document limit.
-pub const MAX_TOTAL_MESSAGE_TEXT_BYTES: usize = 512 * 1024;
-
 /// What the builder needs besides the snapshot.
 #[derive(Debug, Clone)]
 pub struct ExportContext {
@@ -30,7 +26,7 @@ pub struct ExportContext {
     pub include_todos: bool,
     /// Include message summaries and texts.
     pub include_messages: bool,
-    /// Longest text kept per message (characters).
+    /// Longest text kept per message (characters, before the truncation marker).
     pub max_message_chars: usize,
 }
 
@@ -80,6 +76,8 @@ pub fn snapshot_activity(snapshot: &SessionSnapshot) -> Activity {
 }
 
 /// Builds the record of `snapshot` ended as `outcome`.
+///
+/// The record is fitted to Convex's limits ([`crate::export::fit`]) before it is returned.
 pub fn build(snapshot: &SessionSnapshot, outcome: &Outcome, ctx: &ExportContext) -> SessionExport {
     let s = &snapshot.session;
     let own = Aggregates::of(snapshot);
@@ -118,7 +116,11 @@ pub fn build(snapshot: &SessionSnapshot, outcome: &Outcome, ctx: &ExportContext)
         .chain(descendants.iter().map(|c| c.last_write_ms()))
         .max()
         .unwrap_or(s.time_updated);
-    SessionExport {
+    let mut messages_cut = false;
+    let messages = ctx
+        .include_messages
+        .then(|| message_summaries(snapshot, ctx.max_message_chars, &mut messages_cut));
+    let mut record = SessionExport {
         schema_version: SCHEMA_VERSION,
         session_id: s.id.clone(),
         device_id: ctx.device_id.clone(),
@@ -164,10 +166,15 @@ pub fn build(snapshot: &SessionSnapshot, outcome: &Outcome, ctx: &ExportContext)
                 })
                 .collect()
         }),
-        messages: ctx
-            .include_messages
-            .then(|| message_summaries(snapshot, ctx.max_message_chars)),
-    }
+        messages,
+        truncated: if messages_cut {
+            vec!["messages".to_string()]
+        } else {
+            Vec::new()
+        },
+    };
+    crate::export::fit(&mut record);
+    record
 }
 
 /// The record of a session whose row disappeared: its last record, marked deleted at `at_ms`.
@@ -422,7 +429,13 @@ fn relative_to(path: &str, root: &str) -> String {
     }
 }
 
-fn message_summaries(snapshot: &SessionSnapshot, max_chars: usize) -> Vec<MessageSummary> {
+/// One summary per message; texts longer than `max_chars` are cut with the marker and `cut` is
+/// set.
+fn message_summaries(
+    snapshot: &SessionSnapshot,
+    max_chars: usize,
+    cut: &mut bool,
+) -> Vec<MessageSummary> {
     let mut texts: HashMap<&str, Vec<&str>> = HashMap::new();
     for p in &snapshot.parts {
         if p.info.kind == "text" && !p.info.synthetic.unwrap_or(false) {
@@ -431,7 +444,6 @@ fn message_summaries(snapshot: &SessionSnapshot, max_chars: usize) -> Vec<Messag
             }
         }
     }
-    let mut budget = MAX_TOTAL_MESSAGE_TEXT_BYTES;
     snapshot
         .messages
         .iter()
@@ -441,11 +453,8 @@ fn message_summaries(snapshot: &SessionSnapshot, max_chars: usize) -> Vec<Messag
                 .get(m.id.as_str())
                 .map(|t| t.join("\n\n"))
                 .unwrap_or_default();
-            let mut text: String = joined.chars().take(max_chars).collect();
-            if text.len() > budget {
-                text.clear();
-            }
-            budget -= text.len();
+            let mut text = joined;
+            *cut |= crate::export::fit::cut_chars(&mut text, max_chars);
             let user_model = info.model.as_ref();
             MessageSummary {
                 id: m.id.clone(),

@@ -2,7 +2,9 @@
 //! session snapshot.
 
 mod build;
+pub mod fit;
 mod record;
 
 pub use build::*;
+pub use fit::fit;
 pub use record::*;

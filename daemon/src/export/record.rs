@@ -136,6 +136,11 @@ pub struct SessionExport {
     /// Per-message summaries with their text; present when `export.include_messages`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<MessageSummary>>,
+    /// The fields the daemon shortened to fit Convex's document limits (`"title"`,
+    /// `"messages"`, `"todos"`, …; sorted), see [`crate::export::fit`]. Omitted when nothing
+    /// was shortened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<String>,
 }
 
 /// Todo counts by status. `total` counts every row, including statuses outside the four
@@ -324,7 +329,9 @@ pub struct MessageSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The message's non-synthetic `text` parts joined by blank lines, cut to
-    /// `export.max_message_chars` characters.
+    /// `export.max_message_chars` characters followed by [`crate::export::fit::marker`] (the
+    /// record then lists `"messages"` in `truncated`); or only that marker when the record
+    /// had to give up this text to stay under its size limit.
     pub text: String,
 }
 
@@ -359,6 +366,7 @@ mod tests {
             "rollup",
             "todos",
             "messages",
+            "truncated",
         ] {
             assert!(original.get(key).is_some(), "fixture lacks {key}");
         }

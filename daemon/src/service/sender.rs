@@ -1,18 +1,22 @@
 //! The sender: drains the outbox into the sink.
 //!
 //! # Rules
-//! - Records are sent oldest first, `convex.batch_size` at a time; an entry leaves the outbox
+//! - Records are sent oldest first, up to `convex.batch_size` and
+//!   [`sink::convex::MAX_BATCH_BYTES`] of record JSON at a time (a record over that goes
+//!   alone); an entry leaves the outbox
 //!   only after the sink confirmed it ([`Outbox::ack`] is a compare-and-swap, so a newer version
 //!   enqueued meanwhile stays pending).
 //! - One [`sink::classify`] outcome drives everything:
 //!   - delivered → ack each record; per-record `conflict` results (the session id is already
-//!     stored under another device id) go to the dead-letter tree;
+//!     stored under another device id) and `rejected` ones (the deployment's schema or a
+//!     document limit refused that record; the rest of the batch was stored) go to the
+//!     dead-letter tree;
 //!   - retry (408, 429, 5xx, network, timeout) → one shared backoff with full jitter, honouring
 //!     `Retry-After` clamped to the cap; nothing is dropped, there is no give-up;
-//!   - rejected (a Convex function error or another 4xx) → a batch is split and re-sent record by
+//!   - rejected (the ingest action's 400/413) → a batch is split and re-sent record by
 //!     record, so only the offending record goes to the dead-letter tree (logged once, kept for
 //!     inspection with `queue list`, requeued with `queue retry-dead`);
-//!   - unauthorized (401/403, or the ingest mutation's `UNAUTHORIZED`) → all sending pauses, the
+//!   - unauthorized (401/403 from the ingest HTTP action) → all sending pauses, the
 //!     queue is kept, an actionable error is logged, and delivery is retried at the backoff cap
 //!     (so fixing the token on the deployment resumes delivery without a restart).
 
@@ -52,6 +56,18 @@ pub enum Step {
         /// Why.
         reason: String,
     },
+}
+
+/// How many of `batch`'s first records fit in `max_bytes` of record JSON; at least one.
+fn within_bytes(batch: &[Pending], max_bytes: usize) -> usize {
+    let mut total = 0usize;
+    batch
+        .iter()
+        .position(|p| {
+            total += p.record_json().len();
+            total > max_bytes
+        })
+        .map_or(batch.len(), |i| i.max(1))
 }
 
 /// Drains the outbox into the sink, one batch per [`Sender::step`].
@@ -101,10 +117,11 @@ impl Sender {
     /// # Errors
     /// [`QueueError`] from the outbox (storage errors are fatal for the daemon).
     pub async fn step(&mut self) -> Result<Step, QueueError> {
-        let batch = self.outbox.pending(self.batch_size)?;
+        let mut batch = self.outbox.pending(self.batch_size)?;
         if batch.is_empty() {
             return Ok(Step::Idle);
         }
+        batch.truncate(within_bytes(&batch, sink::convex::MAX_BATCH_BYTES));
         let outcome = self.send(&batch).await;
         self.apply(&batch, outcome).await
     }
@@ -125,15 +142,12 @@ impl Sender {
                         .iter()
                         .find(|r| r.session_id == p.session_id())
                         .or(items.get(i));
-                    match item {
-                        Some(r) if r.is_conflict() => {
-                            let reason = format!(
-                                "conflict: session {} is stored under another device id ({})",
-                                p.session_id(),
-                                r.stored_device_id.as_deref().unwrap_or("?")
-                            );
+                    match item.and_then(|r| r.refusal()) {
+                        Some(reason) => {
                             tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected; moved to dead letters");
                             self.outbox.dead_letter(p, &reason).await?;
+                            self.outbox
+                                .record_error(&format!("rejected {}: {reason}", p.session_id()))?;
                             dead += 1;
                         }
                         _ => to_ack.push(p.clone()),

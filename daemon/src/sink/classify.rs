@@ -71,12 +71,8 @@ impl fmt::Display for Classified {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Classified::Delivered(items) => {
-                let conflicts = items.iter().filter(|i| i.is_conflict()).count();
-                write!(
-                    f,
-                    "delivered {} records ({conflicts} conflicts)",
-                    items.len()
-                )
+                let refused = items.iter().filter(|i| i.is_refused()).count();
+                write!(f, "delivered {} records ({refused} refused)", items.len())
             }
             Classified::Retry {
                 reason,
@@ -93,26 +89,64 @@ impl fmt::Display for Classified {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ItemResult {
-    /// The record's `sessionId` (empty when a local record has none).
+    /// The record's `sessionId` (empty when the record has none).
+    #[serde(default)]
     pub session_id: String,
-    /// Convex: `inserted`, `updated`, `unchanged`, `stale` or `conflict`; local file:
-    /// `appended`. Unknown actions from a newer deployment are kept verbatim and count as
+    /// Convex: `inserted`, `updated`, `unchanged`, `stale`, `conflict` or `rejected`; local
+    /// file: `appended`. Unknown actions from a newer deployment are kept verbatim and count as
     /// delivered.
     pub action: String,
     /// With `conflict`: the `deviceId` already stored for this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored_device_id: Option<String>,
+    /// With `rejected`: why the deployment refused the record (schema validation, a document
+    /// limit), sanitised and without the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 impl ItemResult {
+    /// An accepted result: `action` and nothing else.
+    pub fn new(session_id: impl Into<String>, action: impl Into<String>) -> ItemResult {
+        ItemResult {
+            session_id: session_id.into(),
+            action: action.into(),
+            stored_device_id: None,
+            error: None,
+        }
+    }
+
     /// True for `conflict`: the session is stored under another device, so this record was not
-    /// written and will never be (dead-letter it).
+    /// written and will never be.
     pub fn is_conflict(&self) -> bool {
         self.action == "conflict"
     }
+
+    /// True for `conflict` and `rejected`: the deployment refused this one record for good
+    /// (the sender dead-letters it); the rest of its batch was processed.
+    pub fn is_refused(&self) -> bool {
+        self.is_conflict() || self.action == "rejected"
+    }
+
+    /// Why a refused record was refused (one line, for the dead-letter tree and the log);
+    /// `None` for accepted ones.
+    pub fn refusal(&self) -> Option<String> {
+        match self.action.as_str() {
+            "conflict" => Some(format!(
+                "conflict: session {} is stored under another device id ({})",
+                self.session_id,
+                self.stored_device_id.as_deref().unwrap_or("?")
+            )),
+            "rejected" => Some(format!(
+                "rejected by the deployment: {}",
+                self.error.as_deref().unwrap_or("(no reason given)")
+            )),
+            _ => None,
+        }
+    }
 }
 
-/// Classifies the answer to one `sessions:ingest` call (see the table in [`crate::sink`]).
+/// Classifies the answer to one `POST /ingest` (see the table in [`crate::sink`]).
 ///
 /// `status` is the HTTP status, `headers` the response headers (only `Retry-After` is read),
 /// `body` the whole response body. Pure: no IO; the server message kept in a reason is
@@ -134,31 +168,16 @@ pub(crate) fn classify_redacting(
         retry_after: retry_after(headers),
     };
     match status {
-        200..=299 | 560 => match parse_function_response(body) {
-            Ok(FunctionResponse::Success(items)) => Classified::Delivered(items),
-            Ok(FunctionResponse::Error { message, code }) => {
-                let shown = sanitize(&message, secret);
-                match code.as_deref() {
-                    Some("UNAUTHORIZED") => Classified::Unauthorized {
-                        reason: format!("http {status}: function error UNAUTHORIZED: {shown}"),
-                    },
-                    Some(code) => Classified::Rejected {
-                        reason: format!(
-                            "http {status}: function error {}: {shown}",
-                            sanitize(code, secret)
-                        ),
-                    },
-                    // The deployment does not have our functions (not deployed yet, or the URL
-                    // names another deployment): no record is at fault, so keep everything and
-                    // retry at the backoff cap instead of dead-lettering the whole queue.
-                    None if message.contains("Could not find public function") => retry(format!(
-                        "the deployment has no sessions:ingest function; deploy convex/ with `npx convex deploy` ({shown})"
-                    )),
-                    None => Classified::Rejected {
-                        reason: format!("http {status}: function error: {shown}"),
-                    },
-                }
-            }
+        200..=299 => match parse_ingest_response(body) {
+            Ok(items) => Classified::Delivered(
+                items
+                    .into_iter()
+                    .map(|mut i| {
+                        i.error = i.error.map(|e| sanitize(&e, secret));
+                        i
+                    })
+                    .collect(),
+            ),
             Err(why) => retry(format!(
                 "unexpected response body, the deployment may be mid-deploy ({})",
                 sanitize(&why, secret)
@@ -168,14 +187,20 @@ pub(crate) fn classify_redacting(
             reason: format!("http {status}: {}", request_error_message(body, secret)),
         },
         408 | 429 | 500..=599 => retry(request_error_message(body, secret)),
-        // A Convex request error (`{"code","message"}`) is a verdict on this request. A 4xx with
-        // any other body came from something in between (a proxy, a captive portal, a wrong
-        // URL): no record is at fault, so keep them all and retry.
-        400..=499 if is_convex_request_error(body) => Classified::Rejected {
+        // Our HTTP action's error body (`{"code","message"}`: BAD_REQUEST, BATCH_TOO_LARGE) is
+        // a verdict on this request. A 4xx with any other body came from something else: Convex
+        // itself when the deployment has no `/ingest` route (functions not deployed yet, or the
+        // URL names another deployment), a proxy, a captive portal. No record is at fault, so
+        // keep them all and retry.
+        400..=499 if is_ingest_error(body) => Classified::Rejected {
             reason: format!("http {status}: {}", request_error_message(body, secret)),
         },
+        404 => retry(format!(
+            "the deployment has no /ingest HTTP action; deploy convex/ with `npx convex deploy` ({})",
+            request_error_message(body, secret)
+        )),
         400..=499 => retry(format!(
-            "not an answer from Convex (a proxy or a wrong url?): {}",
+            "not an answer from the ingest HTTP action (a proxy or a wrong url?): {}",
             request_error_message(body, secret)
         )),
         // 1xx, 3xx (redirects are not followed) and anything past 599: a proxy or a wrong URL,
@@ -255,55 +280,28 @@ fn location(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-enum FunctionResponse {
-    Success(Vec<ItemResult>),
-    Error {
-        message: String,
-        code: Option<String>,
-    },
-}
-
-/// Parses `{"status":"success","value":[…]}` / `{"status":"error","errorMessage",…}`.
-/// `Err` describes a body of the wrong shape.
-fn parse_function_response(body: &[u8]) -> Result<FunctionResponse, String> {
+/// Parses `{"results":[{"sessionId","action",…}, …]}`. `Err` describes a body of the wrong
+/// shape.
+fn parse_ingest_response(body: &[u8]) -> Result<Vec<ItemResult>, String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        results: Vec<ItemResult>,
+    }
     if body.is_empty() {
         return Err("empty body".into());
     }
     let v: Value = serde_json::from_slice(body).map_err(|e| format!("not json: {e}"))?;
-    match v.get("status").and_then(Value::as_str) {
-        Some("success") => {
-            let value = v.get("value").ok_or("success without a value")?;
-            if !value.is_array() {
-                return Err("success value is not an array".into());
-            }
-            serde_json::from_value::<Vec<ItemResult>>(value.clone())
-                .map(FunctionResponse::Success)
-                .map_err(|e| format!("success value has the wrong shape: {e}"))
-        }
-        Some("error") => {
-            let data = v.get("errorData");
-            let code = data
-                .and_then(|d| d.get("code"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            // Production deployments redact errorMessage to "[Request ID: …] Server Error" but
-            // keep errorData, so its message is the more useful one when present.
-            let message = data
-                .and_then(|d| d.get("message"))
-                .and_then(Value::as_str)
-                .or_else(|| v.get("errorMessage").and_then(Value::as_str))
-                .unwrap_or("(no message)")
-                .to_string();
-            Ok(FunctionResponse::Error { message, code })
-        }
-        Some(other) => Err(format!("unknown status {other:?}")),
-        None => Err("no status field".into()),
+    if v.get("results").is_none() {
+        return Err("no results field".into());
     }
+    serde_json::from_value::<Answer>(v)
+        .map(|a| a.results)
+        .map_err(|e| format!("results have the wrong shape: {e}"))
 }
 
 /// The message of a request-level error body (`{"code","message"}`), else the body as text.
-/// True for Convex's request-error body: a JSON object with a string `code`.
-fn is_convex_request_error(body: &[u8]) -> bool {
+/// True for the ingest HTTP action's error body: a JSON object with a string `code`.
+fn is_ingest_error(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
         .and_then(|v| v.get("code").map(|c| c.is_string()))
@@ -376,119 +374,105 @@ mod tests {
         }
     }
 
-    const SUCCESS: &str = r#"{"status":"success","value":[
+    const SUCCESS: &str = r#"{"results":[
         {"sessionId":"a","action":"inserted"},
         {"sessionId":"b","action":"updated"},
         {"sessionId":"c","action":"unchanged"},
         {"sessionId":"d","action":"stale"},
-        {"sessionId":"e","action":"conflict","storedDeviceId":"dev-other"}
-    ],"logLines":["[LOG] 'x'"]}"#;
+        {"sessionId":"e","action":"conflict","storedDeviceId":"dev-other"},
+        {"sessionId":"f","action":"rejected","error":"Value is too large (1.20 MiB > maximum size 1 MiB)"},
+        {"action":"rejected","error":"Object is missing the required field `sessionId`"}
+    ]}"#;
 
     #[test]
-    fn success_gives_the_items_in_order_with_conflicts_marked() {
+    fn success_gives_the_items_in_order_with_refusals_marked() {
         let Classified::Delivered(items) = classify(200, &none(), SUCCESS.as_bytes()) else {
             panic!("not delivered");
         };
         let ids: Vec<&str> = items.iter().map(|i| i.session_id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "c", "d", "e"]);
-        let conflicts: Vec<bool> = items.iter().map(ItemResult::is_conflict).collect();
-        assert_eq!(conflicts, [false, false, false, false, true]);
+        assert_eq!(ids, ["a", "b", "c", "d", "e", "f", ""]);
+        let refused: Vec<bool> = items.iter().map(ItemResult::is_refused).collect();
+        assert_eq!(refused, [false, false, false, false, true, true, true]);
         assert_eq!(items[4].stored_device_id.as_deref(), Some("dev-other"));
         assert_eq!(items[0].stored_device_id, None);
+        assert_eq!(
+            items[4].refusal().unwrap(),
+            "conflict: session e is stored under another device id (dev-other)"
+        );
+        assert_eq!(
+            items[5].refusal().unwrap(),
+            "rejected by the deployment: Value is too large (1.20 MiB > maximum size 1 MiB)"
+        );
+        assert_eq!(items[0].refusal(), None);
     }
-
     #[test]
-    fn any_2xx_and_560_are_parsed_like_200() {
-        for status in [200, 201, 204, 299, 560] {
+    fn any_2xx_is_parsed_like_200() {
+        for status in [200, 201, 299] {
             assert!(
-                matches!(classify(status, &none(), SUCCESS.as_bytes()), Classified::Delivered(v) if v.len() == 5),
-                "{status}"
-            );
-            let err = br#"{"status":"error","errorMessage":"Uncaught Error: boom"}"#;
-            assert!(
-                matches!(classify(status, &none(), err), Classified::Rejected { .. }),
+                matches!(classify(status, &none(), SUCCESS.as_bytes()), Classified::Delivered(v) if v.len() == 7),
                 "{status}"
             );
         }
     }
-
     #[test]
     fn unknown_actions_are_kept_and_count_as_delivered() {
-        let body =
-            br#"{"status":"success","value":[{"sessionId":"a","action":"merged","extra":1}]}"#;
+        let body = br#"{"results":[{"sessionId":"a","action":"merged","extra":1}]}"#;
         let Classified::Delivered(items) = classify(200, &none(), body) else {
             panic!()
         };
         assert_eq!(items[0].action, "merged");
-        assert!(!items[0].is_conflict());
+        assert!(!items[0].is_refused());
     }
 
     #[test]
-    fn an_unauthorized_function_error_pauses() {
-        let body = br#"{"status":"error","errorMessage":"[Request ID: 1] Server Error","errorData":{"code":"UNAUTHORIZED","message":"The ingest token does not match"}}"#;
-        for status in [200, 560] {
-            let c = classify(status, &none(), body);
-            let Classified::Unauthorized { reason } = &c else {
-                panic!("{c:?}")
-            };
-            assert!(reason.starts_with(&format!("http {status}: function error UNAUTHORIZED")));
-            assert!(
-                reason.contains("The ingest token does not match"),
-                "{reason}"
-            );
-        }
-    }
-
-    #[test]
-    fn other_function_errors_are_rejections_naming_the_code_or_message() {
-        let body = br#"{"status":"error","errorMessage":"[Request ID: 1] Server Error\nArgumentValidationError: Object contains extra field `x`"}"#;
-        let c = classify(200, &none(), body);
+    fn the_actions_errors_are_rejections_naming_the_code() {
+        let body = br#"{"code":"BATCH_TOO_LARGE","message":"At most 500 sessions per request, got 501","limit":500}"#;
         assert_eq!(
-            c,
+            classify(413, &none(), body),
             Classified::Rejected {
-                reason: "http 200: function error: [Request ID: 1] Server Error ArgumentValidationError: Object contains extra field `x`".into()
+                reason: "http 413: BATCH_TOO_LARGE: At most 500 sessions per request, got 501"
+                    .into()
             }
         );
-        // A redacted production error keeps errorData.
-        let body = br#"{"status":"error","errorMessage":"[Request ID: 2] Server Error","errorData":{"code":"BATCH_TOO_LARGE","limit":1000}}"#;
-        let c = classify(200, &none(), body);
-        assert!(
-            matches!(&c, Classified::Rejected { reason } if reason.contains("BATCH_TOO_LARGE") && reason.contains("[Request ID: 2]")),
-            "{c:?}"
+        let body = br#"{"code":"BAD_REQUEST","message":"The body is not a JSON object"}"#;
+        assert_eq!(
+            classify(400, &none(), body).reason(),
+            Some("http 400: BAD_REQUEST: The body is not a JSON object")
         );
-        // errorData without a code is not UNAUTHORIZED.
-        let body = br#"{"status":"error","errorMessage":"[Request ID: 3] Server Error\nCould not find public function for 'sessions:ingest'. Did you forget to run `npx convex dev` or `npx convex deploy`?"}"#;
-        match classify(200, &HeaderMap::new(), body) {
-            Classified::Retry { reason, .. } => {
-                assert!(reason.contains("npx convex deploy"), "{reason}")
-            }
-            other => panic!("a missing function must not dead-letter records: {other:?}"),
-        }
-        let body = br#"{"status":"error","errorMessage":"m","errorData":"UNAUTHORIZED"}"#;
-        assert!(matches!(
-            classify(200, &none(), body),
-            Classified::Rejected { .. }
-        ));
     }
 
+    #[test]
+    fn a_missing_ingest_route_is_retried_not_dead_lettered() {
+        // What Convex answers on the .convex.site origin when http.ts has no /ingest route
+        // (functions not deployed yet): no record is at fault.
+        match classify(404, &HeaderMap::new(), b"No matching routes found") {
+            Classified::Retry { reason, .. } => {
+                assert!(reason.contains("npx convex deploy"), "{reason}");
+                assert!(reason.contains("No matching routes found"), "{reason}");
+            }
+            other => panic!("a missing route must not dead-letter records: {other:?}"),
+        }
+    }
     #[test]
     fn http_401_and_403_pause() {
         for status in [401, 403] {
-            let body = br#"{"code":"BadAdminKey","message":"The provided admin key was invalid"}"#;
+            let body = br#"{"code":"UNAUTHORIZED","message":"The bearer token does not match this deployment's INGEST_TOKEN"}"#;
             assert_eq!(
                 classify(status, &none(), body),
                 Classified::Unauthorized {
                     reason: format!(
-                        "http {status}: BadAdminKey: The provided admin key was invalid"
+                        "http {status}: UNAUTHORIZED: The bearer token does not match this deployment's INGEST_TOKEN"
                     )
                 }
             );
+            // Whatever the body: a proxy's 401 pauses too.
+            assert_eq!(classify(status, &none(), b"").kind(), "unauthorized");
         }
     }
 
     #[test]
-    fn http_408_429_and_5xx_except_560_are_retried() {
-        for status in [408, 429, 500, 502, 503, 504, 555, 561, 599] {
+    fn http_408_429_and_5xx_are_retried() {
+        for status in [408, 429, 500, 502, 503, 504, 555, 560, 599] {
             let body = br#"{"code":"Overloaded","message":"busy"}"#;
             let c = classify(status, &with_retry_after("7"), body);
             assert_eq!(
@@ -503,14 +487,14 @@ mod tests {
     }
 
     #[test]
-    fn other_4xx_from_convex_are_rejections() {
+    fn other_4xx_with_the_actions_error_body_are_rejections() {
         for status in [400, 404, 405, 409, 413, 415, 422, 499] {
-            let body = br#"{"code":"BadConvexFunctionIdentifier","message":"nope"}"#;
+            let body = br#"{"code":"BAD_REQUEST","message":"nope"}"#;
             let c = classify(status, &with_retry_after("5"), body);
             assert_eq!(
                 c,
                 Classified::Rejected {
-                    reason: format!("http {status}: BadConvexFunctionIdentifier: nope")
+                    reason: format!("http {status}: BAD_REQUEST: nope")
                 }
             );
         }
@@ -523,14 +507,14 @@ mod tests {
             b"<html>gateway</html>",
             b"{}",
             br#"{"code":"Overloaded","message":"x"}"#,
-            br#"{"status":"success"}"#,
-            br#"{"status":"success","value":{"sessionId":"a"}}"#,
-            br#"{"status":"success","value":[{"sessionId":"a"}]}"#,
-            br#"{"status":"success","value":[{"sessionId":1,"action":"inserted"}]}"#,
-            br#"{"status":"pending"}"#,
+            br#"{"status":"success","value":[{"sessionId":"a","action":"inserted"}]}"#,
+            br#"{"results":{"sessionId":"a"}}"#,
+            br#"{"results":[{"sessionId":"a"}]}"#,
+            br#"{"results":[{"sessionId":1,"action":"inserted"}]}"#,
+            br#"{"results":null}"#,
         ];
         for body in cases {
-            for status in [200, 204, 560] {
+            for status in [200, 204] {
                 let c = classify(status, &none(), body);
                 assert!(
                     matches!(&c, Classified::Retry { reason, .. } if reason.starts_with(&format!("http {status}: unexpected response body"))),
@@ -548,14 +532,14 @@ mod tests {
         let mut h = with_retry_after("2");
         h.insert(
             reqwest::header::LOCATION,
-            HeaderValue::from_static("https://elsewhere.example/api/mutation"),
+            HeaderValue::from_static("https://elsewhere.example/ingest"),
         );
         for status in [100, 301, 302, 307, 308, 600, 999] {
             let c = classify(status, &h, b"");
             assert_eq!(
                 c,
                 Classified::Retry {
-                    reason: format!("http {status}: unexpected status (location https://elsewhere.example/api/mutation): (empty body)"),
+                    reason: format!("http {status}: unexpected status (location https://elsewhere.example/ingest): (empty body)"),
                     retry_after: Some(Duration::from_secs(2)),
                 }
             );
@@ -565,17 +549,17 @@ mod tests {
     #[test]
     fn reasons_are_single_line_and_truncated() {
         let long = format!(
-            r#"{{"status":"error","errorMessage":"line one\n\n  line\ttwo {}"}}"#,
+            r#"{{"code":"BAD_REQUEST","message":"line one\n\n  line\ttwo {}"}}"#,
             "x".repeat(2000)
         );
-        let c = classify(200, &none(), long.as_bytes());
+        let c = classify(400, &none(), long.as_bytes());
         let reason = c.reason().unwrap();
         assert!(
-            reason.starts_with("http 200: function error: line one line two xxx"),
+            reason.starts_with("http 400: BAD_REQUEST: line one line two xxx"),
             "{reason}"
         );
         assert!(!reason.contains('\n') && !reason.contains('\t'));
-        let message = reason.strip_prefix("http 200: function error: ").unwrap();
+        let message = reason.strip_prefix("http 400: ").unwrap();
         assert_eq!(message.chars().count(), MAX_MESSAGE_CHARS);
         assert!(message.ends_with('…'));
         // Multi-byte characters are cut on a char boundary.
@@ -593,10 +577,20 @@ mod tests {
         // token straddles the truncation point.
         let message = format!("{}{{token: \"{escaped}\"}} {secret}", "y".repeat(290));
         let body =
-            serde_json::to_vec(&serde_json::json!({"status":"error","errorMessage": message}))
+            serde_json::to_vec(&serde_json::json!({"code":"BAD_REQUEST","message": message}))
                 .unwrap();
+        let c = classify_redacting(400, &none(), &body, Some(secret));
+        let mut text = format!("{c:?} {c}");
+        // A per-record error echoing the record (and the token) is redacted too.
+        let body = serde_json::to_vec(&serde_json::json!({"results": [
+            {"sessionId": "a", "action": "rejected", "error": message}
+        ]}))
+        .unwrap();
         let c = classify_redacting(200, &none(), &body, Some(secret));
-        let text = format!("{c:?} {c}");
+        let Classified::Delivered(items) = &c else {
+            panic!("{c:?}")
+        };
+        text.push_str(&format!("{c:?} {:?}", items[0].refusal()));
         assert!(!text.contains(secret) && !text.contains(escaped), "{text}");
         assert!(
             !text.contains("tok\\\"en") && !text.contains("tok\"en"),
@@ -683,7 +677,7 @@ mod tests {
         };
         assert_eq!(
             Classified::Delivered(items).to_string(),
-            "delivered 5 records (1 conflicts)"
+            "delivered 7 records (3 refused)"
         );
     }
 
@@ -698,9 +692,9 @@ mod tests {
             classify(404, &HeaderMap::new(), b""),
             Classified::Retry { .. }
         ));
-        let convex = br#"{"code":"BadJsonBody","message":"Expected request with `Content-Type: application/json`"}"#;
-        match classify(400, &HeaderMap::new(), convex) {
-            Classified::Rejected { reason } => assert!(reason.contains("BadJsonBody"), "{reason}"),
+        let ours = br#"{"code":"BAD_REQUEST","message":"The body is not a JSON object"}"#;
+        match classify(400, &HeaderMap::new(), ours) {
+            Classified::Rejected { reason } => assert!(reason.contains("BAD_REQUEST"), "{reason}"),
             other => panic!("{other:?}"),
         }
     }

@@ -1,10 +1,11 @@
-//! The Convex sink: one `sessions:ingest` mutation call per batch over Convex's HTTP API.
-//! The wire format and the classification table are in the [`crate::sink`] docs.
+//! The Convex sink: one `POST /ingest` per batch to the deployment's HTTP action (served on its
+//! `.convex.site` origin by `convex/convex/http.ts`). The wire format and the classification
+//! table are in the [`crate::sink`] docs.
 
 use std::fmt;
 use std::time::Duration;
 
-use reqwest::header::{HeaderValue, CONTENT_TYPE};
+use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -12,12 +13,20 @@ use crate::config::{check_convex_url, ConvexConfig, Secret};
 use crate::sink::classify::{classify_redacting, sanitize, transport_error};
 use crate::sink::{parse_record, Classified, SinkError};
 
-/// The `Convex-Client` header value: `opencode-telemetry-<crate version>` (`<name>-<semver>`,
-/// as the backend requires).
-pub const CONVEX_CLIENT: &str = concat!("opencode-telemetry-", env!("CARGO_PKG_VERSION"));
+/// The `User-Agent` sent: `opencode-telemetry/<crate version>`.
+pub const USER_AGENT: &str = concat!("opencode-telemetry/", env!("CARGO_PKG_VERSION"));
 
-/// The mutation called.
-pub const INGEST_PATH: &str = "sessions:ingest";
+/// The HTTP action's route, relative to the deployment's HTTP-actions origin.
+pub const INGEST_ROUTE: &str = "ingest";
+
+/// Most records one request may carry (`MAX_BATCH` of `convex/convex/http.ts`; more is a 413).
+pub const MAX_BATCH_RECORDS: usize = 500;
+
+/// Most bytes of records one request carries (the sum of the records' JSON). Convex takes
+/// 16 MiB of arguments per mutation and 20 MiB per HTTP request; 8 MiB keeps one transaction's
+/// writes (16 MiB) clear too. A single record larger than this is still sent alone: the
+/// daemon's [`crate::export::fit`] keeps every record under 1 MiB.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Longest connect timeout (s); the request timeout is used when shorter.
 pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,7 +34,7 @@ pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response body read (bytes); a longer one is a transient failure.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Sends batches to `sessions:ingest` on a Convex deployment. Cheap to share by reference; the
+/// Sends batches to the `POST /ingest` HTTP action of a Convex deployment. Cheap to share by reference; the
 /// one `reqwest::Client` inside pools connections.
 #[derive(Clone)]
 pub struct ConvexSink {
@@ -48,19 +57,32 @@ impl fmt::Debug for ConvexSink {
 
 #[derive(Serialize)]
 struct IngestBody<'a> {
-    path: &'static str,
-    args: IngestArgs<'a>,
-    format: &'static str,
-}
-
-#[derive(Serialize)]
-struct IngestArgs<'a> {
-    token: &'a str,
     sessions: Vec<&'a RawValue>,
 }
 
+/// The HTTP-actions origin of the deployment named by `url` (`convex.url`):
+/// `https://<name>.convex.cloud` (the URL `npx convex deploy` prints; the function API) becomes
+/// `https://<name>.convex.site`, where Convex serves HTTP actions; any other URL (a
+/// `.convex.site` one, a custom domain, a self-hosted backend's HTTP-actions port such as
+/// `http://127.0.0.1:3211`) is used as given. Credentials, query and fragment are dropped.
+pub fn site_url(url: &url::Url) -> url::Url {
+    let mut site = url.clone();
+    let _ = site.set_username("");
+    let _ = site.set_password(None);
+    site.set_query(None);
+    site.set_fragment(None);
+    if let Some(host) = url.host_str() {
+        let lower = host.to_ascii_lowercase();
+        if let Some(name) = lower.strip_suffix(".convex.cloud") {
+            // A valid host with one label changed stays valid.
+            let _ = site.set_host(Some(&format!("{name}.convex.site")));
+        }
+    }
+    site
+}
+
 impl ConvexSink {
-    /// A sink for `cfg.url` with `cfg.ingest_token`, a request timeout of
+    /// A sink posting to `<site_url(cfg.url)>/ingest` with `cfg.ingest_token`, a request timeout of
     /// `cfg.request_timeout_secs` (s) and a connect timeout of at most
     /// [`MAX_CONNECT_TIMEOUT`].
     ///
@@ -87,26 +109,22 @@ impl ConvexSink {
         if cfg.ingest_token.is_empty() {
             return Err(SinkError::MissingToken);
         }
-        let origin = display_url(&url);
-        let mut base = url;
-        // Credentials in the URL would be sent (and shown); the token goes in the body only.
-        let _ = base.set_username("");
-        let _ = base.set_password(None);
+        // Credentials in the URL would be sent (and shown); the token goes in a header only.
+        let mut base = site_url(&url);
+        let origin = display_url(&base);
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let endpoint = base
-            .join("api/mutation")
-            .map_err(|e| SinkError::ConvexUrl {
-                message: format!("cannot derive the mutation url: {e}"),
-            })?;
+        let endpoint = base.join(INGEST_ROUTE).map_err(|e| SinkError::ConvexUrl {
+            message: format!("cannot derive the ingest url: {e}"),
+        })?;
         let client = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .min_tls_version(reqwest::tls::Version::TLS_1_2)
-            .user_agent(CONVEX_CLIENT)
+            .user_agent(USER_AGENT)
             .build()
             .map_err(|e| SinkError::Client {
                 message: sanitize(&e.to_string(), None),
@@ -120,18 +138,18 @@ impl ConvexSink {
         })
     }
 
-    /// `convex <deployment url>` (no credentials).
+    /// `convex <HTTP-actions origin>` (no credentials).
     pub fn describe(&self) -> String {
         format!("convex {}", self.origin)
     }
 
-    /// The URL posted to: `<deployment>/api/mutation`.
+    /// The URL posted to: `<HTTP-actions origin>/ingest`.
     pub fn endpoint(&self) -> &url::Url {
         &self.endpoint
     }
 
     /// Sends `records` (each a JSON object, spliced into the body verbatim) in one
-    /// `sessions:ingest` call and classifies the answer.
+    /// `POST /ingest` and classifies the answer.
     ///
     /// No request is made for an empty batch (`Delivered(vec![])`) or when a record is not a
     /// JSON object (`Rejected`, naming the record's position). A `Delivered` answer whose
@@ -158,14 +176,7 @@ impl ConvexSink {
                 }
             }
         }
-        let body = IngestBody {
-            path: INGEST_PATH,
-            args: IngestArgs {
-                token: self.token.expose(),
-                sessions,
-            },
-            format: "json",
-        };
+        let body = IngestBody { sessions };
         let body = match serde_json::to_vec(&body) {
             Ok(b) => b,
             Err(e) => {
@@ -175,11 +186,23 @@ impl ConvexSink {
             }
         };
         let secret = Some(self.token.expose());
+        let mut bearer = match HeaderValue::from_str(&format!("Bearer {}", self.token.expose())) {
+            Ok(v) => v,
+            Err(_) => {
+                // Not a retry: the token cannot change without a reload.
+                return Classified::Unauthorized {
+                    reason: "convex.ingest_token contains characters not allowed in an HTTP header"
+                        .into(),
+                };
+            }
+        };
+        // Keeps it out of hyper's and reqwest's Debug output.
+        bearer.set_sensitive(true);
         let sent = self
             .client
             .post(self.endpoint.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header("Convex-Client", HeaderValue::from_static(CONVEX_CLIENT))
+            .header(AUTHORIZATION, bearer)
             .body(body)
             .send()
             .await;
@@ -292,11 +315,7 @@ mod tests {
     }
 
     fn item(id: &str, action: &str) -> ItemResult {
-        ItemResult {
-            session_id: id.into(),
-            action: action.into(),
-            stored_device_id: None,
-        }
+        ItemResult::new(id, action)
     }
 
     #[tokio::test]
@@ -347,19 +366,19 @@ mod tests {
             let b = sample_record("b", "d", 1, 2);
             assert!(matches!(s.send(&[a, &b]).await, Classified::Delivered(_)));
             let req = &h.requests()[0];
-            assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/api/mutation"));
+            assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/ingest"));
             assert_eq!(req.content_type.as_deref(), Some("application/json"));
             assert_eq!(
-                req.convex_client.as_deref(),
-                Some(concat!("opencode-telemetry-", env!("CARGO_PKG_VERSION")))
+                req.authorization.as_deref(),
+                Some(format!("Bearer {TOKEN}").as_str())
             );
             let expected = format!(
-                r#"{{"path":"sessions:ingest","args":{{"token":"{TOKEN}","sessions":[{},{}]}},"format":"json"}}"#,
+                r#"{{"sessions":[{},{}]}}"#,
                 std::str::from_utf8(a).unwrap(),
                 std::str::from_utf8(&b).unwrap()
             );
             assert_eq!(String::from_utf8(req.body.clone()).unwrap(), expected);
-            assert_eq!(s.endpoint().as_str(), format!("{}/api/mutation", h.url()));
+            assert_eq!(s.endpoint().as_str(), format!("{}/ingest", h.url()));
             assert_eq!(s.describe(), format!("convex {}", h.url()));
         })
         .await;
@@ -434,7 +453,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http_5xx_and_408_are_retries_and_560_is_read_like_200() {
+    async fn http_5xx_and_408_are_retries() {
         bounded(async {
             let (_server, h) = FaultServer::start().await;
             let s = sink(&h);
@@ -447,24 +466,22 @@ mod tests {
                     "{got:?}"
                 );
             }
-            h.script([Mode::raw(560, r#"{"status":"error","errorMessage":"Uncaught Error: x"}"#)]);
-            assert!(matches!(s.send(&[&r]).await, Classified::Rejected { .. }));
-            h.script([Mode::raw(
-                560,
-                r#"{"status":"success","value":[{"sessionId":"a","action":"inserted"}]}"#,
-            )]);
+            // 560 is Convex's "function error" status on the function API; an HTTP action
+            // never sends it, so it is a server error like any other 5xx.
+            h.script([Mode::raw(560, r#"{"results":[{"sessionId":"a","action":"inserted"}]}"#)]);
+            assert_eq!(s.send(&[&r]).await.kind(), "retry");
             assert_eq!(s.send(&[&r]).await, Classified::Delivered(vec![item("a", "inserted")]));
         })
         .await;
     }
 
     #[tokio::test]
-    async fn other_4xx_are_rejections() {
+    async fn the_actions_4xx_errors_are_rejections_other_4xx_are_retries() {
         bounded(async {
             let (_server, h) = FaultServer::start().await;
             let s = sink(&h);
             let r = sample_record("a", "d", 1, 2);
-            for status in [400, 404, 413, 422] {
+            for status in [400, 413, 422] {
                 h.script([Mode::status(status)]);
                 let got = s.send(&[&r]).await;
                 assert!(
@@ -472,12 +489,34 @@ mod tests {
                     "{got:?}"
                 );
             }
+            // The real 413 of too many records.
+            let many: Vec<Vec<u8>> = (0..=MAX_BATCH_RECORDS)
+                .map(|i| sample_record(&format!("s{i}"), "d", 1, 2))
+                .collect();
+            let batch: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
+            let got = s.send(&batch).await;
+            assert!(
+                matches!(&got, Classified::Rejected { reason } if reason.starts_with("http 413: BATCH_TOO_LARGE")),
+                "{got:?}"
+            );
+            // A deployment without our http.ts answers its plain-text 404: no record is at
+            // fault, so the records stay queued.
+            let no_route = ConvexSink::new(&config(&format!("{}/elsewhere", h.url()), TOKEN)).unwrap();
+            let got = no_route.send(&[&r]).await;
+            assert!(
+                matches!(&got, Classified::Retry { reason, .. } if reason.contains("no /ingest HTTP action")),
+                "{got:?}"
+            );
+            // A 4xx that is not the action's JSON error (a proxy page) is not a verdict either.
+            h.script([Mode::raw(409, "<html>proxy says no</html>")]);
+            assert_eq!(s.send(&[&r]).await.kind(), "retry");
+            assert!(h.upserts().is_empty());
         })
         .await;
     }
 
     #[tokio::test]
-    async fn a_function_error_rejects_and_splitting_isolates_the_bad_record() {
+    async fn a_rejected_record_is_refused_alone_and_the_rest_of_its_batch_is_stored() {
         bounded(async {
             let (_server, h) = FaultServer::start().await;
             let s = sink(&h);
@@ -489,23 +528,25 @@ mod tests {
             ];
             let batch: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
             let got = s.send(&batch).await;
-            let Classified::Rejected { reason } = &got else { panic!("{got:?}") };
-            assert!(reason.starts_with("http 200: function error: "), "{reason}");
-            assert!(reason.contains("ArgumentValidationError"), "{reason}");
-            assert!(h.upserts().is_empty(), "a failed call writes nothing");
-            // What the sender does: resend one by one.
-            let outcomes: Vec<&str> = {
-                let mut v = Vec::new();
-                for r in &batch {
-                    v.push(s.send(&[r]).await.kind());
-                }
-                v
+            let Classified::Delivered(items) = &got else {
+                panic!("{got:?}")
             };
-            assert_eq!(outcomes, ["delivered", "rejected", "delivered"]);
+            let actions: Vec<&str> = items.iter().map(|i| i.action.as_str()).collect();
+            assert_eq!(actions, ["inserted", "rejected", "inserted"]);
+            assert!(items[1].is_refused() && !items[0].is_refused());
+            let why = items[1].refusal().unwrap();
+            assert!(
+                why.starts_with("rejected by the deployment: ArgumentValidationError"),
+                "{why}"
+            );
             assert_eq!(h.latest().keys().collect::<Vec<_>>(), ["a", "c"]);
-            // An invalid record (as the deployment's validator sees it) is rejected too.
+            // A record the deployment's validator refuses (no deviceId) is refused the same way.
             let got = s.send(&[br#"{"sessionId":"x"}"#]).await;
-            assert!(matches!(&got, Classified::Rejected { reason } if reason.contains("Path: .sessions[0]")), "{got:?}");
+            let Classified::Delivered(items) = &got else {
+                panic!("{got:?}")
+            };
+            assert_eq!(items[0].session_id, "x");
+            assert!(items[0].is_refused(), "{items:?}");
         })
         .await;
     }
@@ -518,7 +559,7 @@ mod tests {
             let wrong = sink_with(&h, "not-the-token", Duration::from_secs(5));
             let got = wrong.send(&[&r]).await;
             assert!(
-                matches!(&got, Classified::Unauthorized { reason } if reason.starts_with("http 200: function error UNAUTHORIZED: ")),
+                matches!(&got, Classified::Unauthorized { reason } if reason.starts_with("http 401: UNAUTHORIZED: ")),
                 "{got:?}"
             );
             let s = sink(&h);
@@ -609,12 +650,13 @@ mod tests {
             let s = sink(&h);
             let (a, b) = (sample_record("a", "d", 1, 2), sample_record("b", "d", 1, 2));
             h.script([
-                Mode::raw(200, r#"{"status":"success","value":[{"sessionId":"a","action":"inserted"}]}"#),
-                Mode::raw(200, r#"{"status":"success","value":[{"sessionId":"b","action":"inserted"},{"sessionId":"a","action":"inserted"}]}"#),
+                Mode::raw(200, r#"{"results":[{"sessionId":"a","action":"inserted"}]}"#),
+                Mode::raw(200, r#"{"results":[{"sessionId":"b","action":"inserted"},{"sessionId":"a","action":"inserted"}]}"#),
                 Mode::raw(200, "<html>deploying</html>"),
-                Mode::raw(200, r#"{"status":"success","value":null}"#),
+                Mode::raw(200, r#"{"results":null}"#),
+                Mode::raw(200, r#"{"status":"success","value":[]}"#),
             ]);
-            for why in ["1 results for 2 records", "result 1 is for another session", "not json", "not an array"] {
+            for why in ["1 results for 2 records", "result 1 is for another session", "not json", "wrong shape", "no results field"] {
                 let got = s.send(&[&a, &b]).await;
                 assert!(
                     matches!(&got, Classified::Retry { reason, .. } if reason.contains("mid-deploy") && reason.contains(why)),
@@ -644,14 +686,26 @@ mod tests {
             ConvexSink::new(&config("https://a.convex.cloud", "")),
             Err(SinkError::MissingToken)
         ));
+        // The function-API URL `npx convex deploy` prints names the deployment; HTTP actions
+        // live on its `.convex.site` twin.
         let s = ConvexSink::new(&config("https://user:pw@a.convex.cloud/", "t")).unwrap();
-        assert_eq!(s.describe(), "convex https://a.convex.cloud");
-        assert_eq!(s.endpoint().as_str(), "https://a.convex.cloud/api/mutation");
-        let s = ConvexSink::new(&config("http://127.0.0.1:3210/prefix", "t")).unwrap();
+        assert_eq!(s.describe(), "convex https://a.convex.site");
+        assert_eq!(s.endpoint().as_str(), "https://a.convex.site/ingest");
+        let s =
+            ConvexSink::new(&config("https://Happy-Otter-1.EU-West-1.Convex.Cloud", "t")).unwrap();
         assert_eq!(
             s.endpoint().as_str(),
-            "http://127.0.0.1:3210/prefix/api/mutation"
+            "https://happy-otter-1.eu-west-1.convex.site/ingest"
         );
+        let s = ConvexSink::new(&config("https://a.convex.site", "t")).unwrap();
+        assert_eq!(s.endpoint().as_str(), "https://a.convex.site/ingest");
+        let s = ConvexSink::new(&config("https://telemetry.example.com/convex/", "t")).unwrap();
+        assert_eq!(
+            s.endpoint().as_str(),
+            "https://telemetry.example.com/convex/ingest"
+        );
+        let s = ConvexSink::new(&config("http://127.0.0.1:3211/prefix", "t")).unwrap();
+        assert_eq!(s.endpoint().as_str(), "http://127.0.0.1:3211/prefix/ingest");
         assert!(ConvexSink::new(&config("http://[::1]:3210", "t")).is_ok());
         assert!(ConvexSink::new(&config("http://localhost:3210", "t")).is_ok());
     }
@@ -669,8 +723,8 @@ mod tests {
             let mut outputs = vec![format!("{s:?}"), s.describe()];
             let modes = [
                 Mode::Normal, // wrong token → UNAUTHORIZED
-                Mode::function_error(echo.clone()),
-                Mode::function_error_code("BAD", &echo),
+                Mode::ingest_error(400, "BAD_REQUEST", &echo),
+                Mode::ingest_error(401, "UNAUTHORIZED", &echo),
                 Mode::raw(401, echo.clone()),
                 Mode::raw(
                     503,
@@ -689,17 +743,22 @@ mod tests {
                 outputs.push(format!("{got:?}"));
                 outputs.push(got.to_string());
             }
-            // An argument validation error echoing the whole args object (token included).
-            h.set_mode(Mode::Normal).await;
-            h.set_token(None);
-            let got = s.send(&[br#"{"sessionId":"x"}"#]).await;
-            assert!(matches!(&got, Classified::Rejected { .. }), "{got:?}");
-            outputs.push(format!("{got:?} {got}"));
-            // The server echoed the token; only the client's redaction keeps it out.
+            // A per-record rejection whose error echoes the token.
+            h.set_mode(Mode::raw(
+                200,
+                serde_json::json!({"results": [{"sessionId": "a", "action": "rejected", "error": echo}]})
+                    .to_string(),
+            ))
+            .await;
+            let got = s.send(&[&r]).await;
+            let Classified::Delivered(items) = &got else { panic!("{got:?}") };
+            outputs.push(format!("{got:?} {got} {:?}", items[0].refusal()));
+            // The token went in the header of every request; only the client's redaction keeps
+            // the server's echoes of it out.
             assert!(h
                 .requests()
                 .iter()
-                .all(|q| String::from_utf8_lossy(&q.body).contains(escaped)));
+                .all(|q| q.authorization.as_deref() == Some(&format!("Bearer {token}"))));
             h.set_mode(Mode::Refuse).await;
             drop(server);
             let got = s.send(&[&r]).await;

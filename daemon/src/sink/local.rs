@@ -128,11 +128,7 @@ impl LocalSink {
                 b => b,
             }));
             lines.push(b'\n');
-            items.push(ItemResult {
-                session_id,
-                action: ACTION_APPENDED.to_string(),
-                stored_device_id: None,
-            });
+            items.push(ItemResult::new(session_id, ACTION_APPENDED));
         }
         let inner = self.inner.clone();
         let path = self.path.clone();
@@ -294,16 +290,8 @@ mod tests {
         assert_eq!(
             got,
             Classified::Delivered(vec![
-                ItemResult {
-                    session_id: "a".into(),
-                    action: "appended".into(),
-                    stored_device_id: None
-                },
-                ItemResult {
-                    session_id: "b".into(),
-                    action: "appended".into(),
-                    stored_device_id: None
-                },
+                ItemResult::new("a", "appended"),
+                ItemResult::new("b", "appended"),
             ])
         );
         let Classified::Delivered(items) = sink.send(&[&c]).await else {

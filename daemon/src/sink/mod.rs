@@ -7,8 +7,9 @@
 //!
 //! - [`AnySink`]: enum dispatch over the two sinks, chosen by [`AnySink::from_config`]: Convex
 //!   when `convex.url` is set, else the local file.
-//! - [`ConvexSink`]: `POST {convex.url}/api/mutation` calling the public mutation
-//!   `sessions:ingest`, which checks the ingest token passed as an argument.
+//! - [`ConvexSink`]: `POST <HTTP-actions origin>/ingest`, the deployment's HTTP action
+//!   (`convex/convex/http.ts`), which checks the bearer ingest token and calls the internal
+//!   upsert mutation. No Convex admin or deploy key is involved.
 //! - [`LocalSink`]: appends one line per record to `local.path` and syncs (see [`local`] for the
 //!   torn-tail repair).
 //! - [`classify()`]: the one decision about an HTTP answer; [`retry`]: backoff and the gate.
@@ -16,39 +17,41 @@
 //! # Wire format (Convex)
 //!
 //! ```text
-//! POST {convex.url}/api/mutation                 (plain http:// only to a loopback host)
-//! Content-Type: application/json
-//! Convex-Client: opencode-telemetry-<CARGO_PKG_VERSION>
+//! POST https://<name>.convex.site/ingest          (derived from convex.url; plain http://
+//! Content-Type: application/json                   only to a loopback host)
+//! Authorization: Bearer <convex.ingest_token>
+//! User-Agent: opencode-telemetry/<CARGO_PKG_VERSION>
 //!
-//! {"path":"sessions:ingest",
-//!  "args":{"token":"<convex.ingest_token>","sessions":[<record>, <record>, …]},
-//!  "format":"json"}
+//! {"sessions":[<record>, <record>, …]}             1..=500 records, ≤ 8 MiB of records
 //!
-//! 200 {"status":"success","value":[{"sessionId":"…","action":"inserted"},
-//!                                  {"sessionId":"…","action":"conflict","storedDeviceId":"…"}, …]}
-//! 200 {"status":"error","errorMessage":"…","errorData"?:{"code":"UNAUTHORIZED",…}}
-//! 4xx/5xx {"code":"…","message":"…"}
+//! 200 {"results":[{"sessionId":"…","action":"inserted"},
+//!                 {"sessionId":"…","action":"conflict","storedDeviceId":"…"},
+//!                 {"sessionId":"…","action":"rejected","error":"…"}, …]}
+//! 400 {"code":"BAD_REQUEST","message":"…"}      413 {"code":"BATCH_TOO_LARGE",…}
+//! 401 {"code":"UNAUTHORIZED","message":"…"}     500 {"code":"INTERNAL",…}
 //! ```
 //!
 //! Each `<record>` is the stored bytes spliced in verbatim (`serde_json::value::RawValue`),
-//! after checking that it is one JSON object. `value` has one result per record, in input order;
-//! `action` is `inserted`, `updated`, `unchanged`, `stale` (an older `(updatedAt, exportedAt)`
-//! than the stored one: ignored) or `conflict` (the session is stored under another `deviceId`).
-//! The token travels only in the body. The client uses rustls with TLS ≥ 1.2, one pooled
-//! connection set, a request timeout (`convex.request_timeout_secs`), a connect timeout
-//! (≤ 10 s) and no redirects.
+//! after checking that it is one JSON object. `results` has one entry per record, in input
+//! order; `action` is `inserted`, `updated`, `unchanged`, `stale` (an older
+//! `(updatedAt, exportedAt)` than the stored one: ignored), `conflict` (the session is stored
+//! under another `deviceId`) or `rejected` (the schema or a document limit refused this record;
+//! the rest of the batch was processed). The token travels only in the `Authorization` header
+//! (marked sensitive). The client uses rustls with TLS ≥ 1.2, one pooled connection set, a
+//! request timeout (`convex.request_timeout_secs`), a connect timeout (≤ 10 s) and no
+//! redirects.
 //!
 //! # Classification
 //!
 //! | answer                                                   | outcome              | the sender                                  |
 //! |----------------------------------------------------------|----------------------|---------------------------------------------|
-//! | 2xx/560 `success`, one result per record                 | `Delivered(results)` | removes them; dead-letters `conflict` ones  |
-//! | 2xx/560 `error` with `errorData.code == "UNAUTHORIZED"`  | `Unauthorized`       | keeps all, pauses `cap`, then tries again   |
-//! | 2xx/560 `error`, any other                               | `Rejected`           | splits; dead-letters a lone rejected record |
-//! | 401, 403                                                 | `Unauthorized`       | as above                                    |
-//! | 408, 429, 500–599 except 560                             | `Retry{retry_after}` | keeps, backs off (≥ `Retry-After`, clamped) |
-//! | other 400–499                                            | `Rejected`           | splits; dead-letters a lone rejected record |
-//! | 2xx/560 body not JSON, of another shape, or results ≠ records | `Retry`         | keeps, backs off (see below)                |
+//! | 2xx `{"results"}`, one result per record                 | `Delivered(results)` | removes them; dead-letters `conflict` and `rejected` ones |
+//! | 401, 403                                                 | `Unauthorized`       | keeps all, pauses `cap`, then tries again   |
+//! | 408, 429, 500–599                                        | `Retry{retry_after}` | keeps, backs off (≥ `Retry-After`, clamped) |
+//! | other 4xx with the action's `{"code","message"}` body (400, 413) | `Rejected`   | splits; dead-letters a lone rejected record |
+//! | 404 without it (no `/ingest` route: functions not deployed) | `Retry`           | keeps, backs off                            |
+//! | other 4xx without it (a proxy, a captive portal)         | `Retry`              | keeps, backs off                            |
+//! | 2xx body not JSON, of another shape, or results ≠ records | `Retry`             | keeps, backs off (see below)                |
 //! | 1xx, 3xx (redirects are not followed), ≥ 600             | `Retry`              | keeps, backs off: a proxy or a wrong URL    |
 //! | no answer: connect, TLS, timeout, reset, body read       | `Retry`              | keeps, backs off                            |
 //! | a record that is not a JSON object (nothing is sent)     | `Rejected`           | splits; dead-letters a lone rejected record |
@@ -66,13 +69,13 @@
 //! Every `reason` is one short line: a lowercase description, the HTTP status when there was
 //! one, and the server's message collapsed to one line and truncated to
 //! [`classify::MAX_MESSAGE_CHARS`] characters. It never contains the request body or the
-//! token: the token is removed from server messages (Convex validation errors echo argument
-//! values) before truncation. Nothing in this module logs a body, a header or the token.
+//! token: the token is removed from server messages and per-record errors (Convex validation
+//! errors echo values) before truncation. Nothing in this module logs a body, a header or the token.
 //!
 //! # Guarantees
 //!
-//! - At least once: `Delivered` is returned only when the sink stored the batch (Convex answered
-//!   success with matching results; the local file was synced). Every other outcome means
+//! - At least once: `Delivered` is returned only when the sink processed the batch (Convex
+//!   answered with matching results; the local file was synced). Every other outcome means
 //!   "nothing known to be stored", so the sender keeps the records; a resend is harmless because
 //!   the ingest is idempotent and monotonic.
 //! - Never a give-up: transient failures are retried forever with capped backoff.
@@ -203,13 +206,17 @@ mod tests {
             .expect("test took over 10 s")
     }
 
-    async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, Value, Option<String>) {
+    /// POSTs `body` to `<url>/ingest` with `Authorization: Bearer <token>` when a token is
+    /// given; returns the status, the body (JSON, or the text as a JSON string) and
+    /// `Retry-After`.
+    async fn post(url: &str, token: Option<&str>, body: &str) -> (u16, Value, Option<String>) {
         let client = reqwest::Client::new();
         let mut req = client
-            .post(format!("{url}/api/mutation"))
+            .post(format!("{url}/ingest"))
+            .header("content-type", "application/json")
             .body(body.to_string());
-        for (k, v) in headers {
-            req = req.header(*k, *v);
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
         }
         let resp = req.send().await.expect("request");
         let status = resp.status().as_u16();
@@ -225,16 +232,15 @@ mod tests {
         )
     }
 
-    fn ingest_body(token: &str, sessions: &[Vec<u8>]) -> String {
+    fn ingest_body(sessions: &[Vec<u8>]) -> String {
         let sessions: Vec<Value> = sessions
             .iter()
             .map(|s| serde_json::from_slice(s).unwrap())
             .collect();
-        json!({"path": "sessions:ingest", "args": {"token": token, "sessions": sessions}, "format": "json"})
-            .to_string()
+        json!({ "sessions": sessions }).to_string()
     }
 
-    const JSON: (&str, &str) = ("content-type", "application/json");
+    const AUTH: Option<&str> = Some(TOKEN);
 
     #[test]
     fn parse_record_accepts_objects_only() {
@@ -285,7 +291,7 @@ mod tests {
         let convex = AnySink::from_config(&cfg).unwrap();
         assert_eq!(
             convex.describe(),
-            "convex https://happy-otter-123.convex.cloud"
+            "convex https://happy-otter-123.convex.site"
         );
         assert!(!format!("{convex:?}").contains("tok-abc"));
 
@@ -338,10 +344,9 @@ mod tests {
                 ),
             ];
             for (records, actions) in batches {
-                let (status, body, _) =
-                    post(&h.url(), &[JSON], &ingest_body(TOKEN, &records)).await;
+                let (status, body, _) = post(&h.url(), AUTH, &ingest_body(&records)).await;
                 assert_eq!(status, 200);
-                let got: Vec<&str> = body["value"]
+                let got: Vec<&str> = body["results"]
                     .as_array()
                     .unwrap()
                     .iter()
@@ -374,64 +379,61 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn fault_server_checks_requests_like_convex() {
+    async fn fault_server_checks_requests_like_the_ingest_action() {
         bounded(async {
             let (_server, h) = FaultServer::start().await;
-            let ok = ingest_body(TOKEN, &[sample_record("a", "d", 1, 2)]);
+            let ok = ingest_body(&[sample_record("a", "d", 1, 2)]);
             let url = h.url();
-            let (s, b, _) = post(&url, &[], &ok).await;
-            assert_eq!((s, b["code"].as_str()), (400, Some("BadJsonBody")));
-            let (s, b, _) = post(&url, &[JSON, ("convex-client", "mydaemon")], &ok).await;
-            assert_eq!((s, b["code"].as_str()), (400, Some("InvalidClientVersion")));
-            let (s, _, _) = post(&url, &[JSON, ("convex-client", "my-daemon-0.1.0")], &ok).await;
-            assert_eq!(s, 200);
-            let (s, b, _) = post(&url, &[JSON], "{not json").await;
-            assert_eq!((s, b["code"].as_str()), (400, Some("BadJsonBody")));
-            let (s, b, _) = post(
-                &url,
-                &[JSON],
-                &ok.replace("sessions:ingest", "sessions:nope"),
-            )
-            .await;
-            assert_eq!((s, b["status"].as_str()), (200, Some("error")));
-            assert!(b["errorMessage"]
-                .as_str()
-                .unwrap()
-                .contains("Could not find public function"));
-            let (s, b, _) = post(
-                &url,
-                &[JSON],
-                &ingest_body("wrong", &[sample_record("a", "d", 1, 2)]),
-            )
-            .await;
-            assert_eq!(
-                (s, b["errorData"]["code"].as_str()),
-                (200, Some("UNAUTHORIZED"))
+            let (s, b, _) = post(&url, None, &ok).await;
+            assert_eq!((s, b["code"].as_str()), (401, Some("UNAUTHORIZED")));
+            let (s, b, _) = post(&url, Some("wrong"), &ok).await;
+            assert_eq!((s, b["code"].as_str()), (401, Some("UNAUTHORIZED")));
+            let (s, b, _) = post(&url, AUTH, "{not json").await;
+            assert_eq!((s, b["code"].as_str()), (400, Some("BAD_REQUEST")));
+            let (s, b, _) = post(&url, AUTH, r#"{"sessions":[]}"#).await;
+            assert_eq!((s, b["code"].as_str()), (400, Some("BAD_REQUEST")));
+            let many: Vec<Vec<u8>> = (0..=fault_server::MAX_BATCH)
+                .map(|i| sample_record(&format!("s{i}"), "d", 1, 2))
+                .collect();
+            let (s, b, _) = post(&url, AUTH, &ingest_body(&many)).await;
+            assert_eq!((s, b["code"].as_str()), (413, Some("BATCH_TOO_LARGE")));
+            // No such route: Convex's plain-text 404.
+            let resp = reqwest::Client::new()
+                .post(format!("{url}/api/mutation"))
+                .body(ok.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 404);
+            assert_eq!(resp.text().await.unwrap(), "No matching routes found");
+            assert!(
+                h.upserts().is_empty(),
+                "nothing written by refused requests"
             );
-            // Extra args field: the message echoes the args, token included (as Convex does).
-            let extra =
-                json!({"path":"sessions:ingest","args":{"token":TOKEN,"sessions":[],"x":1}})
-                    .to_string();
-            let (_, b, _) = post(&url, &[JSON], &extra).await;
-            assert!(b["errorMessage"].as_str().unwrap().contains(TOKEN));
-            let (_, b, _) = post(
+            // An invalid record is rejected alone; the valid one is stored.
+            let (s, b, _) = post(
                 &url,
-                &[JSON],
-                &ingest_body(TOKEN, &[b"{\"sessionId\":\"a\"}".to_vec()]),
+                AUTH,
+                &ingest_body(&[
+                    b"{\"sessionId\":\"x\"}".to_vec(),
+                    sample_record("a", "d", 1, 2),
+                ]),
             )
             .await;
-            assert!(b["errorMessage"]
+            assert_eq!(s, 200);
+            assert_eq!(b["results"][0]["action"], "rejected");
+            assert_eq!(b["results"][0]["sessionId"], "x");
+            assert!(b["results"][0]["error"]
                 .as_str()
                 .unwrap()
                 .contains("ArgumentValidationError"));
+            assert_eq!(b["results"][1]["action"], "inserted");
             h.set_token(None);
-            let (s, b, _) = post(
-                &url,
-                &[JSON],
-                &ingest_body("any", &[sample_record("b", "d", 1, 2)]),
-            )
-            .await;
-            assert_eq!((s, b["status"].as_str()), (200, Some("success")));
+            let (s, b, _) = post(&url, None, &ingest_body(&[sample_record("b", "d", 1, 2)])).await;
+            assert_eq!(
+                (s, b["results"][0]["action"].as_str()),
+                (200, Some("inserted"))
+            );
             assert_eq!(h.latest().len(), 2);
         })
         .await;
@@ -442,48 +444,48 @@ mod tests {
         bounded(async {
             let (_server, h) = FaultServer::start().await;
             let url = h.url();
-            let ok = ingest_body(TOKEN, &[sample_record("a", "d", 1, 2)]);
+            let ok = ingest_body(&[sample_record("a", "d", 1, 2)]);
             h.script([
                 Mode::retry_after(429, "7"),
                 Mode::retry_after(503, "Sun, 06 Nov 2094 08:49:37 GMT"),
                 Mode::retry_after(503, "abc"),
                 Mode::unauthorized(),
-                Mode::function_error("boom"),
+                Mode::ingest_error(400, "BAD_REQUEST", "boom"),
             ]);
-            let (s, b, ra) = post(&url, &[JSON], &ok).await;
+            let (s, b, ra) = post(&url, AUTH, &ok).await;
             assert_eq!(
                 (s, b["code"].as_str(), ra.as_deref()),
                 (429, Some("TooManyConcurrentRequests"), Some("7"))
             );
-            let (s, _, ra) = post(&url, &[JSON], &ok).await;
+            let (s, _, ra) = post(&url, AUTH, &ok).await;
             assert_eq!(
                 (s, ra.as_deref()),
                 (503, Some("Sun, 06 Nov 2094 08:49:37 GMT"))
             );
-            let (_, _, ra) = post(&url, &[JSON], &ok).await;
+            let (_, _, ra) = post(&url, AUTH, &ok).await;
             assert_eq!(ra.as_deref(), Some("abc"));
-            let (s, b, _) = post(&url, &[JSON], &ok).await;
+            let (s, b, _) = post(&url, AUTH, &ok).await;
+            assert_eq!((s, b["code"].as_str()), (401, Some("UNAUTHORIZED")));
+            let (s, b, _) = post(&url, AUTH, &ok).await;
             assert_eq!(
-                (s, b["errorData"]["code"].as_str()),
-                (200, Some("UNAUTHORIZED"))
+                (s, b),
+                (400, json!({"code": "BAD_REQUEST", "message": "boom"}))
             );
-            let (_, b, _) = post(&url, &[JSON], &ok).await;
-            assert_eq!(b, json!({"status":"error","errorMessage":"boom"}));
             // The script is used up: back to the standing mode.
-            let (_, b, _) = post(&url, &[JSON], &ok).await;
-            assert_eq!(b["status"], "success");
+            let (_, b, _) = post(&url, AUTH, &ok).await;
+            assert_eq!(b["results"][0]["action"], "inserted");
             h.set_mode(Mode::status(502)).await;
-            assert_eq!(post(&url, &[JSON], &ok).await.0, 502);
-            assert_eq!(post(&url, &[JSON], &ok).await.0, 502);
+            assert_eq!(post(&url, AUTH, &ok).await.0, 502);
+            assert_eq!(post(&url, AUTH, &ok).await.0, 502);
             h.reject_sessions(["a"]);
             h.set_mode(Mode::Normal).await;
-            let (_, b, _) = post(&url, &[JSON], &ok).await;
-            assert!(b["errorMessage"]
-                .as_str()
-                .unwrap()
-                .contains("Path: .sessions[0].sessionId"));
+            let (_, b, _) = post(&url, AUTH, &ok).await;
+            assert_eq!(b["results"][0]["action"], "rejected");
             h.clear_rejections();
-            assert_eq!(post(&url, &[JSON], &ok).await.1["status"], "success");
+            assert_eq!(
+                post(&url, AUTH, &ok).await.1["results"][0]["action"],
+                "unchanged"
+            );
             let modes: Vec<String> = h.requests().iter().map(|r| r.mode.clone()).collect();
             assert_eq!(&modes[..3], ["status 429", "status 503", "status 503"]);
             assert_eq!(h.request_gaps().len(), h.request_count() - 1);
@@ -497,15 +499,16 @@ mod tests {
             let (server, h) = FaultServer::start().await;
             let url = h.url();
             let addr = h.addr();
-            let ok = ingest_body(TOKEN, &[sample_record("a", "d", 1, 2)]);
+            let ok = ingest_body(&[sample_record("a", "d", 1, 2)]);
             let client = reqwest::Client::builder()
                 .timeout(Duration::from_millis(300))
                 .build()
                 .unwrap();
             let send = || {
                 client
-                    .post(format!("{url}/api/mutation"))
+                    .post(format!("{url}/ingest"))
                     .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {TOKEN}"))
                     .body(ok.clone())
                     .send()
             };

@@ -1,26 +1,26 @@
-//! A fault-injecting stand-in for a Convex deployment's `sessions:ingest`, for tests.
+//! A fault-injecting stand-in for a Convex deployment's ingest HTTP action, for tests.
 //!
 //! A loopback HTTP/1.1 server (127.0.0.1, a free port) that answers
-//! `POST /api/mutation` with `{"path":"sessions:ingest","args":{"token","sessions":[…]},"format":"json"}`
-//! the way a deployment running `convex/sessions.ts` does, and that a test can script at run
-//! time through a [`FaultHandle`]:
+//! `POST /ingest` with `Authorization: Bearer <token>` and `{"sessions":[…]}` the way a
+//! deployment running `convex/convex/http.ts` does, and that a test can script at run time
+//! through a [`FaultHandle`]:
 //!
-//! - **Normal** ([`Mode::Normal`]): checks the request like the Convex backend (method and path,
-//!   `Content-Type: application/json`, a `Convex-Client: <name>-<semver>` header when present,
-//!   a JSON body, the function path, the `format`), validates the arguments (`token` string,
-//!   `sessions` array of objects with string `sessionId`/`deviceId` and number
-//!   `updatedAt`/`exportedAt`; anything else fails the whole call with an
-//!   `ArgumentValidationError` that, like Convex's, echoes the offending value), checks the token
-//!   (a wrong one gives `errorData.code = "UNAUTHORIZED"`), then upserts every record with the
-//!   ingest rule: no row → `inserted`; other `deviceId` → `conflict` + `storedDeviceId`; stored
-//!   `(updatedAt, exportedAt)` greater → `stale`; equal → `unchanged`; else `updated`. The answer
-//!   is `200 {"status":"success","value":[{"sessionId","action",…}, …]}` in input order.
+//! - **Normal** ([`Mode::Normal`]): checks the request like the HTTP action (route
+//!   `POST /ingest`, else Convex's plain-text 404; the bearer token, else `401
+//!   {"code":"UNAUTHORIZED"}`; a JSON object body with a non-empty `sessions` array, else `400
+//!   {"code":"BAD_REQUEST"}`; at most [`MAX_BATCH`] records, else `413
+//!   {"code":"BATCH_TOO_LARGE"}`), validates each record (an object with string
+//!   `sessionId`/`deviceId` and number `updatedAt`/`exportedAt`; an invalid one gets
+//!   `rejected` + `error`, and the others are still processed, as the action does), then upserts
+//!   every valid record with the ingest rule: no row → `inserted`; other `deviceId` →
+//!   `conflict` + `storedDeviceId`; stored `(updatedAt, exportedAt)` greater → `stale`; equal →
+//!   `unchanged`; else `updated`. The answer is `200 {"results":[{"sessionId","action",…}, …]}`
+//!   in input order.
 //! - **Faults**: any status with an optional `Retry-After` value (seconds, HTTP-date or garbage)
-//!   and body; a function error body (`200 {"status":"error",…}`, optionally with `errorData`);
-//!   `UNAUTHORIZED`; a delay before the normal answer; hanging forever (the request is read, no
+//!   and body; the action's error bodies (`{"code","message"}`); `401 UNAUTHORIZED`; a delay before the normal answer; hanging forever (the request is read, no
 //!   answer ever comes); a connection reset; refusing connections (the listener is closed and open
 //!   connections are dropped) and coming back on the same port; rejecting chosen session ids
-//!   with a function error (the whole call fails, as one invalid record fails a Convex batch).
+//!   (each gets a `rejected` result, the rest of its batch is stored).
 //!   [`FaultHandle::script`] queues one-shot answers consumed by the next requests, in order,
 //!   before the standing [`FaultHandle::set_mode`].
 //! - **Records**: every request ([`RequestLog`]: arrival time, headers of interest, the body,
@@ -57,8 +57,8 @@ use tokio::time::Instant;
 /// The ingest token the server expects unless [`FaultHandle::set_token`] changes it.
 pub const TOKEN: &str = "fault-server-ingest-token";
 
-/// Most records one call accepts (as `MAX_BATCH` in `convex/sessions.ts`).
-pub const MAX_BATCH: usize = 1000;
+/// Most records one request may carry (as `MAX_BATCH` in `convex/convex/http.ts`).
+pub const MAX_BATCH: usize = 500;
 
 /// How the server answers a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,14 +74,6 @@ pub enum Mode {
         retry_after: Option<String>,
         /// The response body, verbatim.
         body: String,
-    },
-    /// Answer `200 {"status":"error","errorMessage":message,"errorData"?:data}` (a Convex
-    /// function error) without running the ingest.
-    FunctionError {
-        /// `errorMessage`.
-        message: String,
-        /// `errorData` (present when the function threw a `ConvexError`).
-        data: Option<Value>,
     },
     /// Wait this long, then behave as [`Mode::Normal`].
     Delay(Duration),
@@ -123,27 +115,21 @@ impl Mode {
         }
     }
 
-    /// A Convex function error without `errorData` (as a plain `throw` or a validation error).
-    pub fn function_error(message: impl Into<String>) -> Mode {
-        Mode::FunctionError {
-            message: message.into(),
-            data: None,
+    /// `status` with the ingest action's error body `{"code","message"}`.
+    pub fn ingest_error(status: u16, code: &str, message: &str) -> Mode {
+        Mode::Status {
+            status,
+            retry_after: None,
+            body: json!({ "code": code, "message": message }).to_string(),
         }
     }
 
-    /// A `ConvexError({code, message})` function error.
-    pub fn function_error_code(code: &str, message: &str) -> Mode {
-        Mode::FunctionError {
-            message: format!("[Request ID: fault] Server Error\nUncaught ConvexError: {message}"),
-            data: Some(json!({ "code": code, "message": message })),
-        }
-    }
-
-    /// The error `sessions:ingest` throws for a wrong token.
+    /// The action's answer to a wrong token: `401 {"code":"UNAUTHORIZED",…}`.
     pub fn unauthorized() -> Mode {
-        Mode::function_error_code(
+        Mode::ingest_error(
+            401,
             "UNAUTHORIZED",
-            "The ingest token does not match this deployment's INGEST_TOKEN",
+            "The bearer token does not match this deployment's INGEST_TOKEN",
         )
     }
 
@@ -151,7 +137,6 @@ impl Mode {
         match self {
             Mode::Normal => "normal".into(),
             Mode::Status { status, .. } => format!("status {status}"),
-            Mode::FunctionError { .. } => "function error".into(),
             Mode::Delay(d) => format!("delay {d:?}"),
             Mode::Hang => "hang".into(),
             Mode::Reset | Mode::Refuse => "reset".into(),
@@ -189,11 +174,12 @@ pub struct RequestLog {
     pub path: String,
     /// The `Content-Type` header.
     pub content_type: Option<String>,
-    /// The `Convex-Client` header.
-    pub convex_client: Option<String>,
-    /// The body, verbatim (it holds the token: the test server keeps it for assertions).
+    /// The `Authorization` header, verbatim (it holds the token: the test server keeps it for
+    /// assertions).
+    pub authorization: Option<String>,
+    /// The body, verbatim.
     pub body: Vec<u8>,
-    /// `args.sessions[*].sessionId` when the body has them.
+    /// `sessions[*].sessionId` when the body has them.
     pub session_ids: Vec<String>,
     /// The mode that answered (`normal`, `status 503`, `hang`, …).
     pub mode: String,
@@ -344,8 +330,8 @@ impl FaultHandle {
         self.state().token = token.map(str::to_string);
     }
 
-    /// Makes any call containing one of these session ids fail with an
-    /// `ArgumentValidationError` function error (nothing of that call is written).
+    /// Makes every record with one of these session ids come back `rejected` (as a record
+    /// the schema refuses); the other records of its request are processed.
     pub fn reject_sessions<I, S>(&self, ids: I)
     where
         I: IntoIterator<Item = S>,
@@ -517,7 +503,7 @@ async fn handle_request(
             .map(str::to_string)
     };
     let content_type = header("content-type");
-    let convex_client = header("convex-client");
+    let authorization = header("authorization");
     let body = req
         .into_body()
         .collect()
@@ -531,7 +517,7 @@ async fn handle_request(
             method: method.clone(),
             path: path.clone(),
             content_type: content_type.clone(),
-            convex_client: convex_client.clone(),
+            authorization: authorization.clone(),
             body: body.to_vec(),
             session_ids: session_ids_of(&body),
             mode: mode.label(),
@@ -543,7 +529,7 @@ async fn handle_request(
         method: &method,
         path: &path,
         content_type: content_type.as_deref(),
-        convex_client: convex_client.as_deref(),
+        authorization: authorization.as_deref(),
         body: &body,
         at,
     };
@@ -563,7 +549,6 @@ async fn handle_request(
             retry_after,
             body,
         } => respond(status, body, retry_after.as_deref()),
-        Mode::FunctionError { message, data } => function_error(&message, data),
         Mode::Normal => ingest(&shared, &incoming),
     };
     if let Some(entry) = lock(&shared).requests.get_mut(index) {
@@ -584,89 +569,91 @@ struct Received<'a> {
     method: &'a str,
     path: &'a str,
     content_type: Option<&'a str>,
-    convex_client: Option<&'a str>,
+    authorization: Option<&'a str>,
     body: &'a [u8],
     at: Instant,
 }
 
 fn ingest(shared: &Shared, req: &Received<'_>) -> Answer {
-    if req.method != "POST" || req.path != "/api/mutation" {
-        return request_error(
-            404,
-            "NotFound",
-            &format!("no route {} {}", req.method, req.path),
-        );
+    if req.method != "POST" || req.path != "/ingest" {
+        // What Convex answers for a route the deployment's http.ts does not have.
+        let mut answer = respond(404, "No matching routes found".into(), None);
+        answer
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        return answer;
     }
-    if !req
-        .content_type
-        .is_some_and(|c| c.to_ascii_lowercase().starts_with("application/json"))
-    {
-        return request_error(
-            400,
-            "BadJsonBody",
-            "Expected request with `Content-Type: application/json`",
-        );
-    }
-    if let Some(client) = req.convex_client {
-        if !valid_client_version(client) {
-            return request_error(
-                400,
-                "InvalidClientVersion",
-                &format!("Failed to parse client version string: '{client}'. Expected format is {{client_name}}-{{semver}}, e.g. my-esolang-client-0.0.1"),
-            );
-        }
-    }
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(req.body) else {
-        return request_error(400, "BadJsonBody", "Failed to deserialize request body");
-    };
-    match body.get("format").and_then(Value::as_str) {
-        None | Some("json") | Some("convex_clean_json") => {}
-        Some(other) => return request_error(400, "BadFormat", &format!("Invalid format: {other}")),
-    }
-    let path = body.get("path").and_then(Value::as_str).unwrap_or("");
-    if path != "sessions:ingest" {
-        return function_error(
-            &format!("[Request ID: fault] Server Error\nCould not find public function for '{path}'. Did you forget to run `npx convex dev` or `npx convex deploy`?"),
-            None,
-        );
-    }
-    let args = body.get("args").cloned().unwrap_or(Value::Null);
-    let (token, sessions) = match check_args(&args) {
-        Ok(parts) => parts,
-        Err(message) => return function_error(&message, None),
-    };
     let mut st = lock(shared);
-    if let Some(i) = sessions
-        .iter()
-        .position(|s| st.rejected.contains(&s.session_id))
-    {
-        return function_error(
-            &format!(
-                "[Request ID: fault] Server Error\nArgumentValidationError: Value does not match validator.\nPath: .sessions[{i}].sessionId\nValue: {:?}\nValidator: v.string() (rejected by the fault server)",
-                sessions[i].session_id
+    if let Some(expected) = &st.token {
+        let given = req
+            .authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim);
+        if given != Some(expected.as_str()) {
+            let mut answer = request_error(
+                401,
+                "UNAUTHORIZED",
+                if given.is_none() {
+                    "Missing `Authorization: Bearer <INGEST_TOKEN>` header"
+                } else {
+                    "The bearer token does not match this deployment's INGEST_TOKEN"
+                },
+            );
+            answer
+                .headers_mut()
+                .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            return answer;
+        }
+    }
+    let list = match serde_json::from_slice::<Value>(req.body) {
+        Ok(Value::Object(body)) => match body.get("sessions") {
+            Some(Value::Array(list)) if !list.is_empty() => list.clone(),
+            _ => return request_error(
+                400,
+                "BAD_REQUEST",
+                "The body must be {\"sessions\": [<SessionExport>, ...]} with at least one record",
             ),
+        },
+        _ => return request_error(400, "BAD_REQUEST", "The body is not a JSON object"),
+    };
+    if list.len() > MAX_BATCH {
+        return respond(
+            413,
+            json!({
+                "code": "BATCH_TOO_LARGE",
+                "message": format!("At most {MAX_BATCH} sessions per request, got {}", list.len()),
+                "limit": MAX_BATCH,
+            })
+            .to_string(),
             None,
         );
     }
-    if let Some(expected) = &st.token {
-        if &token != expected {
-            return function_error(
-                "[Request ID: fault] Server Error\nUncaught ConvexError: The ingest token does not match this deployment's INGEST_TOKEN",
-                Some(json!({
-                    "code": "UNAUTHORIZED",
-                    "message": "The ingest token does not match this deployment's INGEST_TOKEN",
-                })),
-            );
-        }
-    }
-    if sessions.len() > MAX_BATCH {
-        return function_error(
-            "[Request ID: fault] Server Error\nUncaught ConvexError: too many sessions",
-            Some(json!({ "code": "BATCH_TOO_LARGE", "limit": MAX_BATCH, "got": sessions.len() })),
-        );
-    }
-    let mut results = Vec::with_capacity(sessions.len());
-    for s in sessions {
+    let mut results = Vec::with_capacity(list.len());
+    for record in list {
+        let s = match check_record(&record) {
+            Ok(s) if !st.rejected.contains(&s.session_id) => s,
+            checked => {
+                let mut result = json!({ "action": "rejected" });
+                let error = match checked {
+                    Ok(s) => {
+                        result["sessionId"] = json!(s.session_id);
+                        format!(
+                            "ArgumentValidationError: Value does not match validator. Path: .sessionId Value: {:?} (rejected by the fault server)",
+                            s.session_id
+                        )
+                    }
+                    Err(why) => {
+                        if let Some(id) = record.get("sessionId").and_then(Value::as_str) {
+                            result["sessionId"] = json!(id);
+                        }
+                        why
+                    }
+                };
+                result["error"] = json!(error);
+                results.push(result);
+                continue;
+            }
+        };
         let mut result = json!({ "sessionId": s.session_id });
         let action = match st.latest.get(&s.session_id) {
             None => "inserted",
@@ -709,11 +696,7 @@ fn ingest(shared: &Shared, req: &Received<'_>) -> Answer {
         });
         results.push(result);
     }
-    respond(
-        200,
-        json!({ "status": "success", "value": results }).to_string(),
-        None,
-    )
+    respond(200, json!({ "results": results }).to_string(), None)
 }
 
 struct Session {
@@ -724,64 +707,36 @@ struct Session {
     record: Value,
 }
 
-/// Validates `args` like the mutation's validators; the error messages echo the value, as
-/// Convex's do (so they can contain the token: the client must redact it).
-fn check_args(args: &Value) -> Result<(String, Vec<Session>), String> {
-    let invalid = |detail: String| {
-        format!("[Request ID: fault] Server Error\nArgumentValidationError: {detail}")
+/// Checks the fields the upsert reads, like the schema's validators do; the error echoes the
+/// value, as Convex's validation errors do.
+fn check_record(record: &Value) -> Result<Session, String> {
+    let r: Option<&Map<String, Value>> = record.as_object();
+    let field = |name: &str| r.and_then(|r| r.get(name));
+    let parsed = (
+        field("sessionId").and_then(Value::as_str),
+        field("deviceId").and_then(Value::as_str),
+        field("updatedAt").and_then(Value::as_f64),
+        field("exportedAt").and_then(Value::as_f64),
+    );
+    let (Some(session_id), Some(device_id), Some(updated_at), Some(exported_at)) = parsed else {
+        return Err(format!(
+            "ArgumentValidationError: Value does not match validator. Value: {record}"
+        ));
     };
-    let Some(obj) = args.as_object() else {
-        return Err(invalid(format!(
-            "Value does not match validator.\nValue: {args}"
-        )));
-    };
-    if let Some(extra) = obj.keys().find(|k| *k != "token" && *k != "sessions") {
-        return Err(invalid(format!(
-            "Object contains extra field `{extra}` that is not in the validator.\n\nObject: {args}"
-        )));
-    }
-    let Some(token) = obj.get("token").and_then(Value::as_str) else {
-        return Err(invalid(format!(
-            "Object is missing the required field `token` or it is not a string.\n\nObject: {args}"
-        )));
-    };
-    let Some(list) = obj.get("sessions").and_then(Value::as_array) else {
-        return Err(invalid(format!(
-            "Object is missing the required field `sessions` or it is not an array.\n\nObject: {args}"
-        )));
-    };
-    let mut sessions = Vec::with_capacity(list.len());
-    for (i, record) in list.iter().enumerate() {
-        let r: Option<&Map<String, Value>> = record.as_object();
-        let field = |name: &str| r.and_then(|r| r.get(name));
-        let parsed = (
-            field("sessionId").and_then(Value::as_str),
-            field("deviceId").and_then(Value::as_str),
-            field("updatedAt").and_then(Value::as_f64),
-            field("exportedAt").and_then(Value::as_f64),
-        );
-        let (Some(session_id), Some(device_id), Some(updated_at), Some(exported_at)) = parsed
-        else {
-            return Err(invalid(format!(
-                "Value does not match validator.\nPath: .sessions[{i}]\nValue: {record}"
-            )));
-        };
-        sessions.push(Session {
-            session_id: session_id.to_string(),
-            device_id: device_id.to_string(),
-            updated_at,
-            exported_at,
-            record: record.clone(),
-        });
-    }
-    Ok((token.to_string(), sessions))
+    Ok(Session {
+        session_id: session_id.to_string(),
+        device_id: device_id.to_string(),
+        updated_at,
+        exported_at,
+        record: record.clone(),
+    })
 }
 
 fn session_ids_of(body: &[u8]) -> Vec<String> {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return Vec::new();
     };
-    v.pointer("/args/sessions")
+    v.pointer("/sessions")
         .and_then(Value::as_array)
         .map(|list| {
             list.iter()
@@ -792,28 +747,16 @@ fn session_ids_of(body: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `<name>-<semver>`, split at the last `-` (enough for the names tests use).
-fn valid_client_version(value: &str) -> bool {
-    let Some((name, version)) = value.rsplit_once('-') else {
-        return false;
-    };
-    let parts: Vec<&str> = version.split('.').collect();
-    !name.is_empty()
-        && parts.len() == 3
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
 fn request_error_body(status: u16) -> String {
     let code = match status {
-        400 => "BadJsonBody",
-        401 => "BadAdminKey",
+        400 => "BAD_REQUEST",
+        401 => "UNAUTHORIZED",
         403 => "Forbidden",
         404 => "NotFound",
         408 => "RequestTimeout",
+        413 => "BATCH_TOO_LARGE",
         429 => "TooManyConcurrentRequests",
-        500 => "InternalServerError",
+        500 => "INTERNAL",
         503 => "Overloaded",
         _ => "Injected",
     };
@@ -826,14 +769,6 @@ fn request_error(status: u16, code: &str, message: &str) -> Answer {
         json!({ "code": code, "message": message }).to_string(),
         None,
     )
-}
-
-fn function_error(message: &str, data: Option<Value>) -> Answer {
-    let mut body = json!({ "status": "error", "errorMessage": message });
-    if let Some(data) = data {
-        body["errorData"] = data;
-    }
-    respond(200, body.to_string(), None)
 }
 
 fn respond(status: u16, body: String, retry_after: Option<&str>) -> Answer {

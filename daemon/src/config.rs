@@ -675,6 +675,33 @@ mod tests {
     }
 
     #[test]
+    fn a_token_that_cannot_be_a_bearer_header_is_refused_without_showing_it() {
+        for token in [
+            "has space-secret",
+            "tab\tsecret",
+            "é-secret",
+            "line\nsecret",
+        ] {
+            let mut config = parse_str("[convex]\nurl = \"https://a.convex.site\"\n").unwrap();
+            config.convex.ingest_token = Secret::new(token);
+            let loaded = Loaded {
+                config,
+                path: Some(PathBuf::from("/etc/x.toml")),
+            };
+            let err = loaded.check_delivery().unwrap_err().to_string();
+            assert!(
+                err.contains("convex.ingest_token") && err.contains("printable ASCII"),
+                "{err}"
+            );
+            assert!(!err.contains("secret"), "{err}");
+        }
+        let mut config = parse_str("[convex]\nurl = \"https://a.convex.site\"\n").unwrap();
+        config.convex.ingest_token = Secret::new("0123abcdef~!#$%&'*+-.^_`|");
+        let loaded = Loaded { config, path: None };
+        assert!(loaded.check_delivery().is_ok());
+    }
+
+    #[test]
     fn the_token_never_appears_in_debug_or_rendered_output() {
         let c = parse_str(
             "[convex]\nurl = \"https://a.convex.cloud\"\ningest_token = \"tok-very-secret\"\n",

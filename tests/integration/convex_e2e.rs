@@ -1,12 +1,18 @@
-//! End to end: the real binary → HTTP → the project's Convex functions (`convex/convex/`),
-//! executed by convex-test behind Convex's HTTP API (`convex/emulator/`) → the rows queried
-//! back and compared with the records.
+//! End to end: the real binary → HTTP → the project's Convex functions (`convex/convex/`:
+//! the `POST /ingest` HTTP action and the upsert mutation it calls), executed by convex-test
+//! behind Convex's HTTP API (`convex/emulator/`, which also enforces the backend's document
+//! limits) → the rows queried back and compared with the records.
 //!
 //! Needs `npm ci` in `convex/` (`.ci/run` does it).
 
 use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
+use opencode_telemetry::config::{ConvexConfig, Secret};
+use opencode_telemetry::export::{self, SessionExport};
+use opencode_telemetry::sink::{Classified, ConvexSink};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -17,8 +23,13 @@ const TOKEN: &str = "e2e-ingest-token-0123456789";
 /// A running emulator; killed on drop.
 pub struct Emulator {
     child: Child,
-    /// `http://127.0.0.1:<port>`.
+    /// The function API: `http://127.0.0.1:<port>` (like `https://<name>.convex.cloud`).
     pub url: String,
+    /// HTTP actions: `http://127.0.0.1:<port>` (like `https://<name>.convex.site`).
+    pub site_url: String,
+    /// One JSON line per request served (`CONVEX_EMU_LOG`).
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Drop for Emulator {
@@ -29,7 +40,7 @@ impl Drop for Emulator {
 }
 
 impl Emulator {
-    /// Starts `convex/emulator/main.ts` on a free port with `INGEST_TOKEN` set.
+    /// Starts `convex/emulator/main.ts` on free API and site ports with `INGEST_TOKEN` set.
     pub fn start(ingest_token: &str) -> Emulator {
         let root = repo_root();
         let tsx = root.join("convex/node_modules/.bin/tsx");
@@ -38,11 +49,15 @@ impl Emulator {
             "{} is missing: run `npm ci` in convex/ (the README's test command does)",
             tsx.display()
         );
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests.jsonl");
         let mut child = Command::new(&tsx)
             .arg(root.join("convex/emulator/main.ts"))
             .current_dir(root.join("convex"))
             .env("CONVEX_EMU_PORT", "0")
+            .env("CONVEX_EMU_SITE_PORT", "0")
             .env("CONVEX_EMU_ADMIN_KEY", ADMIN_KEY)
+            .env("CONVEX_EMU_LOG", &log)
             .env("INGEST_TOKEN", ingest_token)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -52,15 +67,27 @@ impl Emulator {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(url) = line.strip_prefix("convex-emu listening on ") {
-                    let _ = tx.send(url.trim().to_string());
-                }
+                let _ = tx.send(line);
             }
         });
-        let url = rx
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the emulator did not report its port within 60 s");
-        Emulator { child, url }
+        let next = |prefix: &str| {
+            let line = rx
+                .recv_timeout(Duration::from_secs(60))
+                .expect("the emulator did not report its ports within 60 s");
+            line.strip_prefix(prefix)
+                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
+                .trim()
+                .to_string()
+        };
+        let url = next("convex-emu listening on ");
+        let site_url = next("convex-emu site on ");
+        Emulator {
+            child,
+            url,
+            site_url,
+            log,
+            _dir: dir,
+        }
     }
 
     /// Calls an internal query as admin and returns its value.
@@ -73,6 +100,33 @@ impl Emulator {
         );
         assert_eq!(v["status"], "success", "{v}");
         v["value"].clone()
+    }
+
+    /// Every stored session, through the paginated `sessions:recent` query.
+    pub fn all_sessions(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor = Value::Null;
+        loop {
+            let page = self.admin_query(
+                "sessions:recent",
+                json!({"paginationOpts": {"numItems": 100, "cursor": cursor}}),
+            );
+            out.extend(page["page"].as_array().unwrap().iter().cloned());
+            if page["isDone"] == json!(true) {
+                return out;
+            }
+            cursor = page["continueCursor"].clone();
+        }
+    }
+
+    /// The requests served so far on `path`, as logged.
+    pub fn requests_to(&self, path: &str) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|e| e["path"] == path)
+            .collect()
     }
 }
 
@@ -117,7 +171,7 @@ fn without_exported_at(v: &Value) -> Value {
 }
 
 #[test]
-fn records_reach_the_convex_functions_and_read_back_equal() {
+fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
     let emu = Emulator::start(TOKEN);
     let scratch = Scratch::new();
     let db = scratch.copy_fixture_db();
@@ -132,9 +186,9 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
     std::fs::write(
         &convex_cfg,
         format!(
-            "data_dir = \"{}\"\n[export]\ninclude_messages = true\n[convex]\nurl = \"{}\"\n",
+            "data_dir = \"{}\"\n[export]\ninclude_messages = true\n[convex]\nurl = \"{}\"\nbatch_size = 10\n",
             scratch.path("data-convex").display(),
-            emu.url
+            emu.site_url
         ),
     )
     .unwrap();
@@ -162,8 +216,11 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
         assert!(doc["exportedAt"].as_f64().unwrap() >= r["exportedAt"].as_f64().unwrap());
         assert_eq!(without_exported_at(&doc), without_exported_at(r), "{id}");
     }
-    let listed = emu.admin_query("sessions:list", json!({"limit": 1000}));
-    assert_eq!(listed.as_array().unwrap().len(), 25);
+    assert_eq!(emu.all_sessions().len(), 25);
+    // 25 records due at once went in batches of at most `batch_size` (10): 3 requests.
+    let ingests = emu.requests_to("/ingest");
+    assert_eq!(ingests.len(), 3, "{ingests:?}");
+    assert!(ingests.iter().all(|e| e["status"] == 200), "{ingests:?}");
 
     // A second pass updates the same rows: still one row per session.
     let out = once(TOKEN);
@@ -172,8 +229,7 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let listed = emu.admin_query("sessions:list", json!({"limit": 1000}));
-    assert_eq!(listed.as_array().unwrap().len(), 25);
+    assert_eq!(emu.all_sessions().len(), 25);
 
     // A wrong token: a clear error, exit 1, the token never printed, the records kept queued.
     let out = once("wrong-token-value");
@@ -184,6 +240,7 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
         !stderr.contains("wrong-token-value") && !stderr.contains(TOKEN),
         "{stderr}"
     );
+    assert_eq!(emu.requests_to("/ingest").last().unwrap()["status"], 401);
     let status = run(command(&scratch)
         .arg("--config")
         .arg(&convex_cfg)
@@ -193,4 +250,82 @@ fn records_reach_the_convex_functions_and_read_back_equal() {
         "{}",
         String::from_utf8_lossy(&status.stdout)
     );
+}
+
+/// A session far over Convex's limits (a long title, a long transcript, thousands of todos):
+/// the real functions refuse it as it is — as a `rejected` result, while the ordinary record
+/// sent with it is stored — and store it once the daemon has fitted it, with the marker and
+/// `truncated` saying what was cut, and every count and total intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_session_is_stored_shortened_not_refused() {
+    let emu = Emulator::start(TOKEN);
+    let fixture = repo_root().join("convex/tests/fixtures/full-record.json");
+    let mut base: SessionExport =
+        serde_json::from_str(&std::fs::read_to_string(fixture).unwrap()).unwrap();
+    base.truncated.clear();
+    let mut big = base.clone();
+    big.session_id = "ses_oversized".into();
+    big.title = "t".repeat(5000);
+    let template = big.messages.as_ref().unwrap()[0].clone();
+    big.messages = Some(
+        (0..300)
+            .map(|i| {
+                let mut m = template.clone();
+                m.id = format!("msg_{i:04}");
+                m.text = format!("message {i} ").repeat(800);
+                m
+            })
+            .collect(),
+    );
+    let todo = big.todos.as_ref().unwrap()[0].clone();
+    big.todos = Some(vec![todo; 9000]);
+    let raw = serde_json::to_vec(&big).unwrap();
+    assert!(raw.len() > 2 << 20, "{} bytes", raw.len());
+
+    let sink = ConvexSink::new(&ConvexConfig {
+        url: emu.site_url.clone(),
+        ingest_token: Secret::new(TOKEN),
+        ..ConvexConfig::default()
+    })
+    .unwrap();
+    let ordinary = serde_json::to_vec(&base).unwrap();
+    let got = sink.send(&[&raw, &ordinary]).await;
+    let Classified::Delivered(items) = &got else {
+        panic!("{got:?}")
+    };
+    assert_eq!(items[0].action, "rejected", "{items:?}");
+    assert!(items[0].refusal().is_some());
+    assert_eq!(items[1].action, "inserted", "{items:?}");
+    assert_eq!(
+        emu.admin_query("sessions:get", json!({"sessionId": "ses_oversized"})),
+        Value::Null
+    );
+
+    let mut fitted = big.clone();
+    export::fit(&mut fitted);
+    let json_fitted = serde_json::to_vec(&fitted).unwrap();
+    assert!(json_fitted.len() <= export::fit::MAX_RECORD_BYTES);
+    let got = sink.send(&[&json_fitted]).await;
+    assert!(
+        matches!(&got, Classified::Delivered(items) if items[0].action == "inserted"),
+        "{got:?}"
+    );
+    let doc = emu.admin_query("sessions:get", json!({"sessionId": "ses_oversized"}));
+    assert_eq!(
+        normalize(&doc),
+        normalize(&serde_json::to_value(&fitted).unwrap())
+    );
+    assert_eq!(doc["truncated"], json!(["messages", "title", "todos"]));
+    assert!(doc["title"]
+        .as_str()
+        .unwrap()
+        .ends_with("… [truncated by opencode-telemetry: 3976 more chars]"));
+    // Counts and totals are the session's, not the shortened arrays'.
+    for key in ["messageCount", "todoStats", "tokens", "cost", "rollup"] {
+        assert_eq!(
+            normalize(&doc[key]),
+            normalize(&serde_json::to_value(&big).unwrap()[key]),
+            "{key}"
+        );
+    }
 }

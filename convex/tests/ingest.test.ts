@@ -102,7 +102,7 @@ describe("authentication", () => {
     if (value === undefined) delete process.env.INGEST_TOKEN;
     else process.env.INGEST_TOKEN = value;
     const s = setup();
-    for (const headers of [{}, { authorization: "Bearer " }, { authorization: `Bearer ${TOKEN}` }, { authorization: "Bearer anything" }]) {
+    for (const headers of [{} as Record<string, string>, { authorization: "Bearer " }, { authorization: `Bearer ${TOKEN}` }, { authorization: "Bearer anything" }]) {
       const r = await s.post([minimalRecord()], headers);
       expect(r.status).toBe(401);
       expect(r.json.code).toBe("UNAUTHORIZED");
@@ -268,6 +268,19 @@ describe("upsert through POST /ingest", () => {
     expect((await s.get("ses_a"))!.updatedAt).toBe(a.updatedAt + 1);
     expect((await s.get("ses_b"))!.updatedAt).toBe(a.updatedAt + 2);
   });
+
+  test("a request over Convex's 16 MiB per transaction (18 records of ~0.95 MiB) is written completely", async () => {
+    const s = setup();
+    const big = Array.from({ length: 18 }, (_, i) => {
+      const r = minimalRecord({ sessionId: `ses_big${i}` });
+      r.messages = [{ ...FULL.messages![0], text: String.fromCharCode(97 + i).repeat(1_000_000) }];
+      return r;
+    });
+    const res = await s.ingest(...big);
+    expect(res).toEqual(big.map((r) => ({ sessionId: r.sessionId, action: "inserted" })));
+    expect(await s.all()).toHaveLength(18);
+    expect((await s.get("ses_big17"))!.messages![0].text).toHaveLength(1_000_000);
+  }, 60_000);
 
   test("concurrent requests for one new sessionId leave exactly one row", async () => {
     const s = setup();

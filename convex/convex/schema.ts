@@ -8,6 +8,11 @@
 // them as floating point.
 //
 // Change this file together with record.rs.
+//
+// Two more tables hold totals the ingest keeps up to date in the same transaction as each write
+// to `sessions` (see aggregates.ts), so the totals queries read a few small rows per day instead
+// of every session: `dailyTotals` (per UTC day of createdAt and device) and `modelDailyTotals`
+// (per UTC day of createdAt, provider and model).
 import { defineSchema, defineTable } from "convex/server";
 import { v } from "convex/values";
 
@@ -104,7 +109,7 @@ export const endReason = v.union(v.literal("idle"), v.literal("error"), v.litera
 
 /**
  * The fields of one `SessionExport`, in record.rs order. Shared by the table schema and the
- * `sessions:ingest` arguments so the two cannot drift.
+ * `sessions:upsertBatch` arguments so the two cannot drift.
  */
 export const sessionFields = {
   schemaVersion: v.number(),
@@ -147,9 +152,59 @@ export const sessionFields = {
   rollup: v.optional(rollup),
   todos: v.optional(v.array(todo)),
   messages: v.optional(v.array(messageSummary)),
+  // Names of the fields the daemon shortened to fit Convex's limits (e.g. ["title","messages"]);
+  // absent when nothing was shortened. Shortened strings end with
+  // "… [truncated by opencode-telemetry: N more chars]"; shortened arrays keep their first items.
+  truncated: v.optional(v.array(v.string())),
 };
 
 export const sessionRecord = v.object(sessionFields);
+
+/** Sessions counted per `ErrorInfo.name` (endReason "error" only). */
+export const errorNameCount = v.object({ name: v.string(), sessions: v.number() });
+
+/**
+ * One row per (UTC day of `createdAt`, deviceId) that has sessions. Every number is the sum over
+ * the stored `sessions` rows of that day and device.
+ */
+export const dailyTotalsFields = {
+  /** "YYYY-MM-DD", UTC, of the session's createdAt. */
+  day: v.string(),
+  deviceId: v.string(),
+  /** Session rows. */
+  sessions: v.number(),
+  /** Sum of messageCount. */
+  messages: v.number(),
+  /** Sum of tokens. */
+  tokens: tokenUsage,
+  /** Sum of cost (USD). */
+  cost: v.number(),
+  /** Sessions with endReason "error". */
+  errors: v.number(),
+  /** Those sessions by error.name ("(none)" when the record has no error), sorted by name. */
+  errorNames: v.array(errorNameCount),
+  /** Sum of todoStats.total. */
+  todosTotal: v.number(),
+  /** Sum of todoStats.completed. */
+  todosCompleted: v.number(),
+};
+
+/**
+ * One row per (UTC day of `createdAt`, providerId, modelId) used by some session: the sums of
+ * that model's entries in the sessions' `models` arrays.
+ */
+export const modelDailyTotalsFields = {
+  day: v.string(),
+  providerId: v.string(),
+  modelId: v.string(),
+  /** Sessions whose `models` lists this model. */
+  sessions: v.number(),
+  /** Sum of ModelUsage.messages. */
+  messages: v.number(),
+  tokens: tokenUsage,
+  /** USD. */
+  cost: v.number(),
+};
 
 export default defineSchema({
   sessions: defineTable(sessionFields)
@@ -157,5 +212,17 @@ export default defineSchema({
     .index("by_deviceId", ["deviceId"])
     .index("by_projectId", ["projectId"])
     .index("by_createdAt", ["createdAt"])
-    .index("by_deviceId_createdAt", ["deviceId", "createdAt"]),
+    .index("by_deviceId_createdAt", ["deviceId", "createdAt"])
+    .index("by_projectId_createdAt", ["projectId", "createdAt"])
+    .index("by_parentSessionId_createdAt", ["parentSessionId", "createdAt"])
+    .index("by_endReason_createdAt", ["endReason", "createdAt"])
+    .index("by_endReason_errorName_createdAt", ["endReason", "error.name", "createdAt"]),
+  dailyTotals: defineTable(dailyTotalsFields)
+    .index("by_day_deviceId", ["day", "deviceId"])
+    .index("by_deviceId_day", ["deviceId", "day"]),
+  modelDailyTotals: defineTable(modelDailyTotalsFields).index("by_day_providerId_modelId", [
+    "day",
+    "providerId",
+    "modelId",
+  ]),
 });

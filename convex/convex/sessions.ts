@@ -1,27 +1,32 @@
-// Functions of the `sessions` table.
+// Functions of the `sessions` table. All of them are internal: the only way in from outside is the
+// token-checked HTTP action `POST /ingest` (http.ts), and reading needs an admin or deploy key
+// (the Convex dashboard, `npx convex run`, or your own authenticated wrapper).
 //
-// - `ingest` (public mutation): what the opencode-telemetry daemon calls, as
-//   POST <deployment>/api/mutation {"path":"sessions:ingest","args":{"token":…,"sessions":[…]}}.
-//   It checks `token` against the deployment environment variable INGEST_TOKEN, then upserts
-//   every record (idempotent, monotonic on (updatedAt, exportedAt), one row per sessionId).
-// - `get`, `list`, `stats` (internal queries): for the Convex dashboard and `npx convex run`.
-//   They are internal so the data is not readable by anyone who knows the deployment URL.
+// - `upsertBatch` (internal mutation): the upsert the HTTP action calls.
+// - `get` (internal query): one stored document by sessionId.
+// - `recent`, `byDevice`, `byProject`, `byDay`, `children`, `failures` (internal paginated
+//   queries): session summaries, newest `createdAt` first (children: oldest first), through
+//   indexes. A summary is the stored document without its `messages` and `todos` arrays; `get`
+//   returns the whole document.
+import { paginationOptsValidator, type PaginationOptions, type PaginationResult } from "convex/server";
 import { ConvexError, v, type Infer } from "convex/values";
-import { env, internalQuery, mutation, type MutationCtx, type QueryCtx } from "./_generated/server";
 import type { Doc } from "./_generated/dataModel";
+import { internalMutation, internalQuery, type MutationCtx } from "./_generated/server";
+import { AggregateDelta, dayStartMs } from "./aggregates";
 import { sessionRecord } from "./schema";
 
-/** Most records accepted by one `ingest` call. */
-const MAX_BATCH = 1000;
-/** Default and largest `limit` of `list`. */
-const LIST_DEFAULT_LIMIT = 100;
-const LIST_MAX_LIMIT = 1000;
-/** Most rows `stats` (and `list` by projectId) read. */
-const SCAN_MAX_ROWS = 10000;
+/** Most items of one page of the paginated queries; a larger `numItems` is lowered to it. */
+export const MAX_PAGE_ITEMS = 256;
+/**
+ * Most bytes of documents one page reads (Convex's limit per query is 16 MiB). A page of large
+ * documents (records with message text) may hold fewer than `numItems`; `isDone` says whether
+ * more remain and `continueCursor` continues.
+ */
+export const MAX_PAGE_BYTES = 8 << 20;
 
 export type SessionRecord = Infer<typeof sessionRecord>;
 
-const ingestResult = v.union(
+const upsertResult = v.union(
   v.object({
     sessionId: v.string(),
     action: v.union(
@@ -37,50 +42,19 @@ const ingestResult = v.union(
     storedDeviceId: v.string(),
   }),
 );
-export type IngestResult = Infer<typeof ingestResult>;
-
-/**
- * String equality whose running time depends only on the lengths, not on where the strings
- * differ. Convex's default runtime has no `crypto.timingSafeEqual`, hence the loop.
- */
-function constantTimeEqual(a: string, b: string): boolean {
-  const n = Math.max(a.length, b.length);
-  let diff = a.length ^ b.length;
-  for (let i = 0; i < n; i++) {
-    // charCodeAt past the end is NaN; `| 0` turns it into 0.
-    diff |= (a.charCodeAt(i) | 0) ^ (b.charCodeAt(i) | 0);
-  }
-  return diff === 0;
-}
-
-/** Throws ConvexError UNAUTHORIZED unless `token` equals the deployment's INGEST_TOKEN. */
-function checkToken(token: string): void {
-  const expected = env.INGEST_TOKEN;
-  if (expected === undefined || expected === "") {
-    throw new ConvexError({
-      code: "UNAUTHORIZED",
-      message:
-        "INGEST_TOKEN is not set on this deployment; set it with `npx convex env set INGEST_TOKEN <token>`",
-    });
-  }
-  if (!constantTimeEqual(token, expected)) {
-    throw new ConvexError({
-      code: "UNAUTHORIZED",
-      message: "The ingest token does not match this deployment's INGEST_TOKEN",
-    });
-  }
-}
+export type UpsertResult = Infer<typeof upsertResult>;
 
 /**
  * The upsert of one record, keyed by sessionId:
- * - no row                                   -> insert, "inserted"
- * - stored deviceId differs                  -> no write, "conflict" (+ storedDeviceId)
+ * - no row                                    -> insert, "inserted"
+ * - stored deviceId differs                   -> no write, "conflict" (+ storedDeviceId)
  * - stored (updatedAt, exportedAt) is greater -> no write, "stale"
  * - stored (updatedAt, exportedAt) is equal   -> no write, "unchanged"
- * - otherwise                                -> replace the whole document, "updated"
+ * - otherwise                                 -> replace the whole document, "updated"
  * Fields absent from the record are removed from the stored document on "updated".
+ * Aggregate changes are recorded in `delta` (written by the caller).
  */
-async function upsertOne(ctx: MutationCtx, record: SessionRecord): Promise<IngestResult> {
+async function upsertOne(ctx: MutationCtx, record: SessionRecord, delta: AggregateDelta): Promise<UpsertResult> {
   const { sessionId } = record;
   const existing = await ctx.db
     .query("sessions")
@@ -88,6 +62,7 @@ async function upsertOne(ctx: MutationCtx, record: SessionRecord): Promise<Inges
     .unique();
   if (existing === null) {
     await ctx.db.insert("sessions", record);
+    delta.add(record, 1);
     return { sessionId, action: "inserted" };
   }
   if (existing.deviceId !== record.deviceId) {
@@ -103,37 +78,26 @@ async function upsertOne(ctx: MutationCtx, record: SessionRecord): Promise<Inges
     return { sessionId, action: "unchanged" };
   }
   await ctx.db.replace("sessions", existing._id, record);
+  delta.add(existing, -1);
+  delta.add(record, 1);
   return { sessionId, action: "updated" };
 }
 
 /**
- * Upserts a batch of SessionExport records. One transaction per call: either every record is
- * processed or (on an error) nothing is written. Results are in input order; a sessionId repeated
- * within one batch is processed in order, each seeing the previous one's write.
- *
- * Errors (HTTP 200, status "error", `errorData.code`):
- * - UNAUTHORIZED: INGEST_TOKEN unset/empty on the deployment, or `token` differs from it.
- * - BATCH_TOO_LARGE: more than MAX_BATCH records.
- * An invalid record (extra field, wrong type) fails the whole call with an ArgumentValidationError
- * before this handler runs.
+ * Upserts SessionExport records in one transaction and keeps the aggregate tables in step.
+ * Results are in input order; a sessionId repeated within one call is processed in order, each
+ * item seeing the previous one's write. An invalid record (extra field, wrong type) fails the
+ * whole call with an ArgumentValidationError before the handler runs; a document over Convex's
+ * limits fails it when written. Either way nothing of the call is written.
  */
-export const ingest = mutation({
-  args: { token: v.string(), sessions: v.array(sessionRecord) },
-  returns: v.array(ingestResult),
-  handler: async (ctx, { token, sessions }) => {
-    checkToken(token);
-    if (sessions.length > MAX_BATCH) {
-      throw new ConvexError({
-        code: "BATCH_TOO_LARGE",
-        message: `At most ${MAX_BATCH} sessions per call, got ${sessions.length}`,
-        limit: MAX_BATCH,
-        got: sessions.length,
-      });
-    }
-    const results: IngestResult[] = [];
-    for (const record of sessions) {
-      results.push(await upsertOne(ctx, record));
-    }
+export const upsertBatch = internalMutation({
+  args: { sessions: v.array(sessionRecord) },
+  returns: v.array(upsertResult),
+  handler: async (ctx, { sessions }) => {
+    const delta = new AggregateDelta();
+    const results: UpsertResult[] = [];
+    for (const record of sessions) results.push(await upsertOne(ctx, record, delta));
+    await delta.apply(ctx);
     return results;
   },
 });
@@ -149,83 +113,126 @@ export const get = internalQuery({
   },
 });
 
-function listLimit(limit: number | undefined): number {
-  if (limit === undefined) return LIST_DEFAULT_LIMIT;
-  if (!Number.isFinite(limit) || limit < 1) {
-    throw new ConvexError({ code: "BAD_LIMIT", message: `limit must be at least 1, got ${limit}` });
-  }
-  return Math.min(Math.floor(limit), LIST_MAX_LIMIT);
+/** A stored session without its `messages` and `todos` arrays (the fields that can be large). */
+export type SessionSummary = Omit<Doc<"sessions">, "messages" | "todos">;
+
+export function summary(doc: Doc<"sessions">): SessionSummary {
+  const { messages: _m, todos: _t, ...rest } = doc;
+  return rest;
 }
 
-const byCreatedAtDesc = (a: Doc<"sessions">, b: Doc<"sessions">) =>
-  b.createdAt - a.createdAt || b._creationTime - a._creationTime;
+/** `paginationOpts` with numItems clamped to 1..MAX_PAGE_ITEMS and the byte budget set. */
+function bounded(opts: PaginationOptions): PaginationOptions {
+  const n = Number.isFinite(opts.numItems) ? Math.floor(opts.numItems) : MAX_PAGE_ITEMS;
+  return {
+    ...opts,
+    numItems: Math.min(Math.max(n, 1), MAX_PAGE_ITEMS),
+    maximumBytesRead: Math.min(opts.maximumBytesRead ?? MAX_PAGE_BYTES, MAX_PAGE_BYTES),
+  };
+}
 
-/**
- * Sessions, newest `createdAt` first. Filters: `deviceId` (index by_deviceId_createdAt),
- * `projectId` (index by_projectId; with deviceId too, a filter on the device's rows).
- * `limit`: default 100, at most 1000.
- *
- * by_projectId is not ordered by createdAt, so a projectId-only listing reads at most
- * SCAN_MAX_ROWS rows of the project and sorts them.
- */
-export const list = internalQuery({
-  args: {
-    deviceId: v.optional(v.string()),
-    projectId: v.optional(v.string()),
-    limit: v.optional(v.number()),
-  },
-  handler: async (ctx, { deviceId, projectId, limit }) => {
-    const n = listLimit(limit);
-    if (deviceId !== undefined) {
-      let q = ctx.db
+function summaries(r: PaginationResult<Doc<"sessions">>): PaginationResult<SessionSummary> {
+  return { ...r, page: r.page.map(summary) };
+}
+
+/** All sessions, newest createdAt first (index by_createdAt). */
+export const recent = internalQuery({
+  args: { paginationOpts: paginationOptsValidator },
+  handler: async (ctx, { paginationOpts }) =>
+    summaries(
+      await ctx.db.query("sessions").withIndex("by_createdAt").order("desc").paginate(bounded(paginationOpts)),
+    ),
+});
+
+/** Sessions of one device, newest createdAt first (index by_deviceId_createdAt). */
+export const byDevice = internalQuery({
+  args: { deviceId: v.string(), paginationOpts: paginationOptsValidator },
+  handler: async (ctx, { deviceId, paginationOpts }) =>
+    summaries(
+      await ctx.db
         .query("sessions")
         .withIndex("by_deviceId_createdAt", (q) => q.eq("deviceId", deviceId))
-        .order("desc");
-      if (projectId !== undefined) q = q.filter((q) => q.eq(q.field("projectId"), projectId));
-      return await q.take(n);
-    }
-    if (projectId !== undefined) {
-      const rows = await ctx.db
+        .order("desc")
+        .paginate(bounded(paginationOpts)),
+    ),
+});
+
+/** Sessions of one OpenCode project (`projectId`), newest createdAt first (index by_projectId_createdAt). */
+export const byProject = internalQuery({
+  args: { projectId: v.string(), paginationOpts: paginationOptsValidator },
+  handler: async (ctx, { projectId, paginationOpts }) =>
+    summaries(
+      await ctx.db
         .query("sessions")
-        .withIndex("by_projectId", (q) => q.eq("projectId", projectId))
-        .take(SCAN_MAX_ROWS);
-      return rows.sort(byCreatedAtDesc).slice(0, n);
-    }
-    return await ctx.db.query("sessions").withIndex("by_createdAt").order("desc").take(n);
+        .withIndex("by_projectId_createdAt", (q) => q.eq("projectId", projectId))
+        .order("desc")
+        .paginate(bounded(paginationOpts)),
+    ),
+});
+
+/** Parses a "YYYY-MM-DD" argument; ConvexError BAD_DAY otherwise. */
+export function parseDay(name: string, day: string): number {
+  const ms = dayStartMs(day);
+  if (ms === null) {
+    throw new ConvexError({ code: "BAD_DAY", message: `${name} must be a UTC date "YYYY-MM-DD", got ${JSON.stringify(day)}` });
+  }
+  return ms;
+}
+
+/**
+ * Sessions created on one UTC day ("YYYY-MM-DD"), optionally of one device, newest first
+ * (index by_createdAt, or by_deviceId_createdAt with deviceId).
+ */
+export const byDay = internalQuery({
+  args: { day: v.string(), deviceId: v.optional(v.string()), paginationOpts: paginationOptsValidator },
+  handler: async (ctx, { day, deviceId, paginationOpts }) => {
+    const start = parseDay("day", day);
+    const end = start + 86_400_000;
+    const q =
+      deviceId === undefined
+        ? ctx.db.query("sessions").withIndex("by_createdAt", (q) => q.gte("createdAt", start).lt("createdAt", end))
+        : ctx.db
+            .query("sessions")
+            .withIndex("by_deviceId_createdAt", (q) =>
+              q.eq("deviceId", deviceId).gte("createdAt", start).lt("createdAt", end),
+            );
+    return summaries(await q.order("desc").paginate(bounded(paginationOpts)));
   },
 });
 
-async function newestSessions(ctx: QueryCtx, deviceId: string | undefined, max: number) {
-  if (deviceId !== undefined) {
-    return await ctx.db
-      .query("sessions")
-      .withIndex("by_deviceId_createdAt", (q) => q.eq("deviceId", deviceId))
-      .order("desc")
-      .take(max);
-  }
-  return await ctx.db.query("sessions").withIndex("by_createdAt").order("desc").take(max);
-}
+/**
+ * The subagent sessions of a session (rows whose parentSessionId is `sessionId`), oldest first
+ * (index by_parentSessionId_createdAt). Paginated like the others, since a session may have
+ * many subagents.
+ */
+export const children = internalQuery({
+  args: { sessionId: v.string(), paginationOpts: paginationOptsValidator },
+  handler: async (ctx, { sessionId, paginationOpts }) =>
+    summaries(
+      await ctx.db
+        .query("sessions")
+        .withIndex("by_parentSessionId_createdAt", (q) => q.eq("parentSessionId", sessionId))
+        .order("asc")
+        .paginate(bounded(paginationOpts)),
+    ),
+});
 
 /**
- * Totals over the newest SCAN_MAX_ROWS sessions (by createdAt), optionally of one device:
- * `{sessions, cost, messageCount, byEndReason: {idle, error, deleted}}`.
+ * Sessions whose last turn ended on an error (endReason "error"), newest first; with
+ * `errorName`, only those whose `error.name` equals it (index by_endReason_errorName_createdAt,
+ * a nested-field index on "error.name"; otherwise by_endReason_createdAt).
  */
-export const stats = internalQuery({
-  args: { deviceId: v.optional(v.string()) },
-  handler: async (ctx, { deviceId }) => {
-    const rows = await newestSessions(ctx, deviceId, SCAN_MAX_ROWS);
-    const out = {
-      sessions: 0,
-      cost: 0,
-      messageCount: 0,
-      byEndReason: { idle: 0, error: 0, deleted: 0 },
-    };
-    for (const s of rows) {
-      out.sessions += 1;
-      out.cost += s.cost;
-      out.messageCount += s.messageCount;
-      out.byEndReason[s.endReason] += 1;
-    }
-    return out;
+export const failures = internalQuery({
+  args: { errorName: v.optional(v.string()), paginationOpts: paginationOptsValidator },
+  handler: async (ctx, { errorName, paginationOpts }) => {
+    const q =
+      errorName === undefined
+        ? ctx.db.query("sessions").withIndex("by_endReason_createdAt", (q) => q.eq("endReason", "error"))
+        : ctx.db
+            .query("sessions")
+            .withIndex("by_endReason_errorName_createdAt", (q) =>
+              q.eq("endReason", "error").eq("error.name", errorName),
+            );
+    return summaries(await q.order("desc").paginate(bounded(paginationOpts)));
   },
 });

@@ -34,7 +34,7 @@ export interface RequestLogEntry {
   path: string;
   /** HTTP status of the response. */
   status: number;
-  /** The function called ("sessions:ingest"), when the request got that far. */
+  /** The function called ("sessions:get"), when the request got that far (not set for HTTP actions). */
   fn?: string;
   /** "success" | "error" for function calls answered with HTTP 200. */
   outcome?: "success" | "error";

@@ -7,13 +7,19 @@
 //   CONVEX_EMU_PORT       API port, default 3210; 0 = pick a free port
 //   CONVEX_EMU_HOST       listen address, default 127.0.0.1
 //   CONVEX_EMU_ADMIN_KEY  key accepted as `Authorization: Convex <key>`, default convex-emu|admin-key
-//   CONVEX_EMU_SITE_PORT  port serving HTTP actions at "/", default none (off)
+//   CONVEX_EMU_SITE_PORT  port serving HTTP actions at "/" (like https://<name>.convex.site), e.g.
+//                         POST /ingest; 0 = pick a free port; default none (off). HTTP actions are
+//                         also served under /http/ on the API port.
 //   CONVEX_EMU_REDACT     1 = production-style error redaction
 //   CONVEX_EMU_LOG        file to append one JSON line per request: {ts, method, path, status, …}
-//   INGEST_TOKEN          read by the functions (sessions:ingest) through `env`
+//   INGEST_TOKEN          read by the functions (the HTTP action POST /ingest) through `env`
+//   RETENTION_DAYS        read by retention:purge (not run on a schedule here: crons are not emulated)
 //
 // stdout gets exactly one line once the API port is listening:
 //   convex-emu listening on http://127.0.0.1:<port>
+// and, with CONVEX_EMU_SITE_PORT set, a second one once both ports listen (the two lines are
+// written together, in this order):
+//   convex-emu site on http://127.0.0.1:<sitePort>
 // Everything else (request log, function console output outside a call) goes to stderr.
 // SIGTERM / SIGINT: close and exit 0; the same when the parent process dies. Bad configuration:
 // exit 2. Cannot listen: exit 1.
@@ -21,7 +27,7 @@ import { appendFileSync } from "node:fs";
 import { format } from "node:util";
 import { startEmulator, type RequestLogEntry } from "./emulator";
 
-// Keep stdout for the one "listening" line.
+// Keep stdout for the "listening" / "site" lines.
 for (const level of ["log", "info", "debug", "warn", "error"] as const) {
   console[level] = (...args: unknown[]) => void process.stderr.write(format(...args) + "\n");
 }
@@ -99,5 +105,6 @@ if (stopping) {
   process.exit(0);
 }
 
-if (emu.siteUrl !== undefined) process.stderr.write(`[convex-emu] HTTP actions on ${emu.siteUrl}\n`);
-process.stdout.write(`convex-emu listening on ${emu.url}\n`);
+process.stdout.write(
+  `convex-emu listening on ${emu.url}\n` + (emu.siteUrl !== undefined ? `convex-emu site on ${emu.siteUrl}\n` : ""),
+);

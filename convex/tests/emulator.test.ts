@@ -14,9 +14,13 @@ const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const TOKEN = "emu-test-token-5b1f0e9c";
 const ADMIN_KEY = "emu-test|admin-key";
 const LISTENING = /^convex-emu listening on (http:\/\/127\.0\.0\.1:(\d+))\n$/;
+const LISTENING_WITH_SITE =
+  /^convex-emu listening on (http:\/\/127\.0\.0\.1:(\d+))\nconvex-emu site on (http:\/\/127\.0\.0\.1:(\d+))\n$/;
 
 interface Emu {
   url: string;
+  /** The site port's origin (HTTP actions at "/"), when CONVEX_EMU_SITE_PORT was set. */
+  site?: string;
   proc: ChildProcess;
   stdout: () => string;
   stderr: () => string;
@@ -38,13 +42,14 @@ async function startEmu(cwd: string, args: string[], env: Record<string, string>
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((ok) =>
     proc.once("exit", (code, signal) => ok({ code, signal })),
   );
-  const url = await new Promise<string>((ok, bad) => {
+  const withSite = "CONVEX_EMU_SITE_PORT" in env;
+  const [url, site] = await new Promise<[string, string | undefined]>((ok, bad) => {
     const timer = setTimeout(() => bad(new Error(`emulator did not start in time; stderr:\n${err}`)), 15_000);
     const check = () => {
-      const m = LISTENING.exec(out);
+      const m = (withSite ? LISTENING_WITH_SITE : LISTENING).exec(out);
       if (m) {
         clearTimeout(timer);
-        ok(m[1]);
+        ok([m[1], withSite ? m[3] : undefined]);
       }
     };
     proc.stdout!.on("data", check);
@@ -55,6 +60,7 @@ async function startEmu(cwd: string, args: string[], env: Record<string, string>
   });
   return {
     url,
+    site,
     proc,
     stdout: () => out,
     stderr: () => err,
@@ -81,13 +87,30 @@ async function call(
   return { status: r.status, text, json: JSON.parse(text) };
 }
 
-const ingest = (emu: Emu, sessions: unknown[], token = TOKEN) =>
-  call(emu, "/api/mutation", { path: "sessions:ingest", args: { token, sessions }, format: "json" });
+/** POST <origin>/ingest with a raw body; `token` null = no Authorization header. */
+async function postIngest(
+  origin: string,
+  body: string,
+  token: string | null = TOKEN,
+): Promise<{ status: number; headers: Headers; text: string; json: any }> {
+  const headers: Record<string, string> = { "content-type": "application/json" };
+  if (token !== null) headers.authorization = `Bearer ${token}`;
+  const r = await fetch(`${origin}/ingest`, { method: "POST", headers, body });
+  const text = await r.text();
+  return { status: r.status, headers: r.headers, text, json: JSON.parse(text) };
+}
+
+const ingest = (emu: Emu, sessions: unknown[], token: string | null = TOKEN) =>
+  postIngest(emu.site!, JSON.stringify({ sessions }), token);
 const adminQuery = (emu: Emu, path: string, args: unknown) =>
   call(emu, "/api/query", { path, args, format: "json" }, { authorization: `Convex ${ADMIN_KEY}` });
-const ids = (r: { json: any }) => (r.json.value as Array<{ sessionId: string }>).map((d) => d.sessionId);
+const stored = async (emu: Emu, sessionId: string) => {
+  const r = await adminQuery(emu, "sessions:get", { sessionId });
+  expect(r.json.status).toBe("success");
+  return r.json.value;
+};
 
-describe("emulator CLI (cwd = repository root)", () => {
+describe("emulator CLI with a site port (cwd = repository root)", () => {
   let emu: Emu;
   let dir: string;
   let logFile: string;
@@ -97,6 +120,7 @@ describe("emulator CLI (cwd = repository root)", () => {
     logFile = join(dir, "requests.jsonl");
     emu = await startEmu(REPO_ROOT, ["convex/node_modules/.bin/tsx", "convex/emulator/main.ts"], {
       CONVEX_EMU_PORT: "0",
+      CONVEX_EMU_SITE_PORT: "0",
       CONVEX_EMU_ADMIN_KEY: ADMIN_KEY,
       CONVEX_EMU_LOG: logFile,
       INGEST_TOKEN: TOKEN,
@@ -107,139 +131,134 @@ describe("emulator CLI (cwd = repository root)", () => {
     rmSync(dir, { recursive: true, force: true });
   });
 
-  test("ingest over POST /api/mutation: inserted, then unchanged on a retry, then updated", async () => {
+  test("stdout is exactly the two lines, API then site, on two different ports", () => {
+    const m = LISTENING_WITH_SITE.exec(emu.stdout());
+    expect(m).not.toBeNull();
+    expect(m![2]).not.toBe(m![4]);
+  });
+
+  test("no token and a wrong token: 401 with WWW-Authenticate, nothing written", async () => {
+    for (const token of [null, "not-the-token"]) {
+      const r = await ingest(emu, [minimalRecord({ sessionId: "ses_emu_unauth" })], token);
+      expect(r.status).toBe(401);
+      expect(r.headers.get("www-authenticate")).toBe("Bearer");
+      expect(r.json).toEqual({ code: "UNAUTHORIZED", message: expect.any(String) });
+      expect(r.text).not.toContain("not-the-token");
+      expect(r.text).not.toContain(TOKEN);
+    }
+    expect(await stored(emu, "ses_emu_unauth")).toBeNull();
+  });
+
+  test("the right token: inserted, unchanged on a retry, updated, stale; stored numbers come back as floats", async () => {
     const first = await ingest(emu, [fullRecord()]);
     expect(first.status).toBe(200);
-    expect(first.json).toEqual({ status: "success", value: [{ sessionId: FULL.sessionId, action: "inserted" }] });
-    expect((await ingest(emu, [fullRecord()])).json).toEqual({
-      status: "success",
-      value: [{ sessionId: FULL.sessionId, action: "unchanged" }],
-    });
+    expect(first.json).toEqual({ results: [{ sessionId: FULL.sessionId, action: "inserted" }] });
+    expect((await ingest(emu, [fullRecord()])).json.results).toEqual([{ sessionId: FULL.sessionId, action: "unchanged" }]);
     const newer = fullRecord({ updatedAt: FULL.updatedAt + 1 });
-    expect((await ingest(emu, [newer])).json.value).toEqual([{ sessionId: FULL.sessionId, action: "updated" }]);
-    expect((await ingest(emu, [fullRecord()])).json.value).toEqual([{ sessionId: FULL.sessionId, action: "stale" }]);
-  });
+    expect((await ingest(emu, [newer])).json.results).toEqual([{ sessionId: FULL.sessionId, action: "updated" }]);
+    expect((await ingest(emu, [fullRecord()])).json.results).toEqual([{ sessionId: FULL.sessionId, action: "stale" }]);
 
-  test("the stored document comes back through the internal get with the admin key, numbers as floats", async () => {
-    const sessionId = "ses_emu_floats";
-    await ingest(emu, [fullRecord({ sessionId })]);
-    const r = await adminQuery(emu, "sessions:get", { sessionId });
-    expect(r.status).toBe(200);
-    expect(r.json.status).toBe("success");
-    // serde_json-style output: integral float64 values carry ".0".
+    const r = await adminQuery(emu, "sessions:get", { sessionId: FULL.sessionId });
+    // serde_json-style output of the function API: integral float64 values carry ".0".
     expect(r.text).toContain('"schemaVersion":1.0');
-    expect(r.text).toContain('"messageCount":5.0');
-    expect(r.text).toContain(`"createdAt":${FULL.createdAt}.0`);
-    expect(r.text).toContain('"cost":0.00512');
-    expect(r.text).toContain('"incomplete":true');
+    expect(r.text).toContain(`"updatedAt":${FULL.updatedAt + 1}.0`);
     const { _id, _creationTime, ...doc } = r.json.value;
     expect(typeof _id).toBe("string");
-    expect(typeof _creationTime).toBe("number");
-    expect(doc).toEqual({ ...FULL, sessionId });
+    expect(doc).toEqual(newer);
   });
 
-  test("a wrong token is HTTP 200 with status error and errorData.code UNAUTHORIZED; nothing is written", async () => {
-    const r = await ingest(emu, [minimalRecord({ sessionId: "ses_emu_unauth" })], "not-the-token");
-    expect(r.status).toBe(200);
-    expect(r.json.status).toBe("error");
-    expect(r.json.errorData).toMatchObject({ code: "UNAUTHORIZED", message: expect.any(String) });
-    expect(r.text).not.toContain("not-the-token");
-    expect(r.text).not.toContain(TOKEN);
-    expect((await adminQuery(emu, "sessions:get", { sessionId: "ses_emu_unauth" })).json).toEqual({
-      status: "success",
-      value: null,
-    });
-  });
-
-  test("internal queries need the admin key", async () => {
-    const anon = await call(emu, "/api/query", { path: "sessions:get", args: { sessionId: FULL.sessionId } });
-    expect(anon.status).toBe(200);
-    expect(anon.json.status).toBe("error");
-    expect(anon.json.errorMessage).toMatch(/Could not find public function for 'sessions:get'/);
-    const wrongKey = await call(
-      emu,
-      "/api/query",
-      { path: "sessions:list", args: {} },
-      { authorization: "Convex convex-emu|admin-key" },
-    );
-    expect(wrongKey.status).toBe(401);
-    expect(wrongKey.json).toMatchObject({ code: "BadAdminKey" });
-    const admin = await adminQuery(emu, "sessions:get", { sessionId: FULL.sessionId });
-    expect(admin.json.status).toBe("success");
-    expect(admin.json.value.sessionId).toBe(FULL.sessionId);
-  });
-
-  test("a device conflict is a per-item result", async () => {
-    const sessionId = "ses_emu_conflict";
-    await ingest(emu, [minimalRecord({ sessionId })]);
-    const r = await ingest(emu, [minimalRecord({ sessionId, deviceId: "ffffffffffffffffffffffffffffffff", updatedAt: 1 })]);
-    expect(r.json).toEqual({
-      status: "success",
-      value: [{ sessionId, action: "conflict", storedDeviceId: FULL.deviceId }],
-    });
-  });
-
-  test("an invalid record is an ArgumentValidationError for the whole batch", async () => {
+  test("a batch, with a schema-invalid and an oversized record rejected and the others written", async () => {
+    const big = minimalRecord({ sessionId: "ses_emu_big" });
+    big.messages = [{ ...FULL.messages![0], text: "x".repeat(1_100_000) }];
     const r = await ingest(emu, [
-      minimalRecord({ sessionId: "ses_emu_valid" }),
-      { ...minimalRecord({ sessionId: "ses_emu_invalid" }), bogus: 1 },
+      minimalRecord({ sessionId: "ses_emu_b1" }),
+      { ...minimalRecord({ sessionId: "ses_emu_bogus" }), bogus: 1 },
+      big,
+      minimalRecord({ sessionId: "ses_emu_b2" }),
+      minimalRecord({ sessionId: "ses_emu_conflict", deviceId: "ffffffffffffffffffffffffffffffff" }),
     ]);
     expect(r.status).toBe(200);
-    expect(r.json.status).toBe("error");
-    expect(r.json.errorMessage).toMatch(/ArgumentValidationError: Object contains extra field `bogus`/);
-    expect(r.json.errorData).toBeUndefined();
-    expect((await adminQuery(emu, "sessions:get", { sessionId: "ses_emu_valid" })).json.value).toBeNull();
+    expect(r.json.results).toEqual([
+      { sessionId: "ses_emu_b1", action: "inserted" },
+      { sessionId: "ses_emu_bogus", action: "rejected", error: expect.stringMatching(/bogus/) },
+      { sessionId: "ses_emu_big", action: "rejected", error: expect.stringMatching(/Value is too large/) },
+      { sessionId: "ses_emu_b2", action: "inserted" },
+      { sessionId: "ses_emu_conflict", action: "inserted" },
+    ]);
+    for (const x of r.json.results.filter((x: any) => x.action === "rejected")) {
+      expect(x.error).not.toContain("\n");
+      expect(x.error.length).toBeLessThanOrEqual(500);
+    }
+    expect((await stored(emu, "ses_emu_b1")).sessionId).toBe("ses_emu_b1");
+    expect((await stored(emu, "ses_emu_b2")).sessionId).toBe("ses_emu_b2");
+    expect(await stored(emu, "ses_emu_bogus")).toBeNull();
+    expect(await stored(emu, "ses_emu_big")).toBeNull();
+    // The same session from another device: a per-record conflict.
+    const c = await ingest(emu, [minimalRecord({ sessionId: "ses_emu_conflict", updatedAt: FULL.updatedAt + 5 })]);
+    expect(c.json.results).toEqual([
+      { sessionId: "ses_emu_conflict", action: "conflict", storedDeviceId: "ffffffffffffffffffffffffffffffff" },
+    ]);
   });
 
-  test("more than 1000 records is BATCH_TOO_LARGE", async () => {
-    const many = Array.from({ length: 1001 }, (_, i) => minimalRecord({ sessionId: `ses_emu_big_${i}` }));
+  test("400 for a body that is not a batch, 413 over 500 records; nothing written", async () => {
+    for (const body of ["{", "[]", '{"sessions":[]}', '{"sessions":5}', "{}"]) {
+      const r = await postIngest(emu.site!, body);
+      expect(r.status).toBe(400);
+      expect(r.json).toEqual({ code: "BAD_REQUEST", message: expect.any(String) });
+    }
+    const many = Array.from({ length: 501 }, (_, i) => minimalRecord({ sessionId: `ses_emu_many_${i}` }));
     const r = await ingest(emu, many);
-    expect(r.json.status).toBe("error");
-    expect(r.json.errorData).toMatchObject({ code: "BATCH_TOO_LARGE", limit: 1000.0, got: 1001.0 });
-    expect(r.text).toContain('"limit":1000.0');
+    expect(r.status).toBe(413);
+    expect(r.json).toEqual({ code: "BATCH_TOO_LARGE", message: expect.any(String), limit: 500 });
+    expect(await stored(emu, "ses_emu_many_0")).toBeNull();
   });
 
-  test("list and stats through the admin key", async () => {
-    const list = await adminQuery(emu, "sessions:list", { deviceId: FULL.deviceId, limit: 100 });
+  test("the HTTP action is also served under /http/ on the API port", async () => {
+    const r = await postIngest(`${emu.url}/http`, JSON.stringify({ sessions: [minimalRecord({ sessionId: "ses_emu_http" })] }));
+    expect(r.json).toEqual({ results: [{ sessionId: "ses_emu_http", action: "inserted" }] });
+  });
+
+  test("there is no public mutation any more; internal functions need the admin key", async () => {
+    const pub = await call(emu, "/api/mutation", { path: "sessions:upsertBatch", args: { sessions: [] } });
+    expect(pub.json.status).toBe("error");
+    expect(pub.json.errorMessage).toMatch(/Could not find public function for 'sessions:upsertBatch'/);
+    const old = await call(emu, "/api/mutation", { path: "sessions:ingest", args: { token: TOKEN, sessions: [] } });
+    expect(old.json.errorMessage).toMatch(/Could not find public function/);
+    const anon = await call(emu, "/api/query", { path: "sessions:get", args: { sessionId: FULL.sessionId } });
+    expect(anon.json.errorMessage).toMatch(/Could not find public function for 'sessions:get'/);
+    const wrongKey = await call(emu, "/api/query", { path: "sessions:get", args: { sessionId: "x" } }, { authorization: "Convex convex-emu|admin-key" });
+    expect(wrongKey.status).toBe(401);
+    expect(wrongKey.json).toMatchObject({ code: "BadAdminKey" });
+  });
+
+  test("queries through the admin key: a paginated list and the daily totals", async () => {
+    const list = await adminQuery(emu, "sessions:byDevice", { deviceId: FULL.deviceId, paginationOpts: { numItems: 100, cursor: null } });
     expect(list.json.status).toBe("success");
-    expect(ids(list)).toContain(FULL.sessionId);
-    const stats = await adminQuery(emu, "sessions:stats", {});
-    expect(stats.json.value.sessions).toBe(ids(await adminQuery(emu, "sessions:list", {})).length);
-    expect(stats.text).toMatch(/"sessions":\d+\.0/);
+    const ids = (list.json.value.page as Array<{ sessionId: string }>).map((d) => d.sessionId);
+    expect(ids).toContain(FULL.sessionId);
+    expect(ids).not.toContain("ses_emu_conflict");
+    const day = new Date(FULL.createdAt).toISOString().slice(0, 10);
+    const totals = await adminQuery(emu, "totals:daily", { from: day, to: day, deviceId: FULL.deviceId });
+    expect(totals.json.status).toBe("success");
+    expect(totals.json.value.total.sessions).toBe(ids.length);
+    expect(totals.text).toMatch(/"sessions":\d+\.0/);
   });
 
-  test("request-level errors are non-200 {code, message}", async () => {
-    const r = await fetch(emu.url + "/api/mutation", { method: "POST", body: "{}" });
-    expect(r.status).toBe(400);
-    expect(await r.json()).toMatchObject({ code: "BadJsonBody", message: expect.any(String) });
-  });
-
-  test("CONVEX_EMU_LOG gets one JSON line per request, written before the response", async () => {
-    await ingest(emu, [], "wrong");
+  test("CONVEX_EMU_LOG gets one JSON line per request, HTTP actions included", async () => {
+    await ingest(emu, [minimalRecord()], "wrong");
     const lines = readFileSync(logFile, "utf8").trimEnd().split("\n").map((l) => JSON.parse(l));
-    expect(lines.at(-1)).toEqual({
-      ts: expect.any(Number),
-      method: "POST",
-      path: "/api/mutation",
-      status: 200,
-      fn: "sessions:ingest",
-      outcome: "error",
-      errorCode: "UNAUTHORIZED",
-    });
-    expect(lines).toContainEqual(
-      expect.objectContaining({ method: "POST", path: "/api/mutation", status: 400 }),
-    );
-    expect(lines.filter((l) => l.fn === "sessions:ingest" && l.outcome === "success").length).toBeGreaterThanOrEqual(5);
+    expect(lines.at(-1)).toEqual({ ts: expect.any(Number), method: "POST", path: "/ingest", status: 401 });
+    expect(lines).toContainEqual(expect.objectContaining({ method: "POST", path: "/ingest", status: 413 }));
+    expect(lines).toContainEqual(expect.objectContaining({ method: "POST", path: "/api/query", status: 200, fn: "sessions:get", outcome: "success" }));
   });
 
-  test("stdout is exactly the listening line; SIGTERM exits 0", async () => {
-    expect(emu.stdout()).toMatch(LISTENING);
+  test("SIGTERM exits 0", async () => {
     expect(await emu.stop()).toEqual({ code: 0, signal: null });
   });
 });
 
-describe("emulator CLI from another cwd", () => {
-  test("finds its functions from any cwd, with the default admin key; SIGINT exits 0", async () => {
+describe("emulator CLI without a site port, from another cwd", () => {
+  test("stdout is the one listening line; HTTP actions under /http/; default admin key; SIGINT exits 0", async () => {
     const cwd = mkdtempSync(join(tmpdir(), "convex-emu-cwd-"));
     const emu = await startEmu(
       cwd,
@@ -247,16 +266,16 @@ describe("emulator CLI from another cwd", () => {
       { CONVEX_EMU_PORT: "0", INGEST_TOKEN: TOKEN },
     );
     try {
-      expect((await ingest(emu, [minimalRecord()])).json.value).toEqual([
-        { sessionId: FULL.sessionId, action: "inserted" },
-      ]);
-      const r = await call(
+      expect(emu.stdout()).toMatch(LISTENING);
+      const r = await postIngest(`${emu.url}/http`, JSON.stringify({ sessions: [minimalRecord()] }));
+      expect(r.json).toEqual({ results: [{ sessionId: FULL.sessionId, action: "inserted" }] });
+      const got = await call(
         emu,
         "/api/query",
         { path: "sessions:get", args: { sessionId: FULL.sessionId } },
         { authorization: "Convex convex-emu|admin-key" },
       );
-      expect(r.json.value.hostname).toBe(FULL.hostname);
+      expect(got.json.value.hostname).toBe(FULL.hostname);
     } finally {
       expect(await emu.stop("SIGINT")).toEqual({ code: 0, signal: null });
       rmSync(cwd, { recursive: true, force: true });

@@ -43,3 +43,8 @@ export function withoutSystemFields<T extends { _id: unknown; _creationTime: unk
   const { _id, _creationTime, ...rest } = doc;
   return rest;
 }
+
+export const TOKEN = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/** JSON clone (records go over the wire as JSON anyway). */
+export const cloneJson = <T>(x: T): T => JSON.parse(JSON.stringify(x)) as T;

@@ -13,7 +13,12 @@ import type {
   FilterApi,
   FunctionReference,
 } from "convex/server";
+import type * as aggregates from "../aggregates.js";
+import type * as crons from "../crons.js";
+import type * as http from "../http.js";
+import type * as retention from "../retention.js";
 import type * as sessions from "../sessions.js";
+import type * as totals from "../totals.js";
 
 /**
  * A utility for referencing Convex functions in your app's API.
@@ -24,7 +29,12 @@ import type * as sessions from "../sessions.js";
  * ```
  */
 declare const fullApi: ApiFromModules<{
+  aggregates: typeof aggregates;
+  crons: typeof crons;
+  http: typeof http;
+  retention: typeof retention;
   sessions: typeof sessions;
+  totals: typeof totals;
 }>;
 export declare const api: FilterApi<
   typeof fullApi,

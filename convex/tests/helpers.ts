@@ -19,6 +19,7 @@ export const OPTIONAL_FIELDS = [
   "rollup",
   "todos",
   "messages",
+  "truncated",
 ] as const;
 
 const clone = <T>(x: T): T => JSON.parse(JSON.stringify(x)) as T;

@@ -721,14 +721,6 @@ pub async fn queue_retry_dead(config: &Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `install`: see [`install`].
-///
-/// # Errors
-/// Writing the unit or running `systemctl`/`launchctl` failed.
-pub fn install(loaded: &Loaded, print_only: bool, no_start: bool) -> anyhow::Result<ExitCode> {
-    install::install(loaded, print_only, no_start)
-}
-
 /// Creates `path`'s parent directory.
 pub(crate) fn ensure_parent(path: &Path) -> anyhow::Result<()> {
     if let Some(dir) = path.parent() {

@@ -406,6 +406,14 @@ fn launchd_loaded(domain_target: &str) -> bool {
         .is_ok()
 }
 
+/// The `status` command for this install (with its `--config`).
+fn status_cmd(opts: &Options) -> String {
+    match &opts.config {
+        Some(c) => format!("opencode-telemetry --config '{}' status", c.display()),
+        None => "opencode-telemetry status".to_string(),
+    }
+}
+
 /// `install`; see the module docs.
 ///
 /// # Errors
@@ -506,7 +514,8 @@ pub fn install(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
                 }
             }
             println!(
-                "logs: journalctl --user -u {UNIT_NAME} -f    state: opencode-telemetry status"
+                "logs: journalctl --user -u {UNIT_NAME} -f    state: {}",
+                status_cmd(opts)
             );
         }
         Manager::Launchd => {
@@ -544,8 +553,9 @@ pub fn install(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
             }
             let logs = launchd_log_dir(&home_dir()?);
             println!(
-                "logs: {}/err.log    state: opencode-telemetry status",
-                logs.display()
+                "logs: {}/err.log    state: {}",
+                logs.display(),
+                status_cmd(opts)
             );
         }
     }

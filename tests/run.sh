@@ -4,6 +4,17 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# 0. systemd-analyze, which checks the systemd unit (tests/integration/service_install.rs):
+#    Debian's systemd package when it is missing (no systemd needs to run; only the tool is used).
+if [ "$(uname -s)" = Linux ] && ! command -v systemd-analyze >/dev/null 2>&1; then
+  echo "== apt-get install systemd (for systemd-analyze)"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y --no-install-recommends systemd >/dev/null ||
+    { $SUDO apt-get update -qq && $SUDO apt-get install -y --no-install-recommends systemd >/dev/null; }
+fi
+
 # 1. The Convex functions' npm project (convex-test, the HTTP emulator the Rust tests use).
 if [ ! -d convex/node_modules ] || [ convex/package-lock.json -nt convex/node_modules/.package-lock.json ]; then
   echo "== npm ci (convex/)"

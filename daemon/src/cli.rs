@@ -1,4 +1,4 @@
-//! The command line: `run`, `once`, `check-config`, `status`, `queue`, `install`.
+//! The command line: `run`, `once`, `check-config`, `status`, `queue`, `install`, `uninstall`.
 //!
 //! Exit status: 0 success; 1 a runtime failure (cannot deliver, source unreadable, outbox
 //! locked by another instance, storage error); 2 a usage error (clap); 78 (`EX_CONFIG`) a
@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Overrides, ENV_CONFIG};
 use crate::service;
+use crate::service::install::{self, Manager};
 
 /// Exit status for configuration errors (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: u8 = 78;
@@ -45,8 +46,12 @@ pub enum Command {
     /// Inspect the outbox.
     #[command(subcommand)]
     Queue(QueueCommand),
-    /// Install the user service (systemd user unit on Linux, launchd agent on macOS).
+    /// Install the user service (systemd user unit on Linux, launchd agent on macOS) for this
+    /// binary and the config file named with --config; enable it (systemd) and, with --start,
+    /// start it now.
     Install(InstallArgs),
+    /// Stop and remove the user service; the data dir and the config file stay.
+    Uninstall(UninstallArgs),
 }
 
 /// Arguments of `run`.
@@ -78,12 +83,27 @@ pub enum QueueCommand {
 /// Arguments of `install`.
 #[derive(Debug, clap::Args)]
 pub struct InstallArgs {
-    /// Only print the unit / plist instead of writing it.
+    /// Also start the service now (systemd: `enable --now`, or `restart` when the unit changed;
+    /// launchd: `launchctl bootstrap`, after a `bootout` when it is loaded).
     #[arg(long)]
-    pub print: bool,
-    /// Do not enable and start the service after writing it.
+    pub start: bool,
+    /// Print the unit / plist on stdout and what would be done on stderr; change nothing.
     #[arg(long)]
-    pub no_start: bool,
+    pub dry_run: bool,
+    /// Service manager to write for. Default: launchd on macOS, systemd elsewhere.
+    #[arg(long, value_enum, value_name = "MANAGER")]
+    pub manager: Option<Manager>,
+}
+
+/// Arguments of `uninstall`.
+#[derive(Debug, clap::Args)]
+pub struct UninstallArgs {
+    /// Print what would be done; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Service manager to remove from. Default: launchd on macOS, systemd elsewhere.
+    #[arg(long, value_enum, value_name = "MANAGER")]
+    pub manager: Option<Manager>,
 }
 
 /// Parses the command line and runs it; returns the process exit status.
@@ -131,7 +151,26 @@ pub fn main() -> ExitCode {
             Command::Queue(QueueCommand::RetryDead) => {
                 service::queue_retry_dead(&loaded.config).await
             }
-            Command::Install(args) => service::install(&loaded, args.print, args.no_start),
+            Command::Install(args) => install::install(
+                &loaded,
+                &install::Options {
+                    start: args.start,
+                    dry_run: args.dry_run,
+                    manager: args.manager,
+                    config: cli.config,
+                    db: cli.db,
+                },
+            ),
+            Command::Uninstall(args) => install::uninstall(
+                &loaded,
+                &install::Options {
+                    dry_run: args.dry_run,
+                    manager: args.manager,
+                    config: cli.config,
+                    db: cli.db,
+                    ..Default::default()
+                },
+            ),
         }
     });
     // A database read still running on the blocking pool (a shutdown during a tick) must not

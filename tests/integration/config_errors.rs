@@ -127,6 +127,7 @@ fn every_command_has_help() {
         vec!["queue", "list", "--help"],
         vec!["queue", "retry-dead", "--help"],
         vec!["install", "--help"],
+        vec!["uninstall", "--help"],
     ] {
         let out = run(command(&scratch).args(&args));
         assert!(out.status.success(), "{args:?}");
@@ -136,42 +137,6 @@ fn every_command_has_help() {
             "{args:?}: {text}"
         );
     }
-}
-
-#[test]
-fn install_print_shows_the_service_for_this_binary_and_config() {
-    let scratch = Scratch::new();
-    let config = scratch.write_config("");
-    let out = run(command(&scratch)
-        .arg("--config")
-        .arg(&config)
-        .args(["install", "--print"]));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let unit = String::from_utf8_lossy(&out.stdout);
-    let bin = bin().display().to_string();
-    assert!(
-        unit.contains(&format!(
-            "ExecStart={bin} --config {} run",
-            config.display()
-        )),
-        "{unit}"
-    );
-    assert!(
-        unit.contains(&format!(
-            "ExecStartPre={bin} --config {} check-config",
-            config.display()
-        )),
-        "{unit}"
-    );
-    assert!(unit.contains("RestartPreventExitStatus=78"));
-    assert!(
-        !scratch.path("home/.config/systemd").exists(),
-        "--print writes nothing"
-    );
 }
 
 /// The database `check-config` reports, for an environment and optional extra arguments.

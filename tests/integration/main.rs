@@ -21,5 +21,10 @@ mod replay;
 /// `run` as a process: missing database, todo rule, stale turns, restarts, deletions while
 /// down, malformed rows.
 mod run_daemon;
+/// systemd's notification protocol (READY=1, WATCHDOG=1, STOPPING=1) on a real socket.
+mod sd_notify;
+/// `install` / `uninstall`: the unit (systemd-analyze verify), the plist (plistlib), the
+/// systemctl/launchctl calls.
+mod service_install;
 /// Reading a live WAL database leaves its three files byte-identical.
 mod wal_readonly;

@@ -20,6 +20,7 @@
 //! the file is replaced (new inode) or deleted it reopens it.
 
 pub mod install;
+pub mod notify;
 pub mod sender;
 pub mod tracker;
 
@@ -378,6 +379,8 @@ pub async fn run(
         tracked_sessions = tracker.len(),
         "running"
     );
+    let mut notifier = notify::Notifier::from_env();
+    notifier.ready(&format!("polling {}", config.source.db_path.display()));
     let cancel = CancellationToken::new();
     let wake = Arc::new(Notify::new());
     let sender_task = tokio::spawn(sender.run(wake.clone(), cancel.clone()));
@@ -398,6 +401,7 @@ pub async fn run(
     let result: anyhow::Result<()> = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
+            _ = notifier.watchdog() => continue,
             _ = ticker.tick() => {}
         }
         // A tick can take seconds (the first pass over a large database); shutdown does not wait
@@ -412,6 +416,7 @@ pub async fn run(
             },
         }
     };
+    notifier.stopping("stopping: flushing the outbox");
     cancel.cancel();
     match tokio::time::timeout(grace, sender_task).await {
         Ok(Ok(Err(e))) => tracing::error!(error = %e, "sender failed"),
@@ -714,14 +719,6 @@ pub async fn queue_retry_dead(config: &Config) -> anyhow::Result<ExitCode> {
     outbox.flush().await?;
     println!("requeued {n} record(s)");
     Ok(ExitCode::SUCCESS)
-}
-
-/// `install`: see [`install`].
-///
-/// # Errors
-/// Writing the unit or running `systemctl`/`launchctl` failed.
-pub fn install(loaded: &Loaded, print_only: bool, no_start: bool) -> anyhow::Result<ExitCode> {
-    install::install(loaded, print_only, no_start)
 }
 
 /// Creates `path`'s parent directory.

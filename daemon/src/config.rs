@@ -821,7 +821,11 @@ mod tests {
     fn load_file(text: &str, mode: u32) -> (tempfile::TempDir, Result<Loaded, ConfigError>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("config.toml");
-        std::fs::write(&path, format!("data_dir = \"{}\"\n{text}", dir.path().display())).unwrap();
+        std::fs::write(
+            &path,
+            format!("data_dir = \"{}\"\n{text}", dir.path().display()),
+        )
+        .unwrap();
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -21,5 +21,8 @@ mod replay;
 /// `run` as a process: missing database, todo rule, stale turns, restarts, deletions while
 /// down, malformed rows.
 mod run_daemon;
+/// The daemon as a service: SIGINT mid-drain, SIGHUP valid and invalid, log formats, progress
+/// bars only on a terminal, and the ingest token in no output or file.
+mod service_runtime;
 /// Reading a live WAL database leaves its three files byte-identical.
 mod wal_readonly;

@@ -41,8 +41,9 @@ pub enum Command {
     Once(OnceArgs),
     /// Validate the configuration and print the effective config (secrets redacted).
     CheckConfig,
-    /// Show the outbox depth, the last delivery and the last error.
-    Status,
+    /// Show what the daemon is doing without stopping it: outbox depth, last delivery, last
+    /// error, last export per trigger, the database in use.
+    Status(StatusArgs),
     /// Inspect the outbox.
     #[command(subcommand)]
     Queue(QueueCommand),
@@ -61,6 +62,14 @@ pub struct RunArgs {
     /// the export it caused) as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     pub transitions_log: Option<PathBuf>,
+}
+
+/// Arguments of `status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments of `once`.
@@ -129,7 +138,13 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
-    service::init_tracing(&loaded.config.service.log_level);
+    service::init_tracing(&loaded.config.service);
+    if matches!(cli.command, Command::Once(_)) {
+        if let Some(warning) = loaded.permission_warning() {
+            tracing::warn!("{warning}");
+        }
+    }
+    let is_run = matches!(cli.command, Command::Run(_));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -143,10 +158,12 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => service::run_daemon(loaded, args.transitions_log).await,
+            Command::Run(args) => {
+                service::run_daemon(loaded, overrides, args.transitions_log).await
+            }
             Command::Once(args) => service::once(&loaded.config, args.timeout_secs).await,
             Command::CheckConfig => service::check_config(&loaded),
-            Command::Status => service::status(&loaded.config),
+            Command::Status(args) => service::status(&loaded.config, args.json),
             Command::Queue(QueueCommand::List) => service::queue_list(&loaded.config).await,
             Command::Queue(QueueCommand::RetryDead) => {
                 service::queue_retry_dead(&loaded.config).await
@@ -174,11 +191,15 @@ pub fn main() -> ExitCode {
         }
     });
     // A database read still running on the blocking pool (a shutdown during a tick) must not
-    // hold the process past its grace period.
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    // hold the process past its grace period: it only reads, so abandoning it is safe.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(code) => code,
         Err(e) => {
+            if is_run {
+                // The daemon's logs may be JSON for a collector: say it there too.
+                tracing::error!(error = %format!("{e:#}"), "the daemon stopped on a fatal error");
+            }
             eprintln!("opencode-telemetry: {e:#}");
             ExitCode::FAILURE
         }

@@ -9,12 +9,18 @@
 //!    default file may be absent; an explicitly named one must exist;
 //! 3. environment overrides, only these: `OPENCODE_TELEMETRY_CONVEX_URL` (`convex.url`),
 //!    `OPENCODE_TELEMETRY_INGEST_TOKEN` (`convex.ingest_token`), `OPENCODE_TELEMETRY_DATA_DIR`
-//!    (`data_dir`). No general `OPENCODE_TELEMETRY_*` mapping exists, so an unrelated variable
-//!    with that prefix can never break start-up;
+//!    (`data_dir`), `OPENCODE_TELEMETRY_LOG_FORMAT` (`service.log_format`). No general
+//!    `OPENCODE_TELEMETRY_*` mapping exists, so an unrelated variable with that prefix can never
+//!    break start-up;
 //! 4. `--db PATH` on the command line (`source.db_path`).
 //!
 //! Unknown keys and bad values are errors that name the key and the file; the binary exits with
 //! status 78 (`EX_CONFIG`) on them, which the systemd unit lists in `RestartPreventExitStatus`.
+//! Error messages never contain the ingest token, even when the TOML around it is malformed
+//! (the parser quotes the offending line; the token's value is cut out of it).
+//!
+//! A file that holds the ingest token and can be read or written by group or others gets a
+//! warning, as ssh gives for private keys ([`Loaded::permission_warning`]).
 //! `config.example.toml` next to this crate documents every key and is parsed by a test.
 
 use std::fmt;
@@ -31,6 +37,8 @@ pub const ENV_CONVEX_URL: &str = "OPENCODE_TELEMETRY_CONVEX_URL";
 pub const ENV_INGEST_TOKEN: &str = "OPENCODE_TELEMETRY_INGEST_TOKEN";
 /// Environment override of `data_dir`.
 pub const ENV_DATA_DIR: &str = "OPENCODE_TELEMETRY_DATA_DIR";
+/// Environment override of `service.log_format` (`auto`, `text` or `json`).
+pub const ENV_LOG_FORMAT: &str = "OPENCODE_TELEMETRY_LOG_FORMAT";
 
 /// The example config shipped with the crate (every key, commented, with its default).
 pub const EXAMPLE_CONFIG: &str = include_str!("../config.example.toml");
@@ -190,6 +198,35 @@ pub struct ServiceConfig {
     /// Log filter (`tracing` `EnvFilter` syntax, e.g. `info` or `opencode_telemetry=debug`);
     /// `RUST_LOG` wins when set.
     pub log_level: String,
+    /// How log lines on stderr look (see [`LogFormat`]).
+    pub log_format: LogFormat,
+}
+
+/// `service.log_format`: the shape of the log lines the daemon writes to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `journald` when stderr is connected to the journal (`JOURNAL_STREAM` set: no timestamp,
+    /// which journald adds, no colours), else `text`.
+    #[default]
+    Auto,
+    /// One human-readable line per event: timestamp (UTC, RFC 3339), level, message, fields;
+    /// colours only when stderr is a terminal.
+    Text,
+    /// One JSON object per line (`timestamp`, `level`, `fields.message`, the event's fields,
+    /// `target`), for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    /// The name used in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Auto => "auto",
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 impl Default for Config {
@@ -265,6 +302,7 @@ impl Default for ServiceConfig {
         ServiceConfig {
             shutdown_grace_secs: 10,
             log_level: "info".to_string(),
+            log_format: LogFormat::Auto,
         }
     }
 }
@@ -308,6 +346,8 @@ pub struct Loaded {
     pub config: Config,
     /// The file read, if any (the default location may be absent).
     pub path: Option<PathBuf>,
+    /// True when the file itself sets `convex.ingest_token` (not only the environment).
+    pub file_holds_secret: bool,
 }
 
 /// Where the config file is looked for when neither `--config` nor
@@ -409,16 +449,84 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
     let shown = used_path
         .clone()
         .unwrap_or_else(|| PathBuf::from("<defaults>"));
-    let mut config = parse(file_text.as_deref().unwrap_or(""), &shown)?;
-    apply_env(&mut config);
+    let text = file_text.as_deref().unwrap_or("");
+    let secrets = file_secrets(text);
+    let scrub = |e: ConfigError| scrub_error(e, &secrets);
+    let mut config = parse(text, &shown).map_err(scrub)?;
+    let file_holds_secret = !config.convex.ingest_token.is_empty();
+    apply_env(&mut config).map_err(scrub)?;
     if let Some(db) = &overrides.db_path {
         config.source.db_path = db.clone();
     }
-    finish(&mut config, &shown)?;
+    finish(&mut config, &shown).map_err(scrub)?;
     Ok(Loaded {
         config,
         path: used_path,
+        file_holds_secret,
     })
+}
+
+/// Values that must not appear in an error message: the ingest token from the environment,
+/// and whatever stands right of `=` on any line of the file that sets an `ingest_token` key
+/// (with and without its quotes; the TOML may be too broken to parse).
+fn file_secrets(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(token) = std::env::var(ENV_INGEST_TOKEN) {
+        out.push(token);
+    }
+    for line in text.lines() {
+        // `ingest_token = "…"`, `convex.ingest_token = …`, `{ ingest_token = "…", … }`.
+        let Some(at) = line.find("ingest_token") else {
+            continue;
+        };
+        let Some((_, value)) = line[at..].split_once('=') else {
+            continue;
+        };
+        let value = value.trim_start();
+        let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'');
+        let inner = match quote {
+            Some(q) => {
+                let rest = &value[1..];
+                rest.find(q).map_or(rest, |end| &rest[..end])
+            }
+            None => value
+                .split(|c: char| c.is_whitespace() || c == ',' || c == '}')
+                .next()
+                .unwrap_or(""),
+        };
+        out.push(value.trim_end().to_string());
+        out.push(inner.to_string());
+    }
+    out.retain(|s| s.len() >= 4 && s != "\"\"");
+    // Longest first, so a quoted value is cut before its unquoted part.
+    out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+    out
+}
+
+/// `text` with every one of `secrets` replaced by `[redacted]`.
+pub(crate) fn redact(text: &str, secrets: &[String]) -> String {
+    let mut text = text.to_string();
+    for s in secrets {
+        if !s.is_empty() && text.contains(s.as_str()) {
+            text = text.replace(s.as_str(), "[redacted]");
+        }
+    }
+    text
+}
+
+fn scrub_error(e: ConfigError, secrets: &[String]) -> ConfigError {
+    match e {
+        ConfigError::Invalid { path, message } => ConfigError::Invalid {
+            path,
+            message: redact(&message, secrets),
+        },
+        ConfigError::BadValue { path, key, message } => ConfigError::BadValue {
+            path,
+            key,
+            message: redact(&message, secrets),
+        },
+        other => other,
+    }
 }
 
 /// Parses TOML text into a [`Config`] with defaults for missing keys, without environment
@@ -442,7 +550,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         })
 }
 
-fn apply_env(config: &mut Config) {
+fn apply_env(config: &mut Config) -> Result<(), ConfigError> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
     if let Some(url) = var(ENV_CONVEX_URL) {
         config.convex.url = url;
@@ -453,6 +561,21 @@ fn apply_env(config: &mut Config) {
     if let Some(dir) = var(ENV_DATA_DIR) {
         config.data_dir = PathBuf::from(dir);
     }
+    if let Some(format) = var(ENV_LOG_FORMAT) {
+        config.service.log_format = match format.as_str() {
+            "auto" => LogFormat::Auto,
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::BadValue {
+                    path: PathBuf::from(format!("${ENV_LOG_FORMAT}")),
+                    key: "service.log_format",
+                    message: format!("must be auto, text or json, got {other:?}"),
+                })
+            }
+        };
+    }
+    Ok(())
 }
 
 /// Fills derived defaults (`source.db_path`, `local.path`) and validates every value.
@@ -523,6 +646,26 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
 }
 
 impl Loaded {
+    /// The ssh-style warning for a config file that holds the ingest token and whose mode lets
+    /// group or others read or write it (`mode & 0o077 != 0`); `None` when the file holds no
+    /// secret, is private, or there is no file (and always off Unix).
+    pub fn permission_warning(&self) -> Option<String> {
+        let path = self.path.as_ref()?;
+        if !self.file_holds_secret {
+            return None;
+        }
+        let mode = file_mode(path)?;
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "config file {} holds convex.ingest_token and is accessible by group or others \
+                 (mode {:03o}); run `chmod 600 {}`, or move the token to {ENV_INGEST_TOKEN}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            )
+        })
+    }
+
     /// Checks what only delivering needs: the ingest token when `convex.url` is set. `run`,
     /// `once` and `check-config` call it; `status` and `queue` work without the secret.
     ///
@@ -579,6 +722,17 @@ pub fn check_convex_url(raw: &str) -> Result<url::Url, String> {
         )),
         other => Err(format!("scheme must be https (got {other}): {raw}")),
     }
+}
+
+#[cfg(unix)]
+fn file_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).ok().map(|m| m.permissions().mode())
+}
+
+#[cfg(not(unix))]
+fn file_mode(_path: &Path) -> Option<u32> {
+    None
 }
 
 fn is_loopback_host(url: &url::Url) -> bool {
@@ -666,6 +820,7 @@ mod tests {
         let loaded = Loaded {
             config,
             path: Some(PathBuf::from("/etc/x.toml")),
+            file_holds_secret: false,
         };
         let err = loaded.check_delivery().unwrap_err().to_string();
         assert!(
@@ -687,6 +842,7 @@ mod tests {
             let loaded = Loaded {
                 config,
                 path: Some(PathBuf::from("/etc/x.toml")),
+                file_holds_secret: false,
             };
             let err = loaded.check_delivery().unwrap_err().to_string();
             assert!(
@@ -697,7 +853,11 @@ mod tests {
         }
         let mut config = parse_str("[convex]\nurl = \"https://a.convex.site\"\n").unwrap();
         config.convex.ingest_token = Secret::new("0123abcdef~!#$%&'*+-.^_`|");
-        let loaded = Loaded { config, path: None };
+        let loaded = Loaded {
+            config,
+            path: None,
+            file_holds_secret: false,
+        };
         assert!(loaded.check_delivery().is_ok());
     }
 
@@ -710,5 +870,81 @@ mod tests {
         assert_eq!(c.convex.ingest_token.expose(), "tok-very-secret");
         assert!(!format!("{c:?}").contains("tok-very-secret"));
         assert!(!c.to_redacted_toml().contains("tok-very-secret"));
+    }
+
+    fn load_file(text: &str, mode: u32) -> (tempfile::TempDir, Result<Loaded, ConfigError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            format!("data_dir = \"{}\"\n{text}", dir.path().display()),
+        )
+        .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let _ = mode;
+        let loaded = load(&Overrides {
+            config_path: Some(path),
+            db_path: Some(PathBuf::from("/tmp/oc.db")),
+        });
+        (dir, loaded)
+    }
+
+    const WITH_TOKEN: &str =
+        "[convex]\nurl = \"https://a.convex.cloud\"\ningest_token = \"tok-perm-0123456789\"\n";
+
+    #[cfg(unix)]
+    #[test]
+    fn a_token_in_a_group_or_world_accessible_file_is_warned_about_like_ssh() {
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o602] {
+            let (_dir, loaded) = load_file(WITH_TOKEN, mode);
+            let loaded = loaded.unwrap();
+            let path = loaded.path.clone().unwrap();
+            let w = loaded
+                .permission_warning()
+                .unwrap_or_else(|| panic!("no warning for mode {mode:o}"));
+            assert!(w.contains(&path.display().to_string()), "{w}");
+            assert!(w.contains(&format!("chmod 600 {}", path.display())), "{w}");
+            assert!(w.contains(&format!("{mode:03o}")), "{w}");
+            assert!(!w.contains("tok-perm-0123456789"), "{w}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_private_file_or_a_file_without_a_token_gets_no_warning() {
+        for mode in [0o600, 0o400] {
+            let (_dir, loaded) = load_file(WITH_TOKEN, mode);
+            assert_eq!(loaded.unwrap().permission_warning(), None, "mode {mode:o}");
+        }
+        // World-readable, but the token is not in it (it comes from the environment).
+        let (_dir, loaded) = load_file("[convex]\nurl = \"https://a.convex.cloud\"\n", 0o644);
+        assert_eq!(loaded.unwrap().permission_warning(), None);
+    }
+
+    #[test]
+    fn a_malformed_line_around_the_token_is_reported_without_the_token() {
+        let cases = [
+            // Unterminated string: the TOML parser quotes the line.
+            "[convex]\ningest_token = \"tok-sekrit-0001\n",
+            // Wrong type next to it on the same line.
+            "[convex]\ningest_token = \"tok-sekrit-0001\" batch_size = 3\n",
+            // An inline table, broken after the token.
+            "convex = { ingest_token = \"tok-sekrit-0001\", batch_size = }\n",
+            // The token as a bare (invalid) value.
+            "[convex]\ningest_token = tok-sekrit-0001\n",
+        ];
+        for text in cases {
+            // The parser's own message quotes the token: the redaction is what removes it.
+            let raw = parse(text, Path::new("/x.toml")).unwrap_err().to_string();
+            assert!(raw.contains("tok-sekrit-0001"), "{raw}");
+            let (_dir, loaded) = load_file(text, 0o600);
+            let err = loaded.unwrap_err().to_string();
+            assert!(err.contains("config.toml"), "{err}");
+            assert!(!err.contains("tok-sekrit-0001"), "token in error: {err}");
+        }
     }
 }

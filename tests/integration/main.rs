@@ -26,5 +26,8 @@ mod sd_notify;
 /// `install` / `uninstall`: the unit (systemd-analyze verify), the plist (plistlib), the
 /// systemctl/launchctl calls.
 mod service_install;
+/// The daemon as a service: SIGINT mid-drain, SIGHUP valid and invalid, log formats, progress
+/// bars only on a terminal, and the ingest token in no output or file.
+mod service_runtime;
 /// Reading a live WAL database leaves its three files byte-identical.
 mod wal_readonly;

@@ -283,6 +283,10 @@ pub(crate) enum StatusFile {
         /// kept outside sled (absent in files of earlier builds).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         committed_seq: Option<u64>,
+        /// What a running daemon adds (absent when another command wrote the file, and in
+        /// files of earlier builds).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        daemon: Option<super::status::DaemonInfo>,
     },
 }
 

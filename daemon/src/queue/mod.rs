@@ -87,7 +87,11 @@
 //! <data_dir>/status.json   {"v":"1","pid":…,"writtenAt":<ms>,"pendingCount":…,"pendingBytes":…,
 //!                           "maxBytes":…,"oldestEnqueuedAt":<ms>|null,"deadCount":…,
 //!                           "lastDeliveryAt":<ms>|null,"lastError":{"message":…,"at":<ms>}|null,
-//!                           "committedSeq":<next seq as of the last completed flush>}
+//!                           "committedSeq":<next seq as of the last completed flush>,
+//!                           "daemon":{"startedAt":<ms>,"version":…,"configPath":…|null,
+//!                                     "dbPath":…,"sink":…,"lastExports":{"session.idle":
+//!                                     {"sessionId":…,"at":<ms>},…},"lastReload":{"at":<ms>,
+//!                                     "applied":true|false,"message":…}}  (only from `run`)}
 //! <data_dir>/queue.corrupt-<unix seconds>[-n]   a quarantined outbox (kept for inspection)
 //! ```
 //! Headers are `#[serde(tag = "v")]` enums: a format change adds `V2` (and a reader for it) and
@@ -144,7 +148,10 @@ use crate::config::QueueConfig;
 
 pub use error::QueueError;
 pub use format::{stored_size_bound, ENVELOPE_OVERHEAD_BYTES};
-pub use status::{read_status, status_path, StatusSnapshot, STATUS_FILE_NAME};
+pub use status::{
+    read_status, status_path, DaemonInfo, LastExport, ReloadOutcome, StatusSnapshot,
+    STATUS_FILE_NAME,
+};
 
 use format::{meta_key, Envelope};
 use status::StatusState;
@@ -400,6 +407,8 @@ struct Inner {
     status: Mutex<StatusState>,
     /// `meta/next_seq` as of the last completed flush (see [`StatusSnapshot::committed_seq`]).
     durable_next_seq: std::sync::atomic::AtomicU64,
+    /// What the running daemon adds to the status file.
+    daemon: Mutex<Option<DaemonInfo>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -553,6 +562,7 @@ impl Outbox {
             rebuild: opened.rebuild,
             status: Mutex::new(StatusState::default()),
             durable_next_seq: std::sync::atomic::AtomicU64::new(opened.counts.next_seq),
+            daemon: Mutex::new(None),
         });
         let outbox = Outbox { inner };
         outbox.write_status_now();
@@ -974,7 +984,24 @@ impl Outbox {
             last_delivery_at_ms: s.last_delivery_at_ms,
             last_error: s.last_error,
             committed_seq: Some(self.inner.durable_next_seq.load(Ordering::Acquire)),
+            daemon: lock(&self.inner.daemon).clone(),
         })
+    }
+
+    /// Sets what the running daemon adds to the status file (see [`DaemonInfo`]) and rewrites
+    /// the file (throttled like every other change).
+    pub fn set_daemon_info(&self, info: DaemonInfo) {
+        *lock(&self.inner.daemon) = Some(info);
+        self.touch_status();
+    }
+
+    /// Changes the daemon's part of the status file in place (no-op before
+    /// [`Outbox::set_daemon_info`]).
+    pub fn update_daemon_info(&self, f: impl FnOnce(&mut DaemonInfo)) {
+        if let Some(info) = lock(&self.inner.daemon).as_mut() {
+            f(info);
+        }
+        self.touch_status();
     }
 
     /// True when the pending bytes reached `queue.max_bytes`: the service stops reading the

@@ -2,12 +2,65 @@
 //! `opencode-telemetry status` while the daemon holds the outbox's lock (sled allows one opener
 //! per directory, so a second process cannot read the trees).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use super::format::{StatusError, StatusFile};
 use super::LastError;
+
+/// What a running daemon (`run`) adds to the status file, under `"daemon"`: where it reads,
+/// where it delivers, what it exported last. Set with [`super::Outbox::set_daemon_info`].
+/// Times are epoch milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DaemonInfo {
+    /// When the daemon started (ms).
+    #[serde(rename = "startedAt")]
+    pub started_at_ms: i64,
+    /// The daemon's version (`CARGO_PKG_VERSION`).
+    pub version: String,
+    /// The config file it loaded (`None`: built-in defaults).
+    pub config_path: Option<PathBuf>,
+    /// The OpenCode database it reads.
+    pub db_path: PathBuf,
+    /// Where it delivers (`convex <url>` or `local file <path>`; no secret).
+    pub sink: String,
+    /// The last export per trigger (`session.idle`, `session.error`, `session.deleted`,
+    /// `stale`).
+    #[serde(default)]
+    pub last_exports: BTreeMap<String, LastExport>,
+    /// The outcome of the last SIGHUP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<ReloadOutcome>,
+}
+
+/// One export: which session, when it was committed to the outbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LastExport {
+    /// The OpenCode session id.
+    pub session_id: String,
+    /// When the record was committed (ms).
+    #[serde(rename = "at")]
+    pub at_ms: i64,
+}
+
+/// What a SIGHUP did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadOutcome {
+    /// When (ms).
+    #[serde(rename = "at")]
+    pub at_ms: i64,
+    /// True when the new config was applied; false when it was rejected (the old one runs).
+    pub applied: bool,
+    /// What changed, or why it was rejected (names key and file; never a secret).
+    pub message: String,
+}
 
 /// File name of the status file inside the data dir.
 pub const STATUS_FILE_NAME: &str = "status.json";
@@ -37,6 +90,8 @@ pub struct StatusSnapshot {
     /// The next sequence number as of the outbox's last completed flush: everything below it was
     /// durably committed. [`super::Outbox::open`] treats a log that recovers below it as damaged.
     pub committed_seq: Option<u64>,
+    /// Set by a running daemon; `None` when another command (`once`, `queue`) wrote the file.
+    pub daemon: Option<DaemonInfo>,
 }
 
 /// The status file of a data dir: `<data_dir>/status.json`.
@@ -62,6 +117,7 @@ pub fn read_status(data_dir: &Path) -> Option<StatusSnapshot> {
             last_delivery_at,
             last_error,
             committed_seq,
+            daemon,
         } => Some(StatusSnapshot {
             pid,
             written_at_ms: written_at,
@@ -76,6 +132,7 @@ pub fn read_status(data_dir: &Path) -> Option<StatusSnapshot> {
                 at_ms: e.at,
             }),
             committed_seq,
+            daemon,
         }),
     }
 }
@@ -97,6 +154,7 @@ pub(crate) fn write_status_file(path: &Path, snap: &StatusSnapshot) -> std::io::
             at: e.at_ms,
         }),
         committed_seq: snap.committed_seq,
+        daemon: snap.daemon.clone(),
     };
     let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
     let mut tmp_name = path.as_os_str().to_owned();

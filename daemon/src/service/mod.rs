@@ -11,56 +11,118 @@
 //!   does not read the source at all (it can be re-read later), so nothing is ever dropped;
 //! - the **sender** ([`sender::Sender`]) drains the outbox to the sink.
 //!
-//! Blocking SQLite work runs on tokio's blocking pool, never on the async workers. SIGTERM or
-//! SIGINT (handled in [`run_daemon`] only; [`run`] takes any shutdown future) stops both tasks,
-//! waits at most `service.shutdown_grace_secs` for an in-flight request, flushes the outbox and
-//! exits 0.
+//! Blocking SQLite work runs on tokio's blocking pool, never on the async workers.
+//!
+//! # Signals (handled in [`run_daemon`] only; [`run`] takes any shutdown future and reload
+//! channel)
+//! - SIGTERM or SIGINT: the poller stops at once (a tick in progress is dropped: its commit
+//!   either applied or did not, and the source is re-read after the restart), the sender lets
+//!   the request in flight finish for at most `service.shutdown_grace_secs` minus 500 ms (an
+//!   unanswered request is abandoned; its records stay pending), the outbox is flushed, and the
+//!   process exits 0 within the grace period.
+//! - SIGHUP: the configuration is loaded again; see [`reload`] for what applies live, what
+//!   needs a restart, and what happens to an invalid file.
 //!
 //! When the database does not exist yet the daemon logs it once and keeps waiting for it; when
 //! the file is replaced (new inode) or deleted it reopens it.
+//!
+//! # Progress
+//! The first pass over existing sessions shows a progress bar on stderr in `once`, and in `run`
+//! when stderr is a terminal; it is never drawn (no escape codes) when stderr is not a terminal
+//! (see [`logging::ProgressGuard`]).
 
 pub mod install;
+pub mod logging;
 pub mod notify;
+pub mod reload;
 pub mod sender;
+pub mod status;
 pub mod tracker;
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::config::{Config, Loaded};
-use crate::export::{self, ExportContext, Outcome, SessionExport};
+use crate::config::{Config, ConfigError, Loaded};
+use crate::export::{self, EndReason, ExportContext, Outcome, SessionExport};
 use crate::identity;
-use crate::queue::{Commit, NewRecord, Outbox, QueueError, StatusSnapshot};
+use crate::queue::{Commit, DaemonInfo, LastExport, NewRecord, Outbox, QueueError, ReloadOutcome};
 use crate::sink::{self, AnySink};
 use crate::source::activity::Activity;
 use crate::source::opencode::{OpenCodeDb, SourceError};
-use sender::{Sender, Step};
+use logging::ProgressGuard;
+use sender::{Reconfigure, Sender, Step};
 use tracker::{Emitted, Rules, Tracker};
 
-/// Sets up `tracing` on stderr: `RUST_LOG` wins, else `service.log_level`. Under journald
-/// (`JOURNAL_STREAM` set) timestamps and colours are left out; journald adds its own.
-pub fn init_tracing(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    let result = if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().with_ansi(false).try_init()
+/// Key prefix, in the outbox's `state` tree, of the last export per trigger
+/// (`last-export/session.idle` → `{"sessionId":…,"at":<ms>}`), written in the same commit as
+/// the records; `status` reads it when no daemon runs.
+pub const LAST_EXPORT_PREFIX: &[u8] = b"last-export/";
+
+/// Sets up `tracing` on stderr from `[service]`; see [`logging`].
+pub fn init_tracing(service: &crate::config::ServiceConfig) {
+    logging::init(service);
+}
+
+/// `convex <url>` or `local file <path>`: where records go (no secret).
+pub(crate) fn sink_description(config: &Config) -> String {
+    if config.uses_convex() {
+        format!("convex {}", config.convex.url)
     } else {
-        builder.try_init()
-    };
-    let _ = result;
+        format!("local file {}", config.local.path.display())
+    }
+}
+
+/// The `state` puts recording the last export per trigger, for `(trigger, session id)` pairs in
+/// commit order (the last one of each trigger wins).
+fn last_export_puts<'a>(
+    exports: impl IntoIterator<Item = (&'a str, &'a str)>,
+    at_ms: i64,
+) -> BTreeMap<String, LastExport> {
+    exports
+        .into_iter()
+        .map(|(trigger, session_id)| {
+            (
+                trigger.to_string(),
+                LastExport {
+                    session_id: session_id.to_string(),
+                    at_ms,
+                },
+            )
+        })
+        .collect()
+}
+
+fn state_puts_of(last: &BTreeMap<String, LastExport>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    last.iter()
+        .map(|(trigger, e)| {
+            let mut key = LAST_EXPORT_PREFIX.to_vec();
+            key.extend_from_slice(trigger.as_bytes());
+            (
+                key,
+                serde_json::to_vec(e).expect("a last export serializes"),
+            )
+        })
+        .collect()
+}
+
+/// The trigger name of an event (`session.idle`, …, `stale`).
+fn trigger_name(event: tracker::Event) -> &'static str {
+    match event {
+        tracker::Event::Idle => "session.idle",
+        tracker::Event::Error => "session.error",
+        tracker::Event::Deleted => "session.deleted",
+        tracker::Event::Stale => "stale",
+    }
 }
 
 /// The device id: machine-uid hashed (see [`identity`]); when the OS has no machine id, a
@@ -142,6 +204,13 @@ fn sender_for(config: &Config, outbox: Arc<Outbox>) -> anyhow::Result<Sender> {
     Ok(Sender::new(outbox, sink, pacer, config.convex.batch_size))
 }
 
+/// How long the sender lets a request in flight finish on shutdown: the grace period minus
+/// 500 ms kept for flushing the outbox and exiting.
+fn in_flight_limit(config: &Config) -> Duration {
+    Duration::from_secs(config.service.shutdown_grace_secs)
+        .saturating_sub(Duration::from_millis(500))
+}
+
 /// `check-config`: prints the effective configuration with secrets redacted.
 ///
 /// # Errors
@@ -152,14 +221,11 @@ pub fn check_config(loaded: &Loaded) -> anyhow::Result<ExitCode> {
         Some(p) => println!("# config file: {}", p.display()),
         None => println!("# config file: none (built-in defaults)"),
     }
-    println!(
-        "# sink: {}",
-        if c.uses_convex() {
-            format!("convex {}", c.convex.url)
-        } else {
-            format!("local file {}", c.local.path.display())
-        }
-    );
+    if let Some(warning) = loaded.permission_warning() {
+        eprintln!("opencode-telemetry: warning: {warning}");
+        println!("# warning: {warning}");
+    }
+    println!("# sink: {}", sink_description(c));
     println!(
         "# opencode database: {} ({})",
         c.source.db_path.display(),
@@ -207,13 +273,17 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     let skip_children = config.export.skip_subagent_sessions;
     let stale_after_ms = (config.export.stale_after_secs as i64).saturating_mul(1000);
     let now = ctx.exported_at;
+    let reading = ProgressGuard::new(0, "reading sessions");
+    let bar = reading.bar().clone();
     let (records, notes) = tokio::task::spawn_blocking(move || -> Result<_, SourceError> {
         let db = OpenCodeDb::open(&db_path, busy)?;
         let mut heads = db.session_heads()?;
         heads.sort_by(|a, b| b.id.cmp(&a.id)); // Session ids sort newest first; print oldest first.
+        bar.set_length(heads.len() as u64);
         let mut records = Vec::new();
         let mut notes = Vec::new();
         for head in heads {
+            bar.inc(1);
             if skip_children && head.parent_id.is_some() {
                 continue;
             }
@@ -243,14 +313,27 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     .await
     .context("the database reader panicked")?
     .with_context(|| format!("reading {}", config.source.db_path.display()))?;
+    drop(reading);
 
+    let last = last_export_puts(
+        records.iter().map(|r| {
+            let trigger = match (r.end_reason, r.incomplete) {
+                (_, true) => "stale",
+                (EndReason::Error, _) => "session.error",
+                (EndReason::Deleted, _) => "session.deleted",
+                (EndReason::Idle, _) => "session.idle",
+            };
+            (trigger, r.session_id.as_str())
+        }),
+        now,
+    );
     outbox
         .commit(Commit {
             records: records
                 .iter()
                 .map(|r| new_record(r, serde_json::to_vec(r).expect("a record serializes")))
                 .collect(),
-            state_puts: Vec::new(),
+            state_puts: state_puts_of(&last),
             state_removes: Vec::new(),
         })
         .await
@@ -266,12 +349,14 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     let deadline = Instant::now() + Duration::from_secs(timeout_secs);
     let mut dead_total = 0;
     let mut delivered_total = 0;
+    let delivering = ProgressGuard::new(outbox.stats()?.pending_count, "delivering");
     loop {
         match sender.step().await? {
             Step::Idle => break,
             Step::Progress { delivered, dead } => {
                 delivered_total += delivered;
                 dead_total += dead;
+                delivering.bar().inc((delivered + dead) as u64);
             }
             Step::Backoff { wait, reason } => {
                 if Instant::now() + wait > deadline {
@@ -294,6 +379,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
             }
         }
     }
+    drop(delivering);
     outbox.flush().await?;
     eprintln!(
         "exported {} session(s); delivered {delivered_total} to {}",
@@ -309,12 +395,14 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-/// `run` from the command line: the daemon until SIGTERM or SIGINT.
+/// `run` from the command line: the daemon until SIGTERM or SIGINT; SIGHUP reloads the
+/// configuration with `overrides` (the same `--config` / `--db` as at start).
 ///
 /// # Errors
 /// Fatal failures (outbox storage, sink set-up).
 pub async fn run_daemon(
     loaded: Loaded,
+    overrides: crate::config::Overrides,
     transitions_log: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     tracing::info!(
@@ -322,8 +410,54 @@ pub async fn run_daemon(
         config = %loaded.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into()),
         "starting"
     );
-    run(loaded.config, transitions_log, shutdown_signal()).await?;
+    if let Some(warning) = loaded.permission_warning() {
+        tracing::warn!("{warning}");
+    }
+    let (hup_tx, hup_rx) = mpsc::unbounded_channel();
+    forward_hangups(hup_tx);
+    let reload = move || -> Result<Loaded, ConfigError> {
+        let loaded = crate::config::load(&overrides)?;
+        loaded.check_delivery()?;
+        Ok(loaded)
+    };
+    run(
+        loaded,
+        RunOptions {
+            transitions_log,
+            show_progress: std::io::stderr().is_terminal(),
+        },
+        shutdown_signal(),
+        Reloads {
+            signals: hup_rx,
+            load: Box::new(reload),
+        },
+    )
+    .await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Sends `()` on `tx` for every SIGHUP (Unix only; elsewhere nothing is sent).
+fn forward_hangups(tx: mpsc::UnboundedSender<()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        if tx.send(()).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading the config needs a restart")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(tx);
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C elsewhere).
@@ -350,59 +484,128 @@ pub async fn shutdown_signal() {
     }
 }
 
-/// The daemon: polls and delivers until `shutdown` resolves.
+/// Options of [`run`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--transitions-log`: every inferred transition appended as a JSON line.
+    pub transitions_log: Option<PathBuf>,
+    /// Draw a progress bar over the first pass over existing sessions.
+    pub show_progress: bool,
+}
+
+/// Reload requests for [`run`]: each message on `signals` calls `load` and applies the result
+/// (see [`reload`]).
+pub struct Reloads {
+    /// One `()` per request (SIGHUP).
+    pub signals: mpsc::UnboundedReceiver<()>,
+    /// Loads and validates the configuration again.
+    pub load: Box<dyn FnMut() -> Result<Loaded, ConfigError> + Send>,
+}
+
+impl Reloads {
+    /// No reloads ever (a closed channel).
+    pub fn none() -> Reloads {
+        let (_, signals) = mpsc::unbounded_channel();
+        Reloads {
+            signals,
+            load: Box::new(|| {
+                Err(ConfigError::Invalid {
+                    path: PathBuf::from("<none>"),
+                    message: "reloading is not available".into(),
+                })
+            }),
+        }
+    }
+}
+
+/// The daemon: polls and delivers until `shutdown` resolves; reloads its configuration on each
+/// message of `reloads`.
 ///
 /// # Errors
 /// Fatal failures: the outbox cannot be opened or written (sled errors are sticky; the service
 /// manager restarts the process), or the sink cannot be set up.
 pub async fn run(
-    config: Config,
-    transitions_log: Option<PathBuf>,
+    loaded: Loaded,
+    options: RunOptions,
     shutdown: impl Future<Output = ()>,
+    mut reloads: Reloads,
 ) -> anyhow::Result<()> {
+    let mut config = loaded.config;
     let outbox = Arc::new(open_outbox(&config)?);
     let device = device_id(&config)?;
     let ctx = export_context(&config, &device);
     let tracker = if outbox.was_rebuilt() {
-        tracing::warn!("the outbox was rebuilt; re-reading every session from the source");
+        tracing::info!("the outbox was rebuilt; re-reading every session from the source");
         Tracker::new(rules(&config))
     } else {
         Tracker::resume(rules(&config), outbox.state_scan(tracker::STATE_PREFIX)?)
     };
-    // On SIGTERM the request in flight may finish, keeping 500 ms of the grace period to flush.
-    let grace = Duration::from_secs(config.service.shutdown_grace_secs);
-    let sender = sender_for(&config, outbox.clone())?
-        .with_in_flight_limit(grace.saturating_sub(Duration::from_millis(500)));
+    let mut grace = Duration::from_secs(config.service.shutdown_grace_secs);
+    let sender =
+        sender_for(&config, outbox.clone())?.with_in_flight_limit(in_flight_limit(&config));
     tracing::info!(
         sink = %sender.describe(),
         db = %config.source.db_path.display(),
         tracked_sessions = tracker.len(),
         "running"
     );
+    outbox.set_daemon_info(DaemonInfo {
+        started_at_ms: now_ms(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_path: loaded
+            .path
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        db_path: config.source.db_path.clone(),
+        sink: sink_description(&config),
+        last_exports: status::last_exports(&outbox),
+        last_reload: None,
+    });
     let mut notifier = notify::Notifier::from_env();
     notifier.ready(&format!("polling {}", config.source.db_path.display()));
     let cancel = CancellationToken::new();
     let wake = Arc::new(Notify::new());
-    let sender_task = tokio::spawn(sender.run(wake.clone(), cancel.clone()));
+    let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
+    let sender_task = tokio::spawn(sender.run(wake.clone(), cancel.clone(), reconfigure_rx));
     let mut poller = Poller {
         config: config.clone(),
+        device,
         ctx,
         tracker: Some(tracker),
         db: None,
         last_data_version: None,
         missing_logged: false,
         full_logged: false,
-        transitions_log,
+        transitions_log: options.transitions_log,
+        progress_pending: options.show_progress,
     };
     let mut ticker = tokio::time::interval(config.poll_interval());
     // IMPORTANT: a slow tick must not be followed by a burst of catch-up ticks.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut reloads_open = true;
     tokio::pin!(shutdown);
     let result: anyhow::Result<()> = loop {
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = notifier.watchdog() => continue,
             _ = ticker.tick() => {}
+            hup = reloads.signals.recv(), if reloads_open => {
+                if hup.is_none() {
+                    reloads_open = false;
+                    continue;
+                }
+                let Some(new) = apply_reload(&config, (reloads.load)(), &outbox, &reconfigure_tx) else {
+                    continue;
+                };
+                if new.poll_interval() != config.poll_interval() {
+                    ticker = tokio::time::interval(new.poll_interval());
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                }
+                grace = Duration::from_secs(new.service.shutdown_grace_secs);
+                poller.reconfigure(&new);
+                config = new;
+                continue;
+            }
         }
         // A tick can take seconds (the first pass over a large database); shutdown does not wait
         // for it. Dropping it mid-way is safe: a commit either applied (and the final flush below
@@ -429,9 +632,82 @@ pub async fn run(
     result
 }
 
+/// Applies a reloaded configuration (see [`reload`]); returns the config to run with, or
+/// `None` when it was rejected (logged at ERROR; the running one stays).
+fn apply_reload(
+    running: &Config,
+    loaded: Result<Loaded, ConfigError>,
+    outbox: &Outbox,
+    reconfigure: &mpsc::UnboundedSender<Reconfigure>,
+) -> Option<Config> {
+    tracing::info!(signal = "SIGHUP", "reloading the configuration");
+    let record = |applied: bool, message: String| {
+        outbox.update_daemon_info(|d| {
+            d.last_reload = Some(ReloadOutcome {
+                at_ms: now_ms(),
+                applied,
+                message,
+            })
+        });
+    };
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the reloaded configuration is invalid; keeping the running one");
+            record(false, e.to_string());
+            return None;
+        }
+    };
+    if let Some(warning) = loaded.permission_warning() {
+        tracing::warn!("{warning}");
+    }
+    let plan = reload::plan(running, loaded.config);
+    for change in &plan.need_restart {
+        tracing::warn!(change = %change, "this setting needs a restart to take effect; keeping the running value");
+    }
+    if plan.rebuild_sink {
+        let sink = match AnySink::from_config(&plan.effective) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "the reloaded sink settings cannot be used; keeping the running configuration");
+                record(false, format!("sink: {e}"));
+                return None;
+            }
+        };
+        let _ = reconfigure.send(Reconfigure {
+            sink,
+            pacer: sink::Pacer::new(sink::RetryPolicy::from_config(&plan.effective.convex)),
+            batch_size: plan.effective.convex.batch_size,
+            in_flight_limit: in_flight_limit(&plan.effective),
+        });
+    }
+    if let Err(e) = logging::reload(&running.service, &plan.effective.service) {
+        tracing::warn!(error = %e, "cannot apply the new log settings");
+    }
+    let summary = if plan.applied.is_empty() {
+        "nothing changed".to_string()
+    } else {
+        plan.applied.join("; ")
+    };
+    for change in &plan.applied {
+        tracing::info!(change = %change, "setting changed");
+    }
+    tracing::info!(
+        config = %loaded.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into()),
+        changes = plan.applied.len(),
+        "configuration reloaded"
+    );
+    let effective = plan.effective;
+    let sink = sink_description(&effective);
+    outbox.update_daemon_info(|d| d.sink = sink);
+    record(true, summary);
+    Some(effective)
+}
+
 /// The poll side of the daemon.
 struct Poller {
     config: Config,
+    device: String,
     ctx: ExportContext,
     tracker: Option<Tracker>,
     db: Option<OpenCodeDb>,
@@ -439,9 +715,20 @@ struct Poller {
     missing_logged: bool,
     full_logged: bool,
     transitions_log: Option<PathBuf>,
+    /// Show a progress bar over the next tick (the first one).
+    progress_pending: bool,
 }
 
 impl Poller {
+    /// Takes the live settings of a reloaded config: export rules and record contents.
+    fn reconfigure(&mut self, config: &Config) {
+        self.config = config.clone();
+        self.ctx = export_context(config, &self.device);
+        if let Some(t) = self.tracker.as_mut() {
+            t.set_rules(rules(config));
+        }
+    }
+
     /// One tick. Returns whether records were enqueued.
     async fn tick(&mut self, outbox: &Outbox) -> anyhow::Result<bool> {
         if outbox.is_full() {
@@ -462,6 +749,12 @@ impl Poller {
         let mut ctx = self.ctx.clone();
         let last_dv = self.last_data_version;
         let budget = outbox.free_bytes();
+        let progress = std::mem::take(&mut self.progress_pending)
+            .then(|| ProgressGuard::new(0, "reading sessions"));
+        let had_progress = progress.is_some();
+        if let Some(p) = &progress {
+            tracker.set_progress(p.bar().clone());
+        }
         let missing_logged = self.missing_logged;
         let now = now_ms();
         ctx.exported_at = now;
@@ -490,6 +783,7 @@ impl Poller {
             (db, tracker, result)
         })
         .await;
+        drop(progress);
         let (db, tracker, result) = joined.context("the database reader panicked")?;
         self.tracker = Some(tracker);
         match result {
@@ -511,16 +805,27 @@ impl Poller {
                         "the outbox is nearly full; exports deferred"
                     );
                 }
+                let last = last_export_puts(
+                    out.emitted
+                        .iter()
+                        .map(|e| (trigger_name(e.event), e.record.session_id.as_str())),
+                    now,
+                );
+                let mut state_puts = out.state_puts;
+                state_puts.extend(state_puts_of(&last));
                 let commit = Commit {
                     records: out
                         .emitted
                         .iter()
                         .map(|e| new_record(&e.record, e.json.clone()))
                         .collect(),
-                    state_puts: out.state_puts,
+                    state_puts,
                     state_removes: out.state_removes,
                 };
                 outbox.commit(commit).await.context("writing the outbox")?;
+                if !last.is_empty() {
+                    outbox.update_daemon_info(|d| d.last_exports.extend(last));
+                }
                 self.last_data_version = dv;
                 for e in &out.emitted {
                     self.log_transition(e);
@@ -532,6 +837,8 @@ impl Poller {
                 if !missing_logged {
                     tracing::info!(reason = %e, "waiting for the opencode database to appear");
                 }
+                // The first pass is still to come.
+                self.progress_pending |= had_progress;
                 self.missing_logged = true;
                 self.db = None;
                 self.last_data_version = None;
@@ -583,96 +890,12 @@ impl Poller {
     }
 }
 
-/// `status`: outbox depth, oldest pending entry, dead letters, last delivery, last error.
-/// Works while the daemon runs (it then reads the status file the daemon keeps).
+/// `status` (or `status --json`); see [`status`].
 ///
 /// # Errors
 /// Outbox failures other than the lock.
-pub fn status(config: &Config) -> anyhow::Result<ExitCode> {
-    let sink = if config.uses_convex() {
-        format!("convex {}", config.convex.url)
-    } else {
-        format!("local file {}", config.local.path.display())
-    };
-    println!("sink:            {sink}");
-    println!("opencode db:     {}", config.source.db_path.display());
-    println!("data dir:        {}", config.data_dir.display());
-    let now = now_ms();
-    // A running daemon keeps `status.json` current; reading it leaves the outbox's lock alone
-    // (a daemon starting right now must not find it taken).
-    let running = crate::queue::read_status(&config.data_dir).filter(|s| process_alive(s.pid));
-    let snapshot = match running {
-        Some(s) => {
-            println!(
-                "daemon:          running, pid {} (figures from its status file, {}s old)",
-                s.pid,
-                (now - s.written_at_ms).max(0) / 1000
-            );
-            s
-        }
-        None => match open_outbox(config) {
-            Ok(outbox) => {
-                println!("daemon:          not running (outbox opened directly)");
-                outbox.snapshot()?
-            }
-            Err(e) => match crate::queue::read_status(&config.data_dir) {
-                Some(s) => {
-                    println!(
-                        "daemon:          running (outbox locked; figures from its status file, {}s old)",
-                        (now - s.written_at_ms).max(0) / 1000
-                    );
-                    s
-                }
-                None => return Err(e),
-            },
-        },
-    };
-    print!("{}", render_status(&snapshot, now));
-    Ok(ExitCode::SUCCESS)
-}
-
-/// Whether an opencode-telemetry process with this id runs (Linux: `/proc/<pid>/cmdline`, so a
-/// pid reused by another program does not count; elsewhere unknown, so false and `status` opens
-/// the outbox itself).
-fn process_alive(pid: u32) -> bool {
-    if !cfg!(target_os = "linux") || pid == std::process::id() {
-        return false;
-    }
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("opencode-telemetry"))
-        .unwrap_or(false)
-}
-
-/// "12s ago", or "never".
-fn ago(now: i64, at: Option<i64>) -> String {
-    match at {
-        Some(at) => format!("{}s ago", (now - at).max(0) / 1000),
-        None => "never".to_string(),
-    }
-}
-
-/// The figures `status` prints.
-fn render_status(s: &StatusSnapshot, now: i64) -> String {
-    let oldest = match s.oldest_enqueued_at_ms {
-        Some(_) => format!("queued {}", ago(now, s.oldest_enqueued_at_ms)),
-        None => "none".to_string(),
-    };
-    let last_error = match &s.last_error {
-        Some(e) => format!("{} ({})", e.message, ago(now, Some(e.at_ms))),
-        None => "none".to_string(),
-    };
-    format!(
-        "pending:         {} ({} bytes of {} max)\n\
-         oldest pending:  {oldest}\n\
-         dead letters:    {}\n\
-         last delivery:   {}\n\
-         last error:      {last_error}\n",
-        s.pending_count,
-        s.pending_bytes,
-        s.max_bytes,
-        s.dead_count,
-        ago(now, s.last_delivery_at_ms),
-    )
+pub fn status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    status::status(config, as_json)
 }
 
 /// `queue list`: pending and dead-lettered records.
@@ -699,7 +922,7 @@ pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
         println!(
             "  {}  dead {}  updatedAt {}  reason: {}",
             d.session_id,
-            ago(now, d.dead_at_ms),
+            status::ago(now, d.dead_at_ms),
             d.updated_at_ms
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "?".into()),

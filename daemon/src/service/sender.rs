@@ -19,11 +19,15 @@
 //!   - unauthorized (401/403 from the ingest HTTP action) → all sending pauses, the
 //!     queue is kept, an actionable error is logged, and delivery is retried at the backoff cap
 //!     (so fixing the token on the deployment resumes delivery without a restart).
+//!
+//! A config reload (SIGHUP) hands the running sender a new sink and pacer through
+//! [`Reconfigure`]; it is applied between two requests (never to one in flight), and the
+//! outbox and its records are untouched.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
@@ -68,6 +72,18 @@ fn within_bytes(batch: &[Pending], max_bytes: usize) -> usize {
             total > max_bytes
         })
         .map_or(batch.len(), |i| i.max(1))
+}
+
+/// New delivery settings for a running [`Sender`] (from a reloaded config).
+pub struct Reconfigure {
+    /// The new sink.
+    pub sink: AnySink,
+    /// A fresh pacer (its backoff and unauthorized pause start over).
+    pub pacer: sink::Pacer,
+    /// `convex.batch_size`.
+    pub batch_size: usize,
+    /// See [`Sender::with_in_flight_limit`].
+    pub in_flight_limit: Duration,
 }
 
 /// Drains the outbox into the sink, one batch per [`Sender::step`].
@@ -221,8 +237,18 @@ impl Sender {
         Ok(())
     }
 
+    /// Applies new delivery settings (between two requests).
+    pub fn reconfigure(&mut self, r: Reconfigure) {
+        self.sink = r.sink;
+        self.pacer = r.pacer;
+        self.batch_size = r.batch_size.max(1);
+        self.in_flight_limit = r.in_flight_limit;
+    }
+
     /// Drains until cancelled: sends while the outbox has records, then sleeps until `wake`
-    /// is notified (new records) or the pacer allows the next retry.
+    /// is notified (new records), the pacer allows the next retry, or new settings arrive on
+    /// `reconfigure` (applied at once when the sender is waiting, else after the request in
+    /// flight).
     ///
     /// # Errors
     /// [`QueueError`]: a storage error; the daemon exits and its service manager restarts it.
@@ -230,17 +256,30 @@ impl Sender {
         mut self,
         wake: Arc<Notify>,
         cancel: CancellationToken,
+        mut reconfigure: mpsc::UnboundedReceiver<Reconfigure>,
     ) -> Result<(), QueueError> {
         let mut logged_unauthorized = false;
+        let mut reconfigure_open = true;
         loop {
             if cancel.is_cancelled() {
                 return Ok(());
+            }
+            while let Ok(r) = reconfigure.try_recv() {
+                self.reconfigure(r);
+                logged_unauthorized = false;
             }
             let ready_in = self.pacer.until_ready();
             if !ready_in.is_zero() {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(ready_in) => {}
+                    r = reconfigure.recv(), if reconfigure_open => match r {
+                        Some(r) => {
+                            self.reconfigure(r);
+                            logged_unauthorized = false;
+                        }
+                        None => reconfigure_open = false,
+                    },
                 }
                 continue;
             }
@@ -263,6 +302,13 @@ impl Sender {
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
                         _ = wake.notified() => {}
+                        r = reconfigure.recv(), if reconfigure_open => match r {
+                            Some(r) => {
+                                self.reconfigure(r);
+                                logged_unauthorized = false;
+                            }
+                            None => reconfigure_open = false,
+                        },
                     }
                 }
                 Step::Progress { delivered, dead } => {

@@ -233,6 +233,8 @@ pub struct Tracker {
     /// Markers of subagent sessions (with `skip_subagent_sessions`), to notice a child that
     /// changes after its parent was exported. Not persisted: the first scan after a start fills it.
     child_markers: HashMap<String, Marker>,
+    /// Advanced once per session row during the next scan of every row (then dropped).
+    progress: Option<indicatif::ProgressBar>,
 }
 
 /// The last scan's view of `event_sequence` and `session`.
@@ -262,7 +264,20 @@ impl Tracker {
             watching: HashSet::new(),
             index: None,
             child_markers: HashMap::new(),
+            progress: None,
         }
+    }
+
+    /// Replaces the timing rules (a config reload); sessions already tracked keep their state
+    /// and are judged by the new rules from the next tick on.
+    pub fn set_rules(&mut self, rules: Rules) {
+        self.rules = rules;
+    }
+
+    /// A progress bar advanced once per session during the next first scan (every session
+    /// row is read); it is dropped after that scan.
+    pub fn set_progress(&mut self, bar: indicatif::ProgressBar) {
+        self.progress = Some(bar);
     }
 
     /// A tracker resumed from persisted `(key, value)` state entries (other keys are ignored;
@@ -338,7 +353,18 @@ impl Tracker {
         if scan {
             let first_scan = self.index.is_none();
             let (heads, gone) = self.changes(db, &mut out)?;
+            let progress = if first_scan {
+                self.progress.take()
+            } else {
+                None
+            };
+            if let Some(bar) = &progress {
+                bar.set_length(heads.len() as u64);
+            }
             for head in &heads {
+                if let Some(bar) = &progress {
+                    bar.inc(1);
+                }
                 if let (true, Some(parent)) = (self.rules.skip_subagent_sessions, &head.parent_id) {
                     let marker = Marker::from(head.marker);
                     let previous = self.child_markers.insert(head.id.clone(), marker);

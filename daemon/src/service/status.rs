@@ -1,0 +1,342 @@
+//! `status`: what the daemon is doing, read without stopping it.
+//!
+//! A running daemon keeps `<data_dir>/status.json` current (see [`crate::queue::read_status`]):
+//! its pid and start time, the config file and OpenCode database in use, the sink, the outbox
+//! depth (pending, dead letters), the last delivery, the last error, the last export per
+//! trigger (`session.idle`, `session.error`, `session.deleted`, `stale`) and the outcome of
+//! the last SIGHUP. `status` reads that file when its pid is alive (it never takes the outbox's
+//! lock, so a daemon starting at that moment is not refused). When no daemon runs it says so
+//! and opens the outbox itself; the last exports then come from the outbox's `state` tree,
+//! where every commit records them.
+//!
+//! `status --json` prints the same as one JSON object (times in epoch ms, sizes in bytes):
+//! ```text
+//! {"daemon":{"running":true,"pid":…,"startedAt":…,"version":…,"configPath":…|null,
+//!            "lastReload":{"at":…,"applied":…,"message":…}|null} | {"running":false},
+//!  "figuresFrom":"status file"|"outbox","figuresAt":<ms>,
+//!  "sink":…,"dbPath":…,"dataDir":…,
+//!  "outbox":{"pendingCount":…,"pendingBytes":…,"maxBytes":…,"oldestEnqueuedAt":…|null,"deadCount":…},
+//!  "lastDeliveryAt":…|null,"lastError":{"message":…,"at":…}|null,
+//!  "lastExports":{"session.idle":{"sessionId":…,"at":…},…}}
+//! ```
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use serde_json::json;
+
+use super::{open_outbox, sink_description, LAST_EXPORT_PREFIX};
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::queue::{LastExport, Outbox, StatusSnapshot};
+
+/// Where the figures came from.
+struct Gathered {
+    snapshot: StatusSnapshot,
+    /// The daemon runs (its status file was read).
+    running: bool,
+    last_exports: BTreeMap<String, LastExport>,
+}
+
+/// `status` (human-readable) or `status --json`.
+///
+/// # Errors
+/// Outbox failures other than the lock.
+pub fn status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    let g = gather(config)?;
+    let now = now_ms();
+    if as_json {
+        println!("{}", render_json(config, &g));
+    } else {
+        print!("{}", render_text(config, &g, now));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn gather(config: &Config) -> anyhow::Result<Gathered> {
+    // A running daemon keeps `status.json` current; reading it leaves the outbox's lock alone
+    // (a daemon starting right now must not find it taken).
+    let from_file = |s: StatusSnapshot| Gathered {
+        last_exports: s
+            .daemon
+            .as_ref()
+            .map(|d| d.last_exports.clone())
+            .unwrap_or_default(),
+        snapshot: s,
+        running: true,
+    };
+    if let Some(s) = crate::queue::read_status(&config.data_dir).filter(|s| process_alive(s.pid)) {
+        return Ok(from_file(s));
+    }
+    match open_outbox(config) {
+        Ok(outbox) => Ok(Gathered {
+            snapshot: outbox.snapshot()?,
+            running: false,
+            last_exports: last_exports(&outbox),
+        }),
+        // Locked: a daemon runs (off Linux, where its pid cannot be checked cheaply).
+        Err(e) => match crate::queue::read_status(&config.data_dir) {
+            Some(s) => Ok(from_file(s)),
+            None => Err(e),
+        },
+    }
+}
+
+/// The last export per trigger as recorded in the outbox's `state` tree.
+pub(crate) fn last_exports(outbox: &Outbox) -> BTreeMap<String, LastExport> {
+    outbox
+        .state_scan(LAST_EXPORT_PREFIX)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let trigger = String::from_utf8(k.strip_prefix(LAST_EXPORT_PREFIX)?.to_vec()).ok()?;
+            Some((trigger, serde_json::from_slice(&v).ok()?))
+        })
+        .collect()
+}
+
+/// Whether an opencode-telemetry process with this id runs (Linux: `/proc/<pid>/cmdline`, so a
+/// pid reused by another program does not count; elsewhere unknown, so false and `status` opens
+/// the outbox itself).
+fn process_alive(pid: u32) -> bool {
+    if !cfg!(target_os = "linux") || pid == std::process::id() {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).contains("opencode-telemetry"))
+        .unwrap_or(false)
+}
+
+/// "12s ago", or "never".
+pub(crate) fn ago(now: i64, at: Option<i64>) -> String {
+    match at {
+        Some(at) => format!("{}s ago", (now - at).max(0) / 1000),
+        None => "never".to_string(),
+    }
+}
+
+fn render_text(config: &Config, g: &Gathered, now: i64) -> String {
+    let s = &g.snapshot;
+    let daemon = s.daemon.as_ref().filter(|_| g.running);
+    let mut out = String::new();
+    let mut line = |label: &str, value: String| {
+        out.push_str(&format!("{:<16} {value}\n", format!("{label}:")));
+    };
+    line(
+        "sink",
+        daemon.map_or_else(|| sink_description(config), |d| d.sink.clone()),
+    );
+    line(
+        "opencode db",
+        daemon
+            .map_or(&config.source.db_path, |d| &d.db_path)
+            .display()
+            .to_string(),
+    );
+    line("data dir", config.data_dir.display().to_string());
+    let age = (now - s.written_at_ms).max(0) / 1000;
+    line(
+        "daemon",
+        match (g.running, daemon) {
+            (true, Some(d)) => format!(
+                "running, pid {} since {} (version {}; figures from its status file, {age}s old)",
+                s.pid,
+                ago(now, Some(d.started_at_ms)),
+                d.version
+            ),
+            (true, None) => format!(
+                "running, pid {} (figures from its status file, {age}s old)",
+                s.pid
+            ),
+            (false, _) => "not running (outbox opened directly)".to_string(),
+        },
+    );
+    if let Some(d) = daemon {
+        line(
+            "config file",
+            d.config_path
+                .as_ref()
+                .map_or("none (built-in defaults)".to_string(), |p| {
+                    p.display().to_string()
+                }),
+        );
+        if let Some(r) = &d.last_reload {
+            line(
+                "last reload",
+                format!(
+                    "{} {}: {}",
+                    if r.applied { "applied" } else { "REJECTED" },
+                    ago(now, Some(r.at_ms)),
+                    r.message
+                ),
+            );
+        }
+    }
+    line(
+        "pending",
+        format!(
+            "{} ({} bytes of {} max)",
+            s.pending_count, s.pending_bytes, s.max_bytes
+        ),
+    );
+    line(
+        "oldest pending",
+        match s.oldest_enqueued_at_ms {
+            Some(_) => format!("queued {}", ago(now, s.oldest_enqueued_at_ms)),
+            None => "none".to_string(),
+        },
+    );
+    line("dead letters", s.dead_count.to_string());
+    line("last delivery", ago(now, s.last_delivery_at_ms));
+    line(
+        "last error",
+        match &s.last_error {
+            Some(e) => format!("{} ({})", e.message, ago(now, Some(e.at_ms))),
+            None => "none".to_string(),
+        },
+    );
+    for trigger in ["session.idle", "session.error", "session.deleted", "stale"] {
+        let label = format!("exported {}", trigger.trim_start_matches("session."));
+        line(
+            &label,
+            match g.last_exports.get(trigger) {
+                Some(e) => format!("{} ({})", e.session_id, ago(now, Some(e.at_ms))),
+                None => "never".to_string(),
+            },
+        );
+    }
+    out
+}
+
+fn render_json(config: &Config, g: &Gathered) -> serde_json::Value {
+    let s = &g.snapshot;
+    let daemon = s.daemon.as_ref().filter(|_| g.running);
+    let daemon_json = match (g.running, daemon) {
+        (true, Some(d)) => json!({
+            "running": true,
+            "pid": s.pid,
+            "startedAt": d.started_at_ms,
+            "version": d.version,
+            "configPath": d.config_path,
+            "lastReload": d.last_reload,
+        }),
+        (true, None) => json!({ "running": true, "pid": s.pid }),
+        (false, _) => json!({ "running": false }),
+    };
+    json!({
+        "daemon": daemon_json,
+        "figuresFrom": if g.running { "status file" } else { "outbox" },
+        "figuresAt": s.written_at_ms,
+        "sink": daemon.map_or_else(|| sink_description(config), |d| d.sink.clone()),
+        "dbPath": daemon.map_or(&config.source.db_path, |d| &d.db_path),
+        "dataDir": config.data_dir,
+        "outbox": {
+            "pendingCount": s.pending_count,
+            "pendingBytes": s.pending_bytes,
+            "maxBytes": s.max_bytes,
+            "oldestEnqueuedAt": s.oldest_enqueued_at_ms,
+            "deadCount": s.dead_count,
+        },
+        "lastDeliveryAt": s.last_delivery_at_ms,
+        "lastError": s.last_error.as_ref().map(|e| json!({"message": e.message, "at": e.at_ms})),
+        "lastExports": g.last_exports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{DaemonInfo, LastError};
+
+    fn snapshot(daemon: Option<DaemonInfo>) -> StatusSnapshot {
+        StatusSnapshot {
+            pid: 4242,
+            written_at_ms: 1_000_000,
+            pending_count: 3,
+            pending_bytes: 900,
+            max_bytes: 1 << 20,
+            oldest_enqueued_at_ms: Some(990_000),
+            dead_count: 1,
+            last_delivery_at_ms: Some(995_000),
+            last_error: Some(LastError {
+                message: "HTTP 503".into(),
+                at_ms: 998_000,
+            }),
+            committed_seq: None,
+            daemon,
+        }
+    }
+
+    #[test]
+    fn a_running_daemon_shows_its_own_db_sink_and_last_exports() {
+        let mut config = Config::default();
+        config.source.db_path = "/from/the/status/command.db".into();
+        let mut last_exports = BTreeMap::new();
+        last_exports.insert(
+            "session.deleted".to_string(),
+            LastExport {
+                session_id: "ses_gone".into(),
+                at_ms: 940_000,
+            },
+        );
+        let info = DaemonInfo {
+            started_at_ms: 880_000,
+            version: "9.9.9".into(),
+            config_path: Some("/etc/c.toml".into()),
+            db_path: "/in/use/opencode.db".into(),
+            sink: "convex https://x.convex.cloud".into(),
+            last_exports: last_exports.clone(),
+            last_reload: None,
+        };
+        let g = Gathered {
+            snapshot: snapshot(Some(info)),
+            running: true,
+            last_exports,
+        };
+        let text = render_text(&config, &g, 1_000_000);
+        assert!(
+            text.contains("opencode db:     /in/use/opencode.db\n"),
+            "{text}"
+        );
+        assert!(text.contains("sink:            convex https://x.convex.cloud\n"));
+        assert!(text.contains("running, pid 4242 since 120s ago (version 9.9.9"));
+        assert!(text.contains("pending:         3 (900 bytes of 1048576 max)\n"));
+        assert!(text.contains("dead letters:    1\n"));
+        assert!(
+            text.contains("exported deleted: ses_gone (60s ago)\n"),
+            "{text}"
+        );
+        assert!(text.contains("exported idle:   never\n"), "{text}");
+        assert!(text.contains("last error:      HTTP 503 (2s ago)\n"));
+
+        let v = render_json(&config, &g);
+        assert_eq!(v["daemon"]["pid"], 4242);
+        assert_eq!(v["daemon"]["startedAt"], 880_000);
+        assert_eq!(v["dbPath"], "/in/use/opencode.db");
+        assert_eq!(v["outbox"]["pendingCount"], 3);
+        assert_eq!(v["outbox"]["deadCount"], 1);
+        assert_eq!(v["lastExports"]["session.deleted"]["sessionId"], "ses_gone");
+        assert_eq!(v["lastExports"]["session.deleted"]["at"], 940_000);
+        assert_eq!(v["lastError"]["message"], "HTTP 503");
+    }
+
+    #[test]
+    fn without_a_daemon_the_config_says_what_would_be_used() {
+        let mut config = Config::default();
+        config.source.db_path = "/cfg/opencode.db".into();
+        let g = Gathered {
+            snapshot: snapshot(None),
+            running: false,
+            last_exports: BTreeMap::new(),
+        };
+        let text = render_text(&config, &g, 1_000_000);
+        assert!(text.contains("daemon:          not running"), "{text}");
+        assert!(
+            text.contains("opencode db:     /cfg/opencode.db\n"),
+            "{text}"
+        );
+        let v = render_json(&config, &g);
+        assert_eq!(v["daemon"]["running"], false);
+        assert_eq!(v["figuresFrom"], "outbox");
+    }
+}

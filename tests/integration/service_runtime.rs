@@ -246,7 +246,11 @@ async fn sighup_applies_a_valid_config_and_keeps_the_queue() {
             )),
             "{out}"
         );
-        assert!(out.contains("convex.batch_size: 50 → 7"), "{out}");
+        let default_batch = opencode_telemetry::config::ConvexConfig::default().batch_size;
+        assert!(
+            out.contains(&format!("convex.batch_size: {default_batch} → 7")),
+            "{out}"
+        );
         assert!(
             out.contains("service.log_level: \"info\" → \"debug\""),
             "{out}"

@@ -672,30 +672,27 @@ impl Loaded {
     /// # Errors
     /// [`ConfigError::BadValue`] for `convex.ingest_token`.
     pub fn check_delivery(&self) -> Result<(), ConfigError> {
-        if self.config.uses_convex() && self.config.convex.ingest_token.is_empty() {
-            return Err(ConfigError::BadValue {
-                path: self
-                    .path
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("<defaults>")),
-                key: "convex.ingest_token",
-                message: format!("is required when convex.url is set (or set {ENV_INGEST_TOKEN})"),
-            });
-        }
+        let bad_token = |message: String| ConfigError::BadValue {
+            path: self
+                .path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("<defaults>")),
+            key: "convex.ingest_token",
+            message,
+        };
         let token = self.config.convex.ingest_token.expose();
+        if self.config.uses_convex() && token.is_empty() {
+            return Err(bad_token(format!(
+                "is required when convex.url is set (or set {ENV_INGEST_TOKEN})"
+            )));
+        }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ConfigError::BadValue {
-                path: self
-                    .path
-                    .clone()
-                    .unwrap_or_else(|| PathBuf::from("<defaults>")),
-                key: "convex.ingest_token",
-                // Never the value: only what is wrong with it.
-                message:
-                    "must be printable ASCII without spaces (it is sent as an HTTP bearer token); \
-                          `openssl rand -hex 32` makes a good one"
-                        .into(),
-            });
+            // Never the value: only what is wrong with it.
+            return Err(bad_token(
+                "must be printable ASCII without spaces (it is sent as an HTTP bearer token); \
+                 `openssl rand -hex 32` makes a good one"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -814,15 +811,20 @@ mod tests {
         assert!(check_convex_url("ftp://x").is_err());
     }
 
-    #[test]
-    fn a_convex_url_without_a_token_is_refused_for_delivery_only() {
-        let config = parse_str("[convex]\nurl = \"https://a.convex.cloud\"\n").unwrap();
-        let loaded = Loaded {
+    /// A config for `https://a.convex.site` with `token`, as if read from `/etc/x.toml`.
+    fn convex_loaded(token: &str) -> Loaded {
+        let mut config = parse_str("[convex]\nurl = \"https://a.convex.site\"\n").unwrap();
+        config.convex.ingest_token = Secret::new(token);
+        Loaded {
             config,
             path: Some(PathBuf::from("/etc/x.toml")),
             file_holds_secret: false,
-        };
-        let err = loaded.check_delivery().unwrap_err().to_string();
+        }
+    }
+
+    #[test]
+    fn a_convex_url_without_a_token_is_refused_for_delivery_only() {
+        let err = convex_loaded("").check_delivery().unwrap_err().to_string();
         assert!(
             err.contains("convex.ingest_token") && err.contains("/etc/x.toml"),
             "{err}"
@@ -837,13 +839,7 @@ mod tests {
             "é-secret",
             "line\nsecret",
         ] {
-            let mut config = parse_str("[convex]\nurl = \"https://a.convex.site\"\n").unwrap();
-            config.convex.ingest_token = Secret::new(token);
-            let loaded = Loaded {
-                config,
-                path: Some(PathBuf::from("/etc/x.toml")),
-                file_holds_secret: false,
-            };
+            let loaded = convex_loaded(token);
             let err = loaded.check_delivery().unwrap_err().to_string();
             assert!(
                 err.contains("convex.ingest_token") && err.contains("printable ASCII"),
@@ -851,13 +847,7 @@ mod tests {
             );
             assert!(!err.contains("secret"), "{err}");
         }
-        let mut config = parse_str("[convex]\nurl = \"https://a.convex.site\"\n").unwrap();
-        config.convex.ingest_token = Secret::new("0123abcdef~!#$%&'*+-.^_`|");
-        let loaded = Loaded {
-            config,
-            path: None,
-            file_holds_secret: false,
-        };
+        let loaded = convex_loaded("0123abcdef~!#$%&'*+-.^_`|");
         assert!(loaded.check_delivery().is_ok());
     }
 

@@ -144,3 +144,59 @@ fn without_a_watchdog_there_are_no_pings() {
     );
     assert_eq!(notify.received.len(), 2, "{:?}", notify.received);
 }
+
+/// The first pass over a large history may outlast the watchdog period; the daemon keeps
+/// pinging during it (afterwards a stuck tick stops the pings). 3,000 generated sessions take
+/// seconds to read in a debug build: pings must keep coming on the watchdog's clock until the
+/// first export, instead of one ping before the pass and silence until it ends.
+#[test]
+fn the_watchdog_is_pinged_during_a_long_first_pass() {
+    let scratch = Scratch::new();
+    let mut notify = NotifySocket::bind(&scratch);
+    let db = scratch.path("oc/opencode.db");
+    drop(crate::support::gen_db::GenDb::create(&db, 3000));
+    let config = scratch.write_config("[source]\npoll_interval_ms = 600000\n");
+    let mut cmd = command(&scratch);
+    cmd.env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", &notify.path)
+        // WatchdogSec=0.2s: a ping is due every 100 ms.
+        .env("WATCHDOG_USEC", "200000")
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .arg("run");
+    let mut daemon = Daemon::spawn(cmd, &scratch.path("daemon.log"));
+    notify.wait_until(&daemon, 60, "READY=1", |r| count(r, "READY=1") == 1);
+    let ready_at = Instant::now();
+    // Receive until the first pass has exported; count the pings that came meanwhile.
+    let mut pings_during_pass = 0;
+    let mut buf = [0u8; 4096];
+    let deadline = ready_at + Duration::from_secs(240);
+    while !daemon.output().contains("session exported") {
+        assert!(
+            Instant::now() < deadline,
+            "no export within 240 s\n{}",
+            daemon.output()
+        );
+        if let Ok(n) = notify.sock.recv(&mut buf) {
+            if has(&String::from_utf8_lossy(&buf[..n]), "WATCHDOG=1") {
+                pings_during_pass += 1;
+            }
+        }
+    }
+    let pass = ready_at.elapsed();
+    // On the watchdog's clock there are about pass / 100 ms pings; ask for a quarter of that
+    // (a loaded machine delays them), and at least 3.
+    let expected = (pass.as_millis() / 400).max(3) as usize;
+    assert!(
+        pass >= Duration::from_millis(500),
+        "the first pass took only {pass:?}: too short to show anything"
+    );
+    assert!(
+        pings_during_pass >= expected,
+        "{pings_during_pass} pings during a {pass:?} first pass (expected ≥ {expected})"
+    );
+    let (status, _) = daemon.terminate(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", daemon.output());
+}

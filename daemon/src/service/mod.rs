@@ -578,6 +578,7 @@ pub async fn run(
         full_logged: false,
         transitions_log: options.transitions_log,
         progress_pending: options.show_progress,
+        scanned_once: false,
     };
     let mut ticker = tokio::time::interval(config.poll_interval());
     // IMPORTANT: a slow tick must not be followed by a burst of catch-up ticks.
@@ -610,13 +611,28 @@ pub async fn run(
         // A tick can take seconds (the first pass over a large database); shutdown does not wait
         // for it. Dropping it mid-way is safe: a commit either applied (and the final flush below
         // persists it) or did not, and the source is re-read after the restart.
-        tokio::select! {
-            _ = &mut shutdown => break Ok(()),
-            ticked = poller.tick(&outbox) => match ticked {
-                Ok(true) => wake.notify_one(),
-                Ok(false) => {}
-                Err(e) => break Err(e),
-            },
+        //
+        // The watchdog is pinged during the first tick that reads the database: the first pass
+        // over a large history may outlast `WatchdogSec` (about 120,000 sessions a minute, see
+        // README "Speed"). Later ticks read a few rows, so a stuck one stops the pings and
+        // systemd restarts the daemon.
+        let first_pass = !poller.scanned_once;
+        let ticked = {
+            let tick = poller.tick(&outbox);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break None,
+                    ticked = &mut tick => break Some(ticked),
+                    _ = notifier.watchdog(), if first_pass => {}
+                }
+            }
+        };
+        match ticked {
+            None => break Ok(()),
+            Some(Ok(true)) => wake.notify_one(),
+            Some(Ok(false)) => {}
+            Some(Err(e)) => break Err(e),
         }
     };
     notifier.stopping("stopping: flushing the outbox");
@@ -717,6 +733,8 @@ struct Poller {
     transitions_log: Option<PathBuf>,
     /// Show a progress bar over the next tick (the first one).
     progress_pending: bool,
+    /// A tick has read the database to the end once (the first pass over the history is done).
+    scanned_once: bool,
 }
 
 impl Poller {
@@ -789,6 +807,7 @@ impl Poller {
         match result {
             Ok((out, dv)) => {
                 self.db = db;
+                self.scanned_once = true;
                 self.missing_logged = false;
                 let out = match out {
                     Some(out) => out,

@@ -9,7 +9,9 @@
 //! - `WATCHDOG=1`: sent from the poll loop itself (not from a timer task of its own) every half
 //!   of the watchdog interval systemd passes in `WATCHDOG_USEC` (`WatchdogSec=`), whatever
 //!   `source.poll_interval_ms` is. A poll that hangs stops the pings, and systemd then kills the
-//!   process (SIGABRT) and `Restart=on-failure` starts it again.
+//!   process (SIGABRT) and `Restart=on-failure` starts it again. The one exception is the first
+//!   poll that reads the database (the pass over the whole history, which can outlast
+//!   `WatchdogSec` on a large database): the loop keeps pinging while it runs.
 //! - `STOPPING=1` (plus `STATUS=`): sent when shutdown begins, before the outbox is flushed.
 //!
 //! Without `NOTIFY_SOCKET` (launchd, a shell) every call does nothing; without `WATCHDOG_USEC`

@@ -153,20 +153,16 @@ impl Sender {
                 self.pacer.on_success();
                 let mut dead = 0;
                 let mut to_ack = Vec::with_capacity(batch.len());
-                for (i, p) in batch.iter().enumerate() {
-                    let item = items
-                        .iter()
-                        .find(|r| r.session_id == p.session_id())
-                        .or(items.get(i));
-                    match item.and_then(|r| r.refusal()) {
+                // Results are in input order: the Convex sink turns any answer whose results do
+                // not match the records one for one into a retry, the local sink makes one per
+                // record.
+                for (p, item) in batch.iter().zip(&items) {
+                    match item.refusal() {
                         Some(reason) => {
-                            tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected; moved to dead letters");
-                            self.outbox.dead_letter(p, &reason).await?;
-                            self.outbox
-                                .record_error(&format!("rejected {}: {reason}", p.session_id()))?;
+                            self.refuse(p, &reason).await?;
                             dead += 1;
                         }
-                        _ => to_ack.push(p.clone()),
+                        None => to_ack.push(p.clone()),
                     }
                 }
                 // One transaction for the whole batch; a superseded entry stays pending.
@@ -201,11 +197,7 @@ impl Sender {
                 Ok(Step::Progress { delivered, dead })
             }
             Classified::Rejected { reason } => {
-                let p = &batch[0];
-                tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected by the sink; moved to dead letters (see `opencode-telemetry queue list`)");
-                self.outbox.dead_letter(p, &reason).await?;
-                self.outbox
-                    .record_error(&format!("rejected {}: {reason}", p.session_id()))?;
+                self.refuse(&batch[0], &reason).await?;
                 Ok(Step::Progress {
                     delivered: 0,
                     dead: 1,
@@ -226,6 +218,23 @@ impl Sender {
                 self.outbox.record_error(&reason)?;
                 Ok(Step::Unauthorized { wait, reason })
             }
+        }
+    }
+
+    /// Moves a record the sink refused for good to the dead-letter tree: one ERROR line, and
+    /// `status`'s last error.
+    async fn refuse(&self, p: &Pending, reason: &str) -> Result<(), QueueError> {
+        tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected by the sink; moved to dead letters (see `opencode-telemetry queue list`)");
+        self.outbox.dead_letter(p, reason).await?;
+        self.outbox
+            .record_error(&format!("rejected {}: {reason}", p.session_id()))
+    }
+
+    /// Applies what arrived on the reconfigure channel (`None`: the channel closed).
+    fn on_reconfigure(&mut self, r: Option<Reconfigure>, open: &mut bool) {
+        match r {
+            Some(r) => self.reconfigure(r),
+            None => *open = false,
         }
     }
 
@@ -273,13 +282,10 @@ impl Sender {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
                     _ = tokio::time::sleep(ready_in) => {}
-                    r = reconfigure.recv(), if reconfigure_open => match r {
-                        Some(r) => {
-                            self.reconfigure(r);
-                            logged_unauthorized = false;
-                        }
-                        None => reconfigure_open = false,
-                    },
+                    r = reconfigure.recv(), if reconfigure_open => {
+                        self.on_reconfigure(r, &mut reconfigure_open);
+                        logged_unauthorized = false;
+                    }
                 }
                 continue;
             }
@@ -302,13 +308,10 @@ impl Sender {
                     tokio::select! {
                         _ = cancel.cancelled() => return Ok(()),
                         _ = wake.notified() => {}
-                        r = reconfigure.recv(), if reconfigure_open => match r {
-                            Some(r) => {
-                                self.reconfigure(r);
-                                logged_unauthorized = false;
-                            }
-                            None => reconfigure_open = false,
-                        },
+                        r = reconfigure.recv(), if reconfigure_open => {
+                            self.on_reconfigure(r, &mut reconfigure_open);
+                            logged_unauthorized = false;
+                        }
                     }
                 }
                 Step::Progress { delivered, dead } => {

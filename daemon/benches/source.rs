@@ -18,16 +18,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use opencode_telemetry::export::ExportContext;
-use opencode_telemetry::service::tracker::{Rules, Tracker};
 use opencode_telemetry::source::opencode::OpenCodeDb;
+use opencode_telemetry::track::{Rules, Tracker};
 use rusqlite::Connection;
 
 /// The generator the integration tests use: fixture rows cloned with fresh ids.
-#[allow(dead_code)]
-#[path = "../../tests/integration/support/gen_db.rs"]
-mod gen_db;
-
-use gen_db::GenDb;
+use test_support::gen_db::GenDb;
 
 struct Args {
     sessions: usize,

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::{self, Overrides, ENV_CONFIG};
-use crate::service;
-use crate::service::install::{self, Manager};
+use crate::install::{self, Manager};
+use crate::{cmd, daemon};
 
 /// Exit status for configuration errors (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: u8 = 78;
@@ -138,7 +138,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     }
-    service::init_tracing(&loaded.config.service);
+    daemon::init_tracing(&loaded.config.service);
     if matches!(cli.command, Command::Once(_)) {
         if let Some(warning) = loaded.permission_warning() {
             tracing::warn!("{warning}");
@@ -158,16 +158,12 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Run(args) => {
-                service::run_daemon(loaded, overrides, args.transitions_log).await
-            }
-            Command::Once(args) => service::once(&loaded.config, args.timeout_secs).await,
-            Command::CheckConfig => service::check_config(&loaded),
-            Command::Status(args) => service::status(&loaded.config, args.json),
-            Command::Queue(QueueCommand::List) => service::queue_list(&loaded.config).await,
-            Command::Queue(QueueCommand::RetryDead) => {
-                service::queue_retry_dead(&loaded.config).await
-            }
+            Command::Run(args) => daemon::run_daemon(loaded, overrides, args.transitions_log).await,
+            Command::Once(args) => cmd::once(&loaded.config, args.timeout_secs).await,
+            Command::CheckConfig => cmd::check_config(&loaded),
+            Command::Status(args) => cmd::status(&loaded.config, args.json),
+            Command::Queue(QueueCommand::List) => cmd::queue_list(&loaded.config).await,
+            Command::Queue(QueueCommand::RetryDead) => cmd::queue_retry_dead(&loaded.config).await,
             Command::Install(args) => install::install(
                 &loaded,
                 &install::Options {

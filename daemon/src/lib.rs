@@ -14,10 +14,13 @@
 
 pub mod cli;
 pub mod clock;
+pub mod cmd;
 pub mod config;
+pub mod daemon;
 pub mod export;
 pub mod identity;
+pub mod install;
 pub mod queue;
-pub mod service;
 pub mod sink;
 pub mod source;
+pub mod track;

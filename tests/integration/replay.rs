@@ -14,8 +14,8 @@
 use std::collections::BTreeMap;
 
 use opencode_telemetry::export::ExportContext;
-use opencode_telemetry::service::tracker::{Event, Rules, Tracker};
 use opencode_telemetry::source::opencode::OpenCodeDb;
+use opencode_telemetry::track::{Event, Rules, Tracker};
 use rusqlite::{params, Connection};
 use serde_json::Value;
 

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::export::record::*;
-use crate::source::activity::{self, Activity};
+use crate::source::opencode::activity::{self, Activity};
 use crate::source::opencode::rows::{FileDiff, MessageRow, PartRow};
 use crate::source::opencode::SessionSnapshot;
 

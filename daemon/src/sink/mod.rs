@@ -82,7 +82,7 @@
 //! - Never a secret in output: [`ConvexSink`]'s `Debug`, [`AnySink::describe`], errors and
 //!   outcomes are free of the token (tested).
 
-pub mod classify;
+pub use convex::classify;
 pub mod convex;
 pub mod local;
 pub mod retry;
@@ -94,7 +94,9 @@ use serde_json::value::RawValue;
 
 use crate::config::Config;
 
-pub use classify::{classify, parse_retry_after, parse_retry_after_at, Classified, ItemResult};
+pub use convex::classify::{
+    classify, parse_retry_after, parse_retry_after_at, Classified, ItemResult,
+};
 pub use convex::ConvexSink;
 pub use local::LocalSink;
 pub use retry::{Pacer, RetryPolicy};
@@ -189,8 +191,7 @@ pub(crate) fn parse_record(bytes: &[u8]) -> Result<(&RawValue, Option<String>), 
 }
 
 #[cfg(test)]
-#[path = "../../../tests/integration/support/fault_server.rs"]
-pub(crate) mod fault_server;
+pub(crate) use test_support::fault_server;
 
 #[cfg(test)]
 mod tests {

@@ -4,5 +4,4 @@
 //! - [`activity`]: busy or ended, from the newest rows — the rule behind `session.idle` and
 //!   `session.error`.
 
-pub mod activity;
 pub mod opencode;

@@ -190,7 +190,4 @@ pub fn writer(path: &Path) -> rusqlite::Connection {
 }
 /// The real daemon as a child process.
 pub mod daemon;
-/// The fault-injecting stand-in for a Convex deployment.
-pub mod fault_server;
-/// Generated OpenCode databases and a writer of new steps.
-pub mod gen_db;
+pub use test_support::{fault_server, gen_db};

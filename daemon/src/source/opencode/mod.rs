@@ -13,6 +13,7 @@
 //! - A database file replaced by rename or deleted is detected by comparing `(dev, inode)` with
 //!   the values at open ([`OpenCodeDb::replaced`]); the caller then reopens.
 
+pub mod activity;
 pub mod rows;
 
 use std::cell::RefCell;
@@ -112,7 +113,7 @@ impl SessionSnapshot {
 }
 
 /// The few newest rows of a session: enough to tell busy from ended (see
-/// [`crate::source::activity`]) without reading the whole session.
+/// [`crate::source::opencode::activity`]) without reading the whole session.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SessionTail {
     /// The `session` row.

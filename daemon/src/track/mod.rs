@@ -6,7 +6,7 @@
 //! 1. `session_heads`: one row per session with a change marker (`event_sequence.seq` on
 //!    OpenCode ≥ 1.16). Sessions whose marker did not change are not read at all.
 //! 2. For each changed session, `read_tail` (the newest messages and the parts of the newest
-//!    assistant message) and [`crate::source::activity::classify`]: busy, or ended (with the
+//!    assistant message) and [`crate::source::opencode::activity::classify`]: busy, or ended (with the
 //!    terminal message's error, if any).
 //! 3. A session known before and absent now was **deleted**: its last record is exported with
 //!    `endReason: "deleted"` and `deletedAt`. OpenCode cascades every row away, so that record
@@ -42,7 +42,7 @@ use std::collections::{HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::export::{self, ErrorInfo, ExportContext, Outcome, SessionExport};
-use crate::source::activity::{self, Activity};
+use crate::source::opencode::activity::{self, Activity};
 use crate::source::opencode::{ChangeMarker, OpenCodeDb, SourceError};
 
 /// Key prefix of per-session state in the `state` tree.

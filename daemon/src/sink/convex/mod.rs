@@ -2,6 +2,8 @@
 //! `.convex.site` origin by `convex/convex/http.ts`). The wire format and the classification
 //! table are in the [`crate::sink`] docs.
 
+pub mod classify;
+
 use std::fmt;
 use std::time::Duration;
 

@@ -25,9 +25,9 @@ use std::process::ExitCode;
 
 use serde_json::json;
 
-use super::{open_outbox, sink_description, LAST_EXPORT_PREFIX};
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::daemon::{open_outbox, sink_description, LAST_EXPORT_PREFIX};
 use crate::queue::{LastExport, Outbox, StatusSnapshot};
 
 /// Where the figures came from.

@@ -32,8 +32,8 @@
 //! [`FaultServer`] is dropped (its handle stays readable).
 //!
 //! Self-contained: it depends only on tokio, hyper 1 (with hyper-util and http-body-util) and
-//! serde_json, so the integration test crate can `mod`-include it and the sink's unit tests
-//! include it with `#[path]`.
+//! serde_json; the sink's unit tests and the integration tests use it from the dev-only
+//! `test-support` crate.
 
 #![allow(dead_code)]
 

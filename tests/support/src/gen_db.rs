@@ -8,8 +8,8 @@
 //! are replaced, so the daemon reads it exactly as it reads a real database. The writer keeps a
 //! read-write connection in WAL mode, like OpenCode.
 //!
-//! Self-contained (std and rusqlite only): the integration tests use it as `support::gen_db`,
-//! and `daemon/benches/source.rs` includes the same file with `#[path]`.
+//! Self-contained (std and rusqlite only); part of the dev-only `test-support` crate used by the
+//! integration tests and `daemon/benches/source.rs`.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use rusqlite::{params, Connection};
 
 /// The checkpointed fixture database made by OpenCode 1.18.33.
 fn fixture_db() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/opencode-1.18.33/opencode.db")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/opencode-1.18.33/opencode.db")
 }
 
 /// One fixture session's rows.

@@ -463,7 +463,7 @@ pub fn install(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
     match wrote {
         Wrote::Unchanged => println!("unchanged {} (already up to date)", plan.path.display()),
         Wrote::Created | Wrote::Replaced => {
-            super::ensure_parent(&plan.path)?;
+            crate::daemon::ensure_parent(&plan.path)?;
             std::fs::write(&plan.path, &plan.text)
                 .with_context(|| format!("writing {}", plan.path.display()))?;
             println!(

@@ -1,0 +1,111 @@
+//! The one-shot commands: `once`, `check-config`, `status`, `queue`.
+
+mod once;
+pub mod status;
+
+pub use once::once;
+
+use std::process::ExitCode;
+
+use crate::clock::now_ms;
+use crate::config::{Config, Loaded};
+use crate::export::SessionExport;
+
+use crate::daemon::*;
+
+/// `check-config`: prints the effective configuration with secrets redacted.
+///
+/// # Errors
+/// None beyond what loading already reported; kept fallible for symmetry.
+pub fn check_config(loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    let c = &loaded.config;
+    match &loaded.path {
+        Some(p) => println!("# config file: {}", p.display()),
+        None => println!("# config file: none (built-in defaults)"),
+    }
+    if let Some(warning) = loaded.permission_warning() {
+        eprintln!("opencode-telemetry: warning: {warning}");
+        println!("# warning: {warning}");
+    }
+    println!("# sink: {}", sink_description(c));
+    println!(
+        "# opencode database: {} ({})",
+        c.source.db_path.display(),
+        if c.source.db_path.exists() {
+            "exists"
+        } else {
+            "not found yet"
+        }
+    );
+    print!("{}", c.to_redacted_toml());
+    println!("# config ok");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line per exported session, as `once` prints it.
+pub fn summary_line(r: &SessionExport) -> String {
+    format!(
+        "{}  {:<7}  msgs {:>3}  todos {}/{}  ${:.4}  {}",
+        r.session_id,
+        r.end_reason.as_str(),
+        r.message_count,
+        r.todo_stats.completed,
+        r.todo_stats.total,
+        r.cost,
+        r.title
+    )
+}
+
+/// `status` (or `status --json`); see [`status`].
+///
+/// # Errors
+/// Outbox failures other than the lock.
+pub fn status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+    status::status(config, as_json)
+}
+
+/// `queue list`: pending and dead-lettered records.
+///
+/// # Errors
+/// The outbox cannot be opened (e.g. the daemon holds it).
+pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
+    let outbox = open_outbox(config)?;
+    let now = now_ms();
+    let pending = outbox.pending(usize::MAX)?;
+    println!("pending: {}", pending.len());
+    for p in &pending {
+        println!(
+            "  {}  queued {}s ago  {} bytes  attempts {}",
+            p.session_id(),
+            (now - p.enqueued_at_ms()).max(0) / 1000,
+            p.record_json().len(),
+            p.attempts()
+        );
+    }
+    let dead = outbox.dead_entries()?;
+    println!("dead letters: {}", dead.len());
+    for d in &dead {
+        println!(
+            "  {}  dead {}  updatedAt {}  reason: {}",
+            d.session_id,
+            status::ago(now, d.dead_at_ms),
+            d.updated_at_ms
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| "?".into()),
+            d.reason
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `queue retry-dead`: moves dead-lettered records back to pending.
+///
+/// # Errors
+/// The outbox cannot be opened or written.
+pub async fn queue_retry_dead(config: &Config) -> anyhow::Result<ExitCode> {
+    let outbox = open_outbox(config)?;
+    let n = outbox.retry_dead().await?;
+    outbox.flush().await?;
+    println!("requeued {n} record(s)");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,500 @@
+//! The service: the daemon loop (`run`), the one-pass job (`once`), and the small commands
+//! (`check-config`, `status`, `queue`, `install`).
+//!
+//! # The daemon (`run`)
+//! Two tasks share the outbox:
+//! - the **poller** ticks every `source.poll_interval_ms`: an O(1) `PRAGMA data_version` says
+//!   whether OpenCode committed anything; if so (or if a debounce/final/stale timer is pending)
+//!   the [`crate::track::Tracker`] reads what changed, decides exports, and the records plus the
+//!   tracker's new state are committed to the outbox in **one** sled transaction and flushed
+//!   before the tick counts as done. While the outbox is full (`queue.max_bytes`) the poller
+//!   does not read the source at all (it can be re-read later), so nothing is ever dropped;
+//! - the **sender** ([`deliver::Sender`]) drains the outbox to the sink.
+//!
+//! Blocking SQLite work runs on tokio's blocking pool, never on the async workers.
+//!
+//! # Signals (handled in [`run_daemon`] only; [`run`] takes any shutdown future and reload
+//! channel)
+//! - SIGTERM or SIGINT: the poller stops at once (a tick in progress is dropped: its commit
+//!   either applied or did not, and the source is re-read after the restart), the sender lets
+//!   the request in flight finish for at most `service.shutdown_grace_secs` minus 500 ms (an
+//!   unanswered request is abandoned; its records stay pending), the outbox is flushed, and the
+//!   process exits 0 within the grace period.
+//! - SIGHUP: the configuration is loaded again; see [`reload`] for what applies live, what
+//!   needs a restart, and what happens to an invalid file.
+//!
+//! When the database does not exist yet the daemon logs it once and keeps waiting for it; when
+//! the file is replaced (new inode) or deleted it reopens it.
+//!
+//! # Progress
+//! The first pass over existing sessions shows a progress bar on stderr in `once`, and in `run`
+//! when stderr is a terminal; it is never drawn (no escape codes) when stderr is not a terminal
+//! (see [`logging::ProgressGuard`]).
+
+pub mod deliver;
+pub mod logging;
+pub mod notify;
+mod poll;
+pub mod reload;
+mod signals;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::now_ms;
+use crate::config::{Config, ConfigError, Loaded};
+use crate::daemon::deliver::{Reconfigure, Sender};
+use crate::export::{ExportContext, SessionExport};
+use crate::identity;
+use crate::queue::{DaemonInfo, LastExport, NewRecord, Outbox, QueueError, ReloadOutcome};
+use crate::sink::{self, AnySink};
+use crate::track::{Rules, Tracker};
+
+use poll::Poller;
+use signals::forward_hangups;
+pub use signals::shutdown_signal;
+
+/// Key prefix, in the outbox's `state` tree, of the last export per trigger
+/// (`last-export/session.idle` → `{"sessionId":…,"at":<ms>}`), written in the same commit as
+/// the records; `status` reads it when no daemon runs.
+pub const LAST_EXPORT_PREFIX: &[u8] = b"last-export/";
+
+/// Sets up `tracing` on stderr from `[service]`; see [`logging`].
+pub fn init_tracing(service: &crate::config::ServiceConfig) {
+    logging::init(service);
+}
+
+/// `convex <url>` or `local file <path>`: where records go (no secret).
+pub(crate) fn sink_description(config: &Config) -> String {
+    if config.uses_convex() {
+        format!("convex {}", config.convex.url)
+    } else {
+        format!("local file {}", config.local.path.display())
+    }
+}
+
+/// The `state` puts recording the last export per trigger, for `(trigger, session id)` pairs in
+/// commit order (the last one of each trigger wins).
+pub(crate) fn last_export_puts<'a>(
+    exports: impl IntoIterator<Item = (&'a str, &'a str)>,
+    at_ms: i64,
+) -> BTreeMap<String, LastExport> {
+    exports
+        .into_iter()
+        .map(|(trigger, session_id)| {
+            (
+                trigger.to_string(),
+                LastExport {
+                    session_id: session_id.to_string(),
+                    at_ms,
+                },
+            )
+        })
+        .collect()
+}
+
+pub(crate) fn state_puts_of(last: &BTreeMap<String, LastExport>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    last.iter()
+        .map(|(trigger, e)| {
+            let mut key = LAST_EXPORT_PREFIX.to_vec();
+            key.extend_from_slice(trigger.as_bytes());
+            (
+                key,
+                serde_json::to_vec(e).expect("a last export serializes"),
+            )
+        })
+        .collect()
+}
+
+/// The trigger name of an event (`session.idle`, …, `stale`).
+pub(crate) fn trigger_name(event: crate::track::Event) -> &'static str {
+    match event {
+        crate::track::Event::Idle => "session.idle",
+        crate::track::Event::Error => "session.error",
+        crate::track::Event::Deleted => "session.deleted",
+        crate::track::Event::Stale => "stale",
+    }
+}
+
+/// The device id: machine-uid hashed (see [`identity`]); when the OS has no machine id, a
+/// random id created once and kept in `<data_dir>/device-id`.
+///
+/// # Errors
+/// IO errors creating the fallback file.
+pub fn device_id(config: &Config) -> anyhow::Result<String> {
+    match identity::device_id() {
+        Ok(id) => Ok(id),
+        Err(e) => {
+            let path = config.data_dir.join("device-id");
+            if let Ok(id) = std::fs::read_to_string(&path) {
+                let id = id.trim().to_string();
+                if id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()) {
+                    return Ok(id);
+                }
+            }
+            tracing::warn!(error = %e, path = %path.display(), "no machine id; using a random device id kept in the data dir");
+            std::fs::create_dir_all(&config.data_dir)
+                .with_context(|| format!("creating {}", config.data_dir.display()))?;
+            let id = hex::encode(rand::random::<[u8; 16]>());
+            std::fs::write(&path, format!("{id}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(id)
+        }
+    }
+}
+
+pub(crate) fn export_context(config: &Config, device_id: &str) -> ExportContext {
+    ExportContext {
+        device_id: device_id.to_string(),
+        hostname: identity::hostname(),
+        daemon_version: env!("CARGO_PKG_VERSION").to_string(),
+        exported_at: 0,
+        include_todos: config.export.include_todos,
+        include_messages: config.export.include_messages,
+        max_message_chars: config.export.max_message_chars,
+    }
+}
+
+pub(crate) fn rules(config: &Config) -> Rules {
+    Rules {
+        debounce_ms: config.export.debounce_ms as i64,
+        final_after_ms: (config.export.final_after_secs as i64).saturating_mul(1000),
+        stale_after_ms: (config.export.stale_after_secs as i64).saturating_mul(1000),
+        skip_subagent_sessions: config.export.skip_subagent_sessions,
+    }
+}
+
+pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
+    let outbox = Outbox::open(&config.data_dir, &config.queue).map_err(|e| match e {
+        QueueError::Locked { .. } => anyhow::anyhow!(
+            "{e} (another opencode-telemetry is running with data_dir {}; stop it, or point this one at another data_dir)",
+            config.data_dir.display()
+        ),
+        other => anyhow::Error::new(other).context("opening the outbox"),
+    })?;
+    if let Some(r) = outbox.rebuild() {
+        tracing::error!(moved_to = %r.moved_to.display(), cause = %r.cause,
+            "the outbox was corrupt; moved it aside and started a fresh one (sessions are re-read from the source)");
+    }
+    Ok(outbox)
+}
+
+/// The outbox entry for `record`, whose JSON is `json`.
+pub(crate) fn new_record(record: &SessionExport, json: Vec<u8>) -> NewRecord {
+    NewRecord {
+        session_id: record.session_id.clone(),
+        updated_at: record.updated_at,
+        exported_at: record.exported_at,
+        json,
+    }
+}
+
+pub(crate) fn sender_for(config: &Config, outbox: Arc<Outbox>) -> anyhow::Result<Sender> {
+    let sink = AnySink::from_config(config).context("setting up the sink")?;
+    let pacer = sink::Pacer::new(sink::RetryPolicy::from_config(&config.convex));
+    Ok(Sender::new(outbox, sink, pacer, config.convex.batch_size))
+}
+
+/// How long the sender lets a request in flight finish on shutdown: the grace period minus
+/// 500 ms kept for flushing the outbox and exiting.
+pub(crate) fn in_flight_limit(config: &Config) -> Duration {
+    Duration::from_secs(config.service.shutdown_grace_secs)
+        .saturating_sub(Duration::from_millis(500))
+}
+
+/// `run` from the command line: the daemon until SIGTERM or SIGINT; SIGHUP reloads the
+/// configuration with `overrides` (the same `--config` / `--db` as at start).
+///
+/// # Errors
+/// Fatal failures (outbox storage, sink set-up).
+pub async fn run_daemon(
+    loaded: Loaded,
+    overrides: crate::config::Overrides,
+    transitions_log: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        config = %loaded.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into()),
+        "starting"
+    );
+    if let Some(warning) = loaded.permission_warning() {
+        tracing::warn!("{warning}");
+    }
+    let (hup_tx, hup_rx) = mpsc::unbounded_channel();
+    forward_hangups(hup_tx);
+    let reload = move || -> Result<Loaded, ConfigError> {
+        let loaded = crate::config::load(&overrides)?;
+        loaded.check_delivery()?;
+        Ok(loaded)
+    };
+    run(
+        loaded,
+        RunOptions {
+            transitions_log,
+            show_progress: std::io::stderr().is_terminal(),
+        },
+        shutdown_signal(),
+        Reloads {
+            signals: hup_rx,
+            load: Box::new(reload),
+        },
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Options of [`run`].
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `--transitions-log`: every inferred transition appended as a JSON line.
+    pub transitions_log: Option<PathBuf>,
+    /// Draw a progress bar over the first pass over existing sessions.
+    pub show_progress: bool,
+}
+
+/// Reload requests for [`run`]: each message on `signals` calls `load` and applies the result
+/// (see [`reload`]).
+pub struct Reloads {
+    /// One `()` per request (SIGHUP).
+    pub signals: mpsc::UnboundedReceiver<()>,
+    /// Loads and validates the configuration again.
+    pub load: Box<dyn FnMut() -> Result<Loaded, ConfigError> + Send>,
+}
+
+impl Reloads {
+    /// No reloads ever (a closed channel).
+    pub fn none() -> Reloads {
+        let (_, signals) = mpsc::unbounded_channel();
+        Reloads {
+            signals,
+            load: Box::new(|| {
+                Err(ConfigError::Invalid {
+                    path: PathBuf::from("<none>"),
+                    message: "reloading is not available".into(),
+                })
+            }),
+        }
+    }
+}
+
+/// The daemon: polls and delivers until `shutdown` resolves; reloads its configuration on each
+/// message of `reloads`.
+///
+/// # Errors
+/// Fatal failures: the outbox cannot be opened or written (sled errors are sticky; the service
+/// manager restarts the process), or the sink cannot be set up.
+pub async fn run(
+    loaded: Loaded,
+    options: RunOptions,
+    shutdown: impl Future<Output = ()>,
+    mut reloads: Reloads,
+) -> anyhow::Result<()> {
+    let mut config = loaded.config;
+    let outbox = Arc::new(open_outbox(&config)?);
+    let device = device_id(&config)?;
+    let ctx = export_context(&config, &device);
+    let tracker = if outbox.was_rebuilt() {
+        tracing::info!("the outbox was rebuilt; re-reading every session from the source");
+        Tracker::new(rules(&config))
+    } else {
+        Tracker::resume(
+            rules(&config),
+            outbox.state_scan(crate::track::STATE_PREFIX)?,
+        )
+    };
+    let mut grace = Duration::from_secs(config.service.shutdown_grace_secs);
+    let sender =
+        sender_for(&config, outbox.clone())?.with_in_flight_limit(in_flight_limit(&config));
+    tracing::info!(
+        sink = %sender.describe(),
+        db = %config.source.db_path.display(),
+        tracked_sessions = tracker.len(),
+        "running"
+    );
+    outbox.set_daemon_info(DaemonInfo {
+        started_at_ms: now_ms(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        config_path: loaded
+            .path
+            .as_ref()
+            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        db_path: config.source.db_path.clone(),
+        sink: sink_description(&config),
+        last_exports: crate::cmd::status::last_exports(&outbox),
+        last_reload: None,
+    });
+    let mut notifier = notify::Notifier::from_env();
+    notifier.ready(&format!("polling {}", config.source.db_path.display()));
+    let cancel = CancellationToken::new();
+    let wake = Arc::new(Notify::new());
+    let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
+    let sender_task = tokio::spawn(sender.run(wake.clone(), cancel.clone(), reconfigure_rx));
+    let mut poller = Poller {
+        config: config.clone(),
+        device,
+        ctx,
+        tracker: Some(tracker),
+        db: None,
+        last_data_version: None,
+        missing_logged: false,
+        full_logged: false,
+        transitions_log: options.transitions_log,
+        progress_pending: options.show_progress,
+        scanned_once: false,
+    };
+    let mut ticker = tokio::time::interval(config.poll_interval());
+    // IMPORTANT: a slow tick must not be followed by a burst of catch-up ticks.
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut reloads_open = true;
+    tokio::pin!(shutdown);
+    let result: anyhow::Result<()> = loop {
+        tokio::select! {
+            _ = &mut shutdown => break Ok(()),
+            _ = notifier.watchdog() => continue,
+            _ = ticker.tick() => {}
+            hup = reloads.signals.recv(), if reloads_open => {
+                if hup.is_none() {
+                    reloads_open = false;
+                    continue;
+                }
+                let Some(new) = apply_reload(&config, (reloads.load)(), &outbox, &reconfigure_tx) else {
+                    continue;
+                };
+                if new.poll_interval() != config.poll_interval() {
+                    ticker = tokio::time::interval(new.poll_interval());
+                    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                }
+                grace = Duration::from_secs(new.service.shutdown_grace_secs);
+                poller.reconfigure(&new);
+                config = new;
+                continue;
+            }
+        }
+        // A tick can take seconds (the first pass over a large database); shutdown does not wait
+        // for it. Dropping it mid-way is safe: a commit either applied (and the final flush below
+        // persists it) or did not, and the source is re-read after the restart.
+        //
+        // The watchdog is pinged during the first tick that reads the database: the first pass
+        // over a large history may outlast `WatchdogSec` (about 120,000 sessions a minute, see
+        // README "Speed"). Later ticks read a few rows, so a stuck one stops the pings and
+        // systemd restarts the daemon.
+        let first_pass = !poller.scanned_once;
+        let ticked = {
+            let tick = poller.tick(&outbox);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => break None,
+                    ticked = &mut tick => break Some(ticked),
+                    _ = notifier.watchdog(), if first_pass => {}
+                }
+            }
+        };
+        match ticked {
+            None => break Ok(()),
+            Some(Ok(true)) => wake.notify_one(),
+            Some(Ok(false)) => {}
+            Some(Err(e)) => break Err(e),
+        }
+    };
+    notifier.stopping("stopping: flushing the outbox");
+    cancel.cancel();
+    match tokio::time::timeout(grace, sender_task).await {
+        Ok(Ok(Err(e))) => tracing::error!(error = %e, "sender failed"),
+        Ok(Err(e)) => tracing::error!(error = %e, "sender task panicked"),
+        Ok(Ok(Ok(()))) => {}
+        Err(_) => tracing::warn!("the sender did not stop within the grace period"),
+    }
+    outbox.flush().await.context("flushing the outbox")?;
+    tracing::info!("shutdown complete");
+    result
+}
+
+/// Applies a reloaded configuration (see [`reload`]); returns the config to run with, or
+/// `None` when it was rejected (logged at ERROR; the running one stays).
+pub(crate) fn apply_reload(
+    running: &Config,
+    loaded: Result<Loaded, ConfigError>,
+    outbox: &Outbox,
+    reconfigure: &mpsc::UnboundedSender<Reconfigure>,
+) -> Option<Config> {
+    tracing::info!(signal = "SIGHUP", "reloading the configuration");
+    let record = |applied: bool, message: String| {
+        outbox.update_daemon_info(|d| {
+            d.last_reload = Some(ReloadOutcome {
+                at_ms: now_ms(),
+                applied,
+                message,
+            })
+        });
+    };
+    let loaded = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "the reloaded configuration is invalid; keeping the running one");
+            record(false, e.to_string());
+            return None;
+        }
+    };
+    if let Some(warning) = loaded.permission_warning() {
+        tracing::warn!("{warning}");
+    }
+    let plan = reload::plan(running, loaded.config);
+    for change in &plan.need_restart {
+        tracing::warn!(change = %change, "this setting needs a restart to take effect; keeping the running value");
+    }
+    if plan.rebuild_sink {
+        let sink = match AnySink::from_config(&plan.effective) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "the reloaded sink settings cannot be used; keeping the running configuration");
+                record(false, format!("sink: {e}"));
+                return None;
+            }
+        };
+        let _ = reconfigure.send(Reconfigure {
+            sink,
+            pacer: sink::Pacer::new(sink::RetryPolicy::from_config(&plan.effective.convex)),
+            batch_size: plan.effective.convex.batch_size,
+            in_flight_limit: in_flight_limit(&plan.effective),
+        });
+    }
+    if let Err(e) = logging::reload(&running.service, &plan.effective.service) {
+        tracing::warn!(error = %e, "cannot apply the new log settings");
+    }
+    let summary = if plan.applied.is_empty() {
+        "nothing changed".to_string()
+    } else {
+        plan.applied.join("; ")
+    };
+    for change in &plan.applied {
+        tracing::info!(change = %change, "setting changed");
+    }
+    tracing::info!(
+        config = %loaded.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into()),
+        changes = plan.applied.len(),
+        "configuration reloaded"
+    );
+    let effective = plan.effective;
+    let sink = sink_description(&effective);
+    outbox.update_daemon_info(|d| d.sink = sink);
+    record(true, summary);
+    Some(effective)
+}
+
+/// Creates `path`'s parent directory.
+pub(crate) fn ensure_parent(path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    Ok(())
+}

@@ -17,9 +17,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use opencode_telemetry::daemon::pass::{pass, PassOptions, PassOutput};
 use opencode_telemetry::export::ExportContext;
-use opencode_telemetry::source::opencode::OpenCodeDb;
-use opencode_telemetry::track::{Rules, Tracker};
+use opencode_telemetry::source::opencode::OpenCodeSource;
+use opencode_telemetry::track::{Mode, Rules, Tracker};
 use rusqlite::Connection;
 
 /// The generator the integration tests use: fixture rows cloned with fresh ids.
@@ -118,39 +119,39 @@ fn main() {
         stale_after_ms: i64::MAX / 4,
         skip_subagent_sessions: true,
     };
-    let db = OpenCodeDb::open(&a.db, Duration::from_secs(5)).unwrap();
+    let mut source = OpenCodeSource::new(&a.db, Duration::from_secs(5));
     let now = 4_000_000_000_000i64;
+    let no_store = |_: &[u8]| None;
+    let tick = |source: &mut OpenCodeSource, tracker: &mut Tracker, at: i64| -> PassOutput {
+        pass(
+            source,
+            tracker,
+            &ctx,
+            || at,
+            PassOptions {
+                mode: Mode::Live,
+                budget_bytes: u64::MAX,
+                stored_record: &no_store,
+                progress: None,
+            },
+        )
+        .unwrap()
+    };
 
     // Full first pass.
     let mut tracker = Tracker::new(rules);
     let t = Instant::now();
-    let out = tracker
-        .tick(
-            &db,
-            &ExportContext {
-                exported_at: now,
-                ..ctx.clone()
-            },
-            now,
-            true,
-            u64::MAX,
-        )
-        .unwrap();
+    let out = tick(&mut source, &mut tracker, now);
     let first_pass = t.elapsed();
-    let exported = out.emitted.len();
-    let bytes: usize = out
-        .emitted
-        .iter()
-        .map(|e| serde_json::to_vec(&e.record).unwrap().len())
-        .sum();
+    let exported = out.exported.len();
+    let bytes: usize = out.exported.iter().map(|e| e.json.len()).sum();
 
-    // Idle tick: data_version unchanged and no timer pending.
-    let dv = db.data_version().unwrap();
+    // Idle tick: data_version unchanged and no timer pending — the whole pass.
     let n = 10_000;
     let t = Instant::now();
     for _ in 0..n {
-        let changed = db.data_version().unwrap() != dv;
-        assert!(!changed && !tracker.has_timers());
+        let out = tick(&mut source, &mut tracker, now);
+        assert!(out.is_empty() && !tracker.has_timers());
     }
     let idle = t.elapsed() / n;
 
@@ -162,25 +163,13 @@ fn main() {
         for id in ids.iter().skip(round).take(k) {
             generated.write_step(id);
         }
-        assert_ne!(db.data_version().unwrap(), dv);
         let stamp = now + 1000 * (round as i64 + 1);
         let t = Instant::now();
-        let out = tracker
-            .tick(
-                &db,
-                &ExportContext {
-                    exported_at: stamp,
-                    ..ctx.clone()
-                },
-                stamp,
-                true,
-                u64::MAX,
-            )
-            .unwrap();
+        let out = tick(&mut source, &mut tracker, stamp);
         let took = t.elapsed();
-        assert_eq!(out.tails_read, k, "only the changed sessions are read");
-        assert_eq!(out.emitted.len(), k);
-        changed_figures.push((k, took, out.heads_read, out.tails_read, out.snapshots_read));
+        assert_eq!(out.observed, k, "only the changed sessions are read");
+        assert_eq!(out.exported.len(), k);
+        changed_figures.push((k, took, out.heads_read, out.observed, out.snapshots_read));
     }
 
     // sqlite3 shell scanning the part rows with json_extract.

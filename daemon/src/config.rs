@@ -113,7 +113,7 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SourceConfig {
-    /// Path of `opencode.db`. Default: resolved the way OpenCode does (see [`default_db_path`]).
+    /// Path of `opencode.db`. Default: resolved the way OpenCode does (see [`crate::source::opencode::path::default_db_path`]).
     pub db_path: PathBuf,
     /// How often the database is polled (ms). A poll where nothing was committed costs one
     /// `PRAGMA data_version`.
@@ -369,51 +369,6 @@ pub fn default_data_dir() -> PathBuf {
     }
 }
 
-/// Resolves `opencode.db` the way OpenCode 1.18 does (`core/database/database.ts`):
-/// `OPENCODE_DB` (absolute, or relative to OpenCode's data dir), else
-/// `$XDG_DATA_HOME/opencode/opencode.db` (`~/.local/share/opencode/opencode.db` on every
-/// platform, as OpenCode uses xdg-basedir), else — when that file does not exist and exactly one
-/// channel database `opencode-<channel>.db` does (preview or source builds) — that one.
-pub fn default_db_path() -> PathBuf {
-    let data = opencode_data_dir();
-    if let Some(db) = std::env::var_os("OPENCODE_DB").filter(|v| !v.is_empty()) {
-        let db = PathBuf::from(db);
-        return if db.is_absolute() { db } else { data.join(db) };
-    }
-    let main = data.join("opencode.db");
-    if main.exists() {
-        return main;
-    }
-    let channel_dbs: Vec<PathBuf> = std::fs::read_dir(&data)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("opencode-") && n.ends_with(".db"))
-        })
-        .collect();
-    match channel_dbs.as_slice() {
-        [only] => only.clone(),
-        _ => main,
-    }
-}
-
-/// OpenCode's data dir: `$XDG_DATA_HOME/opencode`, default `~/.local/share/opencode`.
-fn opencode_data_dir() -> PathBuf {
-    let xdg = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute());
-    let base = xdg.unwrap_or_else(|| {
-        directories::BaseDirs::new()
-            .map(|b| b.home_dir().join(".local/share"))
-            .unwrap_or_else(|| PathBuf::from(".local/share"))
-    });
-    base.join("opencode")
-}
-
 /// Command-line overrides applied after the file and the environment.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -586,7 +541,7 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
         message,
     };
     if config.source.db_path.as_os_str().is_empty() {
-        config.source.db_path = default_db_path();
+        config.source.db_path = crate::source::opencode::path::default_db_path();
     }
     if config.data_dir.as_os_str().is_empty() {
         return Err(bad("data_dir", "must not be empty".into()));

@@ -192,15 +192,25 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
         ),
     )
     .unwrap();
-    let once = |token: &str| {
+    // A second install on the same machine (its own data dir): nothing delivered yet.
+    let fresh_cfg = scratch.path("convex-fresh.toml");
+    std::fs::write(
+        &fresh_cfg,
+        std::fs::read_to_string(&convex_cfg)
+            .unwrap()
+            .replace("data-convex", "data-convex-fresh"),
+    )
+    .unwrap();
+    let once_with = |cfg: &std::path::Path, token: &str| {
         run(command(&scratch)
             .env("OPENCODE_TELEMETRY_INGEST_TOKEN", token)
             .arg("--config")
-            .arg(&convex_cfg)
+            .arg(cfg)
             .arg("--db")
             .arg(&db)
             .arg("once"))
     };
+    let once = |token: &str| once_with(&convex_cfg, token);
     let out = once(TOKEN);
     assert!(
         out.status.success(),
@@ -222,7 +232,7 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
     assert_eq!(ingests.len(), 3, "{ingests:?}");
     assert!(ingests.iter().all(|e| e["status"] == 200), "{ingests:?}");
 
-    // A second pass updates the same rows: still one row per session.
+    // A second pass over the unchanged database exports nothing and sends nothing.
     let out = once(TOKEN);
     assert!(
         out.status.success(),
@@ -230,9 +240,10 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(emu.all_sessions().len(), 25);
+    assert_eq!(emu.requests_to("/ingest").len(), 3);
 
     // A wrong token: a clear error, exit 1, the token never printed, the records kept queued.
-    let out = once("wrong-token-value");
+    let out = once_with(&fresh_cfg, "wrong-token-value");
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("ingest token"), "{stderr}");
@@ -243,7 +254,7 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
     assert_eq!(emu.requests_to("/ingest").last().unwrap()["status"], 401);
     let status = run(command(&scratch)
         .arg("--config")
-        .arg(&convex_cfg)
+        .arg(&fresh_cfg)
         .arg("status"));
     assert!(
         String::from_utf8_lossy(&status.stdout).contains("25"),

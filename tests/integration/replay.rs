@@ -13,9 +13,10 @@
 
 use std::collections::BTreeMap;
 
+use opencode_telemetry::daemon::pass::{pass, PassOptions};
 use opencode_telemetry::export::ExportContext;
-use opencode_telemetry::source::opencode::OpenCodeDb;
-use opencode_telemetry::track::{Event, Rules, Tracker};
+use opencode_telemetry::source::opencode::OpenCodeSource;
+use opencode_telemetry::track::{Mode, Rules, Tracker, Trigger as Event};
 use rusqlite::{params, Connection};
 use serde_json::Value;
 
@@ -337,12 +338,13 @@ fn replay(debounce_ms: i64) {
         include_messages: false,
         max_message_chars: 100,
     };
-    let reader = OpenCodeDb::open(&db_path, std::time::Duration::from_secs(5)).unwrap();
+    let mut source = OpenCodeSource::new(&db_path, std::time::Duration::from_secs(5));
+    // The outbox's `state` tree, as the daemon commits it.
+    let mut state: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
     let start = writes.first().unwrap().0;
     let end = writes.last().unwrap().0 + debounce_ms + 1000;
     let poll = 100;
     let mut next = 0;
-    let mut last_dv = None;
     let mut got: BTreeMap<String, Vec<(Event, Option<String>, i64)>> = BTreeMap::new();
     let mut now = start;
     while now <= end {
@@ -350,15 +352,27 @@ fn replay(debounce_ms: i64) {
             apply(writer, writes[next].0, &writes[next].1);
             next += 1;
         }
-        let dv = reader.data_version().unwrap();
-        let scan = last_dv != Some(dv);
-        last_dv = Some(dv);
-        let mut ctx = ctx.clone();
-        ctx.exported_at = now;
-        let out = tracker.tick(&reader, &ctx, now, scan, u64::MAX).unwrap();
-        for e in out.emitted {
+        let stored = |key: &[u8]| state.get(key).cloned();
+        let out = pass(
+            &mut source,
+            &mut tracker,
+            &ctx,
+            || now,
+            PassOptions {
+                mode: Mode::Live,
+                budget_bytes: u64::MAX,
+                stored_record: &stored,
+                progress: None,
+            },
+        )
+        .unwrap();
+        state.extend(out.state_puts);
+        for k in &out.state_removes {
+            state.remove(k);
+        }
+        for e in out.exported {
             got.entry(e.record.session_id.clone()).or_default().push((
-                e.event,
+                e.trigger,
                 e.record.error.as_ref().map(|x| x.name.clone()),
                 now,
             ));

@@ -535,3 +535,69 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
     assert_eq!(records.len(), 26);
     assert_eq!(records[25]["sessionId"], "ses_e035b3ab2ffeO6eS7qqNoSRTcP");
 }
+
+/// `once` and `run` share the tracker, its rules and its persisted state: after `once`, `run`
+/// over the unchanged database exports nothing; a session that changes afterwards is exported
+/// by `run` exactly once.
+#[test]
+fn once_then_run_re_exports_nothing_unchanged() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config(FAST);
+    run_once(&scratch, &config, &db);
+    let after_once = read_ndjson(&scratch.local_sink());
+    assert_eq!(ids(&after_once), roots(&db));
+    assert_eq!(after_once.len(), 25);
+
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
+    // Several polls and debounce windows (100 ms / 0 ms) without any export.
+    std::thread::sleep(Duration::from_millis(2000));
+    assert_eq!(
+        ndjson_if_any(&scratch.local_sink()).len(),
+        25,
+        "run re-exported unchanged sessions\n{}",
+        daemon.output()
+    );
+    // A new end of turn in one session: exactly one more export, of that session.
+    let id = after_once[0]["sessionId"].as_str().unwrap().to_string();
+    let writer = writer(&db);
+    let (msg, created): (String, i64) = writer
+        .query_row(
+            "SELECT id, time_created FROM message WHERE session_id = ?1 AND json_extract(data, '$.role') = 'assistant' ORDER BY time_created DESC, id DESC LIMIT 1",
+            params![id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let data = format!(
+        r#"{{"role":"assistant","time":{{"created":{now},"completed":{now}}},"finish":"stop","agent":"build","providerID":"p","modelID":"m"}}"#
+    );
+    writer
+        .execute(
+            "INSERT INTO message (id, session_id, time_created, time_updated, data) VALUES (?1, ?2, ?3, ?3, ?4)",
+            params![format!("{msg}z"), id, created.max(now), data],
+        )
+        .unwrap();
+    if writer
+        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'event_sequence'")
+        .unwrap()
+        .exists([])
+        .unwrap()
+    {
+        writer
+            .execute(
+                "UPDATE event_sequence SET seq = seq + 1 WHERE aggregate_id = ?1",
+                params![id],
+            )
+            .unwrap();
+    }
+    settle(&scratch.local_sink(), 26, "the changed session's export");
+    let status = daemon.terminate(Duration::from_secs(15)).0;
+    assert!(status.success(), "{status:?}\n{}", daemon.output());
+    let records = read_ndjson(&scratch.local_sink());
+    assert_eq!(records.len(), 26, "{}", daemon.output());
+    assert_eq!(records[25]["sessionId"], id.as_str());
+}

@@ -634,8 +634,12 @@ async fn the_ingest_token_appears_in_no_output_and_no_file() {
             text(&w.cli(SECRET, &["status", "--json"])),
         );
 
-        // 8. `once` refused by the deployment.
+        // 8. `once` refused by the deployment (the dead letters of step 5 sent again).
         server.set_mode(Mode::Normal).await;
+        keep(
+            "queue retry-dead",
+            text(&w.cli(SECRET, &["queue", "retry-dead"])),
+        );
         let out = w.cli(
             SECRET,
             &[

@@ -1,4 +1,4 @@
-//! `once`: one pass over the source, then delivery.
+//! `once`: one pass over the source with the daemon's tracker and rules, then delivery.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -9,104 +9,104 @@ use anyhow::{bail, Context};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::daemon::deliver::Step;
-use crate::export::{self, EndReason, Outcome};
+use crate::daemon::logging::ProgressGuard;
+use crate::daemon::pass::{self, PassOptions, Waiting};
 use crate::queue::Commit;
-use crate::source::opencode::activity::Activity;
-use crate::source::opencode::{OpenCodeDb, SourceError};
-use logging::ProgressGuard;
+use crate::source::opencode::OpenCodeSource;
+use crate::track::{Mode, Rules, Tracker, STATE_PREFIX};
 
 use crate::cmd::summary_line;
 use crate::daemon::*;
 
-/// `once`: reads every session, builds its record, enqueues, delivers. Exit 0 when the outbox
-/// is drained; 1 when something could not be delivered (the records stay queued, or are in
-/// the dead-letter tree).
+/// `once`: one pass over the source, then delivery. Exit 0 when the outbox is drained; 1 when
+/// something could not be delivered (the records stay queued, or are in the dead-letter tree).
 ///
-/// Sessions whose turn is still running are not exported (the daemon exports them when they
-/// end), unless they have had no write for `export.stale_after_secs` (then `incomplete`).
+/// The pass is the daemon's ([`crate::daemon::pass`]) in [`Mode::Flush`]: the same tracker,
+/// resumed from the same persisted state, with the debounce and todo timers counted as
+/// elapsed — so every session whose turn has ended and that was not exported in that state
+/// yet is exported now, a turn still running is not (unless stale for
+/// `export.stale_after_secs`: then `incomplete`), and the tracker's state is committed with
+/// the records. `once` then `run`, or `once` twice, export nothing unchanged again.
 ///
 /// # Errors
 /// Source, outbox and sink set-up failures.
 pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode> {
     let outbox = Arc::new(open_outbox(config)?);
     let device = device_id(config)?;
-    let mut ctx = export_context(config, &device);
-    ctx.exported_at = now_ms();
-    let db_path = config.source.db_path.clone();
-    let busy = Duration::from_millis(config.source.busy_timeout_ms);
-    let skip_children = config.export.skip_subagent_sessions;
-    let stale_after_ms = (config.export.stale_after_secs as i64).saturating_mul(1000);
-    let now = ctx.exported_at;
+    let ctx = export_context(config, &device);
+    let rules = Rules::from(&config.export);
+    let mut tracker = if outbox.was_rebuilt() {
+        Tracker::new(rules)
+    } else {
+        Tracker::resume(rules, outbox.state_scan(STATE_PREFIX)?)
+    };
+    let mut source = OpenCodeSource::new(
+        &config.source.db_path,
+        Duration::from_millis(config.source.busy_timeout_ms),
+    );
     let reading = ProgressGuard::new(0, "reading sessions");
     let bar = reading.bar().clone();
-    let (records, notes) = tokio::task::spawn_blocking(move || -> Result<_, SourceError> {
-        let db = OpenCodeDb::open(&db_path, busy)?;
-        let mut heads = db.session_heads()?;
-        heads.sort_by(|a, b| b.id.cmp(&a.id)); // Session ids sort newest first; print oldest first.
-        bar.set_length(heads.len() as u64);
-        let mut records = Vec::new();
-        let mut notes = Vec::new();
-        for head in heads {
-            bar.inc(1);
-            if skip_children && head.parent_id.is_some() {
-                continue;
-            }
-            let Some(snapshot) = db.read_session(&head.id)? else {
-                continue;
-            };
-            let outcome = match export::snapshot_activity(&snapshot) {
-                Activity::Ended(e) => Outcome::ended(e.error),
-                Activity::Empty => {
-                    notes.push(format!("{}  (no messages; not exported)", head.id));
-                    continue;
-                }
-                Activity::Busy if now - snapshot.last_write_ms() >= stale_after_ms => Outcome {
-                    end_reason: export::EndReason::Idle,
-                    error: None,
-                    incomplete: true,
-                },
-                Activity::Busy => {
-                    notes.push(format!("{}  (turn in progress; not exported)", head.id));
-                    continue;
-                }
-            };
-            records.push(export::build(&snapshot, &outcome, &ctx));
-        }
-        Ok((records, notes))
+    let budget = outbox.free_bytes();
+    let store = outbox.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let stored = |key: &[u8]| store.state_get(key).ok().flatten();
+        pass::pass(
+            &mut source,
+            &mut tracker,
+            &ctx,
+            now_ms,
+            PassOptions {
+                mode: Mode::Flush,
+                budget_bytes: budget,
+                stored_record: &stored,
+                progress: Some(&bar),
+            },
+        )
     })
     .await
-    .context("the database reader panicked")?
+    .context("the source reader panicked")?
     .with_context(|| format!("reading {}", config.source.db_path.display()))?;
     drop(reading);
 
     let last = last_export_puts(
-        records.iter().map(|r| {
-            let trigger = match (r.end_reason, r.incomplete) {
-                (_, true) => "stale",
-                (EndReason::Error, _) => "session.error",
-                (EndReason::Deleted, _) => "session.deleted",
-                (EndReason::Idle, _) => "session.idle",
-            };
-            (trigger, r.session_id.as_str())
-        }),
-        now,
+        out.exported
+            .iter()
+            .map(|e| (e.trigger.name(), e.record.session_id.as_str())),
+        out.now_ms,
     );
+    let mut state_puts = out.state_puts;
+    state_puts.extend(state_puts_of(&last));
     outbox
         .commit(Commit {
-            records: records
+            records: out
+                .exported
                 .iter()
-                .map(|r| new_record(r, serde_json::to_vec(r).expect("a record serializes")))
+                .map(|e| new_record(&e.record, e.json.clone()))
                 .collect(),
-            state_puts: state_puts_of(&last),
-            state_removes: Vec::new(),
+            state_puts,
+            state_removes: out.state_removes,
         })
         .await
         .context("writing the outbox")?;
+    // Session ids sort newest first; print oldest first.
+    let mut records: Vec<_> = out.exported.iter().map(|e| &e.record).collect();
+    records.sort_by(|a, b| b.session_id.cmp(&a.session_id));
     for r in &records {
         println!("{}", summary_line(r));
     }
-    for n in &notes {
-        println!("{n}");
+    let mut waiting = out.waiting.clone();
+    waiting.sort_by(|a, b| b.0.cmp(&a.0));
+    for (id, why) in &waiting {
+        match why {
+            Waiting::NoMessages => println!("{id}  (no messages; not exported)"),
+            Waiting::TurnInProgress => println!("{id}  (turn in progress; not exported)"),
+        }
+    }
+    if out.deferred > 0 {
+        println!(
+            "{} session(s) left for the next `once` or `run`: the outbox is full (queue.max_bytes)",
+            out.deferred
+        );
     }
 
     let mut sender = sender_for(config, outbox.clone())?;
@@ -147,7 +147,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     outbox.flush().await?;
     eprintln!(
         "exported {} session(s); delivered {delivered_total} to {}",
-        records.len(),
+        out.exported.len(),
         sender.describe()
     );
     if dead_total > 0 {

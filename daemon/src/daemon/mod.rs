@@ -34,6 +34,7 @@
 pub mod deliver;
 pub mod logging;
 pub mod notify;
+pub mod pass;
 mod poll;
 pub mod reload;
 mod signals;
@@ -57,6 +58,7 @@ use crate::export::{ExportContext, SessionExport};
 use crate::identity;
 use crate::queue::{DaemonInfo, LastExport, NewRecord, Outbox, QueueError, ReloadOutcome};
 use crate::sink::{self, AnySink};
+use crate::source::opencode::OpenCodeSource;
 use crate::track::{Rules, Tracker};
 
 use poll::Poller;
@@ -115,16 +117,6 @@ pub(crate) fn state_puts_of(last: &BTreeMap<String, LastExport>) -> Vec<(Vec<u8>
         .collect()
 }
 
-/// The trigger name of an event (`session.idle`, …, `stale`).
-pub(crate) fn trigger_name(event: crate::track::Event) -> &'static str {
-    match event {
-        crate::track::Event::Idle => "session.idle",
-        crate::track::Event::Error => "session.error",
-        crate::track::Event::Deleted => "session.deleted",
-        crate::track::Event::Stale => "stale",
-    }
-}
-
 /// The device id: machine-uid hashed (see [`identity`]); when the OS has no machine id, a
 /// random id created once and kept in `<data_dir>/device-id`.
 ///
@@ -161,15 +153,6 @@ pub(crate) fn export_context(config: &Config, device_id: &str) -> ExportContext 
         include_todos: config.export.include_todos,
         include_messages: config.export.include_messages,
         max_message_chars: config.export.max_message_chars,
-    }
-}
-
-pub(crate) fn rules(config: &Config) -> Rules {
-    Rules {
-        debounce_ms: config.export.debounce_ms as i64,
-        final_after_ms: (config.export.final_after_secs as i64).saturating_mul(1000),
-        stale_after_ms: (config.export.stale_after_secs as i64).saturating_mul(1000),
-        skip_subagent_sessions: config.export.skip_subagent_sessions,
     }
 }
 
@@ -304,10 +287,10 @@ pub async fn run(
     let ctx = export_context(&config, &device);
     let tracker = if outbox.was_rebuilt() {
         tracing::info!("the outbox was rebuilt; re-reading every session from the source");
-        Tracker::new(rules(&config))
+        Tracker::new(Rules::from(&config.export))
     } else {
         Tracker::resume(
-            rules(&config),
+            Rules::from(&config.export),
             outbox.state_scan(crate::track::STATE_PREFIX)?,
         )
     };
@@ -343,8 +326,10 @@ pub async fn run(
         device,
         ctx,
         tracker: Some(tracker),
-        db: None,
-        last_data_version: None,
+        source: Some(Box::new(OpenCodeSource::new(
+            &config.source.db_path,
+            Duration::from_millis(config.source.busy_timeout_ms),
+        ))),
         missing_logged: false,
         full_logged: false,
         transitions_log: options.transitions_log,

@@ -1,8 +1,8 @@
-//! The poll side of the daemon: one tick reads what changed and commits the exports.
+//! The poll side of the daemon: each tick runs one [`pass`](super::pass) over the source on a
+//! blocking thread and commits its records and tracker state to the outbox in one transaction.
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 
@@ -10,11 +10,12 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::export::ExportContext;
 use crate::queue::{Commit, Outbox};
-use crate::source::opencode::{OpenCodeDb, SourceError};
-use crate::track::{Emitted, Tracker};
-use logging::ProgressGuard;
+use crate::source::SessionSource;
+use crate::track::{Mode, Rules, Tracker};
 
-use super::*;
+use super::logging::ProgressGuard;
+use super::pass::{self, Exported, PassOptions, PassOutput};
+use super::{export_context, last_export_puts, new_record, state_puts_of};
 
 /// The poll side of the daemon.
 pub(crate) struct Poller {
@@ -22,14 +23,13 @@ pub(crate) struct Poller {
     pub(crate) device: String,
     pub(crate) ctx: ExportContext,
     pub(crate) tracker: Option<Tracker>,
-    pub(crate) db: Option<OpenCodeDb>,
-    pub(crate) last_data_version: Option<i64>,
+    pub(crate) source: Option<Box<dyn SessionSource>>,
     pub(crate) missing_logged: bool,
     pub(crate) full_logged: bool,
     pub(crate) transitions_log: Option<PathBuf>,
     /// Show a progress bar over the next tick (the first one).
     pub(crate) progress_pending: bool,
-    /// A tick has read the database to the end once (the first pass over the history is done).
+    /// A tick has read the source to the end once (the first pass over the history is done).
     pub(crate) scanned_once: bool,
 }
 
@@ -39,146 +39,128 @@ impl Poller {
         self.config = config.clone();
         self.ctx = export_context(config, &self.device);
         if let Some(t) = self.tracker.as_mut() {
-            t.set_rules(rules(config));
+            t.set_rules(Rules::from(&config.export));
         }
     }
 
     /// One tick. Returns whether records were enqueued.
-    pub(crate) async fn tick(&mut self, outbox: &Outbox) -> anyhow::Result<bool> {
+    pub(crate) async fn tick(&mut self, outbox: &std::sync::Arc<Outbox>) -> anyhow::Result<bool> {
         if outbox.is_full() {
             if !self.full_logged {
                 tracing::warn!(
                     max_bytes = self.config.queue.max_bytes,
-                    "the outbox is full; pausing reads of the opencode database until it drains"
+                    "the outbox is full; pausing reads of the source until it drains"
                 );
                 self.full_logged = true;
             }
             return Ok(false);
         }
         self.full_logged = false;
-        let db_path = self.config.source.db_path.clone();
-        let busy = Duration::from_millis(self.config.source.busy_timeout_ms);
-        let mut db = self.db.take();
+        let mut source = self.source.take().expect("source present between ticks");
         let mut tracker = self.tracker.take().expect("tracker present between ticks");
-        let mut ctx = self.ctx.clone();
-        let last_dv = self.last_data_version;
+        let ctx = self.ctx.clone();
         let budget = outbox.free_bytes();
         let progress = std::mem::take(&mut self.progress_pending)
             .then(|| ProgressGuard::new(0, "reading sessions"));
         let had_progress = progress.is_some();
-        if let Some(p) = &progress {
-            tracker.set_progress(p.bar().clone());
-        }
-        let missing_logged = self.missing_logged;
-        let now = now_ms();
-        ctx.exported_at = now;
+        let bar = progress.as_ref().map(|p| p.bar().clone());
+        let store = outbox.clone();
         let joined = tokio::task::spawn_blocking(move || {
-            let result = (|| -> Result<(Option<crate::track::TickOutput>, Option<i64>), SourceError> {
-                if db.as_ref().is_some_and(|d| d.replaced()) {
-                    tracing::info!(db = %db_path.display(), "the opencode database file was replaced; reopening");
-                    db = None;
-                }
-                let reopened = db.is_none();
-                if reopened {
-                    db = Some(OpenCodeDb::open(&db_path, busy)?);
-                    tracker.rescan();
-                    tracing::info!(db = %db_path.display(), "opened the opencode database (read-only)");
-                }
-                let d = db.as_ref().expect("opened above");
-                let dv = d.data_version()?;
-                // `data_version` is per connection: after a (re)open its value says nothing.
-                let changed = reopened || last_dv != Some(dv);
-                if !changed && !tracker.has_timers() {
-                    return Ok((None, Some(dv)));
-                }
-                let out = tracker.tick(d, &ctx, now, changed, budget)?;
-                Ok((Some(out), Some(dv)))
-            })();
-            (db, tracker, result)
+            let stored = |key: &[u8]| store.state_get(key).ok().flatten();
+            let result = pass::pass(
+                source.as_mut(),
+                &mut tracker,
+                &ctx,
+                now_ms,
+                PassOptions {
+                    mode: Mode::Live,
+                    budget_bytes: budget,
+                    stored_record: &stored,
+                    progress: bar.as_ref(),
+                },
+            );
+            (source, tracker, result)
         })
         .await;
         drop(progress);
-        let (db, tracker, result) = joined.context("the database reader panicked")?;
+        let (mut source, tracker, result) = joined.context("the source reader panicked")?;
         self.tracker = Some(tracker);
-        match result {
-            Ok((out, dv)) => {
-                self.db = db;
-                self.scanned_once = true;
-                self.missing_logged = false;
-                let out = match out {
-                    Some(out) => out,
-                    None => return Ok(false),
-                };
-                if out.is_empty() {
-                    self.last_data_version = dv;
-                    return Ok(false);
-                }
-                let emitted = !out.emitted.is_empty();
-                if out.deferred > 0 {
-                    tracing::debug!(
-                        deferred = out.deferred,
-                        "the outbox is nearly full; exports deferred"
-                    );
-                }
-                let last = last_export_puts(
-                    out.emitted
-                        .iter()
-                        .map(|e| (trigger_name(e.event), e.record.session_id.as_str())),
-                    now,
-                );
-                let mut state_puts = out.state_puts;
-                state_puts.extend(state_puts_of(&last));
-                let commit = Commit {
-                    records: out
-                        .emitted
-                        .iter()
-                        .map(|e| new_record(&e.record, e.json.clone()))
-                        .collect(),
-                    state_puts,
-                    state_removes: out.state_removes,
-                };
-                outbox.commit(commit).await.context("writing the outbox")?;
-                if !last.is_empty() {
-                    outbox.update_daemon_info(|d| d.last_exports.extend(last));
-                }
-                self.last_data_version = dv;
-                for e in &out.emitted {
-                    self.log_transition(e);
-                }
-                Ok(emitted)
-            }
-            // Not there yet, or OpenCode is still creating its tables: wait quietly.
-            Err(e @ (SourceError::Missing { .. } | SourceError::NotOpenCode { .. })) => {
-                if !missing_logged {
-                    tracing::info!(reason = %e, "waiting for the opencode database to appear");
+        let out = match result {
+            Ok(out) => out,
+            // Not there yet, or the agent is still creating it: wait quietly.
+            Err(e) if e.is_missing() => {
+                if !self.missing_logged {
+                    tracing::info!(reason = %e, "waiting for the {} to appear", source.kind());
                 }
                 // The first pass is still to come.
                 self.progress_pending |= had_progress;
                 self.missing_logged = true;
-                self.db = None;
-                self.last_data_version = None;
-                Ok(false)
+                source.rescan();
+                self.source = Some(source);
+                return Ok(false);
             }
             Err(e) => {
-                // The tracker only changed in memory for sessions it fully processed, and those
-                // changes were not committed: start from a clean read next tick.
-                tracing::warn!(error = %e, "reading the opencode database failed; retrying next tick");
-                self.db = None;
-                self.last_data_version = None;
+                // The tracker changed in memory and nothing was committed: start from the
+                // persisted state and a full read next tick.
+                tracing::warn!(error = %e, "reading the source failed; retrying next tick");
+                source.rescan();
+                self.source = Some(source);
                 self.tracker = Some(Tracker::resume(
-                    rules(&self.config),
+                    Rules::from(&self.config.export),
                     outbox.state_scan(crate::track::STATE_PREFIX)?,
                 ));
-                Ok(false)
+                return Ok(false);
             }
+        };
+        self.source = Some(source);
+        self.scanned_once = true;
+        self.missing_logged = false;
+        if out.is_empty() {
+            return Ok(false);
         }
+        self.commit(outbox, out).await
     }
 
-    fn log_transition(&self, e: &Emitted) {
+    async fn commit(&mut self, outbox: &Outbox, out: PassOutput) -> anyhow::Result<bool> {
+        let emitted = !out.exported.is_empty();
+        if out.deferred > 0 {
+            tracing::debug!(
+                deferred = out.deferred,
+                "the outbox is nearly full; exports deferred"
+            );
+        }
+        let last = last_export_puts(
+            out.exported
+                .iter()
+                .map(|e| (e.trigger.name(), e.record.session_id.as_str())),
+            out.now_ms,
+        );
+        let mut state_puts = out.state_puts;
+        state_puts.extend(state_puts_of(&last));
+        let commit = Commit {
+            records: out
+                .exported
+                .iter()
+                .map(|e| new_record(&e.record, e.json.clone()))
+                .collect(),
+            state_puts,
+            state_removes: out.state_removes,
+        };
+        outbox.commit(commit).await.context("writing the outbox")?;
+        if !last.is_empty() {
+            outbox.update_daemon_info(|d| d.last_exports.extend(last));
+        }
+        for e in &out.exported {
+            self.log_transition(e);
+        }
+        Ok(emitted)
+    }
+
+    fn log_transition(&self, e: &Exported) {
         let line = serde_json::json!({
             "ts": e.record.exported_at,
             "sessionId": e.record.session_id,
-            "event": e.event,
+            "event": e.trigger,
             "endReason": e.record.end_reason,
             "error": e.record.error.as_ref().map(|x| &x.name),
             "updatedAt": e.record.updated_at,
@@ -188,7 +170,7 @@ impl Poller {
         });
         tracing::info!(
             session_id = %e.record.session_id,
-            event = %serde_json::to_string(&e.event).unwrap_or_default().trim_matches('"'),
+            event = e.trigger.name(),
             end_reason = e.record.end_reason.as_str(),
             "session exported"
         );

@@ -1,6 +1,12 @@
 //! Export records: the [`SessionExport`] shape and the pure builder that makes one from a
-//! session snapshot.
+//! source-neutral session snapshot.
+//!
+//! - [`record`]: the wire shape (what the outbox stores and the sinks receive).
+//! - [`build`](build()): snapshot + trigger + context → record.
+//! - [`aggregate`]: one function per aggregate of a session's own rows.
+//! - [`fit`]: shortening a record to Convex's document limits, visibly.
 
+pub mod aggregate;
 mod build;
 pub mod fit;
 mod record;

@@ -1,7 +1,238 @@
-//! The source: OpenCode's database, read-only.
+//! Sources: where sessions are read from, behind one seam, [`SessionSource`].
 //!
-//! - [`opencode`]: the reader (connection, schema detection, row parsing).
-//! - [`activity`]: busy or ended, from the newest rows — the rule behind `session.idle` and
-//!   `session.error`.
+//! A source knows its own storage (OpenCode's SQLite database today; its legacy JSON tree and
+//! Claude Code's transcripts later) and answers three questions in source-neutral types:
+//!
+//! 1. **What changed** since its cursor ([`SessionSource::changes`]): nothing (an O(1) check on
+//!    an idle tick), a [`Changes::Full`] list of every session (the first look, or after the
+//!    storage was replaced), or a [`Changes::Delta`] of the sessions whose [`ChangeMarker`]
+//!    moved and of those that are gone. The cursor lives inside the source.
+//! 2. **Busy or ended** ([`SessionSource::observe`]): a bounded read of a session's newest
+//!    rows, classified into an [`Observation`] — the source's own rule for the moment the agent
+//!    announces (`session.idle` / `session.error` for OpenCode).
+//! 3. **Everything** ([`SessionSource::snapshot`]): a [`SessionSnapshot`] of the session and its
+//!    subagent sessions, from which [`crate::export`] builds the record.
+//!
+//! The tracker ([`crate::track`]) decides from these answers alone; nothing outside a source's
+//! module names its tables, columns or JSON shapes.
+//!
+//! - [`opencode`]: OpenCode's `opencode.db` (read-only, WAL-safe).
 
 pub mod opencode;
+mod snapshot;
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+pub use snapshot::{
+    CodeChangeFacts, FileDiff, Message, Role, SessionSnapshot, TodoItem, Tokens, ToolCall,
+};
+
+/// A session's id as its source names it (OpenCode: `ses_…`). Ordered as strings, which for
+/// OpenCode is creation order (ids are time-prefixed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SessionId(String);
+
+impl SessionId {
+    /// Wraps a source's id.
+    pub fn new(id: impl Into<String>) -> SessionId {
+        SessionId(id.into())
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for SessionId {
+    fn from(s: &str) -> SessionId {
+        SessionId(s.to_string())
+    }
+}
+
+impl From<String> for SessionId {
+    fn from(s: String) -> SessionId {
+        SessionId(s)
+    }
+}
+
+/// A value that changes whenever anything of a session is written. Compared for equality
+/// only, except [`ChangeMarker::archived_at`], which the tracker reads.
+///
+/// The serialized names (`seq`, `timeUpdated`, `timeArchived`) are those of the tracker's
+/// persisted state since version 0.1; do not rename them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChangeMarker {
+    /// The source's change counter (OpenCode: `event_sequence.seq`).
+    #[serde(rename = "seq")]
+    pub counter: i64,
+    /// When the session itself was last updated (ms).
+    #[serde(rename = "timeUpdated")]
+    pub updated_at: i64,
+    /// When the session was archived (ms), if it is.
+    #[serde(rename = "timeArchived")]
+    pub archived_at: Option<i64>,
+}
+
+/// The cheap per-session view used to find what changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHead {
+    /// The session.
+    pub id: SessionId,
+    /// Its parent, for a subagent session.
+    pub parent_id: Option<SessionId>,
+    /// Its change marker now.
+    pub marker: ChangeMarker,
+}
+
+/// What [`SessionSource::changes`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Changes {
+    /// Nothing was written since the last call.
+    None,
+    /// Every session there is: sessions the caller knows and that are not listed are gone.
+    Full {
+        /// Every session (subagent sessions included).
+        heads: Vec<SessionHead>,
+        /// True when the cursor was (re)started — the first look since the source was created,
+        /// reopened or rescanned — so there is no earlier look to compare with; false when
+        /// the source only had to read everything this time.
+        fresh: bool,
+    },
+    /// Only what moved.
+    Delta {
+        /// Sessions whose marker moved (or that are new).
+        heads: Vec<SessionHead>,
+        /// Sessions that no longer exist.
+        gone: Vec<SessionId>,
+    },
+}
+
+/// The error that ended a turn, as the source stores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnError {
+    /// The error's name (OpenCode: `APIError`, `MessageAbortedError`, …).
+    pub name: String,
+    /// Its human-readable message (empty when none was stored).
+    pub message: String,
+}
+
+/// Where a session's last turn stands, from its newest rows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activity {
+    /// The session has no message yet.
+    Empty,
+    /// A turn is in progress (or the agent died mid-turn; see `export.stale_after_secs`).
+    Busy,
+    /// The last turn ended.
+    Ended(TurnEnd),
+}
+
+/// How and where a turn ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TurnEnd {
+    /// The message that ended the turn (OpenCode: the terminal assistant `message.id`). A
+    /// different id is a new end of turn.
+    pub message_id: String,
+    /// When it completed (ms).
+    pub completed_at: i64,
+    /// Its error, when it carries one (the turn ended in `session.error`).
+    pub error: Option<TurnError>,
+}
+
+/// A bounded look at one session ([`SessionSource::observe`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observation {
+    /// Busy or ended.
+    pub activity: Activity,
+    /// The newest write seen (ms).
+    pub last_write_ms: i64,
+    /// Whether todos are left open (pending or in progress).
+    pub todos_open: bool,
+}
+
+/// Errors of a source.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The storage does not exist (yet): wait for it quietly.
+    #[error("{what} not found at {path}")]
+    Missing {
+        /// What was looked for (`opencode database`).
+        what: &'static str,
+        /// The path looked at.
+        path: std::path::PathBuf,
+    },
+    /// The storage exists but is not what the source reads (yet): wait for it quietly.
+    #[error("{path} is not {what}: {reason}")]
+    NotRecognised {
+        /// What was expected (`an opencode database`).
+        what: &'static str,
+        /// The path.
+        path: std::path::PathBuf,
+        /// What is missing.
+        reason: String,
+    },
+    /// Reading failed (busy past the timeout, IO error, corrupt file, …): retried next tick.
+    #[error("reading {path}: {message}")]
+    Read {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The underlying error, one line.
+        message: String,
+    },
+}
+
+impl SourceError {
+    /// True for "not there (yet)": the daemon waits quietly instead of warning.
+    pub fn is_missing(&self) -> bool {
+        matches!(
+            self,
+            SourceError::Missing { .. } | SourceError::NotRecognised { .. }
+        )
+    }
+}
+
+/// One place sessions are read from; see the module docs.
+///
+/// Every method does blocking IO: call it from a blocking thread. A method that fails leaves
+/// the cursor where it was, so the next call retries.
+pub trait SessionSource: Send {
+    /// What the source reads, for messages (`opencode database`).
+    fn kind(&self) -> &'static str;
+
+    /// A short description for logs and `status` (`opencode database /path/opencode.db`).
+    fn describe(&self) -> String;
+
+    /// What changed since the last call (see [`Changes`]). The first call returns
+    /// [`Changes::Full`].
+    ///
+    /// # Errors
+    /// [`SourceError`]; [`SourceError::is_missing`] while the storage does not exist.
+    fn changes(&mut self) -> Result<Changes, SourceError>;
+
+    /// Busy or ended, from a bounded read of the session's newest rows. `None` when the
+    /// session is gone.
+    ///
+    /// # Errors
+    /// [`SourceError`].
+    fn observe(&mut self, id: &SessionId) -> Result<Option<Observation>, SourceError>;
+
+    /// The whole session with its subagent sessions. `None` when the session is gone.
+    ///
+    /// # Errors
+    /// [`SourceError`].
+    fn snapshot(&mut self, id: &SessionId) -> Result<Option<SessionSnapshot>, SourceError>;
+
+    /// Forgets the cursor: the next [`SessionSource::changes`] returns [`Changes::Full`].
+    fn rescan(&mut self);
+}

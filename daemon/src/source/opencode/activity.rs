@@ -15,30 +15,8 @@
 //! Anything else with messages is **busy**: a newer user message, an assistant message without
 //! `time.completed`, or a completed `tool-calls` step whose next step is on its way.
 
-use crate::export::ErrorInfo;
 use crate::source::opencode::rows::{is_rejection, MessageRow, PartRow};
-
-/// What the newest rows of a session say.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Activity {
-    /// The session has no message yet.
-    Empty,
-    /// A turn is in progress (or OpenCode died mid-turn; see `export.stale_after_secs`).
-    Busy,
-    /// The last turn ended.
-    Ended(Ending),
-}
-
-/// How and where a turn ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ending {
-    /// The terminal assistant message (`message.id`).
-    pub message_id: String,
-    /// Its `time.completed` (ms).
-    pub completed_at: i64,
-    /// Its error, when it carries one (the turn published `session.error`).
-    pub error: Option<ErrorInfo>,
-}
+use crate::source::{Activity, TurnEnd, TurnError};
 
 /// Classifies a session from its newest messages (`recent`, newest first) and the parts of the
 /// newest assistant message among them.
@@ -62,15 +40,15 @@ pub fn classify(recent: &[MessageRow], assistant_parts: &[PartRow]) -> Activity 
         .iter()
         .filter(|p| p.message_id == assistant.id)
         .collect();
-    let ended = |error: Option<ErrorInfo>| {
-        Activity::Ended(Ending {
+    let ended = |error: Option<TurnError>| {
+        Activity::Ended(TurnEnd {
             message_id: assistant.id.clone(),
             completed_at,
             error,
         })
     };
     if let Some(e) = &info.error {
-        return ended(Some(ErrorInfo {
+        return ended(Some(TurnError {
             name: e.name.clone(),
             message: e.message(),
         }));
@@ -177,7 +155,7 @@ mod tests {
         match classify(&[a, msg("msg_1", USER)], &[]) {
             Activity::Ended(e) => assert_eq!(
                 e.error,
-                Some(ErrorInfo {
+                Some(TurnError {
                     name: "MessageAbortedError".into(),
                     message: "Aborted".into()
                 })

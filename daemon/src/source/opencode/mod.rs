@@ -1,653 +1,391 @@
-//! Read-only reader of OpenCode's SQLite database (`opencode.db`, WAL mode).
+//! The OpenCode source: OpenCode's SQLite database (`opencode.db`), read-only.
 //!
-//! # Invariants
-//! - The database is opened with `SQLITE_OPEN_READ_ONLY` (never `immutable=1`: the file changes
-//!   under WAL) and a busy timeout; nothing here can write to it.
-//! - Every read is a short read transaction that ends before the function returns, so the
-//!   daemon never holds a WAL snapshot across ticks and never blocks OpenCode's checkpoints.
-//! - One connection is kept for the life of the [`OpenCodeDb`]: `PRAGMA data_version` is
-//!   per-connection, and it is how an idle tick costs O(1).
-//! - Columns are feature-detected with `PRAGMA table_info`; a column an older OpenCode lacks
-//!   reads as `NULL`. A row whose JSON `data` cannot be parsed is skipped with one warning (per
-//!   row, not per poll).
-//! - A database file replaced by rename or deleted is detected by comparing `(dev, inode)` with
-//!   the values at open ([`OpenCodeDb::replaced`]); the caller then reopens.
+//! - [`sql`]: the connection and its queries ([`sql::OpenCodeDb`]); the invariants of reading a
+//!   live WAL database are there.
+//! - [`rows`]: the row and JSON shapes of OpenCode's schema.
+//! - [`activity`]: busy or ended from the newest rows — OpenCode's own rule for `session.idle`
+//!   and `session.error`.
+//! - [`path`]: where OpenCode keeps its database.
+//!
+//! [`OpenCodeSource`] implements [`SessionSource`] over them.
+//!
+//! # Change detection (the cursor)
+//! An idle tick costs one `PRAGMA data_version` (per connection: it changes whenever another
+//! connection commits). When it moved, with `event_sequence` (OpenCode ≥ 1.16) the source reads
+//! only that table's small rows, the session rows of sessions whose `seq` moved (by primary key)
+//! and `COUNT(*)` of `session`: every write to a session bumps its `seq`, and deleting a session
+//! removes its row. A session without a sequence row (older than the last log wipe) can still
+//! be deleted unseen by the sequence table; the count catches that and the source reads every
+//! session row instead ([`Changes::Full`]). Without the table, on the first look, and after the
+//! file was replaced (new inode) or reopened, every session row is read.
+//!
+//! # Where each snapshot field comes from
+//! | [`SessionSnapshot`] field | OpenCode |
+//! |---|---|
+//! | `id`, `parent_id`, `project_id`, `directory`, `title`, `created_at`, `archived_at` | `session.id`, `parent_id`, `project_id`, `directory`, `title`, `time_created`, `time_archived` |
+//! | `agent_version` | `session.version` |
+//! | `worktree` | `project.worktree` |
+//! | `last_write_ms` | max of `session.time_updated` and the `time_updated` of its `message` and `part` rows |
+//! | `messages[].role/agent/provider_id/model_id/finish/completed_at/error` | `message.data` `role`, `agent` (or `mode`), `providerID`/`modelID` (user messages: `model.providerID`/`model.modelID`), `finish`, `time.completed`, `error {name, data.message}` |
+//! | `messages[].created_at` | `message.time_created` |
+//! | `messages[].tokens/cost` | sums over the message's `step-finish` parts' `tokens {input, output, reasoning, cache {read, write}}` and `cost` |
+//! | `messages[].text` | its `text` parts (not `synthetic`), joined by a blank line |
+//! | `tool_calls[]` | `tool` parts: `tool`, `state.status = "error"`, `state.time.end - start`; the `skill` tool's `state.input.name` |
+//! | `code_changes.diffs` | user messages' `summary.diffs[] {file, additions, deletions}` |
+//! | `code_changes.patched_files` | `patch` parts' `files[]` |
+//! | `code_changes.totals` | `session.summary_additions/deletions/files` |
+//! | `todos[]` | `todo` rows by `position`: `content`, `status`, `priority` |
+//! | `children` | sessions whose `parent_id` is this one, to [`sql::MAX_CHILD_DEPTH`] |
 
 pub mod activity;
+pub mod path;
 pub mod rows;
+pub mod sql;
 
-use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
+use crate::source::{
+    Changes, CodeChangeFacts, FileDiff, Message, Observation, Role, SessionHead, SessionId,
+    SessionSnapshot, SessionSource, SourceError, TodoItem, Tokens, ToolCall, TurnError,
+};
+use rows::FileDiff as RowFileDiff;
+pub use sql::OpenCodeDb;
+use sql::{HeadRow, RowSnapshot};
 
-use rows::{MessageInfo, MessageRow, PartInfo, PartRow, ProjectRow, SessionRow, TodoRow};
-
-/// Errors of the OpenCode reader.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The database file does not exist (yet).
-    #[error("opencode database not found at {path}")]
-    Missing {
-        /// The path looked at.
-        path: PathBuf,
-    },
-    /// The file exists but is not an OpenCode database (no `session` table).
-    #[error("{path} is not an opencode database: {reason}")]
-    NotOpenCode {
-        /// The file.
-        path: PathBuf,
-        /// What is missing.
-        reason: String,
-    },
-    /// SQLite failed (busy past the timeout, IO error, corrupt file, …).
-    #[error("reading opencode database {path}: {source}")]
-    Sqlite {
-        /// The file.
-        path: PathBuf,
-        /// SQLite's error.
-        source: rusqlite::Error,
-    },
-}
-
-/// Which optional tables and columns the database has.
-#[derive(Debug, Clone, Default)]
-struct Schema {
-    session_cols: HashSet<String>,
-    has_event_sequence: bool,
-    has_project: bool,
-    has_todo: bool,
-}
-
-/// The cheap per-session view used to find what changed: one row per session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionHead {
-    /// `session.id`.
-    pub id: String,
-    /// `session.parent_id`.
-    pub parent_id: Option<String>,
-    /// A value that changes whenever anything of the session is written: `event_sequence.seq`
-    /// (OpenCode ≥ 1.16, bumped by every durable session event) combined with
-    /// `session.time_updated` and `time_archived`. On databases without `event_sequence` it is
-    /// the newest `message.time_updated` of the session.
-    pub marker: ChangeMarker,
-}
-
-/// See [`SessionHead::marker`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct ChangeMarker {
-    /// `event_sequence.seq`, or the newest `message.time_updated` without that table.
-    pub seq: i64,
-    /// `session.time_updated` (ms).
-    pub time_updated: i64,
-    /// `session.time_archived` (ms).
-    pub time_archived: Option<i64>,
-}
-
-/// Everything the database holds about one session, read in one read transaction.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionSnapshot {
-    /// The `session` row.
-    pub session: SessionRow,
-    /// Its `project` row, if present.
-    pub project: Option<ProjectRow>,
-    /// `message` rows ordered by `(time_created, id)`.
-    pub messages: Vec<MessageRow>,
-    /// `part` rows ordered by `(message_id, id)`.
-    pub parts: Vec<PartRow>,
-    /// `todo` rows ordered by `position`.
-    pub todos: Vec<TodoRow>,
-    /// Subagent sessions (`parent_id` = this id), recursively, each a full snapshot.
-    pub children: Vec<SessionSnapshot>,
-}
-
-impl SessionSnapshot {
-    /// The last write to the session (ms): the largest of `session.time_updated` and the
-    /// `time_updated` of its message and part rows.
-    pub fn last_write_ms(&self) -> i64 {
-        newest_write(&self.session, &self.messages, &self.parts)
-    }
-}
-
-/// The few newest rows of a session: enough to tell busy from ended (see
-/// [`crate::source::opencode::activity`]) without reading the whole session.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionTail {
-    /// The `session` row.
-    pub session: SessionRow,
-    /// Up to [`TAIL_MESSAGES`] newest messages, newest first (by `(time_created, id)`).
-    pub recent: Vec<MessageRow>,
-    /// Parts of the newest assistant message in `recent`, ordered by id.
-    pub assistant_parts: Vec<PartRow>,
-    /// Todo statuses of the session.
-    pub todo_statuses: Vec<String>,
-}
-
-impl SessionTail {
-    /// The newest write seen in the tail (ms).
-    pub fn last_write_ms(&self) -> i64 {
-        newest_write(&self.session, &self.recent, &self.assistant_parts)
-    }
-}
-
-/// The largest of `session.time_updated` and the rows' `time_updated` (ms).
-fn newest_write(session: &SessionRow, messages: &[MessageRow], parts: &[PartRow]) -> i64 {
-    let m = messages.iter().map(|m| m.time_updated);
-    let p = parts.iter().map(|p| p.time_updated);
-    m.chain(p).fold(session.time_updated, i64::max)
-}
-
-/// How many newest messages a tail holds.
-pub const TAIL_MESSAGES: usize = 6;
-
-/// A read-only connection to `opencode.db`.
-pub struct OpenCodeDb {
+/// [`SessionSource`] over `opencode.db`; see the module docs.
+#[derive(Debug)]
+pub struct OpenCodeSource {
     path: PathBuf,
-    conn: Connection,
-    schema: Schema,
-    file_id: Option<(u64, u64)>,
-    warned: RefCell<HashSet<String>>,
+    busy_timeout: Duration,
+    db: Option<OpenCodeDb>,
+    /// `PRAGMA data_version` at the last [`SessionSource::changes`] (per connection).
+    data_version: Option<i64>,
+    /// What the last look saw; `None` until the first one, which reads every session row.
+    index: Option<SeqIndex>,
 }
 
-impl std::fmt::Debug for OpenCodeDb {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpenCodeDb")
-            .field("path", &self.path)
-            .finish()
-    }
+/// The last look's view of `event_sequence` and `session`.
+#[derive(Debug, Default)]
+struct SeqIndex {
+    /// `event_sequence.seq` per session id.
+    seqs: HashMap<String, i64>,
+    /// Every session id (children included).
+    known: HashSet<String>,
+    /// `COUNT(*)` of `session`.
+    total: i64,
 }
 
-#[cfg(unix)]
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
-}
-
-#[cfg(not(unix))]
-fn file_id(path: &Path) -> Option<(u64, u64)> {
-    std::fs::metadata(path).ok().map(|m| (0, m.len()))
-}
-
-/// Reads a TEXT column; `None` for NULL or a non-text value.
-fn text(row: &Row<'_>, idx: usize) -> Option<String> {
-    match row.get_ref(idx).ok()? {
-        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-        _ => None,
-    }
-}
-
-/// Reads an INTEGER column; `None` for NULL or a non-integer value.
-fn int(row: &Row<'_>, idx: usize) -> Option<i64> {
-    match row.get_ref(idx).ok()? {
-        ValueRef::Integer(i) => Some(i),
-        ValueRef::Real(r) => Some(r as i64),
-        _ => None,
-    }
-}
-
-impl OpenCodeDb {
-    /// Opens the database read-only.
-    ///
-    /// # Errors
-    /// [`SourceError::Missing`] when the file does not exist, [`SourceError::NotOpenCode`] when it
-    /// has no `session` table, [`SourceError::Sqlite`] otherwise.
-    pub fn open(path: &Path, busy_timeout: Duration) -> Result<OpenCodeDb, SourceError> {
-        if !path.exists() {
-            return Err(SourceError::Missing {
-                path: path.to_path_buf(),
-            });
+impl OpenCodeSource {
+    /// A source for the database at `path`; nothing is opened until the first call.
+    pub fn new(path: &Path, busy_timeout: Duration) -> OpenCodeSource {
+        OpenCodeSource {
+            path: path.to_path_buf(),
+            busy_timeout,
+            db: None,
+            data_version: None,
+            index: None,
         }
-        let sql_err = |source| SourceError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(sql_err)?;
-        conn.busy_timeout(busy_timeout).map_err(sql_err)?;
-        let mut db = OpenCodeDb {
-            path: path.to_path_buf(),
-            conn,
-            schema: Schema::default(),
-            file_id: file_id(path),
-            warned: RefCell::new(HashSet::new()),
-        };
-        db.schema = db.detect_schema()?;
-        Ok(db)
     }
 
-    /// The path this connection was opened on.
+    /// The database path.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    fn sql_err(&self, source: rusqlite::Error) -> SourceError {
-        SourceError::Sqlite {
-            path: self.path.clone(),
-            source,
+    /// The open connection, opening (or reopening, when the file was replaced) as needed.
+    fn db(&mut self) -> Result<&OpenCodeDb, SourceError> {
+        if self.db.as_ref().is_some_and(|d| d.replaced()) {
+            tracing::info!(db = %self.path.display(), "the opencode database file was replaced; reopening");
+            self.db = None;
         }
+        if self.db.is_none() {
+            let db = OpenCodeDb::open(&self.path, self.busy_timeout)?;
+            tracing::info!(db = %self.path.display(), "opened the opencode database (read-only)");
+            // `data_version` is per connection, and the file may be another one.
+            self.data_version = None;
+            self.index = None;
+            self.db = Some(db);
+        }
+        Ok(self.db.as_ref().expect("opened above"))
     }
 
-    /// Runs a (cached) query and collects every row.
-    fn all<T, P: rusqlite::Params>(
-        &self,
-        sql: &str,
-        params: P,
-        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Vec<T>, SourceError> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql_err(e))?;
-        let rows = stmt
-            .query_map(params, f)
-            .and_then(|rows| rows.collect::<Result<Vec<T>, _>>())
-            .map_err(|e| self.sql_err(e))?;
-        Ok(rows)
-    }
-
-    /// Runs a (cached) query for at most one row.
-    fn one<T, P: rusqlite::Params>(
-        &self,
-        sql: &str,
-        params: P,
-        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
-    ) -> Result<Option<T>, SourceError> {
-        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql_err(e))?;
-        stmt.query_row(params, f)
-            .optional()
-            .map_err(|e| self.sql_err(e))
-    }
-
-    fn detect_schema(&self) -> Result<Schema, SourceError> {
-        let tables: HashSet<String> = self
-            .all(
-                "SELECT name FROM sqlite_master WHERE type = 'table'",
-                [],
-                |r| r.get(0),
-            )?
-            .into_iter()
-            .collect();
-        for required in ["session", "message", "part"] {
-            if !tables.contains(required) {
-                return Err(SourceError::NotOpenCode {
-                    path: self.path.clone(),
-                    reason: format!("no `{required}` table"),
-                });
+    /// The delta since `index`, or `None` when only a full read can tell.
+    fn delta(db: &OpenCodeDb, index: &mut SeqIndex) -> Result<Option<Changes>, SourceError> {
+        let Some(seqs) = db.sequences()? else {
+            return Ok(None);
+        };
+        let seqs: HashMap<String, i64> = seqs.into_iter().collect();
+        let mut heads = Vec::new();
+        let mut new_ids = Vec::new();
+        for (id, seq) in &seqs {
+            if index.seqs.get(id) == Some(seq) {
+                continue;
             }
-        }
-        let session_cols = self
-            .all("SELECT name FROM pragma_table_info('session')", [], |r| {
-                r.get(0)
-            })?
-            .into_iter()
-            .collect();
-        Ok(Schema {
-            session_cols,
-            has_event_sequence: tables.contains("event_sequence"),
-            has_project: tables.contains("project"),
-            has_todo: tables.contains("todo"),
-        })
-    }
-
-    /// True when the file at the path is no longer the one opened (replaced by rename, or
-    /// deleted): the caller should drop this connection and open again.
-    pub fn replaced(&self) -> bool {
-        file_id(&self.path) != self.file_id
-    }
-
-    /// `PRAGMA data_version`: changes whenever another connection commits. O(1).
-    ///
-    /// # Errors
-    /// [`SourceError::Sqlite`].
-    pub fn data_version(&self) -> Result<i64, SourceError> {
-        Ok(self
-            .one("PRAGMA data_version", [], |r| r.get(0))?
-            .unwrap_or(0))
-    }
-
-    /// Whether change markers come from `event_sequence` (OpenCode ≥ 1.16).
-    pub fn has_event_sequence(&self) -> bool {
-        self.schema.has_event_sequence
-    }
-
-    fn session_col(&self, name: &str) -> String {
-        if self.schema.session_cols.contains(name) {
-            format!("s.{name}")
-        } else {
-            "NULL".to_string()
-        }
-    }
-
-    /// The select list shared by [`Self::session_heads`] and [`Self::session_head`]: id,
-    /// parent id, `time_updated`, `time_archived`, and the change counter (`event_sequence.seq`,
-    /// or the newest `message.time_updated` without that table).
-    fn head_columns(&self) -> String {
-        let counter = if self.schema.has_event_sequence {
-            "(SELECT seq FROM event_sequence WHERE aggregate_id = s.id)"
-        } else {
-            "(SELECT MAX(time_updated) FROM message WHERE session_id = s.id)"
-        };
-        format!(
-            "s.id, s.parent_id, s.time_updated, {}, COALESCE({counter}, 0)",
-            self.session_col("time_archived")
-        )
-    }
-
-    fn head(r: &Row<'_>) -> rusqlite::Result<SessionHead> {
-        Ok(SessionHead {
-            id: r.get(0)?,
-            parent_id: text(r, 1),
-            marker: ChangeMarker {
-                seq: int(r, 4).unwrap_or(0),
-                time_updated: int(r, 2).unwrap_or(0),
-                time_archived: int(r, 3),
-            },
-        })
-    }
-
-    /// One row per session with its change marker: a pass over `session`, with one indexed
-    /// lookup per session into `event_sequence` (OpenCode ≥ 1.16) or, on older databases, into
-    /// `message` by `(session_id, …)`. Never reads `part` or `event`.
-    ///
-    /// # Errors
-    /// [`SourceError::Sqlite`].
-    pub fn session_heads(&self) -> Result<Vec<SessionHead>, SourceError> {
-        let sql = format!("SELECT {} FROM session s", self.head_columns());
-        self.all(&sql, [], Self::head)
-    }
-
-    /// The head of one session, read by primary key; `None` when the row is gone.
-    ///
-    /// # Errors
-    /// [`SourceError::Sqlite`].
-    pub fn session_head(&self, id: &str) -> Result<Option<SessionHead>, SourceError> {
-        let sql = format!(
-            "SELECT {} FROM session s WHERE s.id = ?1",
-            self.head_columns()
-        );
-        self.one(&sql, [id], Self::head)
-    }
-
-    /// `(aggregate_id, seq)` of every `event_sequence` row (OpenCode ≥ 1.16): one small row per
-    /// session that had a durable event since the table was last wiped; every write to a session
-    /// bumps its `seq`. `None` when the table does not exist.
-    ///
-    /// # Errors
-    /// [`SourceError::Sqlite`].
-    pub fn sequences(&self) -> Result<Option<Vec<(String, i64)>>, SourceError> {
-        if !self.schema.has_event_sequence {
-            return Ok(None);
-        }
-        self.all("SELECT aggregate_id, seq FROM event_sequence", [], |r| {
-            Ok((r.get::<_, String>(0)?, int(r, 1).unwrap_or(0)))
-        })
-        .map(Some)
-    }
-
-    /// `SELECT COUNT(*) FROM session` (answered from the smallest index, not the wide rows).
-    ///
-    /// # Errors
-    /// [`SourceError::Sqlite`].
-    pub fn session_count(&self) -> Result<i64, SourceError> {
-        Ok(self
-            .one("SELECT COUNT(*) FROM session", [], |r| r.get(0))?
-            .unwrap_or(0))
-    }
-
-    fn session_row(&self, id: &str) -> Result<Option<SessionRow>, SourceError> {
-        let sql = format!(
-            "SELECT s.id, s.project_id, s.parent_id, s.directory, s.title, s.version, \
-             s.time_created, s.time_updated, {}, {}, {}, {}, {} FROM session s WHERE s.id = ?1",
-            self.session_col("time_archived"),
-            self.session_col("summary_additions"),
-            self.session_col("summary_deletions"),
-            self.session_col("summary_files"),
-            self.session_col("agent"),
-        );
-        self.one(&sql, [id], |r| {
-            Ok(SessionRow {
-                id: r.get(0)?,
-                project_id: text(r, 1).unwrap_or_default(),
-                parent_id: text(r, 2),
-                directory: text(r, 3).unwrap_or_default(),
-                title: text(r, 4).unwrap_or_default(),
-                version: text(r, 5).unwrap_or_default(),
-                time_created: int(r, 6).unwrap_or(0),
-                time_updated: int(r, 7).unwrap_or(0),
-                time_archived: int(r, 8),
-                summary_additions: int(r, 9),
-                summary_deletions: int(r, 10),
-                summary_files: int(r, 11),
-                agent: text(r, 12),
-            })
-        })
-    }
-
-    fn warn_once(&self, table: &str, id: &str, what: &str) {
-        let key = format!("{table}:{id}");
-        if self.warned.borrow_mut().insert(key) {
-            tracing::warn!(
-                table,
-                row_id = id,
-                error = what,
-                "skipping malformed opencode row"
-            );
-        }
-    }
-
-    /// Parses a row's JSON `data`; a row that is not text or not valid JSON of the expected
-    /// shape is skipped with one warning.
-    fn parse<T: serde::de::DeserializeOwned>(
-        &self,
-        table: &str,
-        id: &str,
-        data: Option<String>,
-    ) -> Option<T> {
-        let Some(data) = data else {
-            self.warn_once(table, id, "data is not text");
-            return None;
-        };
-        serde_json::from_str(&data)
-            .map_err(|e| self.warn_once(table, id, &e.to_string()))
-            .ok()
-    }
-
-    /// Messages of `sql` (columns: id, time_created, time_updated, data), malformed ones skipped.
-    fn message_rows<P: rusqlite::Params>(
-        &self,
-        sql: &str,
-        params: P,
-    ) -> Result<Vec<MessageRow>, SourceError> {
-        let raw = self.all(sql, params, |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                int(r, 1).unwrap_or(0),
-                int(r, 2).unwrap_or(0),
-                text(r, 3),
-            ))
-        })?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(id, created, updated, data)| {
-                let info: MessageInfo = self.parse("message", &id, data)?;
-                Some(MessageRow {
-                    id,
-                    time_created: created,
-                    time_updated: updated,
-                    info,
-                })
-            })
-            .collect())
-    }
-
-    /// Parts of `sql` (columns: id, message_id, time_updated, data), malformed ones skipped.
-    fn part_rows(&self, sql: &str, key: &str) -> Result<Vec<PartRow>, SourceError> {
-        let raw = self.all(sql, [key], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                text(r, 1).unwrap_or_default(),
-                int(r, 2).unwrap_or(0),
-                text(r, 3),
-            ))
-        })?;
-        Ok(raw
-            .into_iter()
-            .filter_map(|(id, message_id, updated, data)| {
-                let info: PartInfo = self.parse("part", &id, data)?;
-                Some(PartRow {
-                    id,
-                    message_id,
-                    time_updated: updated,
-                    info,
-                })
-            })
-            .collect())
-    }
-
-    fn todos(&self, session_id: &str) -> Result<Vec<TodoRow>, SourceError> {
-        if !self.schema.has_todo {
-            return Ok(Vec::new());
-        }
-        self.all(
-            "SELECT content, status, priority FROM todo WHERE session_id = ?1 ORDER BY position",
-            [session_id],
-            |r| {
-                Ok(TodoRow {
-                    content: text(r, 0).unwrap_or_default(),
-                    status: text(r, 1).unwrap_or_default(),
-                    priority: text(r, 2).unwrap_or_default(),
-                })
-            },
-        )
-    }
-
-    fn project(&self, project_id: &str) -> Result<Option<ProjectRow>, SourceError> {
-        if !self.schema.has_project {
-            return Ok(None);
-        }
-        self.one(
-            "SELECT id, worktree FROM project WHERE id = ?1",
-            [project_id],
-            |r| {
-                Ok(ProjectRow {
-                    id: r.get(0)?,
-                    worktree: text(r, 1).unwrap_or_default(),
-                })
-            },
-        )
-    }
-
-    /// Runs `f` inside one read transaction, which always ends before returning.
-    fn in_read_txn<T>(
-        &self,
-        f: impl FnOnce(&Self) -> Result<T, SourceError>,
-    ) -> Result<T, SourceError> {
-        self.conn
-            .execute_batch("BEGIN DEFERRED")
-            .map_err(|e| self.sql_err(e))?;
-        let out = f(self);
-        // A read transaction has nothing to commit; ROLLBACK just releases the snapshot.
-        let end = self
-            .conn
-            .execute_batch("ROLLBACK")
-            .map_err(|e| self.sql_err(e));
-        let out = out?;
-        end?;
-        Ok(out)
-    }
-
-    fn snapshot_in_txn(
-        &self,
-        id: &str,
-        depth: usize,
-    ) -> Result<Option<SessionSnapshot>, SourceError> {
-        let Some(session) = self.session_row(id)? else {
-            return Ok(None);
-        };
-        let project = self.project(&session.project_id)?;
-        let messages = self.message_rows(
-            "SELECT id, time_created, time_updated, data FROM message \
-             WHERE session_id = ?1 ORDER BY time_created, id",
-            [id],
-        )?;
-        let known: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-        let mut parts = self.part_rows(
-            "SELECT id, message_id, time_updated, data FROM part \
-             WHERE session_id = ?1 ORDER BY message_id, id",
-            id,
-        )?;
-        // Parts whose message row was skipped as malformed go too.
-        parts.retain(|p| known.contains(p.message_id.as_str()));
-        let todos = self.todos(id)?;
-        let mut children = Vec::new();
-        if depth < MAX_CHILD_DEPTH {
-            let ids: Vec<String> = self.all(
-                "SELECT id FROM session WHERE parent_id = ?1 ORDER BY time_created, id",
-                [id],
-                |r| r.get(0),
-            )?;
-            for child in ids {
-                if let Some(c) = self.snapshot_in_txn(&child, depth + 1)? {
-                    children.push(c);
+            if let Some(head) = db.session_head(id)? {
+                if !index.known.contains(id) {
+                    new_ids.push(id.clone());
                 }
+                heads.push(neutral_head(head));
             }
         }
-        Ok(Some(SessionSnapshot {
-            session,
-            project,
-            messages,
-            parts,
-            todos,
-            children,
+        let mut gone = Vec::new();
+        for id in index.seqs.keys().filter(|id| !seqs.contains_key(*id)) {
+            if db.session_head(id)?.is_none() {
+                gone.push(id.clone());
+            }
+        }
+        let total = db.session_count()?;
+        let expected = index.total + new_ids.len() as i64
+            - gone.iter().filter(|id| index.known.contains(*id)).count() as i64;
+        if total != expected {
+            // A session appeared or vanished without a sequence row: look at everything.
+            return Ok(None);
+        }
+        index.seqs = seqs;
+        index.total = total;
+        index.known.extend(new_ids);
+        for id in &gone {
+            index.known.remove(id);
+        }
+        Ok(Some(Changes::Delta {
+            heads,
+            gone: gone.into_iter().map(SessionId::from).collect(),
         }))
-    }
-
-    /// Reads one session with its project, messages, parts, todos and (recursively) its
-    /// subagent sessions, in one read transaction. `None` when the session row is gone.
-    ///
-    /// # Errors
-    /// [`SourceError::Sqlite`].
-    pub fn read_session(&self, id: &str) -> Result<Option<SessionSnapshot>, SourceError> {
-        self.in_read_txn(|db| db.snapshot_in_txn(id, 0))
-    }
-
-    /// Reads the newest messages of a session and the parts of its newest assistant message —
-    /// O(1) rows per session through the `(session_id, time_created, id)` and
-    /// `(message_id, id)` indexes. `None` when the session row is gone.
-    ///
-    /// # Errors
-    /// [`SourceError::Sqlite`].
-    pub fn read_tail(&self, id: &str) -> Result<Option<SessionTail>, SourceError> {
-        self.in_read_txn(|db| {
-            let Some(session) = db.session_row(id)? else {
-                return Ok(None);
-            };
-            let recent = db.message_rows(
-                "SELECT id, time_created, time_updated, data FROM message \
-                 WHERE session_id = ?1 ORDER BY time_created DESC, id DESC LIMIT ?2",
-                rusqlite::params![id, TAIL_MESSAGES as i64],
-            )?;
-            let assistant_parts = match recent.iter().find(|m| m.info.is_assistant()) {
-                Some(m) => db.part_rows(
-                    "SELECT id, message_id, time_updated, data FROM part \
-                     WHERE message_id = ?1 ORDER BY id",
-                    &m.id,
-                )?,
-                None => Vec::new(),
-            };
-            let todo_statuses = db.todos(id)?.into_iter().map(|t| t.status).collect();
-            Ok(Some(SessionTail {
-                session,
-                recent,
-                assistant_parts,
-                todo_statuses,
-            }))
-        })
     }
 }
 
-/// Subagent sessions are read to this depth below the session (a child of a child of …).
-pub const MAX_CHILD_DEPTH: usize = 4;
+fn neutral_head(h: HeadRow) -> SessionHead {
+    SessionHead {
+        id: SessionId::from(h.id),
+        parent_id: h.parent_id.map(SessionId::from),
+        marker: h.marker,
+    }
+}
+
+impl SessionSource for OpenCodeSource {
+    fn kind(&self) -> &'static str {
+        "opencode database"
+    }
+
+    fn describe(&self) -> String {
+        format!("opencode database {}", self.path.display())
+    }
+
+    fn changes(&mut self) -> Result<Changes, SourceError> {
+        let db = self.db()?;
+        let dv = db.data_version()?;
+        if self.index.is_some() && self.data_version == Some(dv) {
+            return Ok(Changes::None);
+        }
+        let db = self.db.as_ref().expect("opened above");
+        if let Some(index) = self.index.as_mut() {
+            if let Some(delta) = Self::delta(db, index)? {
+                self.data_version = Some(dv);
+                return Ok(delta);
+            }
+        }
+        let fresh = self.index.is_none();
+        let heads = db.session_heads()?;
+        let seqs = db.sequences()?.unwrap_or_default();
+        self.index = Some(SeqIndex {
+            seqs: seqs.into_iter().collect(),
+            total: heads.len() as i64,
+            known: heads.iter().map(|h| h.id.clone()).collect(),
+        });
+        self.data_version = Some(dv);
+        Ok(Changes::Full {
+            heads: heads.into_iter().map(neutral_head).collect(),
+            fresh,
+        })
+    }
+
+    fn observe(&mut self, id: &SessionId) -> Result<Option<Observation>, SourceError> {
+        let Some(tail) = self.db()?.read_tail(id.as_str())? else {
+            return Ok(None);
+        };
+        Ok(Some(Observation {
+            activity: activity::classify(&tail.recent, &tail.assistant_parts),
+            last_write_ms: tail.last_write_ms(),
+            todos_open: tail
+                .todo_statuses
+                .iter()
+                .any(|s| s != "completed" && s != "cancelled"),
+        }))
+    }
+
+    fn snapshot(&mut self, id: &SessionId) -> Result<Option<SessionSnapshot>, SourceError> {
+        Ok(self.db()?.read_session(id.as_str())?.map(neutral_snapshot))
+    }
+
+    fn rescan(&mut self) {
+        // The connection goes too: the next look opens the file again and reads it in full.
+        self.db = None;
+        self.data_version = None;
+        self.index = None;
+    }
+}
+
+/// The source-neutral snapshot of `rows` (see the module docs' table).
+pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
+    let last_write_ms = rows.last_write_ms();
+    let RowSnapshot {
+        session,
+        project,
+        messages,
+        parts,
+        todos,
+        children,
+    } = rows;
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut out_messages: Vec<Message> = Vec::with_capacity(messages.len());
+    let mut diffs = Vec::new();
+    for m in messages {
+        let info = m.info;
+        let role = if info.is_user() {
+            Role::User
+        } else if info.is_assistant() {
+            Role::Assistant
+        } else {
+            Role::Other(info.role.clone())
+        };
+        if role == Role::User {
+            let listed = info
+                .summary
+                .as_ref()
+                .and_then(|s| s.get("diffs"))
+                .and_then(|d| d.as_array());
+            for d in listed.into_iter().flatten() {
+                if let Ok(d) = serde_json::from_value::<RowFileDiff>(d.clone()) {
+                    diffs.push(FileDiff {
+                        file: d.file,
+                        additions: d.additions,
+                        deletions: d.deletions,
+                    });
+                }
+            }
+        }
+        let user_model = info.model.as_ref();
+        index.insert(m.id.clone(), out_messages.len());
+        out_messages.push(Message {
+            agent: info.agent_name().map(str::to_string),
+            provider_id: info
+                .provider_id
+                .clone()
+                .or_else(|| user_model.and_then(|u| u.provider_id.clone())),
+            model_id: info
+                .model_id
+                .clone()
+                .or_else(|| user_model.and_then(|u| u.model_id.clone())),
+            id: m.id,
+            role,
+            created_at: m.time_created,
+            completed_at: info.time.completed,
+            finish: info.finish,
+            error: info.error.as_ref().map(|e| TurnError {
+                name: e.name.clone(),
+                message: e.message(),
+            }),
+            tokens: Tokens::default(),
+            cost: 0.0,
+            text: String::new(),
+            text_cut: false,
+        });
+    }
+    let mut tool_calls = Vec::new();
+    let mut patched_files = Vec::new();
+    for p in parts {
+        let Some(&i) = index.get(p.message_id.as_str()) else {
+            continue;
+        };
+        let info = p.info;
+        match info.kind.as_str() {
+            "step-finish" => {
+                let t = info.tokens.unwrap_or_default();
+                let m = &mut out_messages[i];
+                m.tokens.add(&Tokens {
+                    input: t.input,
+                    output: t.output,
+                    reasoning: t.reasoning,
+                    cache_read: t.cache.read,
+                    cache_write: t.cache.write,
+                });
+                m.cost += info.cost.unwrap_or(0.0);
+            }
+            "tool" => {
+                let tool = info.tool.unwrap_or_default();
+                let state = info.state.unwrap_or_default();
+                let skill = (tool == "skill").then(|| {
+                    state
+                        .input
+                        .as_ref()
+                        .and_then(|i| i.get("name"))
+                        .and_then(|n| n.as_str())
+                        .unwrap_or("unknown")
+                        .to_string()
+                });
+                tool_calls.push(ToolCall {
+                    message_id: p.message_id,
+                    failed: state.status == "error",
+                    duration_ms: state
+                        .time
+                        .and_then(|t| Some((t.end? - t.start?).max(0) as u64))
+                        .unwrap_or(0),
+                    tool,
+                    skill,
+                });
+            }
+            "patch" => patched_files.extend(info.files.into_iter().flatten()),
+            "text" if !info.synthetic.unwrap_or(false) => {
+                if let Some(t) = info.text.filter(|t| !t.is_empty()) {
+                    let m = &mut out_messages[i];
+                    if !m.text.is_empty() {
+                        m.text.push_str("\n\n");
+                    }
+                    m.text.push_str(&t);
+                }
+            }
+            _ => {}
+        }
+    }
+    let totals = (
+        session.summary_additions.unwrap_or(0),
+        session.summary_deletions.unwrap_or(0),
+        session.summary_files.unwrap_or(0),
+    );
+    SessionSnapshot {
+        id: SessionId::from(session.id),
+        parent_id: session.parent_id.map(SessionId::from),
+        agent_version: session.version,
+        project_id: session.project_id,
+        directory: session.directory,
+        worktree: project.map(|p| p.worktree),
+        title: session.title,
+        created_at: session.time_created,
+        archived_at: session.time_archived,
+        last_write_ms,
+        messages: out_messages,
+        tool_calls,
+        code_changes: CodeChangeFacts {
+            diffs,
+            patched_files,
+            totals: (totals != (0, 0, 0)).then(|| {
+                (
+                    totals.0.max(0) as u64,
+                    totals.1.max(0) as u64,
+                    totals.2.max(0) as u64,
+                )
+            }),
+        },
+        todos: todos
+            .into_iter()
+            .map(|t| TodoItem {
+                content: t.content,
+                status: t.status,
+                priority: t.priority,
+            })
+            .collect(),
+        children: children.into_iter().map(neutral_snapshot).collect(),
+    }
+}

@@ -1,0 +1,612 @@
+//! The SQL side of the OpenCode source: one read-only connection to `opencode.db` (WAL mode)
+//! and the queries the source runs.
+//!
+//! # Invariants
+//! - The database is opened with `SQLITE_OPEN_READ_ONLY` (never `immutable=1`: the file changes
+//!   under WAL) and a busy timeout; nothing here can write to it.
+//! - Every read is a short read transaction that ends before the function returns, so the
+//!   daemon never holds a WAL snapshot across ticks and never blocks OpenCode's checkpoints.
+//! - One connection is kept for the life of the [`OpenCodeDb`]: `PRAGMA data_version` is
+//!   per-connection, and it is how an idle tick costs O(1).
+//! - Columns are feature-detected with `PRAGMA table_info`; a column an older OpenCode lacks
+//!   reads as `NULL`. A row whose JSON `data` cannot be parsed is skipped with one warning (per
+//!   row, not per poll).
+//! - A database file replaced by rename or deleted is detected by comparing `(dev, inode)` with
+//!   the values at open ([`OpenCodeDb::replaced`]); the caller then reopens.
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
+
+use super::rows::{MessageInfo, MessageRow, PartInfo, PartRow, ProjectRow, SessionRow, TodoRow};
+use crate::source::{ChangeMarker, SourceError};
+
+/// Which optional tables and columns the database has.
+#[derive(Debug, Clone, Default)]
+struct Schema {
+    session_cols: HashSet<String>,
+    has_event_sequence: bool,
+    has_project: bool,
+    has_todo: bool,
+}
+
+/// The cheap per-session view used to find what changed: one row per session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadRow {
+    /// `session.id`.
+    pub id: String,
+    /// `session.parent_id`.
+    pub parent_id: Option<String>,
+    /// A value that changes whenever anything of the session is written: `event_sequence.seq`
+    /// (OpenCode ≥ 1.16, bumped by every durable session event) combined with
+    /// `session.time_updated` and `time_archived`. On databases without `event_sequence` it is
+    /// the newest `message.time_updated` of the session.
+    pub marker: ChangeMarker,
+}
+
+/// Everything the database holds about one session, read in one read transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowSnapshot {
+    /// The `session` row.
+    pub session: SessionRow,
+    /// Its `project` row, if present.
+    pub project: Option<ProjectRow>,
+    /// `message` rows ordered by `(time_created, id)`.
+    pub messages: Vec<MessageRow>,
+    /// `part` rows ordered by `(message_id, id)`.
+    pub parts: Vec<PartRow>,
+    /// `todo` rows ordered by `position`.
+    pub todos: Vec<TodoRow>,
+    /// Subagent sessions (`parent_id` = this id), recursively, each a full snapshot.
+    pub children: Vec<RowSnapshot>,
+}
+
+impl RowSnapshot {
+    /// The last write to the session (ms): the largest of `session.time_updated` and the
+    /// `time_updated` of its message and part rows.
+    pub fn last_write_ms(&self) -> i64 {
+        newest_write(&self.session, &self.messages, &self.parts)
+    }
+}
+
+/// The few newest rows of a session: enough to tell busy from ended (see
+/// [`crate::source::opencode::activity`]) without reading the whole session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionTail {
+    /// The `session` row.
+    pub session: SessionRow,
+    /// Up to [`TAIL_MESSAGES`] newest messages, newest first (by `(time_created, id)`).
+    pub recent: Vec<MessageRow>,
+    /// Parts of the newest assistant message in `recent`, ordered by id.
+    pub assistant_parts: Vec<PartRow>,
+    /// Todo statuses of the session.
+    pub todo_statuses: Vec<String>,
+}
+
+impl SessionTail {
+    /// The newest write seen in the tail (ms).
+    pub fn last_write_ms(&self) -> i64 {
+        newest_write(&self.session, &self.recent, &self.assistant_parts)
+    }
+}
+
+/// The largest of `session.time_updated` and the rows' `time_updated` (ms).
+fn newest_write(session: &SessionRow, messages: &[MessageRow], parts: &[PartRow]) -> i64 {
+    let m = messages.iter().map(|m| m.time_updated);
+    let p = parts.iter().map(|p| p.time_updated);
+    m.chain(p).fold(session.time_updated, i64::max)
+}
+
+/// How many newest messages a tail holds.
+pub const TAIL_MESSAGES: usize = 6;
+
+/// A read-only connection to `opencode.db`.
+pub struct OpenCodeDb {
+    path: PathBuf,
+    conn: Connection,
+    schema: Schema,
+    file_id: Option<(u64, u64)>,
+    warned: RefCell<HashSet<String>>,
+}
+
+impl std::fmt::Debug for OpenCodeDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenCodeDb")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+#[cfg(unix)]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (0, m.len()))
+}
+
+/// Reads a TEXT column; `None` for NULL or a non-text value.
+fn text(row: &Row<'_>, idx: usize) -> Option<String> {
+    match row.get_ref(idx).ok()? {
+        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        _ => None,
+    }
+}
+
+/// Reads an INTEGER column; `None` for NULL or a non-integer value.
+fn int(row: &Row<'_>, idx: usize) -> Option<i64> {
+    match row.get_ref(idx).ok()? {
+        ValueRef::Integer(i) => Some(i),
+        ValueRef::Real(r) => Some(r as i64),
+        _ => None,
+    }
+}
+
+impl OpenCodeDb {
+    /// Opens the database read-only.
+    ///
+    /// # Errors
+    /// [`SourceError::Missing`] when the file does not exist, [`SourceError::NotRecognised`] when it
+    /// has no `session` table, [`SourceError::Read`] otherwise.
+    pub fn open(path: &Path, busy_timeout: Duration) -> Result<OpenCodeDb, SourceError> {
+        if !path.exists() {
+            return Err(SourceError::Missing {
+                what: "opencode database",
+                path: path.to_path_buf(),
+            });
+        }
+        let sql_err = |e: rusqlite::Error| SourceError::Read {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql_err)?;
+        conn.busy_timeout(busy_timeout).map_err(sql_err)?;
+        let mut db = OpenCodeDb {
+            path: path.to_path_buf(),
+            conn,
+            schema: Schema::default(),
+            file_id: file_id(path),
+            warned: RefCell::new(HashSet::new()),
+        };
+        db.schema = db.detect_schema()?;
+        Ok(db)
+    }
+
+    /// The path this connection was opened on.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn sql_err(&self, e: rusqlite::Error) -> SourceError {
+        SourceError::Read {
+            path: self.path.clone(),
+            message: e.to_string(),
+        }
+    }
+
+    /// Runs a (cached) query and collects every row.
+    fn all<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnMut(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, SourceError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql_err(e))?;
+        let rows = stmt
+            .query_map(params, f)
+            .and_then(|rows| rows.collect::<Result<Vec<T>, _>>())
+            .map_err(|e| self.sql_err(e))?;
+        Ok(rows)
+    }
+
+    /// Runs a (cached) query for at most one row.
+    fn one<T, P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Option<T>, SourceError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql_err(e))?;
+        stmt.query_row(params, f)
+            .optional()
+            .map_err(|e| self.sql_err(e))
+    }
+
+    fn detect_schema(&self) -> Result<Schema, SourceError> {
+        let tables: HashSet<String> = self
+            .all(
+                "SELECT name FROM sqlite_master WHERE type = 'table'",
+                [],
+                |r| r.get(0),
+            )?
+            .into_iter()
+            .collect();
+        for required in ["session", "message", "part"] {
+            if !tables.contains(required) {
+                return Err(SourceError::NotRecognised {
+                    what: "an opencode database",
+                    path: self.path.clone(),
+                    reason: format!("no `{required}` table"),
+                });
+            }
+        }
+        let session_cols = self
+            .all("SELECT name FROM pragma_table_info('session')", [], |r| {
+                r.get(0)
+            })?
+            .into_iter()
+            .collect();
+        Ok(Schema {
+            session_cols,
+            has_event_sequence: tables.contains("event_sequence"),
+            has_project: tables.contains("project"),
+            has_todo: tables.contains("todo"),
+        })
+    }
+
+    /// True when the file at the path is no longer the one opened (replaced by rename, or
+    /// deleted): the caller should drop this connection and open again.
+    pub fn replaced(&self) -> bool {
+        file_id(&self.path) != self.file_id
+    }
+
+    /// `PRAGMA data_version`: changes whenever another connection commits. O(1).
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn data_version(&self) -> Result<i64, SourceError> {
+        Ok(self
+            .one("PRAGMA data_version", [], |r| r.get(0))?
+            .unwrap_or(0))
+    }
+
+    /// Whether change markers come from `event_sequence` (OpenCode ≥ 1.16).
+    pub fn has_event_sequence(&self) -> bool {
+        self.schema.has_event_sequence
+    }
+
+    fn session_col(&self, name: &str) -> String {
+        if self.schema.session_cols.contains(name) {
+            format!("s.{name}")
+        } else {
+            "NULL".to_string()
+        }
+    }
+
+    /// The select list shared by [`Self::session_heads`] and [`Self::session_head`]: id,
+    /// parent id, `time_updated`, `time_archived`, and the change counter (`event_sequence.seq`,
+    /// or the newest `message.time_updated` without that table).
+    fn head_columns(&self) -> String {
+        let counter = if self.schema.has_event_sequence {
+            "(SELECT seq FROM event_sequence WHERE aggregate_id = s.id)"
+        } else {
+            "(SELECT MAX(time_updated) FROM message WHERE session_id = s.id)"
+        };
+        format!(
+            "s.id, s.parent_id, s.time_updated, {}, COALESCE({counter}, 0)",
+            self.session_col("time_archived")
+        )
+    }
+
+    fn head(r: &Row<'_>) -> rusqlite::Result<HeadRow> {
+        Ok(HeadRow {
+            id: r.get(0)?,
+            parent_id: text(r, 1),
+            marker: ChangeMarker {
+                counter: int(r, 4).unwrap_or(0),
+                updated_at: int(r, 2).unwrap_or(0),
+                archived_at: int(r, 3),
+            },
+        })
+    }
+
+    /// One row per session with its change marker: a pass over `session`, with one indexed
+    /// lookup per session into `event_sequence` (OpenCode ≥ 1.16) or, on older databases, into
+    /// `message` by `(session_id, …)`. Never reads `part` or `event`.
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn session_heads(&self) -> Result<Vec<HeadRow>, SourceError> {
+        let sql = format!("SELECT {} FROM session s", self.head_columns());
+        self.all(&sql, [], Self::head)
+    }
+
+    /// The head of one session, read by primary key; `None` when the row is gone.
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn session_head(&self, id: &str) -> Result<Option<HeadRow>, SourceError> {
+        let sql = format!(
+            "SELECT {} FROM session s WHERE s.id = ?1",
+            self.head_columns()
+        );
+        self.one(&sql, [id], Self::head)
+    }
+
+    /// `(aggregate_id, seq)` of every `event_sequence` row (OpenCode ≥ 1.16): one small row per
+    /// session that had a durable event since the table was last wiped; every write to a session
+    /// bumps its `seq`. `None` when the table does not exist.
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn sequences(&self) -> Result<Option<Vec<(String, i64)>>, SourceError> {
+        if !self.schema.has_event_sequence {
+            return Ok(None);
+        }
+        self.all("SELECT aggregate_id, seq FROM event_sequence", [], |r| {
+            Ok((r.get::<_, String>(0)?, int(r, 1).unwrap_or(0)))
+        })
+        .map(Some)
+    }
+
+    /// `SELECT COUNT(*) FROM session` (answered from the smallest index, not the wide rows).
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn session_count(&self) -> Result<i64, SourceError> {
+        Ok(self
+            .one("SELECT COUNT(*) FROM session", [], |r| r.get(0))?
+            .unwrap_or(0))
+    }
+
+    fn session_row(&self, id: &str) -> Result<Option<SessionRow>, SourceError> {
+        let sql = format!(
+            "SELECT s.id, s.project_id, s.parent_id, s.directory, s.title, s.version, \
+             s.time_created, s.time_updated, {}, {}, {}, {}, {} FROM session s WHERE s.id = ?1",
+            self.session_col("time_archived"),
+            self.session_col("summary_additions"),
+            self.session_col("summary_deletions"),
+            self.session_col("summary_files"),
+            self.session_col("agent"),
+        );
+        self.one(&sql, [id], |r| {
+            Ok(SessionRow {
+                id: r.get(0)?,
+                project_id: text(r, 1).unwrap_or_default(),
+                parent_id: text(r, 2),
+                directory: text(r, 3).unwrap_or_default(),
+                title: text(r, 4).unwrap_or_default(),
+                version: text(r, 5).unwrap_or_default(),
+                time_created: int(r, 6).unwrap_or(0),
+                time_updated: int(r, 7).unwrap_or(0),
+                time_archived: int(r, 8),
+                summary_additions: int(r, 9),
+                summary_deletions: int(r, 10),
+                summary_files: int(r, 11),
+                agent: text(r, 12),
+            })
+        })
+    }
+
+    fn warn_once(&self, table: &str, id: &str, what: &str) {
+        let key = format!("{table}:{id}");
+        if self.warned.borrow_mut().insert(key) {
+            tracing::warn!(
+                table,
+                row_id = id,
+                error = what,
+                "skipping malformed opencode row"
+            );
+        }
+    }
+
+    /// Parses a row's JSON `data`; a row that is not text or not valid JSON of the expected
+    /// shape is skipped with one warning.
+    fn parse<T: serde::de::DeserializeOwned>(
+        &self,
+        table: &str,
+        id: &str,
+        data: Option<String>,
+    ) -> Option<T> {
+        let Some(data) = data else {
+            self.warn_once(table, id, "data is not text");
+            return None;
+        };
+        serde_json::from_str(&data)
+            .map_err(|e| self.warn_once(table, id, &e.to_string()))
+            .ok()
+    }
+
+    /// Messages of `sql` (columns: id, time_created, time_updated, data), malformed ones skipped.
+    fn message_rows<P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+    ) -> Result<Vec<MessageRow>, SourceError> {
+        let raw = self.all(sql, params, |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                int(r, 1).unwrap_or(0),
+                int(r, 2).unwrap_or(0),
+                text(r, 3),
+            ))
+        })?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(id, created, updated, data)| {
+                let info: MessageInfo = self.parse("message", &id, data)?;
+                Some(MessageRow {
+                    id,
+                    time_created: created,
+                    time_updated: updated,
+                    info,
+                })
+            })
+            .collect())
+    }
+
+    /// Parts of `sql` (columns: id, message_id, time_updated, data), malformed ones skipped.
+    fn part_rows(&self, sql: &str, key: &str) -> Result<Vec<PartRow>, SourceError> {
+        let raw = self.all(sql, [key], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                text(r, 1).unwrap_or_default(),
+                int(r, 2).unwrap_or(0),
+                text(r, 3),
+            ))
+        })?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|(id, message_id, updated, data)| {
+                let info: PartInfo = self.parse("part", &id, data)?;
+                Some(PartRow {
+                    id,
+                    message_id,
+                    time_updated: updated,
+                    info,
+                })
+            })
+            .collect())
+    }
+
+    fn todos(&self, session_id: &str) -> Result<Vec<TodoRow>, SourceError> {
+        if !self.schema.has_todo {
+            return Ok(Vec::new());
+        }
+        self.all(
+            "SELECT content, status, priority FROM todo WHERE session_id = ?1 ORDER BY position",
+            [session_id],
+            |r| {
+                Ok(TodoRow {
+                    content: text(r, 0).unwrap_or_default(),
+                    status: text(r, 1).unwrap_or_default(),
+                    priority: text(r, 2).unwrap_or_default(),
+                })
+            },
+        )
+    }
+
+    fn project(&self, project_id: &str) -> Result<Option<ProjectRow>, SourceError> {
+        if !self.schema.has_project {
+            return Ok(None);
+        }
+        self.one(
+            "SELECT id, worktree FROM project WHERE id = ?1",
+            [project_id],
+            |r| {
+                Ok(ProjectRow {
+                    id: r.get(0)?,
+                    worktree: text(r, 1).unwrap_or_default(),
+                })
+            },
+        )
+    }
+
+    /// Runs `f` inside one read transaction, which always ends before returning.
+    fn in_read_txn<T>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        self.conn
+            .execute_batch("BEGIN DEFERRED")
+            .map_err(|e| self.sql_err(e))?;
+        let out = f(self);
+        // A read transaction has nothing to commit; ROLLBACK just releases the snapshot.
+        let end = self
+            .conn
+            .execute_batch("ROLLBACK")
+            .map_err(|e| self.sql_err(e));
+        let out = out?;
+        end?;
+        Ok(out)
+    }
+
+    fn snapshot_in_txn(&self, id: &str, depth: usize) -> Result<Option<RowSnapshot>, SourceError> {
+        let Some(session) = self.session_row(id)? else {
+            return Ok(None);
+        };
+        let project = self.project(&session.project_id)?;
+        let messages = self.message_rows(
+            "SELECT id, time_created, time_updated, data FROM message \
+             WHERE session_id = ?1 ORDER BY time_created, id",
+            [id],
+        )?;
+        let known: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
+        let mut parts = self.part_rows(
+            "SELECT id, message_id, time_updated, data FROM part \
+             WHERE session_id = ?1 ORDER BY message_id, id",
+            id,
+        )?;
+        // Parts whose message row was skipped as malformed go too.
+        parts.retain(|p| known.contains(p.message_id.as_str()));
+        let todos = self.todos(id)?;
+        let mut children = Vec::new();
+        if depth < MAX_CHILD_DEPTH {
+            let ids: Vec<String> = self.all(
+                "SELECT id FROM session WHERE parent_id = ?1 ORDER BY time_created, id",
+                [id],
+                |r| r.get(0),
+            )?;
+            for child in ids {
+                if let Some(c) = self.snapshot_in_txn(&child, depth + 1)? {
+                    children.push(c);
+                }
+            }
+        }
+        Ok(Some(RowSnapshot {
+            session,
+            project,
+            messages,
+            parts,
+            todos,
+            children,
+        }))
+    }
+
+    /// Reads one session with its project, messages, parts, todos and (recursively) its
+    /// subagent sessions, in one read transaction. `None` when the session row is gone.
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn read_session(&self, id: &str) -> Result<Option<RowSnapshot>, SourceError> {
+        self.in_read_txn(|db| db.snapshot_in_txn(id, 0))
+    }
+
+    /// Reads the newest messages of a session and the parts of its newest assistant message —
+    /// O(1) rows per session through the `(session_id, time_created, id)` and
+    /// `(message_id, id)` indexes. `None` when the session row is gone.
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn read_tail(&self, id: &str) -> Result<Option<SessionTail>, SourceError> {
+        self.in_read_txn(|db| {
+            let Some(session) = db.session_row(id)? else {
+                return Ok(None);
+            };
+            let recent = db.message_rows(
+                "SELECT id, time_created, time_updated, data FROM message \
+                 WHERE session_id = ?1 ORDER BY time_created DESC, id DESC LIMIT ?2",
+                rusqlite::params![id, TAIL_MESSAGES as i64],
+            )?;
+            let assistant_parts = match recent.iter().find(|m| m.info.is_assistant()) {
+                Some(m) => db.part_rows(
+                    "SELECT id, message_id, time_updated, data FROM part \
+                     WHERE message_id = ?1 ORDER BY id",
+                    &m.id,
+                )?,
+                None => Vec::new(),
+            };
+            let todo_statuses = db.todos(id)?.into_iter().map(|t| t.status).collect();
+            Ok(Some(SessionTail {
+                session,
+                recent,
+                assistant_parts,
+                todo_statuses,
+            }))
+        })
+    }
+}
+
+/// Subagent sessions are read to this depth below the session (a child of a child of …).
+pub const MAX_CHILD_DEPTH: usize = 4;

@@ -1,0 +1,180 @@
+//! The source-neutral session model: what [`crate::export`] builds a record from.
+//!
+//! A source fills it from its own storage (see each source's docs for which column or JSON path
+//! each field comes from); the export never sees the storage. Times are epoch milliseconds,
+//! costs US dollars, token counts tokens.
+
+use super::{SessionId, TurnError};
+
+/// Everything a source holds about one session, read consistently (one read transaction for
+/// OpenCode's database).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionSnapshot {
+    /// The session.
+    pub id: SessionId,
+    /// Its parent, for a subagent session.
+    pub parent_id: Option<SessionId>,
+    /// The agent version that created the session (OpenCode: `1.18.33`).
+    pub agent_version: String,
+    /// The project id as the agent computes it (OpenCode: a hash of the repository; `global`).
+    pub project_id: String,
+    /// Absolute working directory of the session.
+    pub directory: String,
+    /// The repository root, when known (`/` for OpenCode's `global` project).
+    pub worktree: Option<String>,
+    /// The session's title.
+    pub title: String,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Archive time (ms).
+    pub archived_at: Option<i64>,
+    /// The newest write to the session or any of its messages and parts (ms).
+    pub last_write_ms: i64,
+    /// Messages in creation order.
+    pub messages: Vec<Message>,
+    /// Tool calls in message order, then call order.
+    pub tool_calls: Vec<ToolCall>,
+    /// What the session changed in files.
+    pub code_changes: CodeChangeFacts,
+    /// The todo list, in its order.
+    pub todos: Vec<TodoItem>,
+    /// Subagent sessions (recursively), in creation order.
+    pub children: Vec<SessionSnapshot>,
+}
+
+/// Who wrote a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The user (a prompt).
+    User,
+    /// The model (one or more steps of an answer).
+    Assistant,
+    /// Anything else a newer agent version may write (its role as stored); counted as a
+    /// message, neither user nor assistant.
+    Other(String),
+}
+
+impl Role {
+    /// `user`, `assistant`, or the stored name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Other(name) => name,
+        }
+    }
+}
+
+/// One message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Message {
+    /// The message id (OpenCode `msg_…`).
+    pub id: String,
+    /// Its role.
+    pub role: Role,
+    /// The agent that wrote or received it (`build`, `plan`, `general`, `compaction`, …).
+    pub agent: Option<String>,
+    /// Provider of the model (assistant: the one that answered; user: the one asked for).
+    pub provider_id: Option<String>,
+    /// The model (as `provider_id`).
+    pub model_id: Option<String>,
+    /// Creation time (ms).
+    pub created_at: i64,
+    /// Completion time (ms), once the message completed.
+    pub completed_at: Option<i64>,
+    /// The model's finish reason of the last step (`stop`, `tool-calls`, `length`, …).
+    pub finish: Option<String>,
+    /// The error the message carries.
+    pub error: Option<TurnError>,
+    /// Tokens of its steps, summed.
+    pub tokens: Tokens,
+    /// Cost of its steps, summed (USD).
+    pub cost: f64,
+    /// Its visible text (non-synthetic text parts joined by a blank line), possibly cut by the
+    /// source to the configured maximum; empty when texts were not asked for.
+    pub text: String,
+    /// True when the source cut `text`.
+    pub text_cut: bool,
+}
+
+/// Token counts of one or more model steps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// Input tokens, cached ones excluded.
+    pub input: u64,
+    /// Output tokens, reasoning excluded.
+    pub output: u64,
+    /// Reasoning tokens.
+    pub reasoning: u64,
+    /// Tokens read from the prompt cache.
+    pub cache_read: u64,
+    /// Tokens written to the prompt cache.
+    pub cache_write: u64,
+}
+
+impl Tokens {
+    /// Adds `other` field by field (saturating).
+    pub fn add(&mut self, other: &Tokens) {
+        self.input = self.input.saturating_add(other.input);
+        self.output = self.output.saturating_add(other.output);
+        self.reasoning = self.reasoning.saturating_add(other.reasoning);
+        self.cache_read = self.cache_read.saturating_add(other.cache_read);
+        self.cache_write = self.cache_write.saturating_add(other.cache_write);
+    }
+}
+
+/// One tool call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The message the call belongs to.
+    pub message_id: String,
+    /// The tool's name (`bash`, `edit`, `skill`, an MCP tool's name…).
+    pub tool: String,
+    /// For a skill invocation, the skill's name (`unknown` when the call named none).
+    pub skill: Option<String>,
+    /// The call failed.
+    pub failed: bool,
+    /// How long it ran (ms; 0 when not finished or not recorded).
+    pub duration_ms: u64,
+}
+
+/// What a session changed in files, as the source records it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CodeChangeFacts {
+    /// Per-file diffs of each turn (OpenCode: the user messages' `summary.diffs`).
+    pub diffs: Vec<FileDiff>,
+    /// Files changed by individual steps (OpenCode: `patch` parts), absolute or relative.
+    pub patched_files: Vec<String>,
+    /// Totals the session row itself keeps, used when there are no diffs: `(additions,
+    /// deletions, files)` (OpenCode: `session.summary_*`, all 0 since 1.16).
+    pub totals: Option<(u64, u64, u64)>,
+}
+
+/// One file's diff.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileDiff {
+    /// The file (relative to the worktree, or absolute).
+    pub file: Option<String>,
+    /// Lines added.
+    pub additions: u64,
+    /// Lines deleted.
+    pub deletions: u64,
+}
+
+/// One todo item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TodoItem {
+    /// Its text.
+    pub content: String,
+    /// `pending`, `in_progress`, `completed`, `cancelled` (free string: agents may add more).
+    pub status: String,
+    /// `high`, `medium`, `low` (free string).
+    pub priority: String,
+}
+
+impl TodoItem {
+    /// True while the item is still to do (neither completed nor cancelled).
+    pub fn is_open(&self) -> bool {
+        self.status != "completed" && self.status != "cancelled"
+    }
+}

@@ -1,31 +1,6 @@
-//! `install` and `uninstall`: the user service definition, written with this binary's real path.
-//!
-//! # systemd (Linux and every other non-macOS system)
-//! `$XDG_CONFIG_HOME/systemd/user/opencode-telemetry.service` (default
-//! `~/.config/systemd/user/…`), rendered from `systemd/opencode-telemetry.service`:
-//! - `ExecStartPre=`/`ExecStart=` run the canonical path of the running binary
-//!   ([`std::env::current_exe`]), with `--config <absolute path>` when a config file was named
-//!   (`--config` or `OPENCODE_TELEMETRY_CONFIG`) and `--db <absolute path>` when `--db` was given;
-//! - `ReadWritePaths=` lists the effective `data_dir`, the local sink file's directory (when it
-//!   lies outside `data_dir` and no Convex deployment is configured) and the directory of
-//!   `source.db_path` (see the unit's comment for why OpenCode's directory must be writable);
-//!   `install` creates the ones that do not exist yet. Change `data_dir`, `[local] path` or
-//!   `source.db_path` later and you re-run `install`.
-//!
-//! Then it runs `systemctl --user daemon-reload` and `systemctl --user enable <unit>` (the
-//! service starts at the next login of the user manager); with `--start`,
-//! `systemctl --user enable --now <unit>`, or `enable` + `restart` when the unit file changed so
-//! the running service picks up the new one.
-//!
-//! `uninstall`: `systemctl --user disable --now <unit>`, remove the file, `daemon-reload`.
-//!
-//! # launchd (macOS)
-//! `~/Library/LaunchAgents/dev.opencode-telemetry.plist`, rendered from
-//! `launchd/dev.opencode-telemetry.plist` (`ProgramArguments` = the binary and the same global
-//! options; log files in `~/Library/Logs/opencode-telemetry/`). Without `--start` the file is only
-//! written (launchd loads it at the next login); with `--start`: `launchctl bootout
-//! gui/<uid>/dev.opencode-telemetry` when it is loaded (waiting until it is gone), then `launchctl
-//! bootstrap gui/<uid> <plist>`. `uninstall`: `bootout` when loaded, then remove the file.
+//! `install` and `uninstall`: the user service definition, written with this binary's real path,
+//! for systemd ([`systemd`]: Linux and every other non-macOS system) or launchd ([`launchd`]:
+//! macOS); each manager's file, commands and messages are in its module.
 //!
 //! # Both
 //! Idempotent: a file whose content is already the rendered one is left alone and reported as
@@ -38,22 +13,13 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 
 use crate::config::Loaded;
 
-/// The systemd user unit template.
-pub const SYSTEMD_UNIT: &str = include_str!("../../../systemd/opencode-telemetry.service");
-/// The launchd agent template (`@BIN@` and `@HOME@` are its placeholders).
-pub const LAUNCHD_PLIST: &str = include_str!("../../../launchd/dev.opencode-telemetry.plist");
-/// The systemd unit's name.
-pub const UNIT_NAME: &str = "opencode-telemetry.service";
-/// The launchd job's label (and the plist's file name without `.plist`).
-pub const LAUNCHD_LABEL: &str = "dev.opencode-telemetry";
-/// The binary path the systemd template uses; replaced by the real command.
-pub const TEMPLATE_BIN: &str = "%h/.cargo/bin/opencode-telemetry";
+pub mod launchd;
+pub mod systemd;
 
 /// Which service manager to write for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -103,104 +69,6 @@ struct Plan {
     dirs: Vec<PathBuf>,
 }
 
-/// The systemd unit: the template with `command` (the binary and its global options) in place of
-/// the template's binary path, and one `ReadWritePaths=-<dir>` line per entry of `writable` in
-/// place of the template's `ReadWritePaths=` lines.
-///
-/// # Errors
-/// A path that cannot be written into a unit file (it contains `"`, `\` or a control character).
-pub fn systemd_unit(command: &[PathBuf], writable: &[PathBuf]) -> anyhow::Result<String> {
-    let words = command
-        .iter()
-        .map(|p| exec_word(p))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let cmd = words.join(" ");
-    let mut out = String::with_capacity(SYSTEMD_UNIT.len() + 256);
-    let mut paths_written = false;
-    for line in SYSTEMD_UNIT.lines() {
-        if line.starts_with("ReadWritePaths=") {
-            if !paths_written {
-                for dir in writable {
-                    out.push_str(&format!("ReadWritePaths={}\n", path_word(dir, "-")?));
-                }
-                paths_written = true;
-            }
-            continue;
-        }
-        out.push_str(&line.replace(TEMPLATE_BIN, &cmd));
-        out.push('\n');
-    }
-    Ok(out)
-}
-
-/// The launchd plist: the template with `args` (the binary and its global options) in place of
-/// `@BIN@` and `home` in place of `@HOME@`, XML-escaped.
-pub fn launchd_plist(args: &[PathBuf], home: &Path) -> String {
-    let arg_lines: Vec<String> = args
-        .iter()
-        .map(|a| format!("    <string>{}</string>", xml_escape(&a.to_string_lossy())))
-        .collect();
-    LAUNCHD_PLIST
-        .replace("    <string>@BIN@</string>", &arg_lines.join("\n"))
-        .replace("@HOME@", &xml_escape(&home.to_string_lossy()))
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// Rejects what cannot be written into a unit file reliably.
-fn unit_safe(p: &Path) -> anyhow::Result<String> {
-    let s = p.to_str().ok_or_else(|| {
-        anyhow!(
-            "{} is not valid UTF-8; a unit file cannot name it",
-            p.display()
-        )
-    })?;
-    if s.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
-        bail!("{s:?} contains a quote, backslash or control character; a unit file cannot name it");
-    }
-    Ok(s.to_string())
-}
-
-fn needs_quotes(s: &str) -> bool {
-    !s.chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-+:,@=".contains(c))
-}
-
-/// A word of an `ExecStart=` command line: `%` and `$` doubled (no specifier or variable
-/// expansion), quoted when it has anything but plain path characters.
-fn exec_word(p: &Path) -> anyhow::Result<String> {
-    let s = unit_safe(p)?.replace('%', "%%").replace('$', "$$");
-    Ok(if needs_quotes(&s) {
-        format!("\"{s}\"")
-    } else {
-        s
-    })
-}
-
-/// A path of a path-list setting (`ReadWritePaths=`), with `prefix` (`-`: ignore when missing).
-fn path_word(p: &Path, prefix: &str) -> anyhow::Result<String> {
-    let s = format!("{prefix}{}", unit_safe(p)?.replace('%', "%%"));
-    Ok(if needs_quotes(&s) {
-        format!("\"{s}\"")
-    } else {
-        s
-    })
-}
-
-/// `dirs` without duplicates and without those inside another one of them.
-fn outermost(mut dirs: Vec<PathBuf>) -> Vec<PathBuf> {
-    dirs.sort();
-    dirs.dedup();
-    let all = dirs.clone();
-    dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
-    dirs
-}
-
 fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("making {} absolute", p.display()))
 }
@@ -211,25 +79,11 @@ fn home_dir() -> anyhow::Result<PathBuf> {
         .context("cannot tell the home directory (HOME unset?)")
 }
 
-/// `$XDG_CONFIG_HOME` when absolute, else `~/.config` (what the systemd user manager reads).
-fn xdg_config_home(home: &Path) -> PathBuf {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .unwrap_or_else(|| home.join(".config"))
-}
-
 fn service_path(manager: Manager, home: &Path) -> PathBuf {
     match manager {
-        Manager::Systemd => xdg_config_home(home).join("systemd/user").join(UNIT_NAME),
-        Manager::Launchd => home
-            .join("Library/LaunchAgents")
-            .join(format!("{LAUNCHD_LABEL}.plist")),
+        Manager::Systemd => systemd::unit_path(home),
+        Manager::Launchd => launchd::plist_path(home),
     }
-}
-
-fn launchd_log_dir(home: &Path) -> PathBuf {
-    home.join("Library/Logs/opencode-telemetry")
 }
 
 /// Renders the file for `loaded` and `opts`.
@@ -253,29 +107,19 @@ fn plan(loaded: &Loaded, opts: &Options) -> anyhow::Result<Plan> {
     let path = service_path(manager, &home);
     Ok(match manager {
         Manager::Systemd => {
-            let c = &loaded.config;
-            let mut writable = vec![absolute(&c.data_dir)?];
-            if !c.uses_convex() {
-                if let Some(dir) = absolute(&c.local.path)?.parent() {
-                    writable.push(dir.to_path_buf());
-                }
-            }
-            if let Some(dir) = absolute(&c.source.db_path)?.parent() {
-                writable.push(dir.to_path_buf());
-            }
-            let writable = outermost(writable);
+            let (text, dirs) = systemd::render(loaded, &command)?;
             Plan {
                 manager,
                 path,
-                text: systemd_unit(&command, &writable)?,
-                dirs: writable,
+                text,
+                dirs,
             }
         }
         Manager::Launchd => Plan {
             manager,
             path,
-            text: launchd_plist(&command, &home),
-            dirs: vec![launchd_log_dir(&home)],
+            text: launchd::launchd_plist(&command, &home),
+            dirs: vec![launchd::log_dir(&home)],
         },
     })
 }
@@ -360,52 +204,6 @@ impl Cmd {
     }
 }
 
-fn systemctl(args: &[&str]) -> Cmd {
-    let mut all = vec!["--user"];
-    all.extend_from_slice(args);
-    Cmd::new("systemctl", &all)
-}
-
-/// The commands `install` runs after writing the file.
-fn systemd_install_cmds(start: bool, wrote: Wrote) -> Vec<Cmd> {
-    let mut cmds = vec![systemctl(&["daemon-reload"])];
-    match (start, wrote) {
-        (false, _) => cmds.push(systemctl(&["enable", UNIT_NAME])),
-        (true, Wrote::Replaced) => {
-            cmds.push(systemctl(&["enable", UNIT_NAME]));
-            cmds.push(systemctl(&["restart", UNIT_NAME]));
-        }
-        (true, _) => cmds.push(systemctl(&["enable", "--now", UNIT_NAME])),
-    }
-    cmds
-}
-
-fn no_manager_hint(e: &anyhow::Error) -> &'static str {
-    let text = format!("{e:#}");
-    if text.contains("Failed to connect to bus") || text.contains("No medium found") {
-        "\nNo systemd user manager is running for this user (an ssh or su session without \
-         lingering, a container, WSL without systemd). Log in graphically or run \
-         `loginctl enable-linger $USER`, then:"
-    } else {
-        "\nOnce that is fixed, finish by hand:"
-    }
-}
-
-/// The user id, from `id -u` (the crate has no `unsafe` for getuid).
-fn uid() -> anyhow::Result<String> {
-    let uid = Cmd::new("id", &["-u"]).output()?;
-    if uid.is_empty() || !uid.chars().all(|c| c.is_ascii_digit()) {
-        bail!("`id -u` printed {uid:?}, not a user id");
-    }
-    Ok(uid)
-}
-
-fn launchd_loaded(domain_target: &str) -> bool {
-    Cmd::new("launchctl", &["print", domain_target])
-        .output()
-        .is_ok()
-}
-
 /// The `status` command for this install (with its `--config`).
 fn status_cmd(opts: &Options) -> String {
     match &opts.config {
@@ -438,18 +236,11 @@ pub fn install(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
         );
         match plan.manager {
             Manager::Systemd => {
-                for cmd in systemd_install_cmds(opts.start, wrote) {
+                for cmd in systemd::install_cmds(opts.start, wrote) {
                     eprintln!("would run: {}", cmd.shown());
                 }
             }
-            Manager::Launchd if opts.start => {
-                eprintln!("would run: launchctl bootout gui/<uid>/{LAUNCHD_LABEL} (when loaded)");
-                eprintln!(
-                    "would run: launchctl bootstrap gui/<uid> {}",
-                    plan.path.display()
-                );
-            }
-            Manager::Launchd => {}
+            Manager::Launchd => launchd::dry_run(opts, &plan),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -477,87 +268,9 @@ pub fn install(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
             );
         }
     }
-
     match plan.manager {
-        Manager::Systemd => {
-            let c = &loaded.config;
-            let env_file = xdg_config_home(&home_dir()?).join("opencode-telemetry/env");
-            if c.uses_convex() && c.convex.ingest_token.is_empty() && !env_file.exists() {
-                println!(
-                    "note: convex.url is set but no ingest token is configured; put \
-                     OPENCODE_TELEMETRY_INGEST_TOKEN=... into {} (mode 0600) or the config \
-                     file, or the service stops at check-config (exit 78)",
-                    env_file.display()
-                );
-            }
-            for cmd in systemd_install_cmds(opts.start, wrote) {
-                cmd.run().map_err(|e| {
-                    let hint = no_manager_hint(&e);
-                    anyhow!(
-                        "{e:#}\n{} is in place.{hint}\n  systemctl --user daemon-reload && \
-                         systemctl --user enable --now {UNIT_NAME}",
-                        plan.path.display()
-                    )
-                })?;
-            }
-            if opts.start {
-                println!("started {UNIT_NAME}");
-            } else {
-                println!(
-                    "enabled {UNIT_NAME}: it starts with your user manager (at login); start it \
-                     now with `systemctl --user start {UNIT_NAME}` or `opencode-telemetry install --start`"
-                );
-                if wrote == Wrote::Replaced {
-                    println!(
-                        "a running service keeps the old unit until `systemctl --user restart {UNIT_NAME}`"
-                    );
-                }
-            }
-            println!(
-                "logs: journalctl --user -u {UNIT_NAME} -f    state: {}",
-                status_cmd(opts)
-            );
-        }
-        Manager::Launchd => {
-            if opts.start {
-                let uid = uid()?;
-                let target = format!("gui/{uid}/{LAUNCHD_LABEL}");
-                let finish_by_hand = |e: anyhow::Error| {
-                    anyhow!(
-                        "{e:#}\n{} is in place. Finish by hand:\n  launchctl bootstrap gui/{uid} {}",
-                        plan.path.display(),
-                        plan.path.display()
-                    )
-                };
-                if launchd_loaded(&target) {
-                    Cmd::new("launchctl", &["bootout", &target])
-                        .run()
-                        .map_err(finish_by_hand)?;
-                    // bootout returns before the job is gone; bootstrapping it again too early
-                    // fails ("Input/output error").
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    while launchd_loaded(&target) && Instant::now() < deadline {
-                        std::thread::sleep(Duration::from_millis(200));
-                    }
-                }
-                Cmd::new("launchctl", &["bootstrap", &format!("gui/{uid}")])
-                    .arg(&plan.path)
-                    .run()
-                    .map_err(finish_by_hand)?;
-                println!("started {LAUNCHD_LABEL} (launchctl print {target})");
-            } else {
-                println!(
-                    "not loaded now: launchd loads it at your next login; start it now with \
-                     `opencode-telemetry install --start`"
-                );
-            }
-            let logs = launchd_log_dir(&home_dir()?);
-            println!(
-                "logs: {}/err.log    state: {}",
-                logs.display(),
-                status_cmd(opts)
-            );
-        }
+        Manager::Systemd => systemd::activate(loaded, opts, &plan, wrote)?,
+        Manager::Launchd => launchd::activate(opts, &plan)?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -585,18 +298,13 @@ pub fn uninstall(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
         }
     };
     let installed = path.exists();
-    match manager {
-        Manager::Systemd => {
-            if installed {
-                act(systemctl(&["disable", "--now", UNIT_NAME]))?;
-            }
-        }
-        Manager::Launchd => {
-            let target = format!("gui/{}/{LAUNCHD_LABEL}", uid()?);
-            if launchd_loaded(&target) {
-                act(Cmd::new("launchctl", &["bootout", &target]))?;
-            }
-        }
+    let stop = match manager {
+        Manager::Systemd if installed => systemd::deactivate_cmds(),
+        Manager::Systemd => Vec::new(),
+        Manager::Launchd => launchd::deactivate_cmds()?,
+    };
+    for cmd in stop {
+        act(cmd)?;
     }
     if installed {
         if dry {
@@ -606,7 +314,9 @@ pub fn uninstall(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
             println!("removed {}", path.display());
         }
         if manager == Manager::Systemd {
-            act(systemctl(&["daemon-reload"]))?;
+            for cmd in systemd::forget_cmds() {
+                act(cmd)?;
+            }
         }
     } else {
         println!("{} does not exist: not installed", path.display());
@@ -620,132 +330,10 @@ pub fn uninstall(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
             .map(|c| format!(", the config file {}", c.display()))
             .unwrap_or_default(),
         if manager == Manager::Launchd {
-            format!(", the logs in {}", launchd_log_dir(&home).display())
+            format!(", the logs in {}", launchd::log_dir(&home).display())
         } else {
             String::new()
         }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn p(s: &str) -> PathBuf {
-        PathBuf::from(s)
-    }
-
-    #[test]
-    fn the_unit_runs_the_given_command_with_the_given_writable_paths() {
-        let unit = systemd_unit(
-            &[
-                p("/opt/bin/opencode-telemetry"),
-                p("--config"),
-                p("/home/u/my 100% $cfg.toml"),
-            ],
-            &[
-                p("/home/u/.local/state/opencode-telemetry"),
-                p("/home/u/oc dir"),
-            ],
-        )
-        .unwrap();
-        assert!(unit.contains(
-            "\nExecStart=/opt/bin/opencode-telemetry --config \"/home/u/my 100%% $$cfg.toml\" run\n"
-        ));
-        assert!(unit.contains(
-            "\nExecStartPre=/opt/bin/opencode-telemetry --config \"/home/u/my 100%% $$cfg.toml\" check-config\n"
-        ));
-        let rw: Vec<&str> = unit
-            .lines()
-            .filter(|l| l.starts_with("ReadWritePaths="))
-            .collect();
-        assert_eq!(
-            rw,
-            [
-                "ReadWritePaths=-/home/u/.local/state/opencode-telemetry",
-                "ReadWritePaths=\"-/home/u/oc dir\""
-            ]
-        );
-        assert!(!unit.contains("%h/.cargo"));
-        assert!(unit.contains("\nType=notify\n"));
-    }
-
-    #[test]
-    fn paths_a_unit_cannot_hold_are_refused() {
-        for bad in ["/a\"b", "/a\\b", "/a\nb"] {
-            let err = systemd_unit(&[p(bad)], &[]).unwrap_err();
-            assert!(
-                err.to_string().contains("a unit file cannot name it"),
-                "{err}"
-            );
-        }
-    }
-
-    #[test]
-    fn nested_writable_paths_collapse_to_the_outermost() {
-        assert_eq!(
-            outermost(vec![
-                p("/h/state/ot"),
-                p("/h/share/oc"),
-                p("/h/state/ot/sink"),
-                p("/h/share/oc")
-            ]),
-            [p("/h/share/oc"), p("/h/state/ot")]
-        );
-        // A sibling sharing a name prefix is not inside.
-        assert_eq!(
-            outermost(vec![p("/h/a"), p("/h/ab")]),
-            [p("/h/a"), p("/h/ab")]
-        );
-    }
-
-    #[test]
-    fn the_plist_names_the_arguments_and_home_escaped() {
-        let plist = launchd_plist(
-            &[
-                p("/Users/u/bin/opencode-telemetry"),
-                p("--config"),
-                p("/Users/u/a&b.toml"),
-            ],
-            Path::new("/Users/u"),
-        );
-        assert!(plist.contains(
-            "    <string>/Users/u/bin/opencode-telemetry</string>\n    <string>--config</string>\n    <string>/Users/u/a&amp;b.toml</string>\n    <string>run</string>"
-        ));
-        assert!(plist.contains("<string>/Users/u/Library/Logs/opencode-telemetry/err.log</string>"));
-        assert!(!plist.contains("@BIN@") && !plist.contains("@HOME@"));
-    }
-
-    #[test]
-    fn install_commands_follow_start_and_what_changed() {
-        let shown = |start, wrote| {
-            systemd_install_cmds(start, wrote)
-                .iter()
-                .map(Cmd::shown)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(
-            shown(false, Wrote::Created),
-            [
-                "systemctl --user daemon-reload",
-                "systemctl --user enable opencode-telemetry.service"
-            ]
-        );
-        assert_eq!(
-            shown(true, Wrote::Unchanged),
-            [
-                "systemctl --user daemon-reload",
-                "systemctl --user enable --now opencode-telemetry.service"
-            ]
-        );
-        assert_eq!(
-            shown(true, Wrote::Replaced),
-            [
-                "systemctl --user daemon-reload",
-                "systemctl --user enable opencode-telemetry.service",
-                "systemctl --user restart opencode-telemetry.service"
-            ]
-        );
-    }
 }

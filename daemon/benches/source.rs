@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use opencode_telemetry::daemon::pass::{pass, PassOptions, PassOutput};
-use opencode_telemetry::export::ExportContext;
+use opencode_telemetry::export::{ExportContext, ExportOptions};
 use opencode_telemetry::source::opencode::OpenCodeSource;
 use opencode_telemetry::track::{Mode, Rules, Tracker};
 use rusqlite::Connection;
@@ -109,9 +109,11 @@ fn main() {
         hostname: "bench".into(),
         daemon_version: env!("CARGO_PKG_VERSION").into(),
         exported_at: 0,
-        include_todos: true,
-        include_messages: false,
-        max_message_chars: 4000,
+        options: ExportOptions {
+            include_todos: true,
+            include_messages: false,
+            max_message_chars: 4000,
+        },
     };
     let rules = Rules {
         debounce_ms: 0,

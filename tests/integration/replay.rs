@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use opencode_telemetry::daemon::pass::{pass, PassOptions};
-use opencode_telemetry::export::ExportContext;
+use opencode_telemetry::export::{ExportContext, ExportOptions};
 use opencode_telemetry::source::opencode::OpenCodeSource;
 use opencode_telemetry::track::{Mode, Rules, Tracker, Trigger as Event};
 use rusqlite::{params, Connection};
@@ -334,9 +334,11 @@ fn replay(debounce_ms: i64) {
         hostname: "replay".into(),
         daemon_version: "test".into(),
         exported_at: 0,
-        include_todos: true,
-        include_messages: false,
-        max_message_chars: 100,
+        options: ExportOptions {
+            include_todos: true,
+            include_messages: false,
+            max_message_chars: 100,
+        },
     };
     let mut source = OpenCodeSource::new(&db_path, std::time::Duration::from_secs(5));
     // The outbox's `state` tree, as the daemon commits it.

@@ -40,10 +40,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     } else {
         Tracker::resume(rules, outbox.state_scan(STATE_PREFIX)?)
     };
-    let mut source = OpenCodeSource::new(
-        &config.source.db_path,
-        Duration::from_millis(config.source.busy_timeout_ms),
-    );
+    let mut source = OpenCodeSource::from(&config.source);
     let reading = ProgressGuard::new(0, "reading sessions");
     let bar = reading.bar().clone();
     let budget = outbox.free_bytes();

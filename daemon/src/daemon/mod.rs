@@ -54,7 +54,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::now_ms;
 use crate::config::{Config, ConfigError, Loaded};
 use crate::daemon::deliver::{Reconfigure, Sender};
-use crate::export::{ExportContext, SessionExport};
+use crate::export::{ExportContext, ExportOptions, SessionExport};
 use crate::identity;
 use crate::queue::{DaemonInfo, LastExport, NewRecord, Outbox, QueueError, ReloadOutcome};
 use crate::sink::{self, AnySink};
@@ -150,9 +150,7 @@ pub(crate) fn export_context(config: &Config, device_id: &str) -> ExportContext 
         hostname: identity::hostname(),
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         exported_at: 0,
-        include_todos: config.export.include_todos,
-        include_messages: config.export.include_messages,
-        max_message_chars: config.export.max_message_chars,
+        options: ExportOptions::from(&config.export),
     }
 }
 
@@ -326,10 +324,7 @@ pub async fn run(
         device,
         ctx,
         tracker: Some(tracker),
-        source: Some(Box::new(OpenCodeSource::new(
-            &config.source.db_path,
-            Duration::from_millis(config.source.busy_timeout_ms),
-        ))),
+        source: Some(Box::new(OpenCodeSource::from(&config.source))),
         missing_logged: false,
         full_logged: false,
         transitions_log: options.transitions_log,

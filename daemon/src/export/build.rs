@@ -18,12 +18,30 @@ pub struct ExportContext {
     pub daemon_version: String,
     /// [`SessionExport::exported_at`] (ms).
     pub exported_at: i64,
-    /// Include the todo list.
+    /// What the record includes (from `[export]`).
+    pub options: ExportOptions,
+}
+
+/// What a record includes: built from `[export]` ([`ExportOptions::from`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportOptions {
+    /// Include the todo list (`export.include_todos`).
     pub include_todos: bool,
-    /// Include message summaries and texts.
+    /// Include message summaries and texts (`export.include_messages`).
     pub include_messages: bool,
-    /// Longest text kept per message (characters, before the truncation marker).
+    /// Longest text kept per message (characters, before the truncation marker;
+    /// `export.max_message_chars`).
     pub max_message_chars: usize,
+}
+
+impl From<&crate::config::ExportConfig> for ExportOptions {
+    fn from(c: &crate::config::ExportConfig) -> ExportOptions {
+        ExportOptions {
+            include_todos: c.include_todos,
+            include_messages: c.include_messages,
+            max_message_chars: c.max_message_chars,
+        }
+    }
 }
 
 impl Trigger {
@@ -79,8 +97,9 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
         .unwrap_or(snapshot.last_write_ms);
     let mut messages_cut = false;
     let messages = ctx
+        .options
         .include_messages
-        .then(|| message_summaries(snapshot, ctx.max_message_chars, &mut messages_cut));
+        .then(|| message_summaries(snapshot, ctx.options.max_message_chars, &mut messages_cut));
     let (end_reason, incomplete) = trigger.end_reason();
     let error = match trigger {
         Trigger::Error => agg::last_error(&snapshot.messages),
@@ -121,7 +140,7 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
         incomplete,
         children,
         rollup,
-        todos: ctx.include_todos.then(|| {
+        todos: ctx.options.include_todos.then(|| {
             snapshot
                 .todos
                 .iter()

@@ -77,6 +77,13 @@ struct SeqIndex {
     total: i64,
 }
 
+impl From<&crate::config::SourceConfig> for OpenCodeSource {
+    /// The source `[source]` names: `db_path` with `busy_timeout_ms`.
+    fn from(c: &crate::config::SourceConfig) -> OpenCodeSource {
+        OpenCodeSource::new(&c.db_path, Duration::from_millis(c.busy_timeout_ms))
+    }
+}
+
 impl OpenCodeSource {
     /// A source for the database at `path`; nothing is opened until the first call.
     pub fn new(path: &Path, busy_timeout: Duration) -> OpenCodeSource {

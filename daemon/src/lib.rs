@@ -1,15 +1,22 @@
-//! opencode-telemetry: exports OpenCode sessions from its SQLite database to Convex (or a local
-//! NDJSON file), without touching OpenCode.
+//! opencode-telemetry: reads coding-agent sessions (OpenCode's SQLite database) without touching
+//! them, decides when each session ended, and delivers one record per ended session to the
+//! user's Convex deployment or a local NDJSON file, through a durable outbox.
 //!
-//! # Layout (in pipeline order)
-//! - [`config`]: TOML + defaults + env overrides for secrets; errors name the key and the file.
-//! - [`source`]: the read-only OpenCode database reader ([`source::opencode`]) and the
-//!   transition detector that infers `session.idle` / `session.error` / `session.deleted`.
-//! - [`export`]: builds [`export::SessionExport`] records from a session snapshot. Pure: no IO,
-//!   no clock (time is passed in).
+//! # Code map (in pipeline order; the structure and its invariants are in `ARCHITECTURE.md`)
+//! - [`config`]: TOML + defaults + env overrides for secrets; one struct per section.
+//! - [`source`]: the [`source::SessionSource`] seam and its source-neutral types;
+//!   [`source::opencode`] reads OpenCode's database.
+//! - [`track`]: the tracker and its pure rules: when a session is exported, and why
+//!   ([`track::Trigger`]). No IO, no clock.
+//! - [`export`]: builds [`export::SessionExport`] records from a session snapshot. Pure.
+//! - [`identity`]: the device id and host name; [`clock`]: the wall clock.
 //! - [`queue`]: the durable sled outbox (one pending version per session, latest wins).
-//! - [`sink`]: delivery to Convex over its HTTP API, or to a local NDJSON file.
-//! - [`service`]: the run loop (`run`), the one-pass job (`once`), and the sender.
+//! - [`sink`]: what every sink shares (outcomes, limits, pacing); Convex in [`sink::convex`],
+//!   the local file in [`sink::local`].
+//! - [`daemon`]: the service: the run loop, [`daemon::pass`] (the one pass `run` and `once`
+//!   share), the sender, reload, signals, sd_notify.
+//! - [`cmd`]: the one-shot commands (`once`, `status`, `check-config`, `queue`).
+//! - [`install`]: `install` / `uninstall` for systemd and launchd.
 //! - [`cli`]: the command line.
 
 pub mod cli;

@@ -4,6 +4,8 @@
 
 mod support;
 
+/// The invariants of ARCHITECTURE.md, checked on the source tree.
+mod architecture;
 /// Configuration errors: exit 78, naming the key and the file.
 mod config_errors;
 /// The real binary → HTTP → the project's Convex functions (convex-test emulator) → query back.

@@ -2,7 +2,7 @@
 //! short allow-list of environment overrides for secrets.
 //!
 //! Where it comes from, in order (later wins):
-//! 1. built-in defaults ([`RawConfig::default`]);
+//! 1. built-in defaults (each section's `Default`, e.g. [`SourceConfig::default`]);
 //! 2. the TOML file: `--config PATH`, else `$OPENCODE_TELEMETRY_CONFIG`, else
 //!    `<platform config dir>/opencode-telemetry/config.toml` (`~/.config/opencode-telemetry/config.toml`
 //!    on Linux, `~/Library/Application Support/opencode-telemetry/config.toml` on macOS). The

@@ -56,7 +56,7 @@ pub fn summary_line(r: &SessionExport) -> String {
     )
 }
 
-/// `status` (or `status --json`); see [`status`].
+/// `status` (or `status --json`); see [`mod@status`].
 ///
 /// # Errors
 /// Outbox failures other than the lock.

@@ -18,7 +18,7 @@
 //! - `DEBUG`/`TRACE`: per-batch and per-tick detail.
 //!
 //! The filter is `RUST_LOG` when set, else `service.log_level`. Both the filter and the format
-//! can change on SIGHUP ([`reload`]).
+//! can change on SIGHUP ([`reload()`]).
 //!
 //! # Progress bars
 //! Log lines go through [`StderrWriter`], which writes them inside

@@ -1,4 +1,4 @@
-//! The poll side of the daemon: each tick runs one [`pass`](super::pass) over the source on a
+//! The poll side of the daemon: each tick runs one [`super::pass`] over the source on a
 //! blocking thread and commits its records and tracker state to the outbox in one transaction.
 
 use std::io::Write;

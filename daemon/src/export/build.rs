@@ -60,7 +60,7 @@ impl Trigger {
 /// Builds the record of `snapshot` exported for `trigger`. With [`Trigger::Error`] the record's
 /// `error` is that of the terminal (last) assistant message.
 ///
-/// The record is fitted to Convex's limits ([`crate::export::fit`]) before it is returned.
+/// The record is fitted to Convex's limits ([`crate::export::fit()`]) before it is returned.
 pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) -> SessionExport {
     let own = Own::of(snapshot);
     let descendants = flatten_children(snapshot);

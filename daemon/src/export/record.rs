@@ -137,7 +137,7 @@ pub struct SessionExport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub messages: Option<Vec<MessageSummary>>,
     /// The fields the daemon shortened to fit Convex's document limits (`"title"`,
-    /// `"messages"`, `"todos"`, …; sorted), see [`crate::export::fit`]. Omitted when nothing
+    /// `"messages"`, `"todos"`, …; sorted), see [`crate::export::fit()`]. Omitted when nothing
     /// was shortened.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub truncated: Vec<String>,

@@ -1,14 +1,17 @@
-//! The service: the daemon loop (`run`), the one-pass job (`once`), and the small commands
-//! (`check-config`, `status`, `queue`, `install`).
+//! The service: the daemon loop (`run`) and what it is made of — [`pass`] (the one pass over a
+//! source that `run` and `once` share), the poll side (`poll`), the sender ([`deliver`]),
+//! [`reload`] (SIGHUP), signals, [`notify`] (sd_notify) and [`logging`]. The one-shot commands
+//! are in [`crate::cmd`].
 //!
 //! # The daemon (`run`)
 //! Two tasks share the outbox:
-//! - the **poller** ticks every `source.poll_interval_ms`: an O(1) `PRAGMA data_version` says
-//!   whether OpenCode committed anything; if so (or if a debounce/final/stale timer is pending)
-//!   the [`crate::track::Tracker`] reads what changed, decides exports, and the records plus the
-//!   tracker's new state are committed to the outbox in **one** sled transaction and flushed
-//!   before the tick counts as done. While the outbox is full (`queue.max_bytes`) the poller
-//!   does not read the source at all (it can be re-read later), so nothing is ever dropped;
+//! - the **poller** ticks every `source.poll_interval_ms`: the source answers whether anything
+//!   changed in O(1) (OpenCode: `PRAGMA data_version`); if so (or if a debounce/final/stale
+//!   timer is pending) one [`pass`] reads what changed, the [`crate::track::Tracker`] decides
+//!   exports, and the records plus the tracker's new state are committed to the outbox in
+//!   **one** sled transaction and flushed before the tick counts as done. While the outbox is
+//!   full (`queue.max_bytes`) the poller does not read the source at all (it can be re-read
+//!   later), so nothing is ever dropped;
 //! - the **sender** ([`deliver::Sender`]) drains the outbox to the sink.
 //!
 //! Blocking SQLite work runs on tokio's blocking pool, never on the async workers.

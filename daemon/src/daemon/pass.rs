@@ -194,3 +194,189 @@ pub fn pass(
     out.state_removes.extend(writes.removes);
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The pass against a scripted in-memory source: what it asks the source, and when it reads
+    //! the clock. (The real OpenCode source goes through the same pass in the integration
+    //! tests; these pin the ordering rules, which a real database cannot time exactly.)
+
+    use std::cell::Cell;
+    use std::collections::VecDeque;
+    use std::rc::Rc;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::export::ExportOptions;
+    use crate::source::{
+        ChangeMarker, Changes, Observation, SessionHead, SessionSnapshot, TurnEnd,
+    };
+    use crate::track::Rules;
+
+    /// Answers `changes` from a script; when an answer is taken, the shared clock jumps to the
+    /// time the script gives for it (as if the source's read took that long).
+    struct Scripted {
+        changes: VecDeque<(Changes, i64)>,
+        clock: Arc<Mutex<i64>>,
+        sessions: Vec<SessionSnapshot>,
+    }
+
+    impl SessionSource for Scripted {
+        fn kind(&self) -> &'static str {
+            "scripted source"
+        }
+        fn describe(&self) -> String {
+            "scripted".into()
+        }
+        fn changes(&mut self) -> Result<Changes, SourceError> {
+            let (c, at) = self.changes.pop_front().unwrap_or((Changes::None, 0));
+            if at > 0 {
+                *self.clock.lock().unwrap() = at;
+            }
+            Ok(c)
+        }
+        fn observe(&mut self, id: &SessionId) -> Result<Option<Observation>, SourceError> {
+            Ok(self
+                .sessions
+                .iter()
+                .find(|s| &s.id == id)
+                .map(|s| Observation {
+                    activity: Activity::Ended(TurnEnd {
+                        message_id: "msg_1".into(),
+                        completed_at: s.last_write_ms,
+                        error: None,
+                    }),
+                    last_write_ms: s.last_write_ms,
+                    todos_open: false,
+                }))
+        }
+        fn snapshot(&mut self, id: &SessionId) -> Result<Option<SessionSnapshot>, SourceError> {
+            Ok(self.sessions.iter().find(|s| &s.id == id).cloned())
+        }
+        fn rescan(&mut self) {}
+    }
+
+    fn session(id: &str, at: i64) -> SessionSnapshot {
+        SessionSnapshot {
+            id: id.into(),
+            parent_id: None,
+            agent_version: "1.18.33".into(),
+            project_id: "p".into(),
+            directory: "/w".into(),
+            worktree: None,
+            title: "t".into(),
+            created_at: at - 10,
+            archived_at: None,
+            last_write_ms: at,
+            messages: Vec::new(),
+            tool_calls: Vec::new(),
+            code_changes: Default::default(),
+            todos: Vec::new(),
+            children: Vec::new(),
+        }
+    }
+
+    fn head(id: &str, counter: i64) -> SessionHead {
+        SessionHead {
+            id: id.into(),
+            parent_id: None,
+            marker: ChangeMarker {
+                counter,
+                updated_at: counter,
+                archived_at: None,
+            },
+        }
+    }
+
+    fn ctx() -> ExportContext {
+        ExportContext {
+            device_id: "d".into(),
+            hostname: "h".into(),
+            daemon_version: "v".into(),
+            exported_at: 0,
+            options: ExportOptions {
+                include_todos: true,
+                include_messages: false,
+                max_message_chars: 100,
+            },
+        }
+    }
+
+    #[test]
+    fn a_deletion_is_stamped_with_the_clock_read_after_the_read_that_saw_it() {
+        let clock = Arc::new(Mutex::new(1_000));
+        let mut source = Scripted {
+            changes: VecDeque::from([
+                (
+                    Changes::Full {
+                        heads: vec![head("ses_a", 1)],
+                        fresh: true,
+                    },
+                    0,
+                ),
+                (
+                    Changes::Delta {
+                        heads: Vec::new(),
+                        gone: vec!["ses_a".into()],
+                    },
+                    // The read that sees the deletion finishes at 50_000.
+                    50_000,
+                ),
+            ]),
+            clock: clock.clone(),
+            sessions: vec![session("ses_a", 900)],
+        };
+        let rules = Rules {
+            debounce_ms: 0,
+            final_after_ms: 0,
+            stale_after_ms: i64::MAX / 4,
+            skip_subagent_sessions: true,
+        };
+        let mut tracker = Tracker::new(rules);
+        let stored: Rc<Cell<Option<Vec<u8>>>> = Rc::default();
+        let run = |source: &mut Scripted, tracker: &mut Tracker| {
+            let lookup = |_: &[u8]| {
+                let v = stored.take();
+                stored.set(v.clone());
+                v
+            };
+            let out = pass(
+                source,
+                tracker,
+                &ctx(),
+                || *clock.lock().unwrap(),
+                PassOptions {
+                    mode: Mode::Live,
+                    budget_bytes: u64::MAX,
+                    stored_record: &lookup,
+                    progress: None,
+                },
+            )
+            .unwrap();
+            for (k, v) in &out.state_puts {
+                if k.starts_with(track::RECORD_PREFIX) {
+                    stored.set(Some(v.clone()));
+                }
+            }
+            out
+        };
+
+        let first = run(&mut source, &mut tracker);
+        assert_eq!(
+            first
+                .exported
+                .iter()
+                .map(|e| (e.trigger, e.record.session_id.as_str()))
+                .collect::<Vec<_>>(),
+            [(Trigger::Idle, "ses_a")]
+        );
+        source.sessions.clear();
+        let second = run(&mut source, &mut tracker);
+        assert_eq!(second.exported.len(), 1, "{:?}", second.exported);
+        let deleted = &second.exported[0];
+        assert_eq!(deleted.trigger, Trigger::Deleted);
+        assert_eq!(deleted.record.deleted_at, Some(50_000));
+        assert_eq!(deleted.record.exported_at, 50_000);
+        assert_eq!(second.now_ms, 50_000);
+    }
+}

@@ -595,7 +595,7 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
         return Err(bad("service.log_level", message.to_string()));
     }
     if !config.convex.url.is_empty() {
-        check_convex_url(&config.convex.url).map_err(|m| bad("convex.url", m))?;
+        crate::sink::convex::url::check(&config.convex.url).map_err(|m| bad("convex.url", m))?;
     }
     Ok(())
 }
@@ -653,29 +653,6 @@ impl Loaded {
     }
 }
 
-/// Accepts `https://…` anywhere and `http://…` only for loopback hosts (`127.0.0.0/8`, `::1`,
-/// `localhost`); the URL must be a bare deployment origin (no query or fragment).
-///
-/// # Errors
-/// A message saying what is wrong with the URL.
-pub fn check_convex_url(raw: &str) -> Result<url::Url, String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {raw}"))?;
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!(
-            "must be the deployment URL without query or fragment: {raw}"
-        ));
-    }
-    match url.scheme() {
-        "https" => Ok(url),
-        "http" if is_loopback_host(&url) => Ok(url),
-        "http" => Err(format!(
-            "plain http:// is only allowed to a loopback host (127.0.0.1, ::1, localhost); use https:// for {}",
-            url.host_str().unwrap_or("")
-        )),
-        other => Err(format!("scheme must be https (got {other}): {raw}")),
-    }
-}
-
 #[cfg(unix)]
 fn file_mode(path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt;
@@ -685,15 +662,6 @@ fn file_mode(path: &Path) -> Option<u32> {
 #[cfg(not(unix))]
 fn file_mode(_path: &Path) -> Option<u32> {
     None
-}
-
-fn is_loopback_host(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
 }
 
 impl Config {
@@ -753,17 +721,6 @@ mod tests {
             .to_string();
         assert!(err.contains("debounce_ms"), "{err}");
         assert!(err.contains("/etc/x.toml"), "{err}");
-    }
-
-    #[test]
-    fn plain_http_is_refused_except_to_loopback() {
-        assert!(check_convex_url("http://127.0.0.1:3210").is_ok());
-        assert!(check_convex_url("http://[::1]:3210").is_ok());
-        assert!(check_convex_url("http://localhost:3210").is_ok());
-        assert!(check_convex_url("https://happy-otter-123.convex.cloud").is_ok());
-        let err = check_convex_url("http://happy-otter-123.convex.cloud").unwrap_err();
-        assert!(err.contains("loopback"), "{err}");
-        assert!(check_convex_url("ftp://x").is_err());
     }
 
     /// A config for `https://a.convex.site` with `token`, as if read from `/etc/x.toml`.

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use opencode_telemetry::config::{ConvexConfig, Secret};
 use opencode_telemetry::export::{self, SessionExport};
-use opencode_telemetry::sink::{Classified, ConvexSink};
+use opencode_telemetry::sink::{ConvexSink, Outcome, RecordOutcome, Sink};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -297,7 +297,7 @@ fn an_oversized_session_is_stored_shortened_not_refused() {
     let raw = serde_json::to_vec(&big).unwrap();
     assert!(raw.len() > 2 << 20, "{} bytes", raw.len());
 
-    let sink = ConvexSink::new(&ConvexConfig {
+    let sink = ConvexSink::try_from(&ConvexConfig {
         url: emu.site_url.clone(),
         ingest_token: Secret::new(TOKEN),
         ..ConvexConfig::default()
@@ -305,12 +305,19 @@ fn an_oversized_session_is_stored_shortened_not_refused() {
     .unwrap();
     let ordinary = serde_json::to_vec(&base).unwrap();
     let got = rt.block_on(sink.send(&[&raw, &ordinary]));
-    let Classified::Delivered(items) = &got else {
+    let Outcome::Delivered(records) = &got else {
         panic!("{got:?}")
     };
-    assert_eq!(items[0].action, "rejected", "{items:?}");
-    assert!(items[0].refusal().is_some());
-    assert_eq!(items[1].action, "inserted", "{items:?}");
+    assert!(
+        matches!(&records[0], RecordOutcome::Refused { reason } if reason.starts_with("rejected by the deployment: ")),
+        "{got:?}"
+    );
+    assert_eq!(records[1], RecordOutcome::Accepted, "{got:?}");
+    // The rest of the batch was stored.
+    assert_eq!(
+        emu.admin_query("sessions:get", json!({"sessionId": base.session_id}))["sessionId"],
+        json!(base.session_id)
+    );
     assert_eq!(
         emu.admin_query("sessions:get", json!({"sessionId": "ses_oversized"})),
         Value::Null
@@ -322,7 +329,7 @@ fn an_oversized_session_is_stored_shortened_not_refused() {
     assert!(json_fitted.len() <= export::fit::MAX_RECORD_BYTES);
     let got = rt.block_on(sink.send(&[&json_fitted]));
     assert!(
-        matches!(&got, Classified::Delivered(items) if items[0].action == "inserted"),
+        matches!(&got, Outcome::Delivered(records) if records[..] == [RecordOutcome::Accepted]),
         "{got:?}"
     );
     let doc = emu.admin_query("sessions:get", json!({"sessionId": "ses_oversized"}));

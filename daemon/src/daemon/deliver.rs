@@ -1,14 +1,15 @@
 //! The sender: drains the outbox into the sink.
 //!
 //! # Rules
-//! - Records are sent oldest first, up to `convex.batch_size` and
-//!   [`sink::convex::MAX_BATCH_BYTES`] of record JSON at a time (a record over that goes
-//!   alone); an entry leaves the outbox
+//! - Records are sent oldest first, in batches cut to the sink's declared [`Limits`] (records
+//!   and bytes of record JSON; a record over the byte limit goes alone); an entry leaves the
+//!   outbox
 //!   only after the sink confirmed it ([`Outbox::ack`] is a compare-and-swap, so a newer version
 //!   enqueued meanwhile stays pending).
-//! - One [`sink::classify`] outcome drives everything:
-//!   - delivered → ack each record; per-record `conflict` results (the session id is already
-//!     stored under another device id) and `rejected` ones (the deployment's schema or a
+//! - One [`Outcome`] drives everything, and one mapping ([`Pacer::observe`]) turns it into
+//!   the wait before the next send:
+//!   - delivered → ack each accepted record; refused ones (Convex: `conflict`, the session id
+//!     is already stored under another device id, and `rejected`, the deployment's schema or a
 //!     document limit refused that record; the rest of the batch was stored) go to the
 //!     dead-letter tree;
 //!   - retry (408, 429, 5xx, network, timeout) → one shared backoff with full jitter, honouring
@@ -32,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
 use crate::queue::{Outbox, Pending, QueueError};
-use crate::sink::{self, AnySink, Classified};
+use crate::sink::{AnySink, Limits, Outcome, Pacer, RecordOutcome, Sink};
 
 /// What one send attempt did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,26 +63,12 @@ pub enum Step {
     },
 }
 
-/// How many of `batch`'s first records fit in `max_bytes` of record JSON; at least one.
-fn within_bytes(batch: &[Pending], max_bytes: usize) -> usize {
-    let mut total = 0usize;
-    batch
-        .iter()
-        .position(|p| {
-            total += p.record_json().len();
-            total > max_bytes
-        })
-        .map_or(batch.len(), |i| i.max(1))
-}
-
 /// New delivery settings for a running [`Sender`] (from a reloaded config).
 pub struct Reconfigure {
-    /// The new sink.
+    /// The new sink (with its limits).
     pub sink: AnySink,
     /// A fresh pacer (its backoff and unauthorized pause start over).
-    pub pacer: sink::Pacer,
-    /// `convex.batch_size`.
-    pub batch_size: usize,
+    pub pacer: Pacer,
     /// See [`Sender::with_in_flight_limit`].
     pub in_flight_limit: Duration,
 }
@@ -90,24 +77,17 @@ pub struct Reconfigure {
 pub struct Sender {
     outbox: Arc<Outbox>,
     sink: AnySink,
-    pacer: sink::Pacer,
-    batch_size: usize,
+    pacer: Pacer,
     in_flight_limit: Duration,
 }
 
 impl Sender {
-    /// A sender over `outbox` and `sink`.
-    pub fn new(
-        outbox: Arc<Outbox>,
-        sink: AnySink,
-        pacer: sink::Pacer,
-        batch_size: usize,
-    ) -> Sender {
+    /// A sender over `outbox` and `sink`, paced by `pacer`.
+    pub fn new(outbox: Arc<Outbox>, sink: AnySink, pacer: Pacer) -> Sender {
         Sender {
             outbox,
             sink,
             pacer,
-            batch_size: batch_size.max(1),
             in_flight_limit: Duration::ZERO,
         }
     }
@@ -133,36 +113,37 @@ impl Sender {
     /// # Errors
     /// [`QueueError`] from the outbox (storage errors are fatal for the daemon).
     pub async fn step(&mut self) -> Result<Step, QueueError> {
-        let mut batch = self.outbox.pending(self.batch_size)?;
+        let limits: Limits = self.sink.limits();
+        let mut batch = self.outbox.pending(limits.max_records.max(1))?;
         if batch.is_empty() {
             return Ok(Step::Idle);
         }
-        batch.truncate(within_bytes(&batch, sink::convex::MAX_BATCH_BYTES));
+        batch.truncate(limits.batch_len(batch.iter().map(|p| p.record_json().len())));
         let outcome = self.send(&batch).await;
         self.apply(&batch, outcome).await
     }
 
-    async fn send(&self, batch: &[Pending]) -> Classified {
+    async fn send(&self, batch: &[Pending]) -> Outcome {
         let records: Vec<&[u8]> = batch.iter().map(|p| p.record_json()).collect();
         self.sink.send(&records).await
     }
 
-    async fn apply(&mut self, batch: &[Pending], outcome: Classified) -> Result<Step, QueueError> {
+    async fn apply(&mut self, batch: &[Pending], outcome: Outcome) -> Result<Step, QueueError> {
+        let wait = self.pacer.observe(&outcome);
         match outcome {
-            Classified::Delivered(items) => {
-                self.pacer.on_success();
+            Outcome::Delivered(records) => {
                 let mut dead = 0;
                 let mut to_ack = Vec::with_capacity(batch.len());
-                // Results are in input order: the Convex sink turns any answer whose results do
-                // not match the records one for one into a retry, the local sink makes one per
-                // record.
-                for (p, item) in batch.iter().zip(&items) {
-                    match item.refusal() {
-                        Some(reason) => {
-                            self.refuse(p, &reason).await?;
+                // One outcome per record, in input order: the Convex sink turns any answer whose
+                // results do not match the records one for one into a retry, the local sink
+                // makes one per record.
+                for (p, record) in batch.iter().zip(&records) {
+                    match record {
+                        RecordOutcome::Refused { reason } => {
+                            self.refuse(p, reason).await?;
                             dead += 1;
                         }
-                        None => to_ack.push(p.clone()),
+                        RecordOutcome::Accepted => to_ack.push(p.clone()),
                     }
                 }
                 // One transaction for the whole batch; a superseded entry stays pending.
@@ -171,7 +152,7 @@ impl Sender {
                 self.outbox.record_delivery(now_ms())?;
                 Ok(Step::Progress { delivered, dead })
             }
-            Classified::Rejected { reason } if batch.len() > 1 => {
+            Outcome::Rejected { reason } if batch.len() > 1 => {
                 // Find the offending record(s): resend one by one.
                 let mut delivered = 0;
                 let mut dead = 0;
@@ -196,24 +177,19 @@ impl Sender {
                 tracing::debug!(%reason, "batch rejected; resent record by record");
                 Ok(Step::Progress { delivered, dead })
             }
-            Classified::Rejected { reason } => {
+            Outcome::Rejected { reason } => {
                 self.refuse(&batch[0], &reason).await?;
                 Ok(Step::Progress {
                     delivered: 0,
                     dead: 1,
                 })
             }
-            Classified::Retry {
-                reason,
-                retry_after,
-            } => {
-                let wait = self.pacer.on_failure(retry_after);
+            Outcome::Retry { reason, .. } => {
                 self.count_attempts(batch)?;
                 self.outbox.record_error(&reason)?;
                 Ok(Step::Backoff { wait, reason })
             }
-            Classified::Unauthorized { reason } => {
-                let wait = self.pacer.pause_unauthorized();
+            Outcome::Unauthorized { reason } => {
                 self.count_attempts(batch)?;
                 self.outbox.record_error(&reason)?;
                 Ok(Step::Unauthorized { wait, reason })
@@ -250,7 +226,6 @@ impl Sender {
     pub fn reconfigure(&mut self, r: Reconfigure) {
         self.sink = r.sink;
         self.pacer = r.pacer;
-        self.batch_size = r.batch_size.max(1);
         self.in_flight_limit = r.in_flight_limit;
     }
 

@@ -184,8 +184,8 @@ pub(crate) fn new_record(record: &SessionExport, json: Vec<u8>) -> NewRecord {
 
 pub(crate) fn sender_for(config: &Config, outbox: Arc<Outbox>) -> anyhow::Result<Sender> {
     let sink = AnySink::from_config(config).context("setting up the sink")?;
-    let pacer = sink::Pacer::new(sink::RetryPolicy::from_config(&config.convex));
-    Ok(Sender::new(outbox, sink, pacer, config.convex.batch_size))
+    let pacer = sink::Pacer::new(sink::RetryPolicy::from(&config.convex));
+    Ok(Sender::new(outbox, sink, pacer))
 }
 
 /// How long the sender lets a request in flight finish on shutdown: the grace period minus
@@ -446,8 +446,7 @@ pub(crate) fn apply_reload(
         };
         let _ = reconfigure.send(Reconfigure {
             sink,
-            pacer: sink::Pacer::new(sink::RetryPolicy::from_config(&plan.effective.convex)),
-            batch_size: plan.effective.convex.batch_size,
+            pacer: sink::Pacer::new(sink::RetryPolicy::from(&plan.effective.convex)),
             in_flight_limit: in_flight_limit(&plan.effective),
         });
     }

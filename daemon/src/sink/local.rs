@@ -4,9 +4,12 @@
 //! - Each record is written as its JSON text exactly, followed by `\n` (a line break inside a
 //!   record, only possible as insignificant whitespace in valid JSON, becomes a space, so a
 //!   record is always one line).
-//! - A batch is reported [`Classified::Delivered`] only after `write_all` and `sync_data`
-//!   returned; each record's result is `appended`. On a write or sync error the file is cut back
-//!   to its length before the batch (best effort) and the outcome is [`Classified::Retry`].
+//! - A batch is reported [`Outcome::Delivered`] only after `write_all` and `sync_data`
+//!   returned; every record is [`RecordOutcome::Accepted`]. On a write or sync error the file is
+//!   cut back to its length before the batch (best effort) and the outcome is
+//!   [`Outcome::Retry`].
+//! - Batches are at most [`MAX_BATCH_RECORDS`] records and [`MAX_BATCH_BYTES`] (the sink's
+//!   [`Limits`]): one batch is one buffered write, so this bounds the memory a send takes.
 //! - The file is created with mode 0600 (unix) and its parent directories as needed; after
 //!   creating it the directory is synced too, so the file survives a power loss.
 //! - **Torn tail repair.** A crash during an append can leave a last line without its `\n`.
@@ -24,10 +27,14 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::sink::{parse_record, Classified, ItemResult, SinkError};
+use crate::config::LocalConfig;
+use crate::sink::{parse_record, Limits, Outcome, RecordOutcome, Sink, SinkError};
 
-/// The result given to every record appended by the local sink.
-pub const ACTION_APPENDED: &str = "appended";
+/// Most records one append carries.
+pub const MAX_BATCH_RECORDS: usize = 500;
+
+/// Most bytes of records one append carries (a single larger record is still written alone).
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Longest torn last line the repair removes (bytes).
 pub const MAX_TORN_TAIL: u64 = 16 * 1024 * 1024;
@@ -57,6 +64,15 @@ pub struct LocalSink {
 struct Inner {
     lock: Mutex<()>,
     synced: AtomicU64,
+}
+
+impl TryFrom<&LocalConfig> for LocalSink {
+    type Error = SinkError;
+
+    /// [`LocalSink::open`] on `local.path`.
+    fn try_from(cfg: &LocalConfig) -> Result<LocalSink, SinkError> {
+        LocalSink::open(cfg.path.clone())
+    }
 }
 
 impl LocalSink {
@@ -90,57 +106,62 @@ impl LocalSink {
         &self.path
     }
 
-    /// `local file <path>`.
-    pub fn describe(&self) -> String {
-        format!("local file {}", self.path.display())
-    }
-
     /// Batches appended and synced so far by this sink (and its clones).
     pub fn synced_batches(&self) -> u64 {
         self.inner.synced.load(Ordering::Relaxed)
     }
+}
+
+impl Sink for LocalSink {
+    /// `local file <path>`.
+    fn describe(&self) -> String {
+        format!("local file {}", self.path.display())
+    }
+
+    /// [`MAX_BATCH_RECORDS`], [`MAX_BATCH_BYTES`].
+    fn limits(&self) -> Limits {
+        Limits {
+            max_records: MAX_BATCH_RECORDS,
+            max_bytes: MAX_BATCH_BYTES,
+        }
+    }
 
     /// Appends `records` (each a JSON object) as lines and syncs the file.
     ///
-    /// Returns `Delivered` with one `appended` result per record (its `sessionId`, or empty)
-    /// once the data is on disk; `Rejected` without writing anything when a record is not a
-    /// JSON object (split the batch to find it); `Retry` when the file cannot be written or
-    /// synced. The IO runs on tokio's blocking pool.
-    pub async fn send(&self, records: &[&[u8]]) -> Classified {
+    /// Returns `Delivered` with every record `Accepted` once the data is on disk; `Rejected`
+    /// without writing anything when a record is not a JSON object (split the batch to find
+    /// it); `Retry` when the file cannot be written or synced. The IO runs on tokio's blocking
+    /// pool.
+    async fn send(&self, records: &[&[u8]]) -> Outcome {
         if records.is_empty() {
-            return Classified::Delivered(Vec::new());
+            return Outcome::Delivered(Vec::new());
         }
         let n = records.len();
         let mut lines = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum());
-        let mut items = Vec::with_capacity(n);
         for (i, record) in records.iter().enumerate() {
-            let session_id = match parse_record(record) {
-                Ok((_, id)) => id.unwrap_or_default(),
-                Err(why) => {
-                    return Classified::Rejected {
-                        reason: format!("record {} of {n}: {why}", i + 1),
-                    }
-                }
-            };
+            if let Err(why) = parse_record(record) {
+                return Outcome::Rejected {
+                    reason: format!("record {} of {n}: {why}", i + 1),
+                };
+            }
             // Valid JSON has line breaks only as whitespace between tokens.
             lines.extend(record.iter().map(|&b| match b {
                 b'\n' | b'\r' => b' ',
                 b => b,
             }));
             lines.push(b'\n');
-            items.push(ItemResult::new(session_id, ACTION_APPENDED));
         }
         let inner = self.inner.clone();
         let path = self.path.clone();
         match tokio::task::spawn_blocking(move || append(&inner, &path, &lines)).await {
-            Ok(Ok(())) => Classified::Delivered(items),
-            Ok(Err(e)) => Classified::Retry {
+            Ok(Ok(())) => Outcome::Delivered(vec![RecordOutcome::Accepted; n]),
+            Ok(Err(e)) => Outcome::Retry {
                 reason: format!("local file {}: {e}", self.path.display()),
-                retry_after: None,
+                after: None,
             },
-            Err(e) => Classified::Retry {
+            Err(e) => Outcome::Retry {
                 reason: format!("local file {}: write task failed: {e}", self.path.display()),
-                retry_after: None,
+                after: None,
             },
         }
     }
@@ -289,15 +310,12 @@ mod tests {
         let got = sink.send(&[&a, &b]).await;
         assert_eq!(
             got,
-            Classified::Delivered(vec![
-                ItemResult::new("a", "appended"),
-                ItemResult::new("b", "appended"),
-            ])
+            Outcome::Delivered(vec![RecordOutcome::Accepted, RecordOutcome::Accepted])
         );
-        let Classified::Delivered(items) = sink.send(&[&c]).await else {
-            panic!()
-        };
-        assert_eq!(items[0].session_id, "");
+        assert_eq!(
+            sink.send(&[&c]).await,
+            Outcome::Delivered(vec![RecordOutcome::Accepted])
+        );
         assert_eq!(sink.synced_batches(), 2);
         let mut expected = Vec::new();
         for r in [&a, &b, &c] {
@@ -306,7 +324,7 @@ mod tests {
         }
         assert_eq!(std::fs::read(&path).unwrap(), expected);
         assert_eq!(lines(&path).len(), 3);
-        assert_eq!(sink.send(&[]).await, Classified::Delivered(vec![]));
+        assert_eq!(sink.send(&[]).await, Outcome::Delivered(vec![]));
         assert_eq!(sink.synced_batches(), 2);
     }
 
@@ -327,10 +345,7 @@ mod tests {
         let path = dir.path().join("s.ndjson");
         let sink = LocalSink::open(&path).unwrap();
         let pretty = b"{\r\n  \"sessionId\": \"p\",\n  \"n\": [1,\n2]\n}".to_vec();
-        assert!(matches!(
-            sink.send(&[&pretty]).await,
-            Classified::Delivered(_)
-        ));
+        assert!(matches!(sink.send(&[&pretty]).await, Outcome::Delivered(_)));
         let got = lines(&path);
         assert_eq!(got, vec![serde_json::json!({"sessionId":"p","n":[1,2]})]);
     }
@@ -344,7 +359,7 @@ mod tests {
         for bad in [&b"[1,2]"[..], b"\"s\"", b"{\"a\":", b"", b"{} {}", b"\xff"] {
             let got = sink.send(&[&good, bad]).await;
             assert!(
-                matches!(&got, Classified::Rejected { reason } if reason.starts_with("record 2 of 2: ")),
+                matches!(&got, Outcome::Rejected { reason } if reason.starts_with("record 2 of 2: ")),
                 "{got:?}"
             );
         }
@@ -364,7 +379,7 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), old);
         // The interrupted record is appended again (it was still in the outbox).
         let b = rec("b");
-        assert!(matches!(sink.send(&[&b]).await, Classified::Delivered(_)));
+        assert!(matches!(sink.send(&[&b]).await, Outcome::Delivered(_)));
         let ids: Vec<Value> = lines(&path)
             .iter()
             .map(|l| l["sessionId"].clone())
@@ -379,13 +394,13 @@ mod tests {
         let sink = LocalSink::open(&path).unwrap();
         assert!(matches!(
             sink.send(&[&rec("a")]).await,
-            Classified::Delivered(_)
+            Outcome::Delivered(_)
         ));
         // A crash of an earlier process left half a line (the whole file is one torn line here).
         std::fs::write(&path, b"{\"sessionId\":\"x\"").unwrap();
         assert!(matches!(
             sink.send(&[&rec("b")]).await,
-            Classified::Delivered(_)
+            Outcome::Delivered(_)
         ));
         let ids: Vec<Value> = lines(&path)
             .iter()
@@ -473,7 +488,7 @@ mod tests {
         std::fs::create_dir(&path).unwrap(); // the file became a directory
         let got = sink.send(&[&rec("a")]).await;
         assert!(
-            matches!(&got, Classified::Retry { reason, retry_after: None } if reason.contains("cannot open")),
+            matches!(&got, Outcome::Retry { reason, after: None } if reason.contains("cannot open")),
             "{got:?}"
         );
     }
@@ -485,7 +500,7 @@ mod tests {
         let sink = LocalSink::open("/dev/full").unwrap();
         let got = sink.send(&[&rec("a")]).await;
         assert!(
-            matches!(&got, Classified::Retry { reason, .. } if reason.contains("appending failed")),
+            matches!(&got, Outcome::Retry { reason, .. } if reason.contains("appending failed")),
             "{got:?}"
         );
         assert_eq!(sink.synced_batches(), 0);

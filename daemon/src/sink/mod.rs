@@ -1,107 +1,185 @@
-//! Delivery of outbox records to Convex or to a local NDJSON file.
+//! What every sink shares: the [`Sink`] contract, the generic [`Outcome`] of one delivery
+//! attempt, the [`Limits`] each sink declares, [`AnySink`] (the configured one) and the
+//! [`retry::Pacer`] that spaces attempts.
 //!
-//! The sink layer takes a batch of stored records (opaque JSON object bytes, never re-encoded),
-//! makes **one** delivery attempt and says what became of it as a [`Classified`]. It keeps no
-//! queue and never retries on its own: the sender owns the outbox and the policy, pacing itself
-//! with the one shared [`retry::Pacer`].
+//! A sink takes a batch of stored records (opaque JSON object bytes, never re-encoded), makes
+//! **one** delivery attempt and says what became of it. It keeps no queue and never retries on
+//! its own: the sender ([`crate::daemon::deliver`]) owns the outbox and the policy, and asks the
+//! sink for its [`Limits`] before it cuts a batch.
 //!
-//! - [`AnySink`]: enum dispatch over the two sinks, chosen by [`AnySink::from_config`]: Convex
-//!   when `convex.url` is set, else the local file.
-//! - [`ConvexSink`]: `POST <HTTP-actions origin>/ingest`, the deployment's HTTP action
-//!   (`convex/convex/http.ts`), which checks the bearer ingest token and calls the internal
-//!   upsert mutation. No Convex admin or deploy key is involved.
-//! - [`LocalSink`]: appends one line per record to `local.path` and syncs (see [`local`] for the
-//!   torn-tail repair).
-//! - [`classify()`]: the one decision about an HTTP answer; [`retry`]: backoff and the gate.
+//! - [`convex`]: `POST <deployment>.convex.site/ingest`, the deployment's HTTP action; its wire
+//!   format, the classification of an HTTP answer and its URL rules live there.
+//! - [`local`]: appends one line per record to `local.path` and syncs.
 //!
-//! # Wire format (Convex)
+//! # Outcomes
 //!
-//! ```text
-//! POST https://<name>.convex.site/ingest          (derived from convex.url; plain http://
-//! Content-Type: application/json                   only to a loopback host)
-//! Authorization: Bearer <convex.ingest_token>
-//! User-Agent: opencode-telemetry/<CARGO_PKG_VERSION>
-//!
-//! {"sessions":[<record>, <record>, …]}             1..=500 records, ≤ 8 MiB of records
-//!
-//! 200 {"results":[{"sessionId":"…","action":"inserted"},
-//!                 {"sessionId":"…","action":"conflict","storedDeviceId":"…"},
-//!                 {"sessionId":"…","action":"rejected","error":"…"}, …]}
-//! 400 {"code":"BAD_REQUEST","message":"…"}      413 {"code":"BATCH_TOO_LARGE",…}
-//! 401 {"code":"UNAUTHORIZED","message":"…"}     500 {"code":"INTERNAL",…}
-//! ```
-//!
-//! Each `<record>` is the stored bytes spliced in verbatim (`serde_json::value::RawValue`),
-//! after checking that it is one JSON object. `results` has one entry per record, in input
-//! order; `action` is `inserted`, `updated`, `unchanged`, `stale` (an older
-//! `(updatedAt, exportedAt)` than the stored one: ignored), `conflict` (the session is stored
-//! under another `deviceId`) or `rejected` (the schema or a document limit refused this record;
-//! the rest of the batch was processed). The token travels only in the `Authorization` header
-//! (marked sensitive). The client uses rustls with TLS ≥ 1.2, one pooled connection set, a
-//! request timeout (`convex.request_timeout_secs`), a connect timeout (≤ 10 s) and no
-//! redirects.
-//!
-//! # Classification
-//!
-//! | answer                                                   | outcome              | the sender                                  |
-//! |----------------------------------------------------------|----------------------|---------------------------------------------|
-//! | 2xx `{"results"}`, one result per record                 | `Delivered(results)` | removes them; dead-letters `conflict` and `rejected` ones |
-//! | 401, 403                                                 | `Unauthorized`       | keeps all, pauses `cap`, then tries again   |
-//! | 408, 429, 500–599                                        | `Retry{retry_after}` | keeps, backs off (≥ `Retry-After`, clamped) |
-//! | other 4xx with the action's `{"code","message"}` body (400, 413) | `Rejected`   | splits; dead-letters a lone rejected record |
-//! | 404 without it (no `/ingest` route: functions not deployed) | `Retry`           | keeps, backs off                            |
-//! | other 4xx without it (a proxy, a captive portal)         | `Retry`              | keeps, backs off                            |
-//! | 2xx body not JSON, of another shape, or results ≠ records | `Retry`             | keeps, backs off (see below)                |
-//! | 1xx, 3xx (redirects are not followed), ≥ 600             | `Retry`              | keeps, backs off: a proxy or a wrong URL    |
-//! | no answer: connect, TLS, timeout, reset, body read       | `Retry`              | keeps, backs off                            |
-//! | a record that is not a JSON object (nothing is sent)     | `Rejected`           | splits; dead-letters a lone rejected record |
-//!
-//! A 2xx answer of the wrong shape is a `Retry`, not a `Rejected`: the deployment may be
-//! mid-deploy or behind a misbehaving proxy, nothing is known to be stored, and dead-lettering
-//! on a bad answer would drop records the ingest never judged.
-//!
-//! Local file: `Delivered` with `appended` per record after `sync_data`; `Retry` on any IO
-//! error; `Rejected` for a record that is not a JSON object.
-//!
-//! `Retry-After` is read as delay-seconds or an HTTP-date ([`parse_retry_after`]); garbage and
-//! negative values are ignored; the pacer clamps it to `convex.max_backoff_secs`.
-//!
-//! Every `reason` is one short line: a lowercase description, the HTTP status when there was
-//! one, and the server's message collapsed to one line and truncated to
-//! [`classify::MAX_MESSAGE_CHARS`] characters. It never contains the request body or the
-//! token: the token is removed from server messages and per-record errors (Convex validation
-//! errors echo values) before truncation. Nothing in this module logs a body, a header or the token.
+//! | outcome                         | meaning                                   | the sender                                   |
+//! |---------------------------------|-------------------------------------------|----------------------------------------------|
+//! | `Delivered(per-record outcomes)`| the sink processed the batch              | acks `Accepted` ones, dead-letters `Refused` |
+//! | `Retry { after }`               | transient: nothing known to be stored     | keeps all, backs off (≥ `after`, clamped)    |
+//! | `Rejected`                      | this batch is refused for good            | splits; dead-letters a lone rejected record  |
+//! | `Unauthorized`                  | the credentials are refused               | keeps all, pauses `cap`, then tries again    |
 //!
 //! # Guarantees
 //!
-//! - At least once: `Delivered` is returned only when the sink processed the batch (Convex
-//!   answered with matching results; the local file was synced). Every other outcome means
-//!   "nothing known to be stored", so the sender keeps the records; a resend is harmless because
-//!   the ingest is idempotent and monotonic.
+//! - At least once: `Delivered` is returned only when the sink processed the batch. Every other
+//!   outcome means "nothing known to be stored", so the sender keeps the records; a resend is
+//!   harmless because every sink is idempotent per `(sessionId, updatedAt, exportedAt)`.
 //! - Never a give-up: transient failures are retried forever with capped backoff.
-//! - Never a secret in output: [`ConvexSink`]'s `Debug`, [`AnySink::describe`], errors and
-//!   outcomes are free of the token (tested).
+//! - Never a secret in output: a sink's `Debug`, [`Sink::describe`], errors and outcomes are
+//!   free of its credentials (tested per sink).
+//! - Every `reason` is one short line, never the request body or a credential.
 
-pub use convex::classify;
 pub mod convex;
 pub mod local;
 pub mod retry;
 
+use std::fmt;
+use std::future::Future;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::config::Config;
 
-pub use convex::classify::{
-    classify, parse_retry_after, parse_retry_after_at, Classified, ItemResult,
-};
 pub use convex::ConvexSink;
 pub use local::LocalSink;
 pub use retry::{Pacer, RetryPolicy};
 
-/// Why a sink cannot be built. Sending itself never fails with an error: see [`Classified`].
+/// What became of one batch sent to a sink. Every variant keeps the batch in the outbox except
+/// `Delivered`; which records leave it, and when sending resumes, is the sender's policy (see
+/// the table above).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The sink processed the batch: one outcome per record, in input order.
+    Delivered(Vec<RecordOutcome>),
+    /// A transient failure: nothing is known to be stored. Keep the batch and send it again
+    /// after the backoff ([`Pacer::observe`]).
+    Retry {
+        /// Short lowercase description (the status or transport error and a truncated server
+        /// message). Never contains the request body or a credential.
+        reason: String,
+        /// How long the sink asked to wait (Convex: `Retry-After`), not clamped: the pacer
+        /// clamps it to its cap.
+        after: Option<Duration>,
+    },
+    /// The sink refused this batch for good (bad request, a record too large…). A
+    /// multi-record batch is split and its records sent one by one, so that only the bad record
+    /// is dead-lettered.
+    Rejected {
+        /// As in [`Outcome::Retry`].
+        reason: String,
+    },
+    /// The sink refused the credentials. Keep the queue and pause all sending.
+    Unauthorized {
+        /// As in [`Outcome::Retry`].
+        reason: String,
+    },
+}
+
+/// The sink's verdict on one record of a delivered batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordOutcome {
+    /// The record can leave the outbox: stored, already stored, or older than what the sink
+    /// holds (Convex's `inserted`, `updated`, `unchanged`, `stale`; the file's append).
+    Accepted,
+    /// The sink refused this one record for good (the sender dead-letters it); the rest of its
+    /// batch was processed.
+    Refused {
+        /// Why, one line (for the dead-letter tree and the log), without credentials.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// `delivered`, `retry`, `rejected` or `unauthorized` (for logs and metrics).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Delivered(_) => "delivered",
+            Outcome::Retry { .. } => "retry",
+            Outcome::Rejected { .. } => "rejected",
+            Outcome::Unauthorized { .. } => "unauthorized",
+        }
+    }
+
+    /// The reason of a failure; `None` for `Delivered`.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Delivered(_) => None,
+            Outcome::Retry { reason, .. }
+            | Outcome::Rejected { reason }
+            | Outcome::Unauthorized { reason } => Some(reason),
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Delivered(records) => {
+                let refused = records
+                    .iter()
+                    .filter(|r| matches!(r, RecordOutcome::Refused { .. }))
+                    .count();
+                write!(f, "delivered {} records ({refused} refused)", records.len())
+            }
+            Outcome::Retry {
+                reason,
+                after: Some(after),
+            } => write!(f, "retry: {reason} (retry-after {}s)", after.as_secs()),
+            Outcome::Retry { reason, .. } => write!(f, "retry: {reason}"),
+            Outcome::Rejected { reason } => write!(f, "rejected: {reason}"),
+            Outcome::Unauthorized { reason } => write!(f, "unauthorized: {reason}"),
+        }
+    }
+}
+
+/// How large a batch a sink takes. The sender cuts batches to these; a single record larger
+/// than `max_bytes` is still sent alone (the export keeps records under Convex's 1 MiB
+/// document limit, see [`crate::export::fit()`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most records per batch (≥ 1).
+    pub max_records: usize,
+    /// Most bytes of record JSON per batch (the sum of the records' lengths).
+    pub max_bytes: usize,
+}
+
+impl Limits {
+    /// How many of the first records, of the given lengths in bytes, make one batch: at most
+    /// `max_records`, at most `max_bytes` in total, and at least one.
+    pub fn batch_len(&self, record_lens: impl IntoIterator<Item = usize>) -> usize {
+        let mut total = 0usize;
+        let mut n = 0usize;
+        for len in record_lens.into_iter().take(self.max_records.max(1)) {
+            total = total.saturating_add(len);
+            if total > self.max_bytes && n > 0 {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+}
+
+/// A place records are delivered to.
+pub trait Sink {
+    /// Where it delivers, for logs and `status` (`convex https://x.convex.site`,
+    /// `local file /path`); never a credential.
+    fn describe(&self) -> String;
+
+    /// The largest batch it takes.
+    fn limits(&self) -> Limits;
+
+    /// Makes one delivery attempt of `records` (each one JSON object, at most
+    /// [`Sink::limits`]) and says what became of it. Never fails with an error: every failure
+    /// is an [`Outcome`].
+    fn send(&self, records: &[&[u8]]) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Why a sink cannot be built. Sending itself never fails with an error: see [`Outcome`].
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     /// `convex.url` is not acceptable (not https, or plain http to a non-loopback host).
@@ -139,29 +217,36 @@ pub enum AnySink {
 }
 
 impl AnySink {
-    /// Builds the sink the configuration selects: [`ConvexSink`] when `convex.url` is set,
-    /// else [`LocalSink`] on `local.path` (created if needed).
+    /// Builds the sink the configuration selects: [`ConvexSink`] from `[convex]` when
+    /// `convex.url` is set, else [`LocalSink`] from `[local]` (its file created if needed).
     ///
     /// # Errors
     /// See [`SinkError`].
     pub fn from_config(cfg: &Config) -> Result<AnySink, SinkError> {
         if cfg.uses_convex() {
-            ConvexSink::new(&cfg.convex).map(AnySink::Convex)
+            ConvexSink::try_from(&cfg.convex).map(AnySink::Convex)
         } else {
-            LocalSink::open(cfg.local.path.clone()).map(AnySink::Local)
+            LocalSink::try_from(&cfg.local).map(AnySink::Local)
         }
     }
+}
 
-    /// `convex https://x.convex.cloud` or `local file /path` (never a secret).
-    pub fn describe(&self) -> String {
+impl Sink for AnySink {
+    fn describe(&self) -> String {
         match self {
             AnySink::Convex(s) => s.describe(),
             AnySink::Local(s) => s.describe(),
         }
     }
 
-    /// Makes one delivery attempt of `records` (each one JSON object) and classifies it.
-    pub async fn send(&self, records: &[&[u8]]) -> Classified {
+    fn limits(&self) -> Limits {
+        match self {
+            AnySink::Convex(s) => s.limits(),
+            AnySink::Local(s) => s.limits(),
+        }
+    }
+
+    async fn send(&self, records: &[&[u8]]) -> Outcome {
         match self {
             AnySink::Convex(s) => s.send(records).await,
             AnySink::Local(s) => s.send(records).await,
@@ -191,15 +276,11 @@ pub(crate) fn parse_record(bytes: &[u8]) -> Result<(&RawValue, Option<String>), 
 }
 
 #[cfg(test)]
-pub(crate) use test_support::fault_server;
-
-#[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::{ConvexConfig, LocalConfig, Secret};
-    use fault_server::{sample_record, FaultServer, Mode, TOKEN};
-    use serde_json::{json, Value};
     use std::time::Duration;
+    use test_support::fault_server::{sample_record, FaultServer, TOKEN};
 
     async fn bounded<F: std::future::Future>(f: F) -> F::Output {
         tokio::time::timeout(Duration::from_secs(10), f)
@@ -207,41 +288,32 @@ mod tests {
             .expect("test took over 10 s")
     }
 
-    /// POSTs `body` to `<url>/ingest` with `Authorization: Bearer <token>` when a token is
-    /// given; returns the status, the body (JSON, or the text as a JSON string) and
-    /// `Retry-After`.
-    async fn post(url: &str, token: Option<&str>, body: &str) -> (u16, Value, Option<String>) {
-        let client = reqwest::Client::new();
-        let mut req = client
-            .post(format!("{url}/ingest"))
-            .header("content-type", "application/json")
-            .body(body.to_string());
-        if let Some(token) = token {
-            req = req.header("authorization", format!("Bearer {token}"));
+    #[test]
+    fn a_batch_takes_records_up_to_either_limit_and_at_least_one() {
+        let l = Limits {
+            max_records: 3,
+            max_bytes: 10,
+        };
+        // (record lengths, records in the first batch)
+        let table: [(&[usize], usize); 8] = [
+            (&[], 0),
+            (&[4], 1),
+            (&[4, 6], 2), // exactly max_bytes
+            (&[4, 7], 1), // one byte over
+            (&[11], 1),   // larger than max_bytes: alone
+            (&[11, 1], 1),
+            (&[1, 1, 1, 1], 3), // max_records
+            (&[0, 0, 0, 0, 0], 3),
+        ];
+        for (lens, expected) in table {
+            assert_eq!(l.batch_len(lens.iter().copied()), expected, "{lens:?}");
         }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .map(|v| v.to_str().unwrap().to_string());
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            retry_after,
-        )
+        let one = Limits {
+            max_records: 0,
+            max_bytes: 0,
+        };
+        assert_eq!(one.batch_len([5, 5]), 1, "never less than one record");
     }
-
-    fn ingest_body(sessions: &[Vec<u8>]) -> String {
-        let sessions: Vec<Value> = sessions
-            .iter()
-            .map(|s| serde_json::from_slice(s).unwrap())
-            .collect();
-        json!({ "sessions": sessions }).to_string()
-    }
-
-    const AUTH: Option<&str> = Some(TOKEN);
 
     #[test]
     fn parse_record_accepts_objects_only() {
@@ -281,6 +353,13 @@ mod tests {
                 dir.path().join("out/sessions.ndjson").display()
             )
         );
+        assert_eq!(
+            local.limits(),
+            Limits {
+                max_records: local::MAX_BATCH_RECORDS,
+                max_bytes: local::MAX_BATCH_BYTES
+            }
+        );
         let r = sample_record("a", "d", 1, 2);
         assert_eq!(local.send(&[&r]).await.kind(), "delivered");
 
@@ -295,6 +374,19 @@ mod tests {
             "convex https://happy-otter-123.convex.site"
         );
         assert!(!format!("{convex:?}").contains("tok-abc"));
+        // The sender's batches: convex.batch_size records (default 100), within Convex's caps.
+        assert_eq!(
+            convex.limits(),
+            Limits {
+                max_records: ConvexConfig::default().batch_size,
+                max_bytes: convex::MAX_BATCH_BYTES
+            }
+        );
+        cfg.convex.batch_size = 10_000;
+        assert_eq!(
+            AnySink::from_config(&cfg).unwrap().limits().max_records,
+            convex::MAX_BATCH_RECORDS
+        );
 
         cfg.convex.url = "http://happy-otter-123.convex.cloud".into();
         let err = AnySink::from_config(&cfg).unwrap_err().to_string();
@@ -320,227 +412,6 @@ mod tests {
             let r = sample_record("a", "d", 1, 2);
             assert_eq!(sink.send(&[&r]).await.kind(), "delivered");
             assert_eq!(h.latest().len(), 1);
-        })
-        .await;
-    }
-
-    // ---- the fault server itself -------------------------------------------------------------
-
-    #[tokio::test]
-    async fn fault_server_applies_the_monotonic_upsert_rule() {
-        bounded(async {
-            let (_server, h) = FaultServer::start().await;
-            let rec = |u, e, dev: &str| sample_record("s", dev, u, e);
-            let batches = [
-                (vec![rec(10, 100, "d")], vec!["inserted"]),
-                (vec![rec(10, 100, "d")], vec!["unchanged"]),
-                (vec![rec(10, 200, "d")], vec!["updated"]),
-                (
-                    vec![rec(10, 150, "d"), rec(9, 999, "d")],
-                    vec!["stale", "stale"],
-                ),
-                (
-                    vec![rec(11, 1, "d"), rec(12, 1, "x")],
-                    vec!["updated", "conflict"],
-                ),
-            ];
-            for (records, actions) in batches {
-                let (status, body, _) = post(&h.url(), AUTH, &ingest_body(&records)).await;
-                assert_eq!(status, 200);
-                let got: Vec<&str> = body["results"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v["action"].as_str().unwrap())
-                    .collect();
-                assert_eq!(got, actions);
-            }
-            let latest = h.latest();
-            assert_eq!(
-                (
-                    latest["s"]["updatedAt"].as_i64(),
-                    latest["s"]["exportedAt"].as_i64()
-                ),
-                (Some(11), Some(1))
-            );
-            let upserts = h.upserts();
-            assert_eq!(upserts.len(), 7);
-            assert_eq!(upserts[6].action, "conflict");
-            assert_eq!(upserts[6].device_id, "x");
-            assert_eq!(
-                (upserts[3].updated_at, upserts[3].exported_at),
-                (10.0, 150.0)
-            );
-            assert!(upserts.windows(2).all(|w| w[0].at <= w[1].at));
-            assert_eq!(h.request_count(), 5);
-            assert_eq!(h.requests()[4].session_ids, ["s", "s"]);
-            assert_eq!(h.requests()[4].status, Some(200));
-        })
-        .await;
-    }
-
-    #[tokio::test]
-    async fn fault_server_checks_requests_like_the_ingest_action() {
-        bounded(async {
-            let (_server, h) = FaultServer::start().await;
-            let ok = ingest_body(&[sample_record("a", "d", 1, 2)]);
-            let url = h.url();
-            let (s, b, _) = post(&url, None, &ok).await;
-            assert_eq!((s, b["code"].as_str()), (401, Some("UNAUTHORIZED")));
-            let (s, b, _) = post(&url, Some("wrong"), &ok).await;
-            assert_eq!((s, b["code"].as_str()), (401, Some("UNAUTHORIZED")));
-            let (s, b, _) = post(&url, AUTH, "{not json").await;
-            assert_eq!((s, b["code"].as_str()), (400, Some("BAD_REQUEST")));
-            let (s, b, _) = post(&url, AUTH, r#"{"sessions":[]}"#).await;
-            assert_eq!((s, b["code"].as_str()), (400, Some("BAD_REQUEST")));
-            let many: Vec<Vec<u8>> = (0..=fault_server::MAX_BATCH)
-                .map(|i| sample_record(&format!("s{i}"), "d", 1, 2))
-                .collect();
-            let (s, b, _) = post(&url, AUTH, &ingest_body(&many)).await;
-            assert_eq!((s, b["code"].as_str()), (413, Some("BATCH_TOO_LARGE")));
-            // No such route: Convex's plain-text 404.
-            let resp = reqwest::Client::new()
-                .post(format!("{url}/api/mutation"))
-                .body(ok.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(resp.status(), 404);
-            assert_eq!(resp.text().await.unwrap(), "No matching routes found");
-            assert!(
-                h.upserts().is_empty(),
-                "nothing written by refused requests"
-            );
-            // An invalid record is rejected alone; the valid one is stored.
-            let (s, b, _) = post(
-                &url,
-                AUTH,
-                &ingest_body(&[
-                    b"{\"sessionId\":\"x\"}".to_vec(),
-                    sample_record("a", "d", 1, 2),
-                ]),
-            )
-            .await;
-            assert_eq!(s, 200);
-            assert_eq!(b["results"][0]["action"], "rejected");
-            assert_eq!(b["results"][0]["sessionId"], "x");
-            assert!(b["results"][0]["error"]
-                .as_str()
-                .unwrap()
-                .contains("ArgumentValidationError"));
-            assert_eq!(b["results"][1]["action"], "inserted");
-            h.set_token(None);
-            let (s, b, _) = post(&url, None, &ingest_body(&[sample_record("b", "d", 1, 2)])).await;
-            assert_eq!(
-                (s, b["results"][0]["action"].as_str()),
-                (200, Some("inserted"))
-            );
-            assert_eq!(h.latest().len(), 2);
-        })
-        .await;
-    }
-
-    #[tokio::test]
-    async fn fault_server_scripts_and_modes() {
-        bounded(async {
-            let (_server, h) = FaultServer::start().await;
-            let url = h.url();
-            let ok = ingest_body(&[sample_record("a", "d", 1, 2)]);
-            h.script([
-                Mode::retry_after(429, "7"),
-                Mode::retry_after(503, "Sun, 06 Nov 2094 08:49:37 GMT"),
-                Mode::retry_after(503, "abc"),
-                Mode::unauthorized(),
-                Mode::ingest_error(400, "BAD_REQUEST", "boom"),
-            ]);
-            let (s, b, ra) = post(&url, AUTH, &ok).await;
-            assert_eq!(
-                (s, b["code"].as_str(), ra.as_deref()),
-                (429, Some("TooManyConcurrentRequests"), Some("7"))
-            );
-            let (s, _, ra) = post(&url, AUTH, &ok).await;
-            assert_eq!(
-                (s, ra.as_deref()),
-                (503, Some("Sun, 06 Nov 2094 08:49:37 GMT"))
-            );
-            let (_, _, ra) = post(&url, AUTH, &ok).await;
-            assert_eq!(ra.as_deref(), Some("abc"));
-            let (s, b, _) = post(&url, AUTH, &ok).await;
-            assert_eq!((s, b["code"].as_str()), (401, Some("UNAUTHORIZED")));
-            let (s, b, _) = post(&url, AUTH, &ok).await;
-            assert_eq!(
-                (s, b),
-                (400, json!({"code": "BAD_REQUEST", "message": "boom"}))
-            );
-            // The script is used up: back to the standing mode.
-            let (_, b, _) = post(&url, AUTH, &ok).await;
-            assert_eq!(b["results"][0]["action"], "inserted");
-            h.set_mode(Mode::status(502)).await;
-            assert_eq!(post(&url, AUTH, &ok).await.0, 502);
-            assert_eq!(post(&url, AUTH, &ok).await.0, 502);
-            h.reject_sessions(["a"]);
-            h.set_mode(Mode::Normal).await;
-            let (_, b, _) = post(&url, AUTH, &ok).await;
-            assert_eq!(b["results"][0]["action"], "rejected");
-            h.clear_rejections();
-            assert_eq!(
-                post(&url, AUTH, &ok).await.1["results"][0]["action"],
-                "unchanged"
-            );
-            let modes: Vec<String> = h.requests().iter().map(|r| r.mode.clone()).collect();
-            assert_eq!(&modes[..3], ["status 429", "status 503", "status 503"]);
-            assert_eq!(h.request_gaps().len(), h.request_count() - 1);
-        })
-        .await;
-    }
-
-    #[tokio::test]
-    async fn fault_server_delays_hangs_resets_refuses_and_comes_back_on_the_same_port() {
-        bounded(async {
-            let (server, h) = FaultServer::start().await;
-            let url = h.url();
-            let addr = h.addr();
-            let ok = ingest_body(&[sample_record("a", "d", 1, 2)]);
-            let client = reqwest::Client::builder()
-                .timeout(Duration::from_millis(300))
-                .build()
-                .unwrap();
-            let send = || {
-                client
-                    .post(format!("{url}/ingest"))
-                    .header("content-type", "application/json")
-                    .header("authorization", format!("Bearer {TOKEN}"))
-                    .body(ok.clone())
-                    .send()
-            };
-            h.set_mode(Mode::Delay(Duration::from_millis(100))).await;
-            let started = tokio::time::Instant::now();
-            assert_eq!(send().await.unwrap().status(), 200);
-            assert!(started.elapsed() >= Duration::from_millis(100));
-            h.set_mode(Mode::Hang).await;
-            assert!(send().await.unwrap_err().is_timeout());
-            h.set_mode(Mode::Reset).await;
-            assert!(send().await.is_err());
-            h.set_mode(Mode::Refuse).await;
-            let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
-            assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-            h.set_mode(Mode::Normal).await;
-            assert_eq!(h.addr(), addr);
-            assert_eq!(send().await.unwrap().status(), 200);
-            let statuses: Vec<Option<u16>> = h.requests().iter().map(|r| r.status).collect();
-            assert_eq!(statuses, [Some(200), None, None, Some(200)]);
-            // Dropping the server stops it; the handle stays readable.
-            drop(server);
-            let mut stopped = false;
-            for _ in 0..200 {
-                if tokio::net::TcpStream::connect(addr).await.is_err() {
-                    stopped = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            assert!(stopped, "the server still accepts after being dropped");
-            assert_eq!(h.request_count(), 4);
         })
         .await;
     }

@@ -30,7 +30,18 @@ use rand::{RngCore, SeedableRng};
 use tokio::time::Instant;
 
 use crate::config::ConvexConfig;
-use crate::sink::Classified;
+use crate::sink::Outcome;
+
+impl From<&ConvexConfig> for RetryPolicy {
+    /// From `convex.initial_backoff_ms` (ms) and `convex.max_backoff_secs` (s). The local file
+    /// sink is paced by the same section: its failures are the disk's, retried the same way.
+    fn from(cfg: &ConvexConfig) -> RetryPolicy {
+        RetryPolicy::new(
+            Duration::from_millis(cfg.initial_backoff_ms),
+            Duration::from_secs(cfg.max_backoff_secs),
+        )
+    }
+}
 
 /// The exponential part of the retry policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,14 +65,6 @@ impl RetryPolicy {
             initial: initial.clamp(Self::MIN_INITIAL, cap),
             cap,
         }
-    }
-
-    /// From `convex.initial_backoff_ms` (ms) and `convex.max_backoff_secs` (s).
-    pub fn from_config(cfg: &ConvexConfig) -> RetryPolicy {
-        RetryPolicy::new(
-            Duration::from_millis(cfg.initial_backoff_ms),
-            Duration::from_secs(cfg.max_backoff_secs),
-        )
     }
 
     /// The first delay.
@@ -182,17 +185,18 @@ impl Pacer {
         self.until_ready()
     }
 
-    /// Feeds an outcome: `Delivered` and `Rejected` → [`Pacer::on_success`] (the server is
-    /// healthy; a rejected batch is split and resent at once), `Retry` →
-    /// [`Pacer::on_failure`], `Unauthorized` → [`Pacer::pause_unauthorized`]. Returns the wait.
-    pub fn observe(&mut self, outcome: &Classified) -> Duration {
+    /// Feeds an outcome — the one mapping from outcomes to waits, used by the sender:
+    /// `Delivered` and `Rejected` → [`Pacer::on_success`] (the sink answered with a verdict; a
+    /// rejected batch is split and resent at once), `Retry` → [`Pacer::on_failure`] with its
+    /// `after`, `Unauthorized` → [`Pacer::pause_unauthorized`]. Returns the wait.
+    pub fn observe(&mut self, outcome: &Outcome) -> Duration {
         match outcome {
-            Classified::Delivered(_) | Classified::Rejected { .. } => {
+            Outcome::Delivered(_) | Outcome::Rejected { .. } => {
                 self.on_success();
                 Duration::ZERO
             }
-            Classified::Retry { retry_after, .. } => self.on_failure(*retry_after),
-            Classified::Unauthorized { .. } => self.pause_unauthorized(),
+            Outcome::Retry { after, .. } => self.on_failure(*after),
+            Outcome::Unauthorized { .. } => self.pause_unauthorized(),
         }
     }
 
@@ -379,7 +383,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn unauthorized_waits_the_cap_then_lets_one_attempt_through() {
         let mut p = Pacer::with_rng(policy(), Constant(u64::MAX));
-        let outcome = Classified::Unauthorized {
+        let outcome = Outcome::Unauthorized {
             reason: "http 401".into(),
         };
         assert_eq!(p.observe(&outcome), SECS(60));
@@ -392,7 +396,7 @@ mod tests {
         assert_eq!(p.observe(&outcome), SECS(60));
         tokio::time::advance(SECS(60)).await;
         // The token was fixed: delivery resumes.
-        assert_eq!(p.observe(&Classified::Delivered(vec![])), Duration::ZERO);
+        assert_eq!(p.observe(&Outcome::Delivered(vec![])), Duration::ZERO);
         assert!(!p.is_unauthorized());
         assert_eq!(p.until_ready(), Duration::ZERO);
     }
@@ -400,13 +404,13 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn observe_maps_every_outcome() {
         let mut p = Pacer::with_rng(policy(), Constant(u64::MAX));
-        let retry = Classified::Retry {
+        let retry = Outcome::Retry {
             reason: "http 503".into(),
-            retry_after: Some(SECS(5)),
+            after: Some(SECS(5)),
         };
         assert_eq!(p.observe(&retry), SECS(5)); // max(1 s, 5 s)
         assert_eq!(p.observe(&retry), SECS(5)); // the pending 5 s gate is kept: max(2 s, 5 s)
-        let rejected = Classified::Rejected {
+        let rejected = Outcome::Rejected {
             reason: "http 400".into(),
         };
         assert_eq!(p.observe(&rejected), Duration::ZERO);
@@ -425,7 +429,7 @@ mod tests {
         }
         assert_eq!(pacer.until_ready(), RetryPolicy::MAX_CAP);
         let cfg = ConvexConfig::default();
-        let p = RetryPolicy::from_config(&cfg);
+        let p = RetryPolicy::from(&cfg);
         assert_eq!((p.initial(), p.cap()), (MS(1000), SECS(300)));
         // A new pacer with the OS RNG starts open.
         assert_eq!(Pacer::new(p).until_ready(), Duration::ZERO);

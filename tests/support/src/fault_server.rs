@@ -785,3 +785,271 @@ fn respond(status: u16, body: String, retry_after: Option<&str>) -> Answer {
     }
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+    use std::time::Duration;
+
+    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("test took over 10 s")
+    }
+
+    /// POSTs `body` to `<url>/ingest` with `Authorization: Bearer <token>` when a token is
+    /// given; returns the status, the body (JSON, or the text as a JSON string) and
+    /// `Retry-After`.
+    async fn post(url: &str, token: Option<&str>, body: &str) -> (u16, Value, Option<String>) {
+        let client = reqwest::Client::new();
+        let mut req = client
+            .post(format!("{url}/ingest"))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .map(|v| v.to_str().unwrap().to_string());
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            retry_after,
+        )
+    }
+
+    fn ingest_body(sessions: &[Vec<u8>]) -> String {
+        let sessions: Vec<Value> = sessions
+            .iter()
+            .map(|s| serde_json::from_slice(s).unwrap())
+            .collect();
+        json!({ "sessions": sessions }).to_string()
+    }
+
+    const AUTH: Option<&str> = Some(TOKEN);
+
+    #[tokio::test]
+    async fn fault_server_applies_the_monotonic_upsert_rule() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let rec = |u, e, dev: &str| sample_record("s", dev, u, e);
+            let batches = [
+                (vec![rec(10, 100, "d")], vec!["inserted"]),
+                (vec![rec(10, 100, "d")], vec!["unchanged"]),
+                (vec![rec(10, 200, "d")], vec!["updated"]),
+                (
+                    vec![rec(10, 150, "d"), rec(9, 999, "d")],
+                    vec!["stale", "stale"],
+                ),
+                (
+                    vec![rec(11, 1, "d"), rec(12, 1, "x")],
+                    vec!["updated", "conflict"],
+                ),
+            ];
+            for (records, actions) in batches {
+                let (status, body, _) = post(&h.url(), AUTH, &ingest_body(&records)).await;
+                assert_eq!(status, 200);
+                let got: Vec<&str> = body["results"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v["action"].as_str().unwrap())
+                    .collect();
+                assert_eq!(got, actions);
+            }
+            let latest = h.latest();
+            assert_eq!(
+                (
+                    latest["s"]["updatedAt"].as_i64(),
+                    latest["s"]["exportedAt"].as_i64()
+                ),
+                (Some(11), Some(1))
+            );
+            let upserts = h.upserts();
+            assert_eq!(upserts.len(), 7);
+            assert_eq!(upserts[6].action, "conflict");
+            assert_eq!(upserts[6].device_id, "x");
+            assert_eq!(
+                (upserts[3].updated_at, upserts[3].exported_at),
+                (10.0, 150.0)
+            );
+            assert!(upserts.windows(2).all(|w| w[0].at <= w[1].at));
+            assert_eq!(h.request_count(), 5);
+            assert_eq!(h.requests()[4].session_ids, ["s", "s"]);
+            assert_eq!(h.requests()[4].status, Some(200));
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn fault_server_checks_requests_like_the_ingest_action() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let ok = ingest_body(&[sample_record("a", "d", 1, 2)]);
+            let url = h.url();
+            let (s, b, _) = post(&url, None, &ok).await;
+            assert_eq!((s, b["code"].as_str()), (401, Some("UNAUTHORIZED")));
+            let (s, b, _) = post(&url, Some("wrong"), &ok).await;
+            assert_eq!((s, b["code"].as_str()), (401, Some("UNAUTHORIZED")));
+            let (s, b, _) = post(&url, AUTH, "{not json").await;
+            assert_eq!((s, b["code"].as_str()), (400, Some("BAD_REQUEST")));
+            let (s, b, _) = post(&url, AUTH, r#"{"sessions":[]}"#).await;
+            assert_eq!((s, b["code"].as_str()), (400, Some("BAD_REQUEST")));
+            let many: Vec<Vec<u8>> = (0..=MAX_BATCH)
+                .map(|i| sample_record(&format!("s{i}"), "d", 1, 2))
+                .collect();
+            let (s, b, _) = post(&url, AUTH, &ingest_body(&many)).await;
+            assert_eq!((s, b["code"].as_str()), (413, Some("BATCH_TOO_LARGE")));
+            // No such route: Convex's plain-text 404.
+            let resp = reqwest::Client::new()
+                .post(format!("{url}/api/mutation"))
+                .body(ok.clone())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 404);
+            assert_eq!(resp.text().await.unwrap(), "No matching routes found");
+            assert!(
+                h.upserts().is_empty(),
+                "nothing written by refused requests"
+            );
+            // An invalid record is rejected alone; the valid one is stored.
+            let (s, b, _) = post(
+                &url,
+                AUTH,
+                &ingest_body(&[
+                    b"{\"sessionId\":\"x\"}".to_vec(),
+                    sample_record("a", "d", 1, 2),
+                ]),
+            )
+            .await;
+            assert_eq!(s, 200);
+            assert_eq!(b["results"][0]["action"], "rejected");
+            assert_eq!(b["results"][0]["sessionId"], "x");
+            assert!(b["results"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("ArgumentValidationError"));
+            assert_eq!(b["results"][1]["action"], "inserted");
+            h.set_token(None);
+            let (s, b, _) = post(&url, None, &ingest_body(&[sample_record("b", "d", 1, 2)])).await;
+            assert_eq!(
+                (s, b["results"][0]["action"].as_str()),
+                (200, Some("inserted"))
+            );
+            assert_eq!(h.latest().len(), 2);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn fault_server_scripts_and_modes() {
+        bounded(async {
+            let (_server, h) = FaultServer::start().await;
+            let url = h.url();
+            let ok = ingest_body(&[sample_record("a", "d", 1, 2)]);
+            h.script([
+                Mode::retry_after(429, "7"),
+                Mode::retry_after(503, "Sun, 06 Nov 2094 08:49:37 GMT"),
+                Mode::retry_after(503, "abc"),
+                Mode::unauthorized(),
+                Mode::ingest_error(400, "BAD_REQUEST", "boom"),
+            ]);
+            let (s, b, ra) = post(&url, AUTH, &ok).await;
+            assert_eq!(
+                (s, b["code"].as_str(), ra.as_deref()),
+                (429, Some("TooManyConcurrentRequests"), Some("7"))
+            );
+            let (s, _, ra) = post(&url, AUTH, &ok).await;
+            assert_eq!(
+                (s, ra.as_deref()),
+                (503, Some("Sun, 06 Nov 2094 08:49:37 GMT"))
+            );
+            let (_, _, ra) = post(&url, AUTH, &ok).await;
+            assert_eq!(ra.as_deref(), Some("abc"));
+            let (s, b, _) = post(&url, AUTH, &ok).await;
+            assert_eq!((s, b["code"].as_str()), (401, Some("UNAUTHORIZED")));
+            let (s, b, _) = post(&url, AUTH, &ok).await;
+            assert_eq!(
+                (s, b),
+                (400, json!({"code": "BAD_REQUEST", "message": "boom"}))
+            );
+            // The script is used up: back to the standing mode.
+            let (_, b, _) = post(&url, AUTH, &ok).await;
+            assert_eq!(b["results"][0]["action"], "inserted");
+            h.set_mode(Mode::status(502)).await;
+            assert_eq!(post(&url, AUTH, &ok).await.0, 502);
+            assert_eq!(post(&url, AUTH, &ok).await.0, 502);
+            h.reject_sessions(["a"]);
+            h.set_mode(Mode::Normal).await;
+            let (_, b, _) = post(&url, AUTH, &ok).await;
+            assert_eq!(b["results"][0]["action"], "rejected");
+            h.clear_rejections();
+            assert_eq!(
+                post(&url, AUTH, &ok).await.1["results"][0]["action"],
+                "unchanged"
+            );
+            let modes: Vec<String> = h.requests().iter().map(|r| r.mode.clone()).collect();
+            assert_eq!(&modes[..3], ["status 429", "status 503", "status 503"]);
+            assert_eq!(h.request_gaps().len(), h.request_count() - 1);
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn fault_server_delays_hangs_resets_refuses_and_comes_back_on_the_same_port() {
+        bounded(async {
+            let (server, h) = FaultServer::start().await;
+            let url = h.url();
+            let addr = h.addr();
+            let ok = ingest_body(&[sample_record("a", "d", 1, 2)]);
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_millis(300))
+                .build()
+                .unwrap();
+            let send = || {
+                client
+                    .post(format!("{url}/ingest"))
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {TOKEN}"))
+                    .body(ok.clone())
+                    .send()
+            };
+            h.set_mode(Mode::Delay(Duration::from_millis(100))).await;
+            let started = tokio::time::Instant::now();
+            assert_eq!(send().await.unwrap().status(), 200);
+            assert!(started.elapsed() >= Duration::from_millis(100));
+            h.set_mode(Mode::Hang).await;
+            assert!(send().await.unwrap_err().is_timeout());
+            h.set_mode(Mode::Reset).await;
+            assert!(send().await.is_err());
+            h.set_mode(Mode::Refuse).await;
+            let refused = tokio::net::TcpStream::connect(addr).await.unwrap_err();
+            assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+            h.set_mode(Mode::Normal).await;
+            assert_eq!(h.addr(), addr);
+            assert_eq!(send().await.unwrap().status(), 200);
+            let statuses: Vec<Option<u16>> = h.requests().iter().map(|r| r.status).collect();
+            assert_eq!(statuses, [Some(200), None, None, Some(200)]);
+            // Dropping the server stops it; the handle stays readable.
+            drop(server);
+            let mut stopped = false;
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(addr).await.is_err() {
+                    stopped = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert!(stopped, "the server still accepts after being dropped");
+            assert_eq!(h.request_count(), 4);
+        })
+        .await;
+    }
+}

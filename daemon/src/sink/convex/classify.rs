@@ -1,180 +1,69 @@
-//! The one decision about a delivery attempt: [`classify`] maps an HTTP answer (status,
-//! headers, body) to a [`Classified`] outcome; transport failures map to
-//! [`Classified::Retry`] as well. The table is in the [`crate::sink`] docs.
+//! The one decision about a Convex delivery attempt: [`classify`] maps an HTTP answer to
+//! the ingest action (status, headers, body) to a sink [`Outcome`]; [`transport_error`] maps a
+//! request that got no answer. Pure: no IO.
+//!
+//! | answer                                                   | outcome              | the sender                                  |
+//! |----------------------------------------------------------|----------------------|---------------------------------------------|
+//! | 2xx `{"results"}`, one result per record                 | `Delivered`          | acks them; dead-letters `conflict` and `rejected` ones |
+//! | 401, 403                                                 | `Unauthorized`       | keeps all, pauses `cap`, then tries again   |
+//! | 408, 429, 500–599                                        | `Retry{after}`       | keeps, backs off (≥ `Retry-After`, clamped) |
+//! | other 4xx with the action's `{"code","message"}` body (400, 413) | `Rejected`   | splits; dead-letters a lone rejected record |
+//! | 404 without it (no `/ingest` route: functions not deployed) | `Retry`           | keeps, backs off                            |
+//! | other 4xx without it (a proxy, a captive portal)         | `Retry`              | keeps, backs off                            |
+//! | 2xx body not JSON, of another shape, or results ≠ records | `Retry`             | keeps, backs off (see below)                |
+//! | 1xx, 3xx (redirects are not followed), ≥ 600             | `Retry`              | keeps, backs off: a proxy or a wrong URL    |
+//! | no answer: connect, TLS, timeout, reset, body read       | `Retry`              | keeps, backs off                            |
+//! | a record that is not a JSON object (nothing is sent)     | `Rejected`           | splits; dead-letters a lone rejected record |
+//!
+//! A 2xx answer of the wrong shape is a `Retry`, not a `Rejected`: the deployment may be
+//! mid-deploy or behind a misbehaving proxy, nothing is known to be stored, and dead-lettering
+//! on a bad answer would drop records the ingest never judged. "Results ≠ records" means a
+//! different count, or a result whose `sessionId` differs from its record's.
+//!
+//! `Retry-After` is read as delay-seconds or an HTTP-date ([`parse_retry_after`]); garbage and
+//! negative values are ignored; the pacer clamps it to `convex.max_backoff_secs`.
+//!
+//! Every `reason` is one short line: a lowercase description, the HTTP status when there was
+//! one, and the server's message collapsed to one line and truncated to [`MAX_MESSAGE_CHARS`]
+//! characters. It never contains the request body or the token: the token is removed from
+//! server messages and per-record errors (Convex validation errors echo values) before
+//! truncation.
 
-use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, RETRY_AFTER};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use super::wire::{is_ingest_error, parse_results, IngestError, IngestResult};
+use crate::sink::Outcome;
 
 /// Longest server message kept in a `reason` (characters, including a trailing `…`).
 pub const MAX_MESSAGE_CHARS: usize = 300;
 
-/// What became of one batch sent to a sink. Every variant keeps the batch in the outbox except
-/// `Delivered`; which records leave it, and when sending resumes, is the caller's policy (see
-/// the table in [`crate::sink`]).
-#[derive(Debug, Clone, PartialEq)]
-pub enum Classified {
-    /// The sink stored the batch. One result per record, in input order. Results with
-    /// [`ItemResult::is_conflict`] are per-record rejections (dead-letter just those); every
-    /// other result (including `stale` and `unchanged`) means the record can leave the outbox.
-    Delivered(Vec<ItemResult>),
-    /// A transient failure: nothing is known to be stored. Keep the batch and send it again
-    /// after the backoff ([`crate::sink::retry::Pacer::on_failure`]).
-    Retry {
-        /// Short lowercase description: the status or transport error and a truncated server
-        /// message. Never contains the request body or the token.
-        reason: String,
-        /// The server's `Retry-After`, parsed (not clamped: the pacer clamps it to its cap).
-        retry_after: Option<Duration>,
-    },
-    /// The sink refused this batch for good (bad request, argument or schema validation,
-    /// a record too large…). A multi-record batch should be split and its records sent one by
-    /// one, so that only the bad record is dead-lettered.
-    Rejected {
-        /// As in [`Classified::Retry`].
-        reason: String,
-    },
-    /// The sink refused the credentials. Keep the queue and pause all sending
-    /// ([`crate::sink::retry::Pacer::pause_unauthorized`]).
-    Unauthorized {
-        /// As in [`Classified::Retry`].
-        reason: String,
-    },
-}
-
-impl Classified {
-    /// `delivered`, `retry`, `rejected` or `unauthorized` (for logs and metrics).
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Classified::Delivered(_) => "delivered",
-            Classified::Retry { .. } => "retry",
-            Classified::Rejected { .. } => "rejected",
-            Classified::Unauthorized { .. } => "unauthorized",
-        }
-    }
-
-    /// The reason of a failure; `None` for `Delivered`.
-    pub fn reason(&self) -> Option<&str> {
-        match self {
-            Classified::Delivered(_) => None,
-            Classified::Retry { reason, .. }
-            | Classified::Rejected { reason }
-            | Classified::Unauthorized { reason } => Some(reason),
-        }
-    }
-}
-
-impl fmt::Display for Classified {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Classified::Delivered(items) => {
-                let refused = items.iter().filter(|i| i.is_refused()).count();
-                write!(f, "delivered {} records ({refused} refused)", items.len())
-            }
-            Classified::Retry {
-                reason,
-                retry_after: Some(after),
-            } => write!(f, "retry: {reason} (retry-after {}s)", after.as_secs()),
-            Classified::Retry { reason, .. } => write!(f, "retry: {reason}"),
-            Classified::Rejected { reason } => write!(f, "rejected: {reason}"),
-            Classified::Unauthorized { reason } => write!(f, "unauthorized: {reason}"),
-        }
-    }
-}
-
-/// The sink's verdict on one record of a delivered batch.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ItemResult {
-    /// The record's `sessionId` (empty when the record has none).
-    #[serde(default)]
-    pub session_id: String,
-    /// Convex: `inserted`, `updated`, `unchanged`, `stale`, `conflict` or `rejected`; local
-    /// file: `appended`. Unknown actions from a newer deployment are kept verbatim and count as
-    /// delivered.
-    pub action: String,
-    /// With `conflict`: the `deviceId` already stored for this session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stored_device_id: Option<String>,
-    /// With `rejected`: why the deployment refused the record (schema validation, a document
-    /// limit), sanitised and without the token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl ItemResult {
-    /// An accepted result: `action` and nothing else.
-    pub fn new(session_id: impl Into<String>, action: impl Into<String>) -> ItemResult {
-        ItemResult {
-            session_id: session_id.into(),
-            action: action.into(),
-            stored_device_id: None,
-            error: None,
-        }
-    }
-
-    /// True for `conflict`: the session is stored under another device, so this record was not
-    /// written and will never be.
-    pub fn is_conflict(&self) -> bool {
-        self.action == "conflict"
-    }
-
-    /// True for `conflict` and `rejected`: the deployment refused this one record for good
-    /// (the sender dead-letters it); the rest of its batch was processed.
-    pub fn is_refused(&self) -> bool {
-        self.is_conflict() || self.action == "rejected"
-    }
-
-    /// Why a refused record was refused (one line, for the dead-letter tree and the log);
-    /// `None` for accepted ones.
-    pub fn refusal(&self) -> Option<String> {
-        match self.action.as_str() {
-            "conflict" => Some(format!(
-                "conflict: session {} is stored under another device id ({})",
-                self.session_id,
-                self.stored_device_id.as_deref().unwrap_or("?")
-            )),
-            "rejected" => Some(format!(
-                "rejected by the deployment: {}",
-                self.error.as_deref().unwrap_or("(no reason given)")
-            )),
-            _ => None,
-        }
-    }
-}
-
-/// Classifies the answer to one `POST /ingest` (see the table in [`crate::sink`]).
+/// Classifies the answer to one `POST /ingest` (see the table above).
 ///
-/// `status` is the HTTP status, `headers` the response headers (only `Retry-After` is read),
-/// `body` the whole response body. Pure: no IO; the server message kept in a reason is
-/// sanitised (control characters collapsed) and truncated to [`MAX_MESSAGE_CHARS`].
-pub fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Classified {
-    classify_redacting(status, headers, body, None)
-}
-
-/// [`classify`], also removing `secret` (raw and JSON-escaped) from every reason. Convex
-/// validation errors echo argument values, so a server message can contain the token.
-pub(crate) fn classify_redacting(
+/// `status` is the HTTP status, `headers` the response headers (only `Retry-After` and
+/// `Location` are read), `body` the whole response body, `sent` the `sessionId` of each record
+/// sent (`None` for a record without one), in order, and `secret` the token, removed (raw and
+/// JSON-escaped) from every reason.
+pub fn classify(
     status: u16,
     headers: &HeaderMap,
     body: &[u8],
+    sent: &[Option<String>],
     secret: Option<&str>,
-) -> Classified {
-    let retry = |what: String| Classified::Retry {
+) -> Outcome {
+    let retry = |what: String| Outcome::Retry {
         reason: format!("http {status}: {what}"),
-        retry_after: retry_after(headers),
+        after: retry_after(headers),
     };
     match status {
-        200..=299 => match parse_ingest_response(body) {
-            Ok(items) => Classified::Delivered(
-                items
+        200..=299 => match parse_results(body).and_then(|r| matching(r, sent)) {
+            Ok(results) => Outcome::Delivered(
+                results
                     .into_iter()
-                    .map(|mut i| {
-                        i.error = i.error.map(|e| sanitize(&e, secret));
-                        i
+                    .map(|mut r| {
+                        r.error = r.error.map(|e| sanitize(&e, secret));
+                        r.outcome()
                     })
                     .collect(),
             ),
@@ -183,7 +72,7 @@ pub(crate) fn classify_redacting(
                 sanitize(&why, secret)
             )),
         },
-        401 | 403 => Classified::Unauthorized {
+        401 | 403 => Outcome::Unauthorized {
             reason: format!("http {status}: {}", request_error_message(body, secret)),
         },
         408 | 429 | 500..=599 => retry(request_error_message(body, secret)),
@@ -192,7 +81,7 @@ pub(crate) fn classify_redacting(
         // itself when the deployment has no `/ingest` route (functions not deployed yet, or the
         // URL names another deployment), a proxy, a captive portal. No record is at fault, so
         // keep them all and retry.
-        400..=499 if is_ingest_error(body) => Classified::Rejected {
+        400..=499 if is_ingest_error(body) => Outcome::Rejected {
             reason: format!("http {status}: {}", request_error_message(body, secret)),
         },
         404 => retry(format!(
@@ -213,13 +102,32 @@ pub(crate) fn classify_redacting(
     }
 }
 
-/// The [`Classified::Retry`] for a request that got no HTTP answer (connect, TLS, timeout,
+/// `results` when they answer `sent` one for one (count, and `sessionId` where the record has
+/// one); else why not.
+fn matching(
+    results: Vec<IngestResult>,
+    sent: &[Option<String>],
+) -> Result<Vec<IngestResult>, String> {
+    if results.len() != sent.len() {
+        return Err(format!(
+            "{} results for {} records",
+            results.len(),
+            sent.len()
+        ));
+    }
+    match results
+        .iter()
+        .zip(sent)
+        .position(|(r, id)| id.as_ref().is_some_and(|id| *id != r.session_id))
+    {
+        Some(i) => Err(format!("result {} is for another session", i + 1)),
+        None => Ok(results),
+    }
+}
+
+/// The [`Outcome::Retry`] for a request that got no HTTP answer (connect, TLS, timeout,
 /// reset, body read). `timeout` is the request timeout, named in the reason when it fired.
-pub(crate) fn transport_error(
-    error: reqwest::Error,
-    timeout: Duration,
-    secret: Option<&str>,
-) -> Classified {
+pub fn transport_error(error: reqwest::Error, timeout: Duration, secret: Option<&str>) -> Outcome {
     let error = error.without_url();
     let what = if error.is_timeout() {
         format!("request timed out after {}ms", timeout.as_millis())
@@ -237,9 +145,9 @@ pub(crate) fn transport_error(
         chain.push_str(&s.to_string());
         source = s.source();
     }
-    Classified::Retry {
+    Outcome::Retry {
         reason: format!("{what}: {}", sanitize(&chain, secret)),
-        retry_after: None,
+        after: None,
     }
 }
 
@@ -280,45 +188,12 @@ fn location(headers: &HeaderMap) -> String {
         .unwrap_or_default()
 }
 
-/// Parses `{"results":[{"sessionId","action",…}, …]}`. `Err` describes a body of the wrong
-/// shape.
-fn parse_ingest_response(body: &[u8]) -> Result<Vec<ItemResult>, String> {
-    #[derive(Deserialize)]
-    struct Answer {
-        results: Vec<ItemResult>,
-    }
-    if body.is_empty() {
-        return Err("empty body".into());
-    }
-    let v: Value = serde_json::from_slice(body).map_err(|e| format!("not json: {e}"))?;
-    if v.get("results").is_none() {
-        return Err("no results field".into());
-    }
-    serde_json::from_value::<Answer>(v)
-        .map(|a| a.results)
-        .map_err(|e| format!("results have the wrong shape: {e}"))
-}
-
 /// The message of a request-level error body (`{"code","message"}`), else the body as text.
-/// True for the ingest HTTP action's error body: a JSON object with a string `code`.
-fn is_ingest_error(body: &[u8]) -> bool {
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("code").map(|c| c.is_string()))
-        .unwrap_or(false)
-}
-
 fn request_error_message(body: &[u8], secret: Option<&str>) -> String {
-    #[derive(Deserialize)]
-    struct RequestError {
-        code: String,
-        #[serde(default)]
-        message: String,
-    }
     if body.is_empty() {
         return "(empty body)".into();
     }
-    match serde_json::from_slice::<RequestError>(body) {
+    match serde_json::from_slice::<IngestError>(body) {
         Ok(e) => sanitize(&format!("{}: {}", e.code, e.message), secret),
         Err(_) => sanitize(&String::from_utf8_lossy(body), secret),
     }
@@ -355,7 +230,25 @@ pub(crate) fn sanitize(text: &str, secret: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sink::RecordOutcome;
     use reqwest::header::HeaderValue;
+
+    /// An answer to a request whose records are not checked against it (no 2xx results).
+    fn classify(status: u16, headers: &HeaderMap, body: &[u8]) -> Outcome {
+        super::classify(status, headers, body, &[], None)
+    }
+
+    /// The `sent` argument for records with these session ids.
+    fn ids(ids: &[&str]) -> Vec<Option<String>> {
+        ids.iter().map(|id| Some(id.to_string())).collect()
+    }
+
+    /// The seven records SUCCESS answers (the last has no `sessionId`).
+    fn success_ids() -> Vec<Option<String>> {
+        let mut sent = ids(&["a", "b", "c", "d", "e", "f"]);
+        sent.push(None);
+        sent
+    }
 
     fn none() -> HeaderMap {
         HeaderMap::new()
@@ -367,9 +260,9 @@ mod tests {
         h
     }
 
-    fn retry_after_of(c: &Classified) -> Option<Duration> {
+    fn retry_after_of(c: &Outcome) -> Option<Duration> {
         match c {
-            Classified::Retry { retry_after, .. } => *retry_after,
+            Outcome::Retry { after, .. } => *after,
             other => panic!("expected retry, got {other:?}"),
         }
     }
@@ -385,43 +278,56 @@ mod tests {
     ]}"#;
 
     #[test]
-    fn success_gives_the_items_in_order_with_refusals_marked() {
-        let Classified::Delivered(items) = classify(200, &none(), SUCCESS.as_bytes()) else {
-            panic!("not delivered");
+    fn success_gives_one_outcome_per_record_in_order_with_refusals_named() {
+        let got = super::classify(200, &none(), SUCCESS.as_bytes(), &success_ids(), None);
+        let refused = |reason: &str| RecordOutcome::Refused {
+            reason: reason.into(),
         };
-        let ids: Vec<&str> = items.iter().map(|i| i.session_id.as_str()).collect();
-        assert_eq!(ids, ["a", "b", "c", "d", "e", "f", ""]);
-        let refused: Vec<bool> = items.iter().map(ItemResult::is_refused).collect();
-        assert_eq!(refused, [false, false, false, false, true, true, true]);
-        assert_eq!(items[4].stored_device_id.as_deref(), Some("dev-other"));
-        assert_eq!(items[0].stored_device_id, None);
         assert_eq!(
-            items[4].refusal().unwrap(),
-            "conflict: session e is stored under another device id (dev-other)"
+            got,
+            Outcome::Delivered(vec![
+                RecordOutcome::Accepted,
+                RecordOutcome::Accepted,
+                RecordOutcome::Accepted,
+                RecordOutcome::Accepted,
+                refused("conflict: session e is stored under another device id (dev-other)"),
+                refused("rejected by the deployment: Value is too large (1.20 MiB > maximum size 1 MiB)"),
+                refused("rejected by the deployment: Object is missing the required field `sessionId`"),
+            ])
         );
-        assert_eq!(
-            items[5].refusal().unwrap(),
-            "rejected by the deployment: Value is too large (1.20 MiB > maximum size 1 MiB)"
-        );
-        assert_eq!(items[0].refusal(), None);
     }
+
     #[test]
     fn any_2xx_is_parsed_like_200() {
         for status in [200, 201, 299] {
             assert!(
-                matches!(classify(status, &none(), SUCCESS.as_bytes()), Classified::Delivered(v) if v.len() == 7),
+                matches!(super::classify(status, &none(), SUCCESS.as_bytes(), &success_ids(), None), Outcome::Delivered(v) if v.len() == 7),
                 "{status}"
             );
         }
     }
+
     #[test]
-    fn unknown_actions_are_kept_and_count_as_delivered() {
-        let body = br#"{"results":[{"sessionId":"a","action":"merged","extra":1}]}"#;
-        let Classified::Delivered(items) = classify(200, &none(), body) else {
-            panic!()
-        };
-        assert_eq!(items[0].action, "merged");
-        assert!(!items[0].is_refused());
+    fn results_that_do_not_answer_the_records_one_for_one_are_retried() {
+        let body = br#"{"results":[{"sessionId":"a","action":"inserted"},{"sessionId":"b","action":"inserted"}]}"#;
+        // (records sent, why the answer does not match; None: it matches)
+        let table: [(Vec<Option<String>>, Option<&str>); 5] = [
+            (ids(&["a", "b"]), None),
+            (vec![None, None], None), // records without a sessionId match any result
+            (ids(&["a"]), Some("2 results for 1 records")),
+            (ids(&["a", "b", "c"]), Some("2 results for 3 records")),
+            (ids(&["b", "a"]), Some("result 1 is for another session")),
+        ];
+        for (sent, why) in table {
+            let got = super::classify(200, &none(), body, &sent, None);
+            match why {
+                None => assert_eq!(got.kind(), "delivered", "{sent:?}"),
+                Some(why) => assert!(
+                    matches!(&got, Outcome::Retry { reason, .. } if reason.contains("mid-deploy") && reason.contains(why)),
+                    "{sent:?}: {got:?}"
+                ),
+            }
+        }
     }
 
     #[test]
@@ -429,7 +335,7 @@ mod tests {
         let body = br#"{"code":"BATCH_TOO_LARGE","message":"At most 500 sessions per request, got 501","limit":500}"#;
         assert_eq!(
             classify(413, &none(), body),
-            Classified::Rejected {
+            Outcome::Rejected {
                 reason: "http 413: BATCH_TOO_LARGE: At most 500 sessions per request, got 501"
                     .into()
             }
@@ -446,7 +352,7 @@ mod tests {
         // What Convex answers on the .convex.site origin when http.ts has no /ingest route
         // (functions not deployed yet): no record is at fault.
         match classify(404, &HeaderMap::new(), b"No matching routes found") {
-            Classified::Retry { reason, .. } => {
+            Outcome::Retry { reason, .. } => {
                 assert!(reason.contains("npx convex deploy"), "{reason}");
                 assert!(reason.contains("No matching routes found"), "{reason}");
             }
@@ -459,7 +365,7 @@ mod tests {
             let body = br#"{"code":"UNAUTHORIZED","message":"The bearer token does not match this deployment's INGEST_TOKEN"}"#;
             assert_eq!(
                 classify(status, &none(), body),
-                Classified::Unauthorized {
+                Outcome::Unauthorized {
                     reason: format!(
                         "http {status}: UNAUTHORIZED: The bearer token does not match this deployment's INGEST_TOKEN"
                     )
@@ -477,9 +383,9 @@ mod tests {
             let c = classify(status, &with_retry_after("7"), body);
             assert_eq!(
                 c,
-                Classified::Retry {
+                Outcome::Retry {
                     reason: format!("http {status}: Overloaded: busy"),
-                    retry_after: Some(Duration::from_secs(7))
+                    after: Some(Duration::from_secs(7))
                 }
             );
             assert_eq!(retry_after_of(&classify(status, &none(), b"")), None);
@@ -493,7 +399,7 @@ mod tests {
             let c = classify(status, &with_retry_after("5"), body);
             assert_eq!(
                 c,
-                Classified::Rejected {
+                Outcome::Rejected {
                     reason: format!("http {status}: BAD_REQUEST: nope")
                 }
             );
@@ -517,7 +423,7 @@ mod tests {
             for status in [200, 204] {
                 let c = classify(status, &none(), body);
                 assert!(
-                    matches!(&c, Classified::Retry { reason, .. } if reason.starts_with(&format!("http {status}: unexpected response body"))),
+                    matches!(&c, Outcome::Retry { reason, .. } if reason.starts_with(&format!("http {status}: unexpected response body"))),
                     "{c:?}"
                 );
             }
@@ -538,9 +444,9 @@ mod tests {
             let c = classify(status, &h, b"");
             assert_eq!(
                 c,
-                Classified::Retry {
+                Outcome::Retry {
                     reason: format!("http {status}: unexpected status (location https://elsewhere.example/ingest): (empty body)"),
-                    retry_after: Some(Duration::from_secs(2)),
+                    after: Some(Duration::from_secs(2)),
                 }
             );
         }
@@ -579,25 +485,26 @@ mod tests {
         let body =
             serde_json::to_vec(&serde_json::json!({"code":"BAD_REQUEST","message": message}))
                 .unwrap();
-        let c = classify_redacting(400, &none(), &body, Some(secret));
+        let c = super::classify(400, &none(), &body, &[], Some(secret));
         let mut text = format!("{c:?} {c}");
         // A per-record error echoing the record (and the token) is redacted too.
         let body = serde_json::to_vec(&serde_json::json!({"results": [
             {"sessionId": "a", "action": "rejected", "error": message}
         ]}))
         .unwrap();
-        let c = classify_redacting(200, &none(), &body, Some(secret));
-        let Classified::Delivered(items) = &c else {
-            panic!("{c:?}")
-        };
-        text.push_str(&format!("{c:?} {:?}", items[0].refusal()));
+        let c = super::classify(200, &none(), &body, &ids(&["a"]), Some(secret));
+        assert!(
+            matches!(&c, Outcome::Delivered(r) if matches!(r[..], [RecordOutcome::Refused { .. }])),
+            "{c:?}"
+        );
+        text.push_str(&format!("{c:?}"));
         assert!(!text.contains(secret) && !text.contains(escaped), "{text}");
         assert!(
             !text.contains("tok\\\"en") && !text.contains("tok\"en"),
             "{text}"
         );
         let body = format!(r#"{{"code":"Overloaded","message":"{escaped}"}}"#);
-        let c = classify_redacting(503, &none(), body.as_bytes(), Some(secret));
+        let c = super::classify(503, &none(), body.as_bytes(), &[], Some(secret));
         assert_eq!(c.reason(), Some("http 503: Overloaded: [redacted]"));
     }
 
@@ -666,19 +573,14 @@ mod tests {
 
     #[test]
     fn display_and_kind() {
-        let c = Classified::Retry {
+        let c = Outcome::Retry {
             reason: "http 429: x".into(),
-            retry_after: Some(Duration::from_secs(7)),
+            after: Some(Duration::from_secs(7)),
         };
         assert_eq!(c.to_string(), "retry: http 429: x (retry-after 7s)");
         assert_eq!(c.kind(), "retry");
-        let Classified::Delivered(items) = classify(200, &none(), SUCCESS.as_bytes()) else {
-            panic!()
-        };
-        assert_eq!(
-            Classified::Delivered(items).to_string(),
-            "delivered 7 records (3 refused)"
-        );
+        let got = super::classify(200, &none(), SUCCESS.as_bytes(), &success_ids(), None);
+        assert_eq!(got.to_string(), "delivered 7 records (3 refused)");
     }
 
     #[test]
@@ -686,15 +588,15 @@ mod tests {
         let html = b"<html><body>400 Bad Request (proxy)</body></html>";
         assert!(matches!(
             classify(400, &HeaderMap::new(), html),
-            Classified::Retry { .. }
+            Outcome::Retry { .. }
         ));
         assert!(matches!(
             classify(404, &HeaderMap::new(), b""),
-            Classified::Retry { .. }
+            Outcome::Retry { .. }
         ));
         let ours = br#"{"code":"BAD_REQUEST","message":"The body is not a JSON object"}"#;
         match classify(400, &HeaderMap::new(), ours) {
-            Classified::Rejected { reason } => assert!(reason.contains("BAD_REQUEST"), "{reason}"),
+            Outcome::Rejected { reason } => assert!(reason.contains("BAD_REQUEST"), "{reason}"),
             other => panic!("{other:?}"),
         }
     }

@@ -1,19 +1,32 @@
 //! The Convex sink: one `POST /ingest` per batch to the deployment's HTTP action (served on its
-//! `.convex.site` origin by `convex/convex/http.ts`). The wire format and the classification
-//! table are in the [`crate::sink`] docs.
+//! `.convex.site` origin by `convex/convex/http.ts`), which checks the bearer ingest token and
+//! calls the internal upsert mutation. No Convex admin or deploy key is involved.
+//!
+//! - [`wire`]: the request and response shapes, with the [`wire::Action`] enum.
+//! - [`classify`](mod@classify): the one decision about an HTTP answer.
+//! - [`url`]: which `convex.url` values are accepted, and the `.convex.cloud` → `.convex.site`
+//!   rule.
+//! - here: the HTTP client and the batch limits ([`MAX_BATCH_RECORDS`], [`MAX_BATCH_BYTES`]).
+//!
+//! The token travels only in the `Authorization` header (marked sensitive). The client uses
+//! rustls with TLS ≥ 1.2, one pooled connection set, a request timeout
+//! (`convex.request_timeout_secs`), a connect timeout (≤ 10 s) and no redirects. Nothing here
+//! logs a body, a header or the token; the sink's `Debug`, [`Sink::describe`], errors and
+//! outcomes are free of it (tested).
 
 pub mod classify;
+pub mod url;
+pub mod wire;
 
 use std::fmt;
 use std::time::Duration;
 
 use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
-use serde::Serialize;
-use serde_json::value::RawValue;
 
-use crate::config::{check_convex_url, ConvexConfig, Secret};
-use crate::sink::classify::{classify_redacting, sanitize, transport_error};
-use crate::sink::{parse_record, Classified, SinkError};
+use crate::config::{ConvexConfig, Secret};
+use crate::sink::{parse_record, Limits, Outcome, Sink, SinkError};
+use classify::{classify, sanitize, transport_error};
+use wire::IngestBody;
 
 /// The `User-Agent` sent: `opencode-telemetry/<crate version>`.
 pub const USER_AGENT: &str = concat!("opencode-telemetry/", env!("CARGO_PKG_VERSION"));
@@ -27,7 +40,7 @@ pub const MAX_BATCH_RECORDS: usize = 500;
 /// Most bytes of records one request carries (the sum of the records' JSON). Convex takes
 /// 16 MiB of arguments per mutation and 20 MiB per HTTP request; 8 MiB keeps one transaction's
 /// writes (16 MiB) clear too. A single record larger than this is still sent alone: the
-/// daemon's [`crate::export::fit`] keeps every record under 1 MiB.
+/// daemon's [`crate::export::fit()`] keeps every record under 1 MiB.
 pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
 
 /// Longest connect timeout (s); the request timeout is used when shorter.
@@ -36,12 +49,13 @@ pub const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest response body read (bytes); a longer one is a transient failure.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 
-/// Sends batches to the `POST /ingest` HTTP action of a Convex deployment. Cheap to share by reference; the
+/// Sends batches to the `POST /ingest` HTTP action of a Convex deployment. Cheap to clone; the
 /// one `reqwest::Client` inside pools connections.
 #[derive(Clone)]
 pub struct ConvexSink {
     client: reqwest::Client,
-    endpoint: url::Url,
+    limits: Limits,
+    endpoint: ::url::Url,
     origin: String,
     token: Secret,
     request_timeout: Duration,
@@ -53,67 +67,47 @@ impl fmt::Debug for ConvexSink {
             .field("endpoint", &self.origin)
             .field("token", &self.token)
             .field("request_timeout", &self.request_timeout)
+            .field("limits", &self.limits)
             .finish()
     }
 }
 
-#[derive(Serialize)]
-struct IngestBody<'a> {
-    sessions: Vec<&'a RawValue>,
-}
+impl TryFrom<&ConvexConfig> for ConvexSink {
+    type Error = SinkError;
 
-/// The HTTP-actions origin of the deployment named by `url` (`convex.url`):
-/// `https://<name>.convex.cloud` (the URL `npx convex deploy` prints; the function API) becomes
-/// `https://<name>.convex.site`, where Convex serves HTTP actions; any other URL (a
-/// `.convex.site` one, a custom domain, a self-hosted backend's HTTP-actions port such as
-/// `http://127.0.0.1:3211`) is used as given. Credentials, query and fragment are dropped.
-pub fn site_url(url: &url::Url) -> url::Url {
-    let mut site = url.clone();
-    let _ = site.set_username("");
-    let _ = site.set_password(None);
-    site.set_query(None);
-    site.set_fragment(None);
-    if let Some(host) = url.host_str() {
-        let lower = host.to_ascii_lowercase();
-        if let Some(name) = lower.strip_suffix(".convex.cloud") {
-            // A valid host with one label changed stays valid.
-            let _ = site.set_host(Some(&format!("{name}.convex.site")));
-        }
-    }
-    site
-}
-
-impl ConvexSink {
-    /// A sink posting to `<site_url(cfg.url)>/ingest` with `cfg.ingest_token`, a request timeout of
-    /// `cfg.request_timeout_secs` (s) and a connect timeout of at most
+    /// A sink posting to `<url::site_url(cfg.url)>/ingest` with `cfg.ingest_token`, batches of
+    /// at most `cfg.batch_size` (and [`MAX_BATCH_RECORDS`]) records and [`MAX_BATCH_BYTES`], a
+    /// request timeout of `cfg.request_timeout_secs` (s) and a connect timeout of at most
     /// [`MAX_CONNECT_TIMEOUT`].
     ///
     /// # Errors
     /// [`SinkError::ConvexUrl`] when the URL is not `https://` (or `http://` to a loopback
     /// host), [`SinkError::MissingToken`] when the token is empty, [`SinkError::Client`] when
     /// the HTTP client cannot be built.
-    pub fn new(cfg: &ConvexConfig) -> Result<ConvexSink, SinkError> {
+    fn try_from(cfg: &ConvexConfig) -> Result<ConvexSink, SinkError> {
         let timeout = Duration::from_secs(cfg.request_timeout_secs.max(1));
         ConvexSink::with_timeouts(cfg, timeout, timeout.min(MAX_CONNECT_TIMEOUT))
     }
+}
 
-    /// [`ConvexSink::new`] with an explicit request timeout and connect timeout (time-compressed
+impl ConvexSink {
+    /// [`ConvexSink::try_from`] with an explicit request timeout and connect timeout (time-compressed
     /// tests use sub-second ones; `convex.request_timeout_secs` is ignored).
     ///
     /// # Errors
-    /// As [`ConvexSink::new`].
+    /// As [`ConvexSink::try_from`].
     pub fn with_timeouts(
         cfg: &ConvexConfig,
         request_timeout: Duration,
         connect_timeout: Duration,
     ) -> Result<ConvexSink, SinkError> {
-        let url = check_convex_url(&cfg.url).map_err(|message| SinkError::ConvexUrl { message })?;
+        let parsed = url::check(&cfg.url).map_err(|message| SinkError::ConvexUrl { message })?;
         if cfg.ingest_token.is_empty() {
             return Err(SinkError::MissingToken);
         }
         // Credentials in the URL would be sent (and shown); the token goes in a header only.
-        let mut base = site_url(&url);
-        let origin = display_url(&base);
+        let mut base = url::site_url(&parsed);
+        let origin = url::display(&base);
         if !base.path().ends_with('/') {
             let path = format!("{}/", base.path());
             base.set_path(&path);
@@ -133,6 +127,10 @@ impl ConvexSink {
             })?;
         Ok(ConvexSink {
             client,
+            limits: Limits {
+                max_records: cfg.batch_size.clamp(1, MAX_BATCH_RECORDS),
+                max_bytes: MAX_BATCH_BYTES,
+            },
             endpoint,
             origin,
             token: cfg.ingest_token.clone(),
@@ -140,14 +138,21 @@ impl ConvexSink {
         })
     }
 
+    /// The URL posted to: `<HTTP-actions origin>/ingest`.
+    pub fn endpoint(&self) -> &::url::Url {
+        &self.endpoint
+    }
+}
+
+impl Sink for ConvexSink {
     /// `convex <HTTP-actions origin>` (no credentials).
-    pub fn describe(&self) -> String {
+    fn describe(&self) -> String {
         format!("convex {}", self.origin)
     }
 
-    /// The URL posted to: `<HTTP-actions origin>/ingest`.
-    pub fn endpoint(&self) -> &url::Url {
-        &self.endpoint
+    /// `convex.batch_size` (at most [`MAX_BATCH_RECORDS`]) records, [`MAX_BATCH_BYTES`].
+    fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// Sends `records` (each a JSON object, spliced into the body verbatim) in one
@@ -158,9 +163,9 @@ impl ConvexSink {
     /// results do not match the records one for one (count, or `sessionId` where the record
     /// has one) is turned into `Retry`. Nothing is logged above debug, and never a body, a
     /// header or the token.
-    pub async fn send(&self, records: &[&[u8]]) -> Classified {
+    async fn send(&self, records: &[&[u8]]) -> Outcome {
         if records.is_empty() {
-            return Classified::Delivered(Vec::new());
+            return Outcome::Delivered(Vec::new());
         }
         let n = records.len();
         let mut sessions = Vec::with_capacity(n);
@@ -172,7 +177,7 @@ impl ConvexSink {
                     ids.push(id);
                 }
                 Err(why) => {
-                    return Classified::Rejected {
+                    return Outcome::Rejected {
                         reason: format!("record {} of {n}: {why}", i + 1),
                     }
                 }
@@ -182,7 +187,7 @@ impl ConvexSink {
         let body = match serde_json::to_vec(&body) {
             Ok(b) => b,
             Err(e) => {
-                return Classified::Rejected {
+                return Outcome::Rejected {
                     reason: format!("cannot encode the request: {e}"),
                 }
             }
@@ -192,7 +197,7 @@ impl ConvexSink {
             Ok(v) => v,
             Err(_) => {
                 // Not a retry: the token cannot change without a reload.
-                return Classified::Unauthorized {
+                return Outcome::Unauthorized {
                     reason: "convex.ingest_token contains characters not allowed in an HTTP header"
                         .into(),
                 };
@@ -219,79 +224,46 @@ impl ConvexSink {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
                     if bytes.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                        return Classified::Retry {
+                        return Outcome::Retry {
                             reason: format!(
                                 "http {status}: response body over {MAX_RESPONSE_BYTES} bytes"
                             ),
-                            retry_after: None,
+                            after: None,
                         };
                     }
                     bytes.extend_from_slice(&chunk);
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let Classified::Retry { reason, .. } =
+                    let Outcome::Retry { reason, .. } =
                         transport_error(e, self.request_timeout, secret)
                     else {
                         unreachable!("transport errors are retries")
                     };
-                    return Classified::Retry {
+                    return Outcome::Retry {
                         reason: format!("http {status}: {reason}"),
-                        retry_after: None,
+                        after: None,
                     };
                 }
             }
         }
-        let outcome = classify_redacting(status, &headers, &bytes, secret);
+        let outcome = classify(status, &headers, &bytes, &ids, secret);
         tracing::debug!(
             status,
             records = n,
             outcome = outcome.kind(),
             "convex ingest answered"
         );
-        match outcome {
-            Classified::Delivered(items) => match mismatch(&items, &ids) {
-                None => Classified::Delivered(items),
-                Some(why) => Classified::Retry {
-                    reason: format!(
-                        "http {status}: unexpected response body, the deployment may be mid-deploy ({why})"
-                    ),
-                    retry_after: None,
-                },
-            },
-            other => other,
-        }
+        outcome
     }
-}
-
-/// Why `items` do not answer `ids` one for one, if they do not.
-fn mismatch(items: &[crate::sink::ItemResult], ids: &[Option<String>]) -> Option<String> {
-    if items.len() != ids.len() {
-        return Some(format!("{} results for {} records", items.len(), ids.len()));
-    }
-    items
-        .iter()
-        .zip(ids)
-        .position(|(item, id)| id.as_ref().is_some_and(|id| *id != item.session_id))
-        .map(|i| format!("result {} is for another session", i + 1))
-}
-
-/// `scheme://host[:port][/path]` without credentials, query or trailing slash.
-fn display_url(url: &url::Url) -> String {
-    let mut shown = format!("{}://{}", url.scheme(), url.host_str().unwrap_or(""));
-    if let Some(port) = url.port() {
-        shown.push_str(&format!(":{port}"));
-    }
-    shown.push_str(url.path().trim_end_matches('/'));
-    shown
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sink::fault_server::{sample_record, FaultHandle, FaultServer, Mode, TOKEN};
-    use crate::sink::ItemResult;
+    use crate::sink::RecordOutcome::{self, Accepted};
     use std::future::Future;
+    use test_support::fault_server::{sample_record, FaultHandle, FaultServer, Mode, TOKEN};
 
     /// Every test is bounded in time.
     async fn bounded<F: Future>(f: F) -> F::Output {
@@ -316,8 +288,15 @@ mod tests {
         ConvexSink::with_timeouts(&config(&h.url(), token), timeout, timeout).unwrap()
     }
 
-    fn item(id: &str, action: &str) -> ItemResult {
-        ItemResult::new(id, action)
+    fn refused(reason: &str) -> RecordOutcome {
+        RecordOutcome::Refused {
+            reason: reason.into(),
+        }
+    }
+
+    /// The actions the fault server's ingest rule took, in order.
+    fn actions(h: &FaultHandle) -> Vec<String> {
+        h.upserts().iter().map(|u| u.action.to_string()).collect()
     }
 
     #[tokio::test]
@@ -329,27 +308,32 @@ mod tests {
             let b1 = sample_record("b", "dev-1", 100, 1000);
             assert_eq!(
                 s.send(&[&a1, &b1]).await,
-                Classified::Delivered(vec![item("a", "inserted"), item("b", "inserted")])
+                Outcome::Delivered(vec![Accepted, Accepted])
             );
             let a2 = sample_record("a", "dev-1", 200, 2000);
             let a_old = sample_record("a", "dev-1", 150, 3000);
             let b_other = sample_record("b", "dev-2", 300, 3000);
             let got = s.send(&[&a2, &a2, &a_old, &b_other]).await;
-            let mut conflict = item("b", "conflict");
-            conflict.stored_device_id = Some("dev-1".into());
             assert_eq!(
                 got,
-                Classified::Delivered(vec![
-                    item("a", "updated"),
-                    item("a", "unchanged"),
-                    item("a", "stale"),
-                    conflict,
+                Outcome::Delivered(vec![
+                    Accepted,
+                    Accepted,
+                    Accepted,
+                    refused("conflict: session b is stored under another device id (dev-1)"),
                 ])
             );
-            let Classified::Delivered(items) = got else {
-                unreachable!()
-            };
-            assert_eq!(items.iter().filter(|i| i.is_conflict()).count(), 1);
+            assert_eq!(
+                actions(&h),
+                [
+                    "inserted",
+                    "inserted",
+                    "updated",
+                    "unchanged",
+                    "stale",
+                    "conflict"
+                ]
+            );
             let latest = h.latest();
             assert_eq!(latest["a"]["updatedAt"], 200);
             assert_eq!(latest["b"]["deviceId"], "dev-1");
@@ -366,7 +350,7 @@ mod tests {
             // Key order, spacing and number forms of the stored bytes are kept.
             let a = br#"{"sessionId":"a", "deviceId":"d","updatedAt":1.50,"exportedAt":2,"z":{"k":[1,2]}}"#;
             let b = sample_record("b", "d", 1, 2);
-            assert!(matches!(s.send(&[a, &b]).await, Classified::Delivered(_)));
+            assert!(matches!(s.send(&[a, &b]).await, Outcome::Delivered(_)));
             let req = &h.requests()[0];
             assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/ingest"));
             assert_eq!(req.content_type.as_deref(), Some("application/json"));
@@ -391,12 +375,12 @@ mod tests {
         bounded(async {
             let (_server, h) = FaultServer::start().await;
             let s = sink(&h);
-            assert_eq!(s.send(&[]).await, Classified::Delivered(vec![]));
+            assert_eq!(s.send(&[]).await, Outcome::Delivered(vec![]));
             let good = sample_record("a", "d", 1, 2);
             for bad in [&b"[]"[..], b"nul", b"{\"a\":1", b"1"] {
                 let got = s.send(&[&good, &good, bad]).await;
                 assert!(
-                    matches!(&got, Classified::Rejected { reason } if reason.starts_with("record 3 of 3: ")),
+                    matches!(&got, Outcome::Rejected { reason } if reason.starts_with("record 3 of 3: ")),
                     "{got:?}"
                 );
             }
@@ -424,17 +408,13 @@ mod tests {
             let got = s.send(&[&r]).await;
             assert_eq!(
                 got,
-                Classified::Retry {
+                Outcome::Retry {
                     reason: "http 429: TooManyConcurrentRequests: injected 429 by the fault server"
                         .into(),
-                    retry_after: Some(Duration::from_secs(7)),
+                    after: Some(Duration::from_secs(7)),
                 }
             );
-            let Classified::Retry {
-                retry_after: Some(d),
-                ..
-            } = s.send(&[&r]).await
-            else {
+            let Outcome::Retry { after: Some(d), .. } = s.send(&[&r]).await else {
                 panic!()
             };
             assert!(
@@ -444,11 +424,11 @@ mod tests {
             for expected in [None, None, Some(Duration::from_secs(86400))] {
                 let got = s.send(&[&r]).await;
                 assert!(
-                    matches!(got, Classified::Retry { retry_after, .. } if retry_after == expected),
+                    matches!(got, Outcome::Retry { after, .. } if after == expected),
                     "{got:?}"
                 );
             }
-            assert!(matches!(s.send(&[&r]).await, Classified::Delivered(_)));
+            assert!(matches!(s.send(&[&r]).await, Outcome::Delivered(_)));
             assert!(h.upserts().len() == 1);
         })
         .await;
@@ -464,7 +444,7 @@ mod tests {
                 h.script([Mode::status(status)]);
                 let got = s.send(&[&r]).await;
                 assert!(
-                    matches!(&got, Classified::Retry { reason, retry_after: None } if reason.starts_with(&format!("http {status}: "))),
+                    matches!(&got, Outcome::Retry { reason, after: None } if reason.starts_with(&format!("http {status}: "))),
                     "{got:?}"
                 );
             }
@@ -472,7 +452,7 @@ mod tests {
             // never sends it, so it is a server error like any other 5xx.
             h.script([Mode::raw(560, r#"{"results":[{"sessionId":"a","action":"inserted"}]}"#)]);
             assert_eq!(s.send(&[&r]).await.kind(), "retry");
-            assert_eq!(s.send(&[&r]).await, Classified::Delivered(vec![item("a", "inserted")]));
+            assert_eq!(s.send(&[&r]).await, Outcome::Delivered(vec![Accepted]));
         })
         .await;
     }
@@ -487,7 +467,7 @@ mod tests {
                 h.script([Mode::status(status)]);
                 let got = s.send(&[&r]).await;
                 assert!(
-                    matches!(&got, Classified::Rejected { reason } if reason.starts_with(&format!("http {status}: "))),
+                    matches!(&got, Outcome::Rejected { reason } if reason.starts_with(&format!("http {status}: "))),
                     "{got:?}"
                 );
             }
@@ -498,15 +478,15 @@ mod tests {
             let batch: Vec<&[u8]> = many.iter().map(Vec::as_slice).collect();
             let got = s.send(&batch).await;
             assert!(
-                matches!(&got, Classified::Rejected { reason } if reason.starts_with("http 413: BATCH_TOO_LARGE")),
+                matches!(&got, Outcome::Rejected { reason } if reason.starts_with("http 413: BATCH_TOO_LARGE")),
                 "{got:?}"
             );
             // A deployment without our http.ts answers its plain-text 404: no record is at
             // fault, so the records stay queued.
-            let no_route = ConvexSink::new(&config(&format!("{}/elsewhere", h.url()), TOKEN)).unwrap();
+            let no_route = ConvexSink::try_from(&config(&format!("{}/elsewhere", h.url()), TOKEN)).unwrap();
             let got = no_route.send(&[&r]).await;
             assert!(
-                matches!(&got, Classified::Retry { reason, .. } if reason.contains("no /ingest HTTP action")),
+                matches!(&got, Outcome::Retry { reason, .. } if reason.contains("no /ingest HTTP action")),
                 "{got:?}"
             );
             // A 4xx that is not the action's JSON error (a proxy page) is not a verdict either.
@@ -530,25 +510,21 @@ mod tests {
             ];
             let batch: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
             let got = s.send(&batch).await;
-            let Classified::Delivered(items) = &got else {
+            let Outcome::Delivered(records) = &got else {
                 panic!("{got:?}")
             };
-            let actions: Vec<&str> = items.iter().map(|i| i.action.as_str()).collect();
-            assert_eq!(actions, ["inserted", "rejected", "inserted"]);
-            assert!(items[1].is_refused() && !items[0].is_refused());
-            let why = items[1].refusal().unwrap();
+            assert!(matches!(records[..], [Accepted, RecordOutcome::Refused { .. }, Accepted]), "{got:?}");
             assert!(
-                why.starts_with("rejected by the deployment: ArgumentValidationError"),
-                "{why}"
+                matches!(&records[1], RecordOutcome::Refused { reason } if reason.starts_with("rejected by the deployment: ArgumentValidationError")),
+                "{got:?}"
             );
             assert_eq!(h.latest().keys().collect::<Vec<_>>(), ["a", "c"]);
             // A record the deployment's validator refuses (no deviceId) is refused the same way.
             let got = s.send(&[br#"{"sessionId":"x"}"#]).await;
-            let Classified::Delivered(items) = &got else {
-                panic!("{got:?}")
-            };
-            assert_eq!(items[0].session_id, "x");
-            assert!(items[0].is_refused(), "{items:?}");
+            assert!(
+                matches!(&got, Outcome::Delivered(r) if matches!(r[..], [RecordOutcome::Refused { .. }])),
+                "{got:?}"
+            );
         })
         .await;
     }
@@ -561,7 +537,7 @@ mod tests {
             let wrong = sink_with(&h, "not-the-token", Duration::from_secs(5));
             let got = wrong.send(&[&r]).await;
             assert!(
-                matches!(&got, Classified::Unauthorized { reason } if reason.starts_with("http 401: UNAUTHORIZED: ")),
+                matches!(&got, Outcome::Unauthorized { reason } if reason.starts_with("http 401: UNAUTHORIZED: ")),
                 "{got:?}"
             );
             let s = sink(&h);
@@ -571,7 +547,7 @@ mod tests {
             }
             // The token is fixed on the deployment: delivery resumes with the same sink.
             h.set_token(Some("not-the-token"));
-            assert!(matches!(wrong.send(&[&r]).await, Classified::Delivered(_)));
+            assert!(matches!(wrong.send(&[&r]).await, Outcome::Delivered(_)));
         })
         .await;
     }
@@ -586,14 +562,14 @@ mod tests {
             let got = s.send(&[&sample_record("a", "d", 1, 2)]).await;
             let took = started.elapsed();
             assert!(
-                matches!(&got, Classified::Retry { reason, retry_after: None } if reason.starts_with("request timed out after 300ms")),
+                matches!(&got, Outcome::Retry { reason, after: None } if reason.starts_with("request timed out after 300ms")),
                 "{got:?}"
             );
             assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "{took:?}");
             assert_eq!(h.request_count(), 1);
             // A slow but timely answer is fine.
             h.set_mode(Mode::Delay(Duration::from_millis(50))).await;
-            assert!(matches!(s.send(&[&sample_record("a", "d", 1, 2)]).await, Classified::Delivered(_)));
+            assert!(matches!(s.send(&[&sample_record("a", "d", 1, 2)]).await, Outcome::Delivered(_)));
         })
         .await;
     }
@@ -604,27 +580,21 @@ mod tests {
             let (_server, h) = FaultServer::start().await;
             let s = sink(&h);
             let r = sample_record("a", "d", 1, 2);
-            assert!(matches!(s.send(&[&r]).await, Classified::Delivered(_)));
+            assert!(matches!(s.send(&[&r]).await, Outcome::Delivered(_)));
             h.set_mode(Mode::Refuse).await;
             for _ in 0..3 {
                 let got = s.send(&[&r]).await;
                 assert!(
-                    matches!(
-                        &got,
-                        Classified::Retry {
-                            retry_after: None,
-                            ..
-                        }
-                    ),
+                    matches!(&got, Outcome::Retry { after: None, .. }),
                     "{got:?}"
                 );
             }
             h.set_mode(Mode::Normal).await;
-            assert!(matches!(s.send(&[&r]).await, Classified::Delivered(_)));
+            assert!(matches!(s.send(&[&r]).await, Outcome::Delivered(_)));
             h.script([Mode::Reset]);
             let got = s.send(&[&r]).await;
-            assert!(matches!(&got, Classified::Retry { .. }), "{got:?}");
-            assert!(matches!(s.send(&[&r]).await, Classified::Delivered(_)));
+            assert!(matches!(&got, Outcome::Retry { .. }), "{got:?}");
+            assert!(matches!(s.send(&[&r]).await, Outcome::Delivered(_)));
         })
         .await;
     }
@@ -638,7 +608,7 @@ mod tests {
             drop(server);
             let got = s.send(&[&sample_record("a", "d", 1, 2)]).await;
             assert!(
-                matches!(&got, Classified::Retry { reason, .. } if reason.starts_with("cannot connect: ") && reason.to_lowercase().contains("refused")),
+                matches!(&got, Outcome::Retry { reason, .. } if reason.starts_with("cannot connect: ") && reason.to_lowercase().contains("refused")),
                 "{got:?}"
             );
         })
@@ -661,7 +631,7 @@ mod tests {
             for why in ["1 results for 2 records", "result 1 is for another session", "not json", "wrong shape", "no results field"] {
                 let got = s.send(&[&a, &b]).await;
                 assert!(
-                    matches!(&got, Classified::Retry { reason, .. } if reason.contains("mid-deploy") && reason.contains(why)),
+                    matches!(&got, Outcome::Retry { reason, .. } if reason.contains("mid-deploy") && reason.contains(why)),
                     "{why}: {got:?}"
                 );
             }
@@ -677,39 +647,40 @@ mod tests {
             "ftp://x.convex.cloud",
             "not a url",
         ] {
-            let err = ConvexSink::new(&config(url, "t")).unwrap_err();
+            let err = ConvexSink::try_from(&config(url, "t")).unwrap_err();
             assert!(matches!(err, SinkError::ConvexUrl { .. }), "{url}: {err}");
         }
-        let err = ConvexSink::new(&config("http://example.com", "t"))
+        let err = ConvexSink::try_from(&config("http://example.com", "t"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("loopback"), "{err}");
         assert!(matches!(
-            ConvexSink::new(&config("https://a.convex.cloud", "")),
+            ConvexSink::try_from(&config("https://a.convex.cloud", "")),
             Err(SinkError::MissingToken)
         ));
         // The function-API URL `npx convex deploy` prints names the deployment; HTTP actions
         // live on its `.convex.site` twin.
-        let s = ConvexSink::new(&config("https://user:pw@a.convex.cloud/", "t")).unwrap();
+        let s = ConvexSink::try_from(&config("https://user:pw@a.convex.cloud/", "t")).unwrap();
         assert_eq!(s.describe(), "convex https://a.convex.site");
         assert_eq!(s.endpoint().as_str(), "https://a.convex.site/ingest");
-        let s =
-            ConvexSink::new(&config("https://Happy-Otter-1.EU-West-1.Convex.Cloud", "t")).unwrap();
+        let s = ConvexSink::try_from(&config("https://Happy-Otter-1.EU-West-1.Convex.Cloud", "t"))
+            .unwrap();
         assert_eq!(
             s.endpoint().as_str(),
             "https://happy-otter-1.eu-west-1.convex.site/ingest"
         );
-        let s = ConvexSink::new(&config("https://a.convex.site", "t")).unwrap();
+        let s = ConvexSink::try_from(&config("https://a.convex.site", "t")).unwrap();
         assert_eq!(s.endpoint().as_str(), "https://a.convex.site/ingest");
-        let s = ConvexSink::new(&config("https://telemetry.example.com/convex/", "t")).unwrap();
+        let s =
+            ConvexSink::try_from(&config("https://telemetry.example.com/convex/", "t")).unwrap();
         assert_eq!(
             s.endpoint().as_str(),
             "https://telemetry.example.com/convex/ingest"
         );
-        let s = ConvexSink::new(&config("http://127.0.0.1:3211/prefix", "t")).unwrap();
+        let s = ConvexSink::try_from(&config("http://127.0.0.1:3211/prefix", "t")).unwrap();
         assert_eq!(s.endpoint().as_str(), "http://127.0.0.1:3211/prefix/ingest");
-        assert!(ConvexSink::new(&config("http://[::1]:3210", "t")).is_ok());
-        assert!(ConvexSink::new(&config("http://localhost:3210", "t")).is_ok());
+        assert!(ConvexSink::try_from(&config("http://[::1]:3210", "t")).is_ok());
+        assert!(ConvexSink::try_from(&config("http://localhost:3210", "t")).is_ok());
     }
 
     #[tokio::test]
@@ -753,8 +724,11 @@ mod tests {
             ))
             .await;
             let got = s.send(&[&r]).await;
-            let Classified::Delivered(items) = &got else { panic!("{got:?}") };
-            outputs.push(format!("{got:?} {got} {:?}", items[0].refusal()));
+            assert!(
+                matches!(&got, Outcome::Delivered(r) if matches!(r[..], [RecordOutcome::Refused { .. }])),
+                "{got:?}"
+            );
+            outputs.push(format!("{got:?} {got}"));
             // The token went in the header of every request; only the client's redaction keeps
             // the server's echoes of it out.
             assert!(h
@@ -768,8 +742,8 @@ mod tests {
             let not_object = s.send(&[b"[]"]).await;
             outputs.push(format!("{not_object:?} {not_object}"));
             for cfg_err in [
-                ConvexSink::new(&config("http://example.com", token)).unwrap_err(),
-                ConvexSink::new(&config("https://x", "")).unwrap_err(),
+                ConvexSink::try_from(&config("http://example.com", token)).unwrap_err(),
+                ConvexSink::try_from(&config("https://x", "")).unwrap_err(),
             ] {
                 outputs.push(format!("{cfg_err:?} {cfg_err}"));
             }
@@ -807,13 +781,13 @@ mod tests {
                 }
                 let outcome = s.send(&[&r]).await;
                 let wait = pacer.observe(&outcome);
-                if let Classified::Delivered(items) = outcome {
+                if let Outcome::Delivered(items) = outcome {
                     break items;
                 }
                 waits.push(wait);
                 assert!(waits.len() < 10, "never delivered");
             };
-            assert_eq!(delivered, vec![item("a", "inserted")]);
+            assert_eq!(delivered, vec![Accepted]);
             let gaps = h.request_gaps();
             assert_eq!(gaps.len(), 4);
             for (gap, wait) in gaps.iter().zip(&waits) {

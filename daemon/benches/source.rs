@@ -120,6 +120,7 @@ fn main() {
         final_after_ms: 0,
         stale_after_ms: i64::MAX / 4,
         skip_subagent_sessions: true,
+        no_reply_after_ms: opencode_telemetry::track::rules::NO_REPLY_AFTER_MS,
     };
     let mut source = OpenCodeSource::new(&a.db, Duration::from_secs(5));
     let now = 4_000_000_000_000i64;

@@ -13,6 +13,8 @@ mod convex_e2e;
 /// Delivery under faults and crashes: the real daemon, SIGKILL/SIGTERM, and a fault-injecting
 /// HTTP server on 127.0.0.1.
 mod delivery_faults;
+/// Every shape OpenCode treats as the end of a turn (shell commands, `noReply` prompts…) against its event log.
+mod endings;
 /// Real OpenCode 1.18.33, driven live: exports compared with its own event stream.
 mod live_opencode;
 /// `once` on the bundled OpenCode 1.18.33 database, checked against independent SQL.

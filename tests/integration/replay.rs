@@ -327,6 +327,7 @@ fn replay(debounce_ms: i64) {
         final_after_ms: i64::MAX / 4,
         stale_after_ms: i64::MAX / 4,
         skip_subagent_sessions: true,
+        no_reply_after_ms: opencode_telemetry::track::rules::NO_REPLY_AFTER_MS,
     };
     let mut tracker = Tracker::new(rules);
     let ctx = ExportContext {

@@ -97,6 +97,9 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
         match why {
             Waiting::NoMessages => println!("{id}  (no messages; not exported)"),
             Waiting::TurnInProgress => println!("{id}  (turn in progress; not exported)"),
+            Waiting::ReplyPending => {
+                println!("{id}  (prompt just sent, no reply yet; not exported)")
+            }
         }
     }
     if out.deferred > 0 {

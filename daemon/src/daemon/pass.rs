@@ -36,6 +36,9 @@ pub enum Waiting {
     NoMessages,
     /// Its turn is still running (and not stale).
     TurnInProgress,
+    /// Its newest message is a prompt sent less than
+    /// [`crate::track::rules::NO_REPLY_AFTER_MS`] ago with no reply started.
+    ReplyPending,
 }
 
 /// What one pass produced: records to enqueue and state to persist, committed together.
@@ -166,6 +169,9 @@ pub fn pass(
             match o.activity {
                 Activity::Empty => out.waiting.push((id.clone(), Waiting::NoMessages)),
                 Activity::Busy => out.waiting.push((id.clone(), Waiting::TurnInProgress)),
+                Activity::AwaitingReply { .. } => {
+                    out.waiting.push((id.clone(), Waiting::ReplyPending))
+                }
                 Activity::Ended(_) => {}
             }
         }
@@ -331,6 +337,7 @@ mod tests {
             final_after_ms: 0,
             stale_after_ms: i64::MAX / 4,
             skip_subagent_sessions: true,
+            no_reply_after_ms: crate::track::rules::NO_REPLY_AFTER_MS,
         };
         let mut tracker = Tracker::new(rules);
         let stored: Rc<Cell<Option<Vec<u8>>>> = Rc::default();

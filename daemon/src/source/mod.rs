@@ -134,6 +134,16 @@ pub enum Activity {
     Empty,
     /// A turn is in progress (or the agent died mid-turn; see `export.stale_after_secs`).
     Busy,
+    /// The newest message is a prompt no reply has started for: OpenCode's `noReply` prompts
+    /// (context sent without starting the agent: OpenCode never goes busy and publishes
+    /// nothing), or a turn in its first milliseconds, before the agent wrote its reply. The
+    /// tracker tells them apart by time ([`crate::track::rules::NO_REPLY_AFTER_MS`]).
+    AwaitingReply {
+        /// The prompt (OpenCode: the user `message.id`).
+        message_id: String,
+        /// When it was sent (ms; OpenCode: `message.data.time.created`).
+        sent_at: i64,
+    },
     /// The last turn ended.
     Ended(TurnEnd),
 }

@@ -10,10 +10,15 @@
 //!     open, after `final_after_ms` instead; an end of turn already exported is not due again,
 //!     unless the archive time changed or a subagent changed after the export (then one
 //!     debounce window after that change);
+//!   - a prompt with no reply started ([`Phase::AwaitingReply`]: OpenCode's `noReply`) once it
+//!     was sent [`NO_REPLY_AFTER_MS`] ago: from then on it is an ended turn (as idle) whose
+//!     debounce started at that moment. A normal prompt gets its reply started within
+//!     milliseconds, so it is never seen at that age;
 //!   - a busy turn with no write for `stale_after_ms` (the agent died mid-turn), once per last
 //!     write, as [`Trigger::Stale`].
 //!   - In [`Mode::Flush`] (`once`) the debounce and the todo timer count as elapsed: everything
-//!     that has ended is due; a busy turn still waits for `stale_after_ms`.
+//!     that has ended is due; a busy turn still waits for `stale_after_ms`, and a prompt with
+//!     no reply for [`NO_REPLY_AFTER_MS`].
 //! - [`wants_timer`]: whether a session has an export still to come on a timer.
 //! - [`child_changed`]: whether a subagent session's change re-exports its parent.
 //! - [`on_gone`]: a session gone from the source is exported as deleted when a record of it
@@ -22,6 +27,15 @@
 use super::state::{Ending, ExportKey, Phase, SessionState};
 use super::Trigger;
 use crate::source::{Activity, ChangeMarker, Observation};
+
+/// How long after it was sent a prompt with no reply started counts as an ended turn (ms).
+///
+/// OpenCode writes the reply's assistant message as the first step of the turn, tens of
+/// milliseconds after the prompt (26 ms in the harness's data); a `noReply` prompt gets none,
+/// ever, and OpenCode stays idle without publishing anything. 30 s leaves a slow start (a
+/// cold MCP server, a loaded machine) far inside the window while still exporting a
+/// `noReply` prompt well before the stale timer would.
+pub const NO_REPLY_AFTER_MS: i64 = 30_000;
 
 /// Timing and scope rules (from `[export]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +48,8 @@ pub struct Rules {
     pub stale_after_ms: i64,
     /// `export.skip_subagent_sessions`.
     pub skip_subagent_sessions: bool,
+    /// [`NO_REPLY_AFTER_MS`] (not configurable; a field so the table tests can use short times).
+    pub no_reply_after_ms: i64,
 }
 
 impl From<&crate::config::ExportConfig> for Rules {
@@ -43,6 +59,7 @@ impl From<&crate::config::ExportConfig> for Rules {
             final_after_ms: (c.final_after_secs as i64).saturating_mul(1000),
             stale_after_ms: (c.stale_after_secs as i64).saturating_mul(1000),
             skip_subagent_sessions: c.skip_subagent_sessions,
+            no_reply_after_ms: NO_REPLY_AFTER_MS,
         }
     }
 }
@@ -62,6 +79,14 @@ pub fn next_phase(previous: Option<&Phase>, observation: &Observation, now_ms: i
         Activity::Empty => Phase::Empty,
         Activity::Busy => Phase::Busy {
             last_write_ms: observation.last_write_ms,
+        },
+        Activity::AwaitingReply {
+            message_id,
+            sent_at,
+        } => Phase::AwaitingReply {
+            message_id: message_id.clone(),
+            sent_at_ms: *sent_at,
+            todos_open: observation.todos_open,
         },
         Activity::Ended(end) => {
             let seen_at_ms = match previous {
@@ -113,6 +138,7 @@ fn ended_trigger(error_present: bool) -> Trigger {
 pub fn trigger_of(phase: &Phase) -> Trigger {
     match phase {
         Phase::Ended { error, .. } => ended_trigger(error.is_some()),
+        Phase::AwaitingReply { .. } => Trigger::Idle,
         Phase::Busy { .. } | Phase::Empty => Trigger::Stale,
     }
 }
@@ -132,27 +158,39 @@ pub fn due(
             error,
             seen_at_ms,
             todos_open,
+        } => due_turn(
+            state,
+            Turn {
+                message_id,
+                trigger: ended_trigger(error.is_some()),
+                seen_at_ms: *seen_at_ms,
+                todos_open: *todos_open,
+            },
+            now_ms,
+            rules,
+            flush,
+        ),
+        Phase::AwaitingReply {
+            message_id,
+            sent_at_ms,
+            todos_open,
         } => {
-            let ending = Ending::Turn {
-                message_id: message_id.clone(),
-            };
-            let key = ExportKey {
-                ending: ending.clone(),
-                archived_at: state.marker.archived_at,
-            };
-            let trigger = ended_trigger(error.is_some());
-            if state.exported.as_ref() == Some(&key) {
-                let since = state.children_changed_at_ms?;
-                let settled = flush || now_ms >= since.saturating_add(rules.debounce_ms);
-                return settled.then_some((trigger, ending));
+            let ended_at = sent_at_ms.saturating_add(rules.no_reply_after_ms);
+            if now_ms < ended_at {
+                return None;
             }
-            let same_turn = state.exported.as_ref().is_some_and(|k| k.ending == ending);
-            let settled = flush || now_ms >= seen_at_ms.saturating_add(rules.debounce_ms);
-            let todo_rule = flush
-                || !todos_open
-                || same_turn
-                || now_ms >= seen_at_ms.saturating_add(rules.final_after_ms);
-            (settled && todo_rule).then_some((trigger, ending))
+            due_turn(
+                state,
+                Turn {
+                    message_id,
+                    trigger: Trigger::Idle,
+                    seen_at_ms: ended_at,
+                    todos_open: *todos_open,
+                },
+                now_ms,
+                rules,
+                flush,
+            )
         }
         Phase::Busy { last_write_ms } => {
             let ending = Ending::Stale {
@@ -169,13 +207,52 @@ pub fn due(
     }
 }
 
+/// An ended turn, as [`due_turn`] weighs it.
+struct Turn<'a> {
+    message_id: &'a str,
+    trigger: Trigger,
+    /// When its debounce window started (ms).
+    seen_at_ms: i64,
+    todos_open: bool,
+}
+
+/// [`due`] for an ended turn: debounce, the todo rule, and once per end of turn (again after a
+/// child's change or an archive).
+fn due_turn(
+    state: &SessionState,
+    turn: Turn<'_>,
+    now_ms: i64,
+    rules: &Rules,
+    flush: bool,
+) -> Option<(Trigger, Ending)> {
+    let ending = Ending::Turn {
+        message_id: turn.message_id.to_string(),
+    };
+    let key = ExportKey {
+        ending: ending.clone(),
+        archived_at: state.marker.archived_at,
+    };
+    if state.exported.as_ref() == Some(&key) {
+        let since = state.children_changed_at_ms?;
+        let settled = flush || now_ms >= since.saturating_add(rules.debounce_ms);
+        return settled.then_some((turn.trigger, ending));
+    }
+    let same_turn = state.exported.as_ref().is_some_and(|k| k.ending == ending);
+    let settled = flush || now_ms >= turn.seen_at_ms.saturating_add(rules.debounce_ms);
+    let todo_rule = flush
+        || !turn.todos_open
+        || same_turn
+        || now_ms >= turn.seen_at_ms.saturating_add(rules.final_after_ms);
+    (settled && todo_rule).then_some((turn.trigger, ending))
+}
+
 /// Whether a session has an export still to come on a timer (debounce, todos, stale, a
 /// child's change).
 pub fn wants_timer(state: &SessionState) -> bool {
     let exported = state.exported.as_ref();
     match &state.phase {
         Phase::Empty => false,
-        Phase::Ended { message_id, .. } => {
+        Phase::Ended { message_id, .. } | Phase::AwaitingReply { message_id, .. } => {
             state.children_changed_at_ms.is_some()
                 || exported
                     != Some(&ExportKey {
@@ -220,6 +297,7 @@ mod tests {
         final_after_ms: 60_000,
         stale_after_ms: 3_600_000,
         skip_subagent_sessions: true,
+        no_reply_after_ms: 30_000,
     };
 
     fn marker(archived_at: Option<i64>) -> ChangeMarker {
@@ -238,6 +316,14 @@ mod tests {
                 message: String::new(),
             }),
             seen_at_ms,
+            todos_open,
+        }
+    }
+
+    fn awaiting(id: &str, sent_at_ms: i64, todos_open: bool) -> Phase {
+        Phase::AwaitingReply {
+            message_id: id.into(),
+            sent_at_ms,
             todos_open,
         }
     }
@@ -389,6 +475,55 @@ mod tests {
                 expected: Some((Trigger::Idle, turn("m2"))),
             },
             Case {
+                name: "a prompt with no reply, younger than no_reply_after",
+                state: state(awaiting("m3", 100, false), None),
+                now: 30_099,
+                mode: Live,
+                expected: None,
+            },
+            Case {
+                name: "a prompt with no reply is not due in once either, while young",
+                state: state(awaiting("m3", 100, false), None),
+                now: 30_099,
+                mode: Flush,
+                expected: None,
+            },
+            Case {
+                name: "a prompt with no reply: debounce counts from no_reply_after",
+                state: state(awaiting("m3", 100, false), None),
+                now: 31_099,
+                mode: Live,
+                expected: None,
+            },
+            Case {
+                name: "a prompt with no reply ends as idle after no_reply_after + debounce",
+                state: state(awaiting("m3", 100, false), None),
+                now: 31_100,
+                mode: Live,
+                expected: Some((Trigger::Idle, turn("m3"))),
+            },
+            Case {
+                name: "a prompt with no reply, once: due as soon as it is old enough",
+                state: state(awaiting("m3", 100, true), None),
+                now: 30_100,
+                mode: Flush,
+                expected: Some((Trigger::Idle, turn("m3"))),
+            },
+            Case {
+                name: "a prompt with no reply and open todos waits for final_after",
+                state: state(awaiting("m3", 100, true), None),
+                now: 90_099,
+                mode: Live,
+                expected: None,
+            },
+            Case {
+                name: "a prompt with no reply already exported is not due again",
+                state: state(awaiting("m3", 100, false), exported(turn("m3"), None)),
+                now: 10_000_000,
+                mode: Live,
+                expected: None,
+            },
+            Case {
                 name: "busy before stale_after",
                 state: state(Phase::Busy { last_write_ms: 0 }, None),
                 now: 3_599_999,
@@ -526,6 +661,18 @@ mod tests {
                 obs(Activity::Busy, false),
                 10,
                 Phase::Busy { last_write_ms: 42 },
+            ),
+            (
+                Some(ended("m2", 5, false, false)),
+                obs(
+                    Activity::AwaitingReply {
+                        message_id: "m3".into(),
+                        sent_at: 7,
+                    },
+                    true,
+                ),
+                10,
+                awaiting("m3", 7, true),
             ),
             (
                 None,

@@ -81,6 +81,17 @@ pub enum Phase {
         /// Newest write seen in the session's tail (ms).
         last_write_ms: i64,
     },
+    /// The newest message is a prompt with no reply started (see
+    /// [`crate::source::Activity::AwaitingReply`]).
+    #[serde(rename_all = "camelCase")]
+    AwaitingReply {
+        /// The prompt.
+        message_id: String,
+        /// When it was sent (ms).
+        sent_at_ms: i64,
+        /// Whether todos were left open (pending / in progress) at the last look.
+        todos_open: bool,
+    },
     /// The last turn ended at `messageId`.
     #[serde(rename_all = "camelCase")]
     Ended {

@@ -1,5 +1,6 @@
-//! Busy or ended? The rule OpenCode's prompt loop (`oc/session/prompt.ts` `runLoop`) uses to stop
-//! and publish `session.idle` (and, for errors, `session.error`), applied to database rows.
+//! Busy or ended? The rules OpenCode uses to stop a turn and publish `session.idle` (and, for
+//! errors, `session.error`), applied to database rows: the prompt loop (`oc/session/prompt.ts`
+//! `runLoop`), the `!` shell command (`SessionPrompt.shell`) and `noReply` prompts.
 //!
 //! A session's turn has **ended** when its newest assistant message is newer than its newest
 //! user message (ids compared as strings, as OpenCode does), has `time.completed`, and is
@@ -10,10 +11,20 @@
 //!   itself would still act on (tool parts run by the provider and calls interrupted by an
 //!   abort do not count);
 //! - or one of its tool parts failed because the user rejected a permission or dismissed a
-//!   question (the turn stops with `finish: "tool-calls"`).
+//!   question (the turn stops with `finish: "tool-calls"`);
+//! - or it has **no `finish`** and every tool part of it is settled (completed or failed): the
+//!   message a `!` shell command writes (a synthetic user message "The following tool was
+//!   executed by the user", then an assistant message holding the `bash` part, completed
+//!   without a model step, so without `finish`). A model step always gets a `finish` when it
+//!   completes, so this shape is only the shell's; OpenCode publishes `session.idle` after it.
 //!
-//! Anything else with messages is **busy**: a newer user message, an assistant message without
-//! `time.completed`, or a completed `tool-calls` step whose next step is on its way.
+//! A newest user message newer than the newest (completed) assistant message is
+//! [`Activity::AwaitingReply`]: a reply normally starts within milliseconds, while a `noReply`
+//! prompt never gets one and OpenCode stays idle; the tracker tells them apart by age.
+//!
+//! Anything else with messages is **busy**: an assistant message without `time.completed`
+//! (even with a newer, queued prompt), a `tool-calls` step whose next step is on its way, or a
+//! step with a tool still running.
 
 use crate::source::opencode::rows::{is_rejection, MessageRow, PartRow};
 use crate::source::{Activity, TurnEnd, TurnError};
@@ -22,20 +33,21 @@ use crate::source::{Activity, TurnEnd, TurnError};
 /// newest assistant message among them.
 pub fn classify(recent: &[MessageRow], assistant_parts: &[PartRow]) -> Activity {
     let newest_user = recent.iter().find(|m| m.info.is_user());
-    let Some(assistant) = recent.iter().find(|m| m.info.is_assistant()) else {
-        return if newest_user.is_some() {
-            Activity::Busy
-        } else {
-            Activity::Empty
-        };
+    let assistant = recent.iter().find(|m| m.info.is_assistant());
+    let awaiting = |u: &MessageRow| Activity::AwaitingReply {
+        message_id: u.id.clone(),
+        sent_at: u.info.time.created.unwrap_or(u.time_created),
     };
-    if newest_user.is_some_and(|u| u.id > assistant.id) {
-        return Activity::Busy;
-    }
+    let Some(assistant) = assistant else {
+        return newest_user.map_or(Activity::Empty, awaiting);
+    };
     let info = &assistant.info;
     let Some(completed_at) = info.time.completed else {
         return Activity::Busy;
     };
+    if let Some(u) = newest_user.filter(|u| u.id > assistant.id) {
+        return awaiting(u);
+    }
     let parts: Vec<&PartRow> = assistant_parts
         .iter()
         .filter(|p| p.message_id == assistant.id)
@@ -66,7 +78,8 @@ pub fn classify(recent: &[MessageRow], assistant_parts: &[PartRow]) -> Activity 
         return ended(None);
     }
     match info.finish.as_deref() {
-        Some(finish) if finish != "tool-calls" => {
+        Some("tool-calls") => Activity::Busy,
+        Some(_) => {
             let pending_tool = parts.iter().any(|p| {
                 p.info.is_local_tool()
                     && !p
@@ -81,7 +94,22 @@ pub fn classify(recent: &[MessageRow], assistant_parts: &[PartRow]) -> Activity 
                 ended(None)
             }
         }
-        _ => Activity::Busy,
+        None => {
+            // The `!` shell command's message: settled once its tool is.
+            let running = parts.iter().any(|p| {
+                p.info.kind == "tool"
+                    && !p
+                        .info
+                        .state
+                        .as_ref()
+                        .is_some_and(|s| s.status == "completed" || s.status == "error")
+            });
+            if running {
+                Activity::Busy
+            } else {
+                ended(None)
+            }
+        }
     }
 }
 
@@ -165,16 +193,57 @@ mod tests {
     }
 
     #[test]
-    fn an_incomplete_assistant_or_a_newer_user_message_is_busy() {
+    fn an_incomplete_assistant_is_busy_and_an_unanswered_prompt_awaits_a_reply() {
         let a = msg("msg_2", r#"{"role":"assistant","time":{"created":2}}"#);
-        assert_eq!(classify(&[a, msg("msg_1", USER)], &[]), Activity::Busy);
+        assert_eq!(
+            classify(&[a.clone(), msg("msg_1", USER)], &[]),
+            Activity::Busy
+        );
+        // A prompt queued while the step runs: still busy.
+        assert_eq!(classify(&[msg("msg_3", USER), a], &[]), Activity::Busy);
         let done = msg(
             "msg_2",
             r#"{"role":"assistant","time":{"created":2,"completed":3},"finish":"stop"}"#,
         );
-        assert_eq!(classify(&[msg("msg_3", USER), done], &[]), Activity::Busy);
-        assert_eq!(classify(&[msg("msg_1", USER)], &[]), Activity::Busy);
+        let prompt = msg("msg_3", r#"{"role":"user","time":{"created":7}}"#);
+        let awaiting = Activity::AwaitingReply {
+            message_id: "msg_3".into(),
+            sent_at: 7,
+        };
+        assert_eq!(classify(&[prompt.clone(), done], &[]), awaiting);
+        assert_eq!(classify(&[prompt], &[]), awaiting);
         assert_eq!(classify(&[], &[]), Activity::Empty);
+    }
+
+    #[test]
+    fn a_shell_command_ends_the_turn_once_its_tool_settled() {
+        // What `POST /session/:id/shell` (the TUI's `!`) writes, as in the harness's `shell` job.
+        let shell = msg(
+            "msg_4",
+            r#"{"role":"assistant","time":{"created":4,"completed":5},"agent":"build","mode":"build"}"#,
+        );
+        let user = msg("msg_3", USER);
+        let bash = |status: &str| {
+            part(
+                "prt_1",
+                "msg_4",
+                &format!(r#"{{"type":"tool","tool":"bash","state":{{"status":"{status}"}}}}"#),
+            )
+        };
+        // (tool status, ended)
+        for (status, ends) in [
+            ("completed", true),
+            ("error", true),
+            ("running", false),
+            ("pending", false),
+        ] {
+            let got = classify(&[shell.clone(), user.clone()], &[bash(status)]);
+            assert_eq!(
+                matches!(&got, Activity::Ended(e) if e.message_id == "msg_4" && e.completed_at == 5 && e.error.is_none()),
+                ends,
+                "{status}: {got:?}"
+            );
+        }
     }
 
     #[test]

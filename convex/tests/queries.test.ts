@@ -507,7 +507,9 @@ describe("retention", () => {
   test("deletes sessions created before now - N days in batches of 256, rescheduling itself, and updates the aggregates", async () => {
     vi.useFakeTimers();
     const now = D5 + 12 * 3_600_000;
-    vi.setSystemTime(now);
+    // Seed a minute before `now`: convex-test (like Convex) starts a transaction no earlier than
+    // the last commit, so seeding at a frozen `now` would put the purge at now + 1 ms.
+    vi.setSystemTime(now - 60_000);
     const s = setup();
     // 600 old sessions spread over days before the cutoff, then the seed (all within 5 days of now).
     const old = Array.from({ length: 600 }, (_, i) =>
@@ -517,6 +519,7 @@ describe("retention", () => {
     await s.ingest(cloneJson(RECORDS));
     expect(await checkAggregates(s.t)).toBe(600 + RECORDS.length);
 
+    vi.setSystemTime(now);
     process.env.RETENTION_DAYS = "5";
     const first = await s.t.mutation(internal.retention.purge, {});
     expect(first).toEqual({ retentionDays: 5, cutoff: now - 5 * DAY, deleted: 256, more: true });

@@ -15,7 +15,7 @@ if [ "$(uname -s)" = Linux ] && ! command -v systemd-analyze >/dev/null 2>&1; th
     { $SUDO apt-get update -qq && $SUDO apt-get install -y --no-install-recommends systemd >/dev/null; }
 fi
 
-# 1. The Convex functions' npm project (convex-test, the HTTP emulator the Rust tests use).
+# 1. The Convex functions' npm project (convex-test, and tsx for the HTTP shim the Rust tests use).
 if [ ! -d convex/node_modules ] || [ convex/package-lock.json -nt convex/node_modules/.package-lock.json ]; then
   echo "== npm ci (convex/)"
   (cd convex && npm ci --no-audit --no-fund --loglevel=error)
@@ -31,6 +31,6 @@ echo "== opencode 1.18.33 (tests/live/install_opencode.sh)"
 tests/live/install_opencode.sh target/opencode-1.18.33 >/dev/null
 
 # 4. The daemon: unit tests, integration tests (real binary, real OpenCode databases, the
-#    Convex functions behind the emulator, real OpenCode driven live).
+#    Convex functions behind the convex-test shim, real OpenCode driven live).
 echo "== cargo test"
 cargo test --workspace --locked

@@ -1,7 +1,8 @@
 //! End to end: the real binary → HTTP → the project's Convex functions (`convex/convex/`:
 //! the `POST /ingest` HTTP action and the upsert mutation it calls), executed by convex-test
-//! behind Convex's HTTP API (`convex/emulator/`, which also enforces the backend's document
-//! limits) → the rows queried back and compared with the records.
+//! (which enforces Convex's 1 MiB document limit) behind the small HTTP shim
+//! `convex/emulator/shim.ts` → the rows queried back through its `/api/query` and compared with
+//! the records.
 //!
 //! Needs `npm ci` in `convex/` (`.ci/run` does it).
 
@@ -17,17 +18,15 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-const ADMIN_KEY: &str = "convex-emu|admin-key";
 const TOKEN: &str = "e2e-ingest-token-0123456789";
 
-/// A running emulator; killed on drop.
+/// A running shim (`convex/emulator/shim.ts`); killed on drop.
 pub struct Emulator {
     child: Child,
-    /// The function API: `http://127.0.0.1:<port>` (like `https://<name>.convex.cloud`).
+    /// `http://127.0.0.1:<port>`: the HTTP actions (like `https://<name>.convex.site`, so
+    /// `POST <url>/ingest`) and the read-back route `POST <url>/api/query`.
     pub url: String,
-    /// HTTP actions: `http://127.0.0.1:<port>` (like `https://<name>.convex.site`).
-    pub site_url: String,
-    /// One JSON line per request served (`CONVEX_EMU_LOG`).
+    /// One JSON line per request served (`SHIM_LOG`).
     pub log: PathBuf,
     _dir: tempfile::TempDir,
 }
@@ -40,10 +39,11 @@ impl Drop for Emulator {
 }
 
 impl Emulator {
-    /// Starts `convex/emulator/main.ts` on free API and site ports with `INGEST_TOKEN` set.
+    /// Starts `node --import tsx convex/emulator/shim.ts` (one process, so the kill on drop
+    /// stops it) on a free port with `INGEST_TOKEN` set.
     pub fn start(ingest_token: &str) -> Emulator {
         let root = repo_root();
-        let tsx = root.join("convex/node_modules/.bin/tsx");
+        let tsx = root.join("convex/node_modules/tsx");
         assert!(
             tsx.exists(),
             "{} is missing: run `npm ci` in convex/ (the README's test command does)",
@@ -51,18 +51,17 @@ impl Emulator {
         );
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("requests.jsonl");
-        let mut child = Command::new(&tsx)
-            .arg(root.join("convex/emulator/main.ts"))
+        let mut child = Command::new("node")
+            .args(["--import", "tsx"])
+            .arg(root.join("convex/emulator/shim.ts"))
             .current_dir(root.join("convex"))
-            .env("CONVEX_EMU_PORT", "0")
-            .env("CONVEX_EMU_SITE_PORT", "0")
-            .env("CONVEX_EMU_ADMIN_KEY", ADMIN_KEY)
-            .env("CONVEX_EMU_LOG", &log)
+            .env("SHIM_PORT", "0")
+            .env("SHIM_LOG", &log)
             .env("INGEST_TOKEN", ingest_token)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("starting the convex emulator");
+            .expect("starting the convex shim (node on PATH)");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -70,34 +69,26 @@ impl Emulator {
                 let _ = tx.send(line);
             }
         });
-        let next = |prefix: &str| {
-            let line = rx
-                .recv_timeout(Duration::from_secs(60))
-                .expect("the emulator did not report its ports within 60 s");
-            line.strip_prefix(prefix)
-                .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"))
-                .trim()
-                .to_string()
-        };
-        let url = next("convex-emu listening on ");
-        let site_url = next("convex-emu site on ");
+        let line = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the shim did not report its port within 60 s");
+        let url = line
+            .strip_prefix("convex-shim listening on ")
+            .unwrap_or_else(|| panic!("expected the listening line, got {line:?}"))
+            .trim()
+            .to_string();
         Emulator {
             child,
             url,
-            site_url,
             log,
             _dir: dir,
         }
     }
 
-    /// Calls an internal query as admin and returns its value.
-    pub fn admin_query(&self, path: &str, args: Value) -> Value {
-        let body = json!({"path": path, "args": args, "format": "json"});
-        let v = post_json(
-            &format!("{}/api/query", self.url),
-            Some(&format!("Convex {ADMIN_KEY}")),
-            &body,
-        );
+    /// Runs a query (internal ones too) through the shim's `/api/query` and returns its value.
+    pub fn query(&self, path: &str, args: Value) -> Value {
+        let body = json!({"path": path, "args": args});
+        let v = post_json(&format!("{}/api/query", self.url), &body);
         assert_eq!(v["status"], "success", "{v}");
         v["value"].clone()
     }
@@ -107,7 +98,7 @@ impl Emulator {
         let mut out = Vec::new();
         let mut cursor = Value::Null;
         loop {
-            let page = self.admin_query(
+            let page = self.query(
                 "sessions:recent",
                 json!({"paginationOpts": {"numItems": 100, "cursor": cursor}}),
             );
@@ -131,17 +122,18 @@ impl Emulator {
 }
 
 /// POSTs JSON and returns the JSON reply (any status).
-pub fn post_json(url: &str, authorization: Option<&str>, body: &Value) -> Value {
+pub fn post_json(url: &str, body: &Value) -> Value {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut req = reqwest::Client::new().post(url).json(body);
-        if let Some(a) = authorization {
-            req = req.header("Authorization", a);
-        }
-        let resp = req.send().await.expect("request to the emulator");
+        let resp = reqwest::Client::new()
+            .post(url)
+            .json(body)
+            .send()
+            .await
+            .expect("request to the shim");
         let bytes = resp.bytes().await.unwrap();
         serde_json::from_slice(&bytes)
             .unwrap_or_else(|e| panic!("bad reply {e}: {}", String::from_utf8_lossy(&bytes)))
@@ -188,7 +180,7 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
         format!(
             "data_dir = \"{}\"\n[export]\ninclude_messages = true\n[convex]\nurl = \"{}\"\nbatch_size = 10\n",
             scratch.path("data-convex").display(),
-            emu.site_url
+            emu.url
         ),
     )
     .unwrap();
@@ -221,7 +213,7 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
 
     for r in &reference {
         let id = r["sessionId"].as_str().unwrap();
-        let doc = emu.admin_query("sessions:get", json!({"sessionId": id}));
+        let doc = emu.query("sessions:get", json!({"sessionId": id}));
         assert!(doc.is_object(), "no row for {id}");
         assert!(doc["exportedAt"].as_f64().unwrap() >= r["exportedAt"].as_f64().unwrap());
         assert_eq!(without_exported_at(&doc), without_exported_at(r), "{id}");
@@ -298,7 +290,7 @@ fn an_oversized_session_is_stored_shortened_not_refused() {
     assert!(raw.len() > 2 << 20, "{} bytes", raw.len());
 
     let sink = ConvexSink::try_from(&ConvexConfig {
-        url: emu.site_url.clone(),
+        url: emu.url.clone(),
         ingest_token: Secret::new(TOKEN),
         ..ConvexConfig::default()
     })
@@ -315,11 +307,11 @@ fn an_oversized_session_is_stored_shortened_not_refused() {
     assert_eq!(records[1], RecordOutcome::Accepted, "{got:?}");
     // The rest of the batch was stored.
     assert_eq!(
-        emu.admin_query("sessions:get", json!({"sessionId": base.session_id}))["sessionId"],
+        emu.query("sessions:get", json!({"sessionId": base.session_id}))["sessionId"],
         json!(base.session_id)
     );
     assert_eq!(
-        emu.admin_query("sessions:get", json!({"sessionId": "ses_oversized"})),
+        emu.query("sessions:get", json!({"sessionId": "ses_oversized"})),
         Value::Null
     );
 
@@ -332,7 +324,7 @@ fn an_oversized_session_is_stored_shortened_not_refused() {
         matches!(&got, Outcome::Delivered(records) if records[..] == [RecordOutcome::Accepted]),
         "{got:?}"
     );
-    let doc = emu.admin_query("sessions:get", json!({"sessionId": "ses_oversized"}));
+    let doc = emu.query("sessions:get", json!({"sessionId": "ses_oversized"}));
     assert_eq!(
         normalize(&doc),
         normalize(&serde_json::to_value(&fitted).unwrap())

@@ -8,7 +8,8 @@ mod support;
 mod architecture;
 /// Configuration errors: exit 78, naming the key and the file.
 mod config_errors;
-/// The real binary → HTTP → the project's Convex functions (convex-test emulator) → query back.
+/// The real binary → HTTP → the project's Convex functions (convex-test behind an HTTP shim) →
+/// query back.
 mod convex_e2e;
 /// Delivery under faults and crashes: the real daemon, SIGKILL/SIGTERM, and a fault-injecting
 /// HTTP server on 127.0.0.1.

@@ -127,6 +127,9 @@ export const sessionFields = {
   createdAt: v.number(),
   updatedAt: v.number(),
   exportedAt: v.number(),
+  // Hex SHA-256 (16 bytes) of the record without exportedAt: equal hashes mean a re-export
+  // that changes nothing (see daemon/src/export/hash.rs). Absent from older daemons.
+  contentHash: v.optional(v.string()),
   archivedAt: v.optional(v.number()),
   deletedAt: v.optional(v.number()),
   durationMs: v.optional(v.number()),

@@ -50,6 +50,9 @@ export type UpsertResult = Infer<typeof upsertResult>;
  * - stored deviceId differs                   -> no write, "conflict" (+ storedDeviceId)
  * - stored (updatedAt, exportedAt) is greater -> no write, "stale"
  * - stored (updatedAt, exportedAt) is equal   -> no write, "unchanged"
+ * - same non-empty contentHash as stored      -> no write, "unchanged": a re-export of the same
+ *                                                content (only exportedAt differs); the stored
+ *                                                document keeps its exportedAt
  * - otherwise                                 -> replace the whole document, "updated"
  * Fields absent from the record are removed from the stored document on "updated".
  * Aggregate changes are recorded in `delta` (written by the caller).
@@ -75,6 +78,9 @@ async function upsertOne(ctx: MutationCtx, record: SessionRecord, delta: Aggrega
     return { sessionId, action: "stale" };
   }
   if (existing.updatedAt === record.updatedAt && existing.exportedAt === record.exportedAt) {
+    return { sessionId, action: "unchanged" };
+  }
+  if (record.contentHash && existing.contentHash === record.contentHash) {
     return { sessionId, action: "unchanged" };
   }
   await ctx.db.replace("sessions", existing._id, record);

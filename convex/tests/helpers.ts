@@ -8,6 +8,7 @@ export const FULL = fullJson as SessionRecord;
 /** The top-level fields record.rs omits when None / false / empty. */
 export const OPTIONAL_FIELDS = [
   "projectWorktree",
+  "contentHash",
   "parentSessionId",
   "archivedAt",
   "deletedAt",

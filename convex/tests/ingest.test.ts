@@ -220,6 +220,32 @@ describe("upsert through POST /ingest", () => {
     expect(await s.all()).toHaveLength(1);
   });
 
+  test("a re-export with the same contentHash writes nothing; another hash updates", async () => {
+    const s = setup();
+    const first = { ...fullRecord(), contentHash: "0123456789abcdef0123456789abcdef" };
+    expect(await s.ingest(first)).toEqual([{ sessionId: first.sessionId, action: "inserted" }]);
+    // Every document of every table, system fields included: a replace, or an aggregate row
+    // decremented and incremented again, would show (new exportedAt, new _id or _creationTime).
+    const everything = () =>
+      s.t.run(async (ctx) => ({
+        sessions: await ctx.db.query("sessions").collect(),
+        dailyTotals: await ctx.db.query("dailyTotals").collect(),
+        modelDailyTotals: await ctx.db.query("modelDailyTotals").collect(),
+      }));
+    const before = await everything();
+    expect(before.dailyTotals.length).toBeGreaterThan(0);
+    const reexport = { ...first, exportedAt: first.exportedAt + 60_000 };
+    expect(await s.ingest(reexport)).toEqual([{ sessionId: first.sessionId, action: "unchanged" }]);
+    expect(await everything()).toEqual(before);
+    // Without a hash (an older daemon) the same re-export is an update, as before.
+    const { contentHash: _h, ...unhashed } = reexport;
+    expect(await s.ingest(unhashed)).toEqual([{ sessionId: first.sessionId, action: "updated" }]);
+    // A different hash with the same updatedAt and a later exportedAt updates.
+    const changed = { ...first, exportedAt: first.exportedAt + 120_000, contentHash: "f".repeat(32), title: "Changed" };
+    expect(await s.ingest(changed)).toEqual([{ sessionId: first.sessionId, action: "updated" }]);
+    expect(withoutSystemFields((await s.get(first.sessionId))!)).toEqual(changed);
+  });
+
   test("an update replaces the whole document: optional fields missing from the newer record are removed", async () => {
     const s = setup();
     const first = { ...fullRecord(), truncated: ["title"] };

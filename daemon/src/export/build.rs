@@ -60,7 +60,8 @@ impl Trigger {
 /// Builds the record of `snapshot` exported for `trigger`. With [`Trigger::Error`] the record's
 /// `error` is that of the terminal (last) assistant message.
 ///
-/// The record is fitted to Convex's limits ([`crate::export::fit()`]) before it is returned.
+/// The record is fitted to Convex's limits ([`crate::export::fit()`]) and sealed with its content
+/// hash ([`crate::export::seal`]) before it is returned.
 pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) -> SessionExport {
     let own = Own::of(snapshot);
     let descendants = flatten_children(snapshot);
@@ -120,6 +121,8 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
         created_at: snapshot.created_at,
         updated_at,
         exported_at: ctx.exported_at,
+        // Its final length, so that fitting counts it; set by `seal` below.
+        content_hash: "0".repeat(crate::export::hash::CONTENT_HASH_LEN),
         archived_at: snapshot.archived_at,
         deleted_at: None,
         duration_ms: own.last_completed.map(|t| (t - snapshot.created_at).max(0)),
@@ -159,6 +162,7 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
         },
     };
     crate::export::fit(&mut record);
+    crate::export::seal(&mut record);
     record
 }
 
@@ -169,6 +173,7 @@ pub fn mark_deleted(last: &SessionExport, at_ms: i64) -> SessionExport {
     r.deleted_at = Some(at_ms);
     r.exported_at = at_ms;
     r.updated_at = r.updated_at.max(at_ms);
+    crate::export::seal(&mut r);
     r
 }
 

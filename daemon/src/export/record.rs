@@ -77,6 +77,11 @@ pub struct SessionExport {
     pub updated_at: i64,
     /// When the daemon built this record (ms, the daemon's wall clock).
     pub exported_at: i64,
+    /// Hex SHA-256 (first 16 bytes) of everything else in the record but `exportedAt`
+    /// ([`crate::export::hash`]): equal hashes mean a re-export that changes nothing. Absent in
+    /// records from daemons before it (read as empty).
+    #[serde(default)]
+    pub content_hash: String,
     /// `session.time_archived` (ms), when the session is archived.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub archived_at: Option<i64>,

@@ -58,7 +58,8 @@ mod tests {
         seal(&mut a);
         assert_eq!(a.content_hash, again);
         // Any other change is seen.
-        let changes: [(&str, fn(&mut SessionExport)); 5] = [
+        type Change = fn(&mut SessionExport);
+        let changes: [(&str, Change); 5] = [
             ("updatedAt", |r| r.updated_at += 1),
             ("title", |r| r.title.push('!')),
             ("cost", |r| r.cost += 0.000_001),

@@ -1229,6 +1229,12 @@ def main():
         if match is None:
             sp.append("exports %s, OpenCode's events call for %s" % (
                 actual_signature(actual), " or ".join(str(signature(e)) for e in alts)))
+        # When the terminal message of the session's last turn was written (time.completed, s).
+        # OpenCode publishes session.error for an abort *before* it writes the message, and the
+        # daemon can only see, and debounce from, the write; a loaded machine widens that gap.
+        early = db_facts(final_db, sid) if os.path.exists(final_db) else None
+        written = early["last_completed"] / 1000.0 if early and early["last_completed"] else None
+        ends_at = [i for i, e in enumerate(match or []) if e["ref_event"] in ("session.idle", "session.error")]
         # join each decided export with its line at the sink (exportedAt == the log's ts)
         lat = []
         for i, t in enumerate(actual):
@@ -1244,6 +1250,11 @@ def main():
             if match is not None:
                 e = match[i]
                 bound = (final_after if e["todos_open"] else debounce) + poll + 1.0
+                if ends_at and i == ends_at[-1] and written is not None and written > e["ref"]:
+                    # Counted from the write the daemon sees, not from the earlier event.
+                    gap = round(written - e["ref"], 3)
+                    bound += gap
+                    item["written_after_event_s"] = gap
                 item["answers"] = e["ref_event"]
                 item["decide_latency_s"] = round(line["ts"] / 1000.0 - e["ref"], 3)
                 if sink is not None:

@@ -68,13 +68,7 @@ fn once_sees_every_ending_including_shell_commands_and_no_reply_prompts() {
         .map(|r| (r["sessionId"].as_str().unwrap().to_string(), r))
         .collect();
     let conn = sql(&db);
-    let roots: BTreeSet<String> = conn
-        .prepare("SELECT id FROM session WHERE parent_id IS NULL")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let roots = root_sessions(&conn);
     assert_eq!(records.keys().cloned().collect::<BTreeSet<_>>(), roots);
 
     // Each ending equals the one OpenCode last announced, where it announced one (a fork's

@@ -42,13 +42,7 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
     let conn = sql(&db);
 
     // One record per top-level session; children are not records of their own by default.
-    let roots: BTreeSet<String> = conn
-        .prepare("SELECT id FROM session WHERE parent_id IS NULL")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
+    let roots = root_sessions(&conn);
     assert_eq!(roots.len(), 25);
     assert_eq!(records.keys().cloned().collect::<BTreeSet<_>>(), roots);
     // …and one printed line per session: id, end reason, messages, todos, cost, title.

@@ -279,14 +279,9 @@ pub(crate) fn parse_record(bytes: &[u8]) -> Result<(&RawValue, Option<String>), 
 mod tests {
     use super::*;
     use crate::config::{ConvexConfig, LocalConfig, Secret};
-    use std::time::Duration;
     use test_support::fault_server::{sample_record, FaultServer, TOKEN};
 
-    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(10), f)
-            .await
-            .expect("test took over 10 s")
-    }
+    use test_support::bounded;
 
     #[test]
     fn a_batch_takes_records_up_to_either_limit_and_at_least_one() {

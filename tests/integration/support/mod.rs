@@ -169,6 +169,16 @@ pub fn sql(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
 }
 
+/// The ids of the top-level sessions (`parent_id IS NULL`) of an OpenCode database.
+pub fn root_sessions(conn: &rusqlite::Connection) -> std::collections::BTreeSet<String> {
+    conn.prepare("SELECT id FROM session WHERE parent_id IS NULL")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
 /// Waits until `cond` holds, checking every 50 ms, at most `secs` seconds.
 pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

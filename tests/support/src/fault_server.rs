@@ -792,11 +792,7 @@ mod tests {
     use serde_json::{json, Value};
     use std::time::Duration;
 
-    async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-        tokio::time::timeout(Duration::from_secs(10), f)
-            .await
-            .expect("test took over 10 s")
-    }
+    use crate::bounded;
 
     /// POSTs `body` to `<url>/ingest` with `Authorization: Bearer <token>` when a token is
     /// given; returns the status, the body (JSON, or the text as a JSON string) and

@@ -1433,10 +1433,9 @@ async fn a_garbled_outbox_log_is_detected_not_silently_emptied() {
         let queue = rig.data().join("queue");
         let pristine = rig.scratch.path("pristine-queue");
         copy_dir(&queue, &pristine);
-        // The daemon leaves its status file (with the outbox's committed high-water mark) beside
-        // the outbox; each variant starts from both as the daemon left them.
-        let status_file = rig.data().join("status.json");
-        let pristine_status = std::fs::read(&status_file).unwrap();
+        // Each variant starts from the outbox directory as the daemon left it, with its
+        // committed high-water mark (`queue/committed.json`).
+        assert!(pristine.join("committed.json").exists());
         let files: Vec<String> = std::fs::read_dir(&pristine)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -1466,7 +1465,6 @@ async fn a_garbled_outbox_log_is_detected_not_silently_emptied() {
                 std::fs::remove_dir_all(rig.data().join(q)).unwrap();
             }
             copy_dir(&pristine, &queue);
-            std::fs::write(&status_file, &pristine_status).unwrap();
             let mut bytes = std::fs::read(queue.join("db")).unwrap();
             damage(&mut bytes);
             std::fs::write(queue.join("db"), bytes).unwrap();

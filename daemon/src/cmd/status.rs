@@ -1,6 +1,6 @@
 //! `status`: what the daemon is doing, read without stopping it.
 //!
-//! A running daemon keeps `<data_dir>/status.json` current (see [`crate::queue::read_status`]):
+//! A running daemon keeps `<data_dir>/status.json` current (see [`crate::daemon::status_file`]):
 //! its pid and start time, the config file and OpenCode database in use, the sink, the outbox
 //! depth (pending, dead letters), the last delivery, the last error, the last export per
 //! trigger (`session.idle`, `session.error`, `session.deleted`, `stale`) and the outcome of
@@ -27,8 +27,9 @@ use serde_json::json;
 
 use crate::clock::now_ms;
 use crate::config::Config;
+use crate::daemon::status_file::{read_status, LastExport, StatusSnapshot};
 use crate::daemon::{open_outbox, sink_description, LAST_EXPORT_PREFIX};
-use crate::queue::{LastExport, Outbox, StatusSnapshot};
+use crate::queue::Outbox;
 
 /// Where the figures came from.
 struct Gathered {
@@ -65,17 +66,17 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
         snapshot: s,
         running: true,
     };
-    if let Some(s) = crate::queue::read_status(&config.data_dir).filter(|s| process_alive(s.pid)) {
+    if let Some(s) = read_status(&config.data_dir).filter(|s| process_alive(s.pid)) {
         return Ok(from_file(s));
     }
     match open_outbox(config) {
         Ok(outbox) => Ok(Gathered {
-            snapshot: outbox.snapshot()?,
+            snapshot: StatusSnapshot::now(&outbox, None)?,
             running: false,
             last_exports: last_exports(&outbox),
         }),
         // Locked: a daemon runs (off Linux, where its pid cannot be checked cheaply).
-        Err(e) => match crate::queue::read_status(&config.data_dir) {
+        Err(e) => match read_status(&config.data_dir) {
             Some(s) => Ok(from_file(s)),
             None => Err(e),
         },
@@ -176,21 +177,21 @@ fn render_text(config: &Config, g: &Gathered, now: i64) -> String {
         "pending",
         format!(
             "{} ({} bytes of {} max)",
-            s.pending_count, s.pending_bytes, s.max_bytes
+            s.queue.pending_count, s.queue.pending_bytes, s.queue.max_bytes
         ),
     );
     line(
         "oldest pending",
-        match s.oldest_enqueued_at_ms {
-            Some(_) => format!("queued {}", ago(now, s.oldest_enqueued_at_ms)),
+        match s.queue.oldest_enqueued_at_ms {
+            Some(_) => format!("queued {}", ago(now, s.queue.oldest_enqueued_at_ms)),
             None => "none".to_string(),
         },
     );
-    line("dead letters", s.dead_count.to_string());
-    line("last delivery", ago(now, s.last_delivery_at_ms));
+    line("dead letters", s.queue.dead_count.to_string());
+    line("last delivery", ago(now, s.queue.last_delivery_at_ms));
     line(
         "last error",
-        match &s.last_error {
+        match &s.queue.last_error {
             Some(e) => format!("{} ({})", e.message, ago(now, Some(e.at_ms))),
             None => "none".to_string(),
         },
@@ -231,14 +232,14 @@ fn render_json(config: &Config, g: &Gathered) -> serde_json::Value {
         "dbPath": daemon.map_or(&config.source.db_path, |d| &d.db_path),
         "dataDir": config.data_dir,
         "outbox": {
-            "pendingCount": s.pending_count,
-            "pendingBytes": s.pending_bytes,
-            "maxBytes": s.max_bytes,
-            "oldestEnqueuedAt": s.oldest_enqueued_at_ms,
-            "deadCount": s.dead_count,
+            "pendingCount": s.queue.pending_count,
+            "pendingBytes": s.queue.pending_bytes,
+            "maxBytes": s.queue.max_bytes,
+            "oldestEnqueuedAt": s.queue.oldest_enqueued_at_ms,
+            "deadCount": s.queue.dead_count,
         },
-        "lastDeliveryAt": s.last_delivery_at_ms,
-        "lastError": s.last_error.as_ref().map(|e| json!({"message": e.message, "at": e.at_ms})),
+        "lastDeliveryAt": s.queue.last_delivery_at_ms,
+        "lastError": s.queue.last_error.as_ref().map(|e| json!({"message": e.message, "at": e.at_ms})),
         "lastExports": g.last_exports,
     })
 }
@@ -246,23 +247,26 @@ fn render_json(config: &Config, g: &Gathered) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::{DaemonInfo, LastError};
+    use crate::daemon::status_file::DaemonInfo;
+    use crate::queue::{LastError, QueueStats};
 
     fn snapshot(daemon: Option<DaemonInfo>) -> StatusSnapshot {
         StatusSnapshot {
             pid: 4242,
             written_at_ms: 1_000_000,
-            pending_count: 3,
-            pending_bytes: 900,
-            max_bytes: 1 << 20,
-            oldest_enqueued_at_ms: Some(990_000),
-            dead_count: 1,
-            last_delivery_at_ms: Some(995_000),
-            last_error: Some(LastError {
-                message: "HTTP 503".into(),
-                at_ms: 998_000,
-            }),
-            committed_seq: None,
+            queue: QueueStats {
+                pending_count: 3,
+                pending_bytes: 900,
+                max_bytes: 1 << 20,
+                oldest_enqueued_at_ms: Some(990_000),
+                dead_count: 1,
+                last_delivery_at_ms: Some(995_000),
+                last_error: Some(LastError {
+                    message: "HTTP 503".into(),
+                    at_ms: 998_000,
+                }),
+                ..QueueStats::default()
+            },
             daemon,
         }
     }

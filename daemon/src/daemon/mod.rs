@@ -41,6 +41,7 @@ pub mod pass;
 mod poll;
 pub mod reload;
 mod signals;
+pub mod status_file;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -59,7 +60,7 @@ use crate::config::{Config, ConfigError, Loaded};
 use crate::daemon::deliver::{Reconfigure, Sender};
 use crate::export::{ExportContext, ExportOptions, SessionExport};
 use crate::identity;
-use crate::queue::{DaemonInfo, LastExport, NewRecord, Outbox, QueueError, ReloadOutcome};
+use crate::queue::{NewRecord, Outbox, QueueError};
 use crate::sink::{self, AnySink};
 use crate::source::opencode::OpenCodeSource;
 use crate::track::{Rules, Tracker};
@@ -67,6 +68,7 @@ use crate::track::{Rules, Tracker};
 use poll::Poller;
 use signals::forward_hangups;
 pub use signals::shutdown_signal;
+use status_file::{DaemonInfo, LastExport, ReloadOutcome, StatusHandle, StatusWriter};
 
 /// Key prefix, in the outbox's `state` tree, of the last export per trigger
 /// (`last-export/session.idle` → `{"sessionId":…,"at":<ms>}`), written in the same commit as
@@ -304,18 +306,22 @@ pub async fn run(
         tracked_sessions = tracker.len(),
         "running"
     );
-    outbox.set_daemon_info(DaemonInfo {
-        started_at_ms: now_ms(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        config_path: loaded
-            .path
-            .as_ref()
-            .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
-        db_path: config.source.db_path.clone(),
-        sink: sink_description(&config),
-        last_exports: crate::cmd::status::last_exports(&outbox),
-        last_reload: None,
-    });
+    let status = StatusWriter::spawn(
+        outbox.clone(),
+        &config.data_dir,
+        DaemonInfo {
+            started_at_ms: now_ms(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config_path: loaded
+                .path
+                .as_ref()
+                .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+            db_path: config.source.db_path.clone(),
+            sink: sink_description(&config),
+            last_exports: crate::cmd::status::last_exports(&outbox),
+            last_reload: None,
+        },
+    );
     let mut notifier = notify::Notifier::from_env();
     notifier.ready(&format!("polling {}", config.source.db_path.display()));
     let cancel = CancellationToken::new();
@@ -333,6 +339,7 @@ pub async fn run(
         transitions_log: options.transitions_log,
         progress_pending: options.show_progress,
         scanned_once: false,
+        status: status.handle(),
     };
     let mut ticker = tokio::time::interval(config.poll_interval());
     // IMPORTANT: a slow tick must not be followed by a burst of catch-up ticks.
@@ -349,7 +356,7 @@ pub async fn run(
                     reloads_open = false;
                     continue;
                 }
-                let Some(new) = apply_reload(&config, (reloads.load)(), &outbox, &reconfigure_tx) else {
+                let Some(new) = apply_reload(&config, (reloads.load)(), &status.handle(), &reconfigure_tx) else {
                     continue;
                 };
                 if new.poll_interval() != config.poll_interval() {
@@ -397,7 +404,9 @@ pub async fn run(
         Ok(Ok(Ok(()))) => {}
         Err(_) => tracing::warn!("the sender did not stop within the grace period"),
     }
-    outbox.flush().await.context("flushing the outbox")?;
+    let flushed = outbox.flush().await;
+    status.finish().await;
+    flushed.context("flushing the outbox")?;
     tracing::info!("shutdown complete");
     result
 }
@@ -407,12 +416,12 @@ pub async fn run(
 pub(crate) fn apply_reload(
     running: &Config,
     loaded: Result<Loaded, ConfigError>,
-    outbox: &Outbox,
+    status: &StatusHandle,
     reconfigure: &mpsc::UnboundedSender<Reconfigure>,
 ) -> Option<Config> {
     tracing::info!(signal = "SIGHUP", "reloading the configuration");
     let record = |applied: bool, message: String| {
-        outbox.update_daemon_info(|d| {
+        status.update(|d| {
             d.last_reload = Some(ReloadOutcome {
                 at_ms: now_ms(),
                 applied,
@@ -468,7 +477,7 @@ pub(crate) fn apply_reload(
     );
     let effective = plan.effective;
     let sink = sink_description(&effective);
-    outbox.update_daemon_info(|d| d.sink = sink);
+    status.update(|d| d.sink = sink);
     record(true, summary);
     Some(effective)
 }

@@ -15,6 +15,7 @@ use crate::track::{Mode, Rules, Tracker};
 
 use super::logging::ProgressGuard;
 use super::pass::{self, Exported, PassOptions, PassOutput};
+use super::status_file::StatusHandle;
 use super::{export_context, last_export_puts, new_record, state_puts_of};
 
 /// The poll side of the daemon.
@@ -31,6 +32,8 @@ pub(crate) struct Poller {
     pub(crate) progress_pending: bool,
     /// A tick has read the source to the end once (the first pass over the history is done).
     pub(crate) scanned_once: bool,
+    /// The daemon's part of the status file (the last export per trigger).
+    pub(crate) status: StatusHandle,
 }
 
 impl Poller {
@@ -148,7 +151,7 @@ impl Poller {
         };
         outbox.commit(commit).await.context("writing the outbox")?;
         if !last.is_empty() {
-            outbox.update_daemon_info(|d| d.last_exports.extend(last));
+            self.status.update(|d| d.last_exports.extend(last));
         }
         for e in &out.exported {
             self.log_transition(e);

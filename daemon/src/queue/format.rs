@@ -1,5 +1,5 @@
 //! Byte formats of everything the outbox persists: the pending envelope, the dead-letter entry,
-//! meta values and the status file. The serde types here are the only ones of the queue module;
+//! meta values and the committed high-water mark file. The serde types here are the only ones of the queue module;
 //! each is a `#[serde(tag = "v")]` enum, so a format change adds a variant (`V2`) and never edits
 //! an existing one. The layouts are described in the module doc of [`crate::queue`].
 
@@ -263,40 +263,31 @@ pub(crate) enum LastErrorRecord {
     },
 }
 
-/// The status file `<data_dir>/status.json`.
+/// The committed high-water mark `<data_dir>/queue/committed.json` (see
+/// [`super::committed`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "v")]
-pub(crate) enum StatusFile {
+pub(crate) enum CommittedFile {
     /// Format 1.
     #[serde(rename = "1", rename_all = "camelCase")]
     V1 {
-        pid: u32,
+        /// The outbox's next sequence number as of a completed flush: every sequence number
+        /// below it was durably committed.
+        committed_seq: u64,
+        /// When the file was written (ms).
         written_at: i64,
-        pending_count: u64,
-        pending_bytes: u64,
-        max_bytes: u64,
-        oldest_enqueued_at: Option<i64>,
-        dead_count: u64,
-        last_delivery_at: Option<i64>,
-        last_error: Option<StatusError>,
-        /// The outbox's next sequence number as of its last completed flush: a high-water mark
-        /// kept outside sled (absent in files of earlier builds).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        committed_seq: Option<u64>,
-        /// What a running daemon adds (absent when another command wrote the file, and in
-        /// files of earlier builds).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        daemon: Option<super::status::DaemonInfo>,
     },
 }
 
-/// The last error inside [`StatusFile`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct StatusError {
-    /// The message.
-    pub message: String,
-    /// When it was recorded (ms).
-    pub at: i64,
+/// The one member the queue reads from `<data_dir>/status.json` as builds before
+/// `committed.json` wrote it (they kept the high-water mark there); every other member is
+/// ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct LegacyStatusFile {
+    /// The high-water mark, when present.
+    #[serde(default)]
+    pub committed_seq: Option<u64>,
 }
 
 #[cfg(test)]

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use sled::transaction::TransactionError;
 use sled::IVec;
 
+use super::committed;
 use super::format::{self, meta_key, Envelope, LAYOUT_VERSION};
-use super::{
-    decode_entry, now_ms, remove_stale_order_key, QueueError, Rebuild, Trees, Tx, TxResult,
-    QUEUE_DIR_NAME,
-};
+use super::store::{decode_entry, remove_stale_order_key, Delta, Trees, Tx, TxResult};
+use super::{QueueError, Rebuild, QUEUE_DIR_NAME};
+use crate::clock::now_ms;
 
 /// Pending and dead counts of a verified outbox.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +49,9 @@ pub(crate) fn open(data_dir: &Path, cache_capacity: u64) -> Result<Opened, Queue
     let dir = data_dir.join(QUEUE_DIR_NAME);
     create_dir(data_dir, false)?;
     create_dir(&dir, true)?;
-    // The high-water mark the last daemon recorded outside sled, after a completed flush.
-    let committed = super::read_status(data_dir).and_then(|s| s.committed_seq);
+    // The high-water mark recorded outside sled's files after a completed flush (or, written
+    // by builds before `committed.json`, in the status file).
+    let committed = committed::read(&dir).or_else(|| committed::read_legacy(data_dir));
     let cause = match open_verified(&dir, cache_capacity, committed) {
         Ok((trees, counts)) => {
             return Ok(Opened {
@@ -283,7 +284,7 @@ fn verify(
         kv.map_err(classify)?;
     }
 
-    let run = |f: &dyn Fn(&Tx<'_>) -> TxResult<super::Delta>| trees.tx(f).map_err(tx_failure);
+    let run = |f: &dyn Fn(&Tx<'_>) -> TxResult<Delta>| trees.tx(f).map_err(tx_failure);
     let mut repaired = false;
     let next_seq = trees
         .meta
@@ -315,7 +316,7 @@ fn verify(
         repaired = true;
     }
     for (key, sid) in &stale {
-        run(&|t| remove_stale_order_key(t, key, sid).map(|()| super::Delta::default()))?;
+        run(&|t| remove_stale_order_key(t, key, sid).map(|()| Delta::default()))?;
         repaired = true;
     }
     for sid in seqs.keys().filter(|sid| !indexed.contains(*sid)) {
@@ -333,8 +334,8 @@ fn verify(
 
 /// Gives the outbox entry of `sid` its missing `order` key; if its sequence number is taken by
 /// another session, rewrites the entry under a fresh one.
-fn reindex(t: &Tx<'_>, sid: &[u8]) -> TxResult<super::Delta> {
-    let mut delta = super::Delta::default();
+fn reindex(t: &Tx<'_>, sid: &[u8]) -> TxResult<Delta> {
+    let mut delta = Delta::default();
     let Some(value) = t.outbox.get(sid)? else {
         return Ok(delta);
     };

@@ -10,7 +10,9 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::format::meta_key;
 use super::*;
+use crate::clock::now_ms;
 
 const CHILD_ENV: &str = "OUTBOX_TEST_CHILD";
 
@@ -37,8 +39,25 @@ fn records(records: Vec<NewRecord>) -> Commit {
     }
 }
 
+/// Opens the outbox in `dir`, waiting up to 5 s for the lock of a handle just dropped: sled
+/// finishes a flush, a log write or a truncation on its own thread pool, and that job keeps the
+/// file (and so its lock) open a moment after the last handle is gone. A daemon never reopens
+/// its outbox in the same process; these tests do it all the time.
 fn open(dir: &Path) -> Outbox {
-    Outbox::open(dir, &cfg()).expect("open the outbox")
+    open_with(dir, &cfg())
+}
+
+/// [`open`] with another configuration.
+fn open_with(dir: &Path, config: &QueueConfig) -> Outbox {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Outbox::open(dir, config) {
+            Err(QueueError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => return opened.expect("open the outbox"),
+        }
+    }
 }
 
 fn sids(pending: &[Pending]) -> Vec<&str> {
@@ -631,7 +650,7 @@ async fn is_full_at_max_bytes_and_after_reopen() {
         assert_eq!(ob.stats().unwrap().pending_count, 5);
         ob.flush().await.unwrap();
     }
-    let ob = Outbox::open(tmp.path(), &config).unwrap();
+    let ob = open_with(tmp.path(), &config);
     assert!(ob.is_full());
     for p in ob.pending(2).unwrap() {
         ob.ack(&p).await.unwrap();
@@ -866,24 +885,6 @@ async fn a_db_file_with_a_garbled_header_is_moved_aside_and_rebuilt() {
     assert_eq!(ob.pending(10).unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn a_garbled_log_that_makes_sled_panic_is_moved_aside() {
-    let tmp = tempfile::tempdir().unwrap();
-    fill(tmp.path(), 400).await;
-    let db = tmp.path().join("queue/db");
-    let at = find(&std::fs::read(&db).unwrap(), b"ses_0150")[0];
-    garble(&db, at.saturating_sub(16 * 1024), 64 * 1024);
-    let ob = open(tmp.path());
-    let rebuild = ob.rebuild().expect("rebuilt");
-    assert!(
-        rebuild.cause.starts_with("sled panicked: "),
-        "{}",
-        rebuild.cause
-    );
-    drop(ob);
-    assert!(!open(tmp.path()).was_rebuilt());
-}
-
 /// Offsets of every occurrence of `needle` in `hay`.
 fn find(hay: &[u8], needle: &[u8]) -> Vec<usize> {
     hay.windows(needle.len())
@@ -930,18 +931,31 @@ fn raw_open(dir: &Path) -> RawOpen {
     .unwrap_or(RawOpen::Panics)
 }
 
+/// Reads everything an open outbox holds, as the daemon would over its life.
+fn read_everything(ob: &Outbox) -> Result<(), QueueError> {
+    ob.pending(usize::MAX)?;
+    ob.state_scan(b"")?;
+    ob.dead_entries()?;
+    ob.stats()?;
+    Ok(())
+}
+
 #[tokio::test]
-async fn a_corrupt_page_that_sled_finds_only_when_reading_it_is_caught_at_open() {
-    // sled 0.34 opens such a directory without complaint and fails only when the page is read.
-    // Without the full read at open, the daemon would fail at its first read of that entry on
-    // every start: a crash loop. Which garbled record gives this case depends on sled's log
-    // layout, so try a few and require at least one.
+async fn damage_anywhere_in_the_log_is_caught_at_open_or_harmless() {
+    // sled 0.34 panics at open on some damaged logs, and opens others without complaint and
+    // fails only when the damaged page is read; without the full read at open (under
+    // `catch_unwind`) the daemon would crash, or fail at its first read of that entry, on every
+    // start: a crash loop. Which records land where depends on sled's log layout, so the test
+    // does not pick them: it damages every tenth record of the log in turn and requires, for
+    // each, that the outbox either opens and reads everything or is quarantined — never opens
+    // and fails later. Plain sled on the same bytes shows that both cases are among them (each
+    // is, for a stretch of records, with sled 0.34.7).
     let tmp = tempfile::tempdir().unwrap();
     let pristine = tmp.path().join("pristine");
     fill(&pristine, 400).await;
-    let mut outcomes = Vec::new();
-    for (i, n) in [10, 50, 100, 150, 199, 250].into_iter().enumerate() {
-        let data = tmp.path().join(format!("try{i}"));
+    let (mut lazily_detected, mut panicking) = (0, 0);
+    for n in (0..400).step_by(10) {
+        let data = tmp.path().join(format!("try{n}"));
         copy_dir(&pristine.join("queue"), &data.join("queue"));
         let db = data.join("queue/db");
         let needle = format!("ses_{n:04}\",\"n\":{n}}}");
@@ -950,18 +964,33 @@ async fn a_corrupt_page_that_sled_finds_only_when_reading_it_is_caught_at_open()
         }
         copy_dir(&data.join("queue"), &data.join("raw"));
         let raw = raw_open(&data.join("raw"));
-        if raw == RawOpen::OpensButReadFails {
-            let ob = open(&data);
-            let rebuild = ob.rebuild().expect("rebuilt");
-            assert!(rebuild.cause.contains("corrupt"), "{}", rebuild.cause);
-            drop(ob);
-            assert!(!open(&data).was_rebuilt());
+        let ob = open(&data);
+        match ob.rebuild() {
+            // Quarantined: corrupt, a sled panic, or a log that recovered less than the mark.
+            Some(_) => {}
+            None => {
+                assert!(
+                    raw == RawOpen::OpensAndReads,
+                    "record {n}: plain sled says {raw:?}, yet the outbox opened as intact"
+                );
+                read_everything(&ob).unwrap_or_else(|e| panic!("record {n}: {e}"));
+            }
         }
-        outcomes.push(raw);
+        if matches!(raw, RawOpen::OpensButReadFails | RawOpen::Panics) {
+            *(if raw == RawOpen::Panics {
+                &mut panicking
+            } else {
+                &mut lazily_detected
+            }) += 1;
+            // No crash loop: the fresh outbox opens as it is.
+            drop(ob);
+            assert!(!open(&data).was_rebuilt(), "record {n}");
+        }
+        std::fs::remove_dir_all(&data).unwrap();
     }
     assert!(
-        outcomes.contains(&RawOpen::OpensButReadFails),
-        "{outcomes:?}"
+        lazily_detected > 0 && panicking > 0,
+        "sled detected {lazily_detected} damaged records only on read and panicked on {panicking}"
     );
 }
 
@@ -1060,38 +1089,113 @@ async fn a_newer_layout_is_refused_and_left_in_place() {
     assert!(quarantined(tmp.path()).is_empty());
 }
 
+/// `committedSeq` of `<dir>/queue/committed.json`.
+fn committed_mark(data: &Path) -> Option<u64> {
+    let bytes = std::fs::read(data.join("queue").join("committed.json")).ok()?;
+    serde_json::from_slice::<serde_json::Value>(&bytes).ok()?["committedSeq"].as_u64()
+}
+
 #[tokio::test]
-async fn the_status_file_is_written_at_open_and_at_most_once_a_second() {
+async fn the_committed_mark_follows_flushes_at_most_once_a_second() {
     let tmp = tempfile::tempdir().unwrap();
-    assert_eq!(read_status(tmp.path()), None);
     let ob = open(tmp.path());
     let opened = Instant::now();
-    let s0 = read_status(tmp.path()).expect("written at open");
-    assert_eq!(s0.pid, std::process::id());
-    assert_eq!((s0.pending_count, s0.max_bytes), (0, cfg().max_bytes));
-    // Within the second after the last write, changes wait for the trailing write.
+    // The first sequence number an outbox gives out.
+    let first = committed_mark(tmp.path()).expect("written at open");
+    // A commit flushes; within the second after the last write the mark waits for the
+    // trailing write.
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
-    ob.record_error("http 503: unavailable").unwrap();
+    ob.commit(records(vec![rec("ses_b", 2)])).await.unwrap();
     if opened.elapsed() < Duration::from_millis(800) {
-        assert_eq!(read_status(tmp.path()).unwrap().pending_count, 0);
+        assert_eq!(committed_mark(tmp.path()), Some(first));
     }
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    let s1 = read_status(tmp.path()).unwrap();
-    assert_eq!(s1.pending_count, 1);
-    assert!(s1.pending_bytes > 0);
-    assert!(s1.oldest_enqueued_at_ms.is_some());
-    assert_eq!(s1.last_error.unwrap().message, "http 503: unavailable");
+    assert_eq!(committed_mark(tmp.path()), Some(first + 2));
     // `flush` writes it at once (shutdown).
-    let p = ob.pending(1).unwrap().remove(0);
-    ob.ack(&p).await.unwrap();
+    ob.commit(records(vec![rec("ses_c", 3)])).await.unwrap();
     ob.flush().await.unwrap();
-    let s2 = read_status(tmp.path()).unwrap();
-    assert_eq!(s2.pending_count, 0);
-    assert!(s2.last_delivery_at_ms.is_some());
-    assert!(!tmp.path().join("status.json.tmp").exists());
-    // Garbage reads as "no status".
-    std::fs::write(status_path(tmp.path()), b"{").unwrap();
-    assert_eq!(read_status(tmp.path()), None);
+    assert_eq!(committed_mark(tmp.path()), Some(first + 3));
+    assert!(!tmp.path().join("queue/committed.json.tmp").exists());
+    // The queue writes no status file: that is the daemon's.
+    assert!(!tmp.path().join("status.json").exists());
+}
+
+/// Copies `<from>/queue` to `<to>/queue`.
+fn copy_queue(from: &Path, to: &Path) {
+    copy_dir(&from.join("queue"), &to.join("queue"));
+}
+
+#[tokio::test]
+async fn a_log_that_recovers_less_than_the_committed_mark_is_quarantined() {
+    // What sled does with a damaged log — recover an earlier prefix and say nothing — made
+    // exactly: the outbox as it was after two commits, next to the mark written after five.
+    let tmp = tempfile::tempdir().unwrap();
+    let (live, early) = (tmp.path().join("live"), tmp.path().join("early"));
+    let ob = open(&live);
+    let first = committed_mark(&live).unwrap();
+    for i in 0..2 {
+        ob.commit(records(vec![rec(&format!("ses_{i}"), i)]))
+            .await
+            .unwrap();
+    }
+    ob.flush().await.unwrap();
+    drop(ob);
+    copy_queue(&live, &early);
+    let ob = open(&live);
+    for i in 2..5 {
+        ob.commit(records(vec![rec(&format!("ses_{i}"), i)]))
+            .await
+            .unwrap();
+    }
+    ob.flush().await.unwrap();
+    drop(ob);
+    let mark = first + 5;
+    assert_eq!(committed_mark(&live), Some(mark));
+
+    // The early outbox with its own mark opens as it is.
+    let rewound = tmp.path().join("rewound");
+    copy_queue(&early, &rewound);
+    assert!(!open(&rewound).was_rebuilt());
+    // With the later mark it is caught.
+    std::fs::copy(
+        live.join("queue/committed.json"),
+        rewound.join("queue/committed.json"),
+    )
+    .unwrap();
+    let ob = open(&rewound);
+    let rebuild = ob.rebuild().expect("a rewound log is quarantined");
+    assert!(
+        rebuild.cause.contains(&mark.to_string()),
+        "{}",
+        rebuild.cause
+    );
+    assert!(ob.pending(10).unwrap().is_empty());
+    drop(ob);
+    assert_eq!(quarantined(&rewound).len(), 1);
+
+    // Builds before `committed.json` kept the mark as `committedSeq` in `<data_dir>/status.json`.
+    let legacy = tmp.path().join("legacy");
+    copy_queue(&early, &legacy);
+    std::fs::remove_file(legacy.join("queue/committed.json")).unwrap();
+    std::fs::write(
+        legacy.join("status.json"),
+        format!(r#"{{"v":"1","pid":1,"writtenAt":1,"pendingCount":5,"committedSeq":{mark}}}"#),
+    )
+    .unwrap();
+    assert!(open(&legacy).was_rebuilt());
+    // A legacy mark the log reaches is kept, and moved to `committed.json` by that open.
+    let upgraded = tmp.path().join("upgraded");
+    copy_queue(&live, &upgraded);
+    std::fs::remove_file(upgraded.join("queue/committed.json")).unwrap();
+    std::fs::write(
+        upgraded.join("status.json"),
+        format!(r#"{{"v":"1","pid":1,"writtenAt":1,"committedSeq":{mark}}}"#),
+    )
+    .unwrap();
+    let ob = open(&upgraded);
+    assert!(!ob.was_rebuilt());
+    assert_eq!(ob.pending(10).unwrap().len(), 5);
+    assert_eq!(committed_mark(&upgraded), Some(mark));
 }
 
 #[tokio::test]

@@ -8,13 +8,24 @@
 //
 // The key of a session is the UTC day of its `createdAt`: a session's whole usage counts on the
 // day it was created, even if it went on past midnight.
+//
+// What a session counts (`counted`), so that every token and dollar is counted exactly once:
+// - a top-level session counts itself and all its subagent sessions — its `rollup` when it has
+//   one (whose `models` carries the children's per-model usage), else its own figures;
+// - minus what a fork `inherited` (the copied prefix was spent in the session it was copied
+//   from, which counts it);
+// - a subagent session stored as its own row (`parentSessionId` set: the daemon's
+//   `skip_subagent_sessions = false`) counts nothing: its parent's rollup already holds it.
+//   So the totals are the same whether children are exported as rows or only rolled up.
+// A reverted turn stays counted (its money was spent; see `reverted` in schema.ts).
 import type { Infer } from "convex/values";
 import type { Doc } from "./_generated/dataModel";
 import type { MutationCtx } from "./_generated/server";
-import type { errorNameCount, sessionRecord, tokenUsage } from "./schema";
+import type { errorNameCount, modelUsage, sessionRecord, tokenUsage } from "./schema";
 
 type SessionLike = Infer<typeof sessionRecord> | Doc<"sessions">;
 type Tokens = Infer<typeof tokenUsage>;
+type ModelUsage = Infer<typeof modelUsage>;
 type ErrorNameCount = Infer<typeof errorNameCount>;
 
 const DAY_MS = 86_400_000;
@@ -79,13 +90,58 @@ function mergeErrorNames(a: ErrorNameCount[], b: Map<string, number>, sign: numb
     .map(([name, sessions]) => ({ name, sessions }));
 }
 
+/** What one session adds to the totals (see the top of this file). */
+export interface Counted {
+  messages: number;
+  tokens: Tokens;
+  cost: number;
+  /** Per provider/model, net of what a fork inherited; models left with no message are dropped. */
+  models: ModelUsage[];
+}
+
+/** What `s` adds to the totals; null for a subagent row (its parent's rollup counts it). */
+export function counted(s: SessionLike): Counted | null {
+  if (s.parentSessionId !== undefined) return null;
+  const r = s.rollup;
+  const tokens = { ...(r?.tokens ?? s.tokens) };
+  let messages = r?.messageCount ?? s.messageCount;
+  let cost = r?.cost ?? s.cost;
+  const byModel = new Map<string, ModelUsage>();
+  const addModels = (list: ModelUsage[], sign: number) => {
+    for (const m of list) {
+      const k = JSON.stringify([m.providerId, m.modelId]);
+      let u = byModel.get(k);
+      if (u === undefined) {
+        u = { providerId: m.providerId, modelId: m.modelId, messages: 0, tokens: zeroTokens(), cost: 0 };
+        byModel.set(k, u);
+      }
+      u.messages += sign * m.messages;
+      addTokens(u.tokens, m.tokens, sign);
+      u.cost += sign * m.cost;
+    }
+  };
+  // Records of daemons before `rollup.models` carry only the session's own models.
+  addModels(r?.models ?? s.models, 1);
+  const i = s.inherited;
+  if (i !== undefined) {
+    messages -= i.messageCount;
+    addTokens(tokens, i.tokens, -1);
+    cost -= i.cost;
+    addModels(i.models, -1);
+  }
+  const models = [...byModel.values()].filter((m) => m.messages > 0);
+  return { messages, tokens, cost, models };
+}
+
 /** Net changes to the aggregate tables, accumulated in memory, then written by `apply`. */
 export class AggregateDelta {
   private daily = new Map<string, DailyDelta>();
   private models = new Map<string, ModelDelta>();
 
-  /** Adds (sign 1) or subtracts (sign -1) one session's contribution. */
+  /** Adds (sign 1) or subtracts (sign -1) one session's contribution (`counted`). */
   add(s: SessionLike, sign: 1 | -1): void {
+    const c = counted(s);
+    if (c === null) return;
     const day = utcDay(s.createdAt);
     const dk = JSON.stringify([day, s.deviceId]);
     let d = this.daily.get(dk);
@@ -105,9 +161,9 @@ export class AggregateDelta {
       this.daily.set(dk, d);
     }
     d.sessions += sign;
-    d.messages += sign * s.messageCount;
-    addTokens(d.tokens, s.tokens, sign);
-    d.cost += sign * s.cost;
+    d.messages += sign * c.messages;
+    addTokens(d.tokens, c.tokens, sign);
+    d.cost += sign * c.cost;
     d.todosTotal += sign * s.todoStats.total;
     d.todosCompleted += sign * s.todoStats.completed;
     if (s.endReason === "error") {
@@ -116,19 +172,15 @@ export class AggregateDelta {
       d.errorNames.set(name, (d.errorNames.get(name) ?? 0) + sign);
     }
 
-    // A model listed twice in one record still counts as one session of that model.
-    const seen = new Set<string>();
-    for (const m of s.models) {
+    // `counted` lists each model once, so each counts one session of that model.
+    for (const m of c.models) {
       const mk = JSON.stringify([day, m.providerId, m.modelId]);
       let md = this.models.get(mk);
       if (md === undefined) {
         md = { day, providerId: m.providerId, modelId: m.modelId, sessions: 0, messages: 0, tokens: zeroTokens(), cost: 0 };
         this.models.set(mk, md);
       }
-      if (!seen.has(mk)) {
-        seen.add(mk);
-        md.sessions += sign;
-      }
+      md.sessions += sign;
       md.messages += sign * m.messages;
       addTokens(md.tokens, m.tokens, sign);
       md.cost += sign * m.cost;

@@ -26,8 +26,8 @@ export const MAX_BATCH = 500;
 export const MAX_CHUNK_BYTES = 8 << 20;
 /**
  * Most aggregate-row lookups budgeted per call (Convex allows 4096 index reads per transaction):
- * each record costs 2 (its sessionId lookup and its day row) + 1 per entry of its `models`, twice
- * for an update (old and new document).
+ * each record costs 2 (its sessionId lookup and its day row) + 1 per model it counts (its
+ * `models`, or its `rollup.models` when larger), twice for an update (old and new document).
  */
 export const MAX_CHUNK_READS = 2000;
 /** Longest `error` of a "rejected" result, in characters. */
@@ -115,7 +115,8 @@ function chunks(records: Array<{ index: number; record: Record<string, unknown> 
   let reads = 0;
   for (const r of records) {
     const size = JSON.stringify(r.record).length;
-    const models = Array.isArray(r.record.models) ? r.record.models.length : 0;
+    const len = (a: unknown) => (Array.isArray(a) ? a.length : 0);
+    const models = Math.max(len(r.record.models), len((r.record.rollup as { models?: unknown } | undefined)?.models));
     const cost = 2 * (2 + models);
     if (cur.length > 0 && (bytes + size > MAX_CHUNK_BYTES || reads + cost > MAX_CHUNK_READS)) {
       out.push(cur);

@@ -72,12 +72,39 @@ export const childSummary = v.object({
   messageCount: v.number(),
   tokens: tokenUsage,
   cost: v.number(),
+  // Absent in records of daemons before it.
+  models: v.optional(v.array(modelUsage)),
   error: v.optional(errorInfo),
 });
 
-/** `Rollup`: totals over a session and all its subagent sessions. */
+/**
+ * `Rollup`: totals over a session and all its subagent sessions. `models`, `tools` and `skills`
+ * are absent in records of daemons before them.
+ */
 export const rollup = v.object({
   sessions: v.number(),
+  messageCount: v.number(),
+  tokens: tokenUsage,
+  cost: v.number(),
+  models: v.optional(v.array(modelUsage)),
+  tools: v.optional(v.array(toolUsage)),
+  skills: v.optional(v.array(toolUsage)),
+});
+
+/**
+ * `Inherited`: the prefix a fork copied from the session it was forked from. Counted in the
+ * record's own messageCount/tokens/cost/models (as OpenCode stores them); every total
+ * subtracts it (aggregates.ts).
+ */
+export const inherited = v.object({
+  messageCount: v.number(),
+  tokens: tokenUsage,
+  cost: v.number(),
+  models: v.array(modelUsage),
+});
+
+/** `RevertedUsage`: the part a pending revert hides (still spent, so totals keep it). */
+export const reverted = v.object({
   messageCount: v.number(),
   tokens: tokenUsage,
   cost: v.number(),
@@ -122,6 +149,8 @@ export const sessionFields = {
   projectDirectory: v.string(),
   projectWorktree: v.optional(v.string()),
   parentSessionId: v.optional(v.string()),
+  // The session a fork was made from (a fork has no parentSessionId).
+  forkedFrom: v.optional(v.string()),
   title: v.string(),
   // Epoch milliseconds.
   createdAt: v.number(),
@@ -146,6 +175,8 @@ export const sessionFields = {
   models: v.array(modelUsage),
   tools: v.array(toolUsage),
   skills: v.array(toolUsage),
+  inherited: v.optional(inherited),
+  reverted: v.optional(reverted),
   endReason,
   error: v.optional(errorInfo),
   // Omitted by the daemon when false.
@@ -174,13 +205,13 @@ export const dailyTotalsFields = {
   /** "YYYY-MM-DD", UTC, of the session's createdAt. */
   day: v.string(),
   deviceId: v.string(),
-  /** Session rows. */
+  /** Top-level session rows (subagent rows count in their parent's rollup). */
   sessions: v.number(),
-  /** Sum of messageCount. */
+  /** Messages of those sessions and their subagents, without what forks inherited (aggregates.ts `counted`). */
   messages: v.number(),
-  /** Sum of tokens. */
+  /** Their tokens, counted the same way. */
   tokens: tokenUsage,
-  /** Sum of cost (USD). */
+  /** Their cost (USD), counted the same way. */
   cost: v.number(),
   /** Sessions with endReason "error". */
   errors: v.number(),
@@ -194,13 +225,14 @@ export const dailyTotalsFields = {
 
 /**
  * One row per (UTC day of `createdAt`, providerId, modelId) used by some session: the sums of
- * that model's entries in the sessions' `models` arrays.
+ * that model's usage over the top-level sessions and their subagents, without what forks
+ * inherited (aggregates.ts `counted`).
  */
 export const modelDailyTotalsFields = {
   day: v.string(),
   providerId: v.string(),
   modelId: v.string(),
-  /** Sessions whose `models` lists this model. */
+  /** Top-level sessions (with their subagents) that used this model. */
   sessions: v.number(),
   /** Sum of ModelUsage.messages. */
   messages: v.number(),

@@ -207,20 +207,31 @@ export const byDay = internalQuery({
 });
 
 /**
- * The subagent sessions of a session (rows whose parentSessionId is `sessionId`), oldest first
- * (index by_parentSessionId_createdAt). Paginated like the others, since a session may have
- * many subagents.
+ * The subagent sessions of a session, oldest first. When the deployment holds them as rows
+ * (the daemon's `skip_subagent_sessions = false`), their summaries (rows whose parentSessionId
+ * is `sessionId`, index by_parentSessionId_createdAt), paginated like the others. Otherwise
+ * (the default: children are only rolled up into their parent's record) one page with the
+ * parent document's `children` entries, each with `parentSessionId` and `summaryOnly: true`
+ * (empty when the parent is not stored either).
  */
 export const children = internalQuery({
   args: { sessionId: v.string(), paginationOpts: paginationOptsValidator },
-  handler: async (ctx, { sessionId, paginationOpts }) =>
-    summaries(
+  handler: async (ctx, { sessionId, paginationOpts }) => {
+    const rows = summaries(
       await ctx.db
         .query("sessions")
         .withIndex("by_parentSessionId_createdAt", (q) => q.eq("parentSessionId", sessionId))
         .order("asc")
         .paginate(bounded(paginationOpts)),
-    ),
+    );
+    if (rows.page.length > 0 || paginationOpts.cursor !== null) return rows;
+    const parent = await ctx.db
+      .query("sessions")
+      .withIndex("by_sessionId", (q) => q.eq("sessionId", sessionId))
+      .unique();
+    const rolledUp = (parent?.children ?? []).map((c) => ({ ...c, parentSessionId: sessionId, summaryOnly: true as const }));
+    return { ...rows, page: rolledUp, isDone: true };
+  },
 });
 
 /**

@@ -222,7 +222,9 @@ describe("upsert through POST /ingest", () => {
 
   test("a re-export with the same contentHash writes nothing; another hash updates", async () => {
     const s = setup();
-    const first = { ...fullRecord(), contentHash: "0123456789abcdef0123456789abcdef" };
+    // A top-level session (a subagent row adds nothing to the aggregates).
+    const { parentSessionId: _parent, ...topLevel } = fullRecord();
+    const first = { ...topLevel, contentHash: "0123456789abcdef0123456789abcdef" };
     expect(await s.ingest(first)).toEqual([{ sessionId: first.sessionId, action: "inserted" }]);
     // Every document of every table, system fields included: a replace, or an aggregate row
     // decremented and incremented again, would show (new exportedAt, new _id or _creationTime).

@@ -33,6 +33,7 @@ const D1 = Date.UTC(2026, 2, 1); // 2026-03-01
 const D2 = Date.UTC(2026, 2, 2);
 const D5 = Date.UTC(2026, 2, 5);
 const dayOf = (ms: number) => new Date(ms).toISOString().slice(0, 10);
+const zeroTok = () => ({ input: 0, output: 0, reasoning: 0, cacheRead: 0, cacheWrite: 0 });
 
 type Model = SessionRecord["models"][number];
 const model = (providerId: string, modelId: string, messages: number, input: number, output: number, cost: number): Model => ({
@@ -95,6 +96,9 @@ function recordOf(s: Spec): SessionRecord {
   };
   delete r.error;
   delete r.parentSessionId;
+  delete r.forkedFrom;
+  delete r.inherited;
+  delete r.reverted;
   delete r.children;
   delete r.rollup;
   if (s.err !== undefined) r.error = { name: s.err, message: `${s.err} happened` };
@@ -102,7 +106,51 @@ function recordOf(s: Spec): SessionRecord {
   return r;
 }
 
-const RECORDS = SPECS.map(recordOf);
+/** Sums `models` lists per provider/model, sorted by that key (as the daemon's rollup does). */
+function mergeModels(lists: Model[][]): Model[] {
+  const by = new Map<string, Model>();
+  for (const m of lists.flat()) {
+    const k = JSON.stringify([m.providerId, m.modelId]);
+    const e = by.get(k) ?? { providerId: m.providerId, modelId: m.modelId, messages: 0, tokens: zeroTok(), cost: 0 };
+    e.messages += m.messages;
+    for (const f of Object.keys(e.tokens) as Array<keyof typeof e.tokens>) e.tokens[f] += m.tokens[f];
+    e.cost += m.cost;
+    by.set(k, e);
+  }
+  return [...by.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([, m]) => m);
+}
+
+/** What the daemon sends for a session with subagents: their summaries and the rollup over all. */
+function withChildren(parent: SessionRecord, children: SessionRecord[]): SessionRecord {
+  if (children.length === 0) return parent;
+  const all = [parent, ...children];
+  const tokens = zeroTok();
+  for (const r of all) for (const k of Object.keys(tokens) as Array<keyof typeof tokens>) tokens[k] += r.tokens[k];
+  return {
+    ...parent,
+    children: children.map((c) => ({
+      sessionId: c.sessionId,
+      title: c.title,
+      messageCount: c.messageCount,
+      tokens: c.tokens,
+      cost: c.cost,
+      models: c.models,
+    })),
+    rollup: {
+      sessions: all.length,
+      messageCount: all.reduce((n, r) => n + r.messageCount, 0),
+      tokens,
+      cost: all.reduce((n, r) => n + r.cost, 0),
+      models: mergeModels(all.map((r) => r.models)),
+      tools: [],
+      skills: [],
+    },
+  };
+}
+
+/** Each session's own figures (no rollup), as the specs say. */
+const OWN = SPECS.map(recordOf);
+const RECORDS = OWN.map((r) => withChildren(r, OWN.filter((c) => c.parentSessionId === r.sessionId)));
 
 function setup() {
   const t = convexTest(schema, modules);
@@ -238,20 +286,26 @@ describe("paginated session queries on the seeded dataset", () => {
 });
 
 // ---- independent totals over records ----
-const zeroTok = () => ({ input: 0, output: 0, reasoning: 0, cacheRead: 0, cacheWrite: 0 });
 const round = (x: number) => Math.round(x * 1e9) / 1e9;
 
-function expectedTotals(rs: SessionRecord[]) {
+/**
+ * The totals of the top-level sessions `tops`: sessions, errors and todos are theirs; messages,
+ * tokens and cost are the sums of each session's own figures over them and their subagents
+ * (`OWN`, every session once).
+ */
+function expectedTotals(tops: SessionRecord[]) {
+  const ids = new Set(tops.map((r) => r.sessionId));
+  const spent = OWN.filter((r) => ids.has(r.sessionId) || (r.parentSessionId !== undefined && ids.has(r.parentSessionId)));
   const tokens = zeroTok();
-  for (const r of rs) for (const k of Object.keys(tokens) as Array<keyof typeof tokens>) tokens[k] += r.tokens[k];
-  const todosTotal = rs.reduce((n, r) => n + r.todoStats.total, 0);
-  const todosCompleted = rs.reduce((n, r) => n + r.todoStats.completed, 0);
+  for (const r of spent) for (const k of Object.keys(tokens) as Array<keyof typeof tokens>) tokens[k] += r.tokens[k];
+  const todosTotal = tops.reduce((n, r) => n + r.todoStats.total, 0);
+  const todosCompleted = tops.reduce((n, r) => n + r.todoStats.completed, 0);
   return {
-    sessions: rs.length,
-    messages: rs.reduce((n, r) => n + r.messageCount, 0),
+    sessions: tops.length,
+    messages: spent.reduce((n, r) => n + r.messageCount, 0),
     tokens,
-    cost: round(rs.reduce((n, r) => n + r.cost, 0)),
-    errors: rs.filter((r) => r.endReason === "error").length,
+    cost: round(spent.reduce((n, r) => n + r.cost, 0)),
+    errors: tops.filter((r) => r.endReason === "error").length,
     todosTotal,
     todosCompleted,
     todoCompletionRate: todosTotal > 0 ? todosCompleted / todosTotal : null,
@@ -268,7 +322,7 @@ describe("totals on the seeded dataset", () => {
     const { t } = await seeded();
     for (const [from, to] of [["2026-03-01", "2026-03-31"], ["2026-03-02", "2026-03-02"], ["2026-03-03", "2026-03-04"], ["2025-03-06", "2026-03-06"]]) {
       for (const dev of [undefined, DEV_A, DEV_B]) {
-        const rs = RECORDS.filter((r) => inRange(r, from, to) && (dev === undefined || r.deviceId === dev));
+        const rs = RECORDS.filter((r) => r.parentSessionId === undefined && inRange(r, from, to) && (dev === undefined || r.deviceId === dev));
         const days = [...new Set(rs.map((r) => dayOf(r.createdAt)))].sort();
         const got = await t.query(internal.totals.daily, { from, to, ...(dev ? { deviceId: dev } : {}) });
         expect(roundCosts(got)).toEqual({
@@ -277,20 +331,27 @@ describe("totals on the seeded dataset", () => {
         });
       }
     }
-    // A hand-checked value: 2026-03-01 has ses_01..ses_04, costing 0.5 + 0.25 + 0.1875 + 0.
+    // Hand-checked values: 2026-03-01 has ses_01..ses_04, costing 0.5 + 0.25 + 0.1875 + 0;
+    // 2026-03-02 has ses_05 and its three subagents (stored as rows and rolled up into ses_05,
+    // counted once): 0.03125 + 0.01 + 0.02 + 1.5.
     const d1 = await t.query(internal.totals.daily, { from: "2026-03-01", to: "2026-03-01" });
     expect(d1.total.sessions).toBe(4);
     expect(d1.total.cost).toBe(0.9375);
     expect(d1.total.errors).toBe(1);
     expect(d1.total.todoCompletionRate).toBe(4 / 6);
+    const d2 = await t.query(internal.totals.daily, { from: "2026-03-02", to: "2026-03-02" });
+    expect(d2.total.sessions).toBe(1);
+    expect(d2.total.cost).toBe(1.56125);
   });
 
   test("byModel: per provider/model over the range, highest cost first", async () => {
     const { t } = await seeded();
     for (const [from, to] of [["2026-03-01", "2026-03-31"], ["2026-03-01", "2026-03-01"], ["2026-03-05", "2026-03-05"], ["2026-04-01", "2026-04-30"]]) {
       const byKey = new Map<string, { providerId: string; modelId: string; sessions: number; messages: number; tokens: ReturnType<typeof zeroTok>; cost: number }>();
-      for (const r of RECORDS.filter((r) => inRange(r, from, to))) {
-        for (const m of r.models) {
+      for (const r of RECORDS.filter((r) => r.parentSessionId === undefined && inRange(r, from, to))) {
+        // The session and its subagents, each once.
+        const own = OWN.filter((o) => o.sessionId === r.sessionId || o.parentSessionId === r.sessionId);
+        for (const m of mergeModels(own.map((o) => o.models))) {
           const k = `${m.providerId}/${m.modelId}`;
           const e = byKey.get(k) ?? { providerId: m.providerId, modelId: m.modelId, sessions: 0, messages: 0, tokens: zeroTok(), cost: 0 };
           e.sessions += 1;
@@ -307,7 +368,7 @@ describe("totals on the seeded dataset", () => {
     expect(month.map((m) => `${m.providerId}/${m.modelId}:${m.sessions}`)).toEqual([
       "openai/gpt:4",
       "anthropic/claude:4",
-      "anthropic/haiku:2",
+      "anthropic/haiku:1",
     ]);
   });
 
@@ -315,7 +376,8 @@ describe("totals on the seeded dataset", () => {
     const { t } = await seeded();
     for (const [from, to] of [["2026-03-01", "2026-03-31"], ["2026-03-02", "2026-03-05"], ["2026-03-03", "2026-03-03"]]) {
       for (const dev of [undefined, DEV_A, DEV_B]) {
-        const rs = RECORDS.filter((r) => inRange(r, from, to) && (dev === undefined || r.deviceId === dev));
+        // Top-level sessions: a subagent row counts in its parent.
+        const rs = RECORDS.filter((r) => r.parentSessionId === undefined && inRange(r, from, to) && (dev === undefined || r.deviceId === dev));
         const errs = rs.filter((r) => r.endReason === "error");
         const counts = new Map<string, number>();
         for (const r of errs) counts.set(r.error?.name ?? "(none)", (counts.get(r.error?.name ?? "(none)") ?? 0) + 1);
@@ -332,9 +394,9 @@ describe("totals on the seeded dataset", () => {
       }
     }
     expect(await t.query(internal.totals.failuresByName, { from: "2026-03-01", to: "2026-03-31" })).toEqual({
-      errors: 5,
+      errors: 4,
       byName: [
-        { name: "APIError", sessions: 3 },
+        { name: "APIError", sessions: 2 },
         { name: "(none)", sessions: 1 },
         { name: "ProviderAuthError", sessions: 1 },
       ],
@@ -377,6 +439,87 @@ describe("totals on the seeded dataset", () => {
   }, 30_000);
 });
 
+// ---- every token and dollar counted once ----
+describe("children and forks are counted once", () => {
+  const P = D2 + 100_000;
+  const own = (id: string, models: Model[], over: Partial<SessionRecord> = {}) =>
+    recordOf({ id, dev: DEV_A, proj: "p9", at: P, models, ...(over.parentSessionId ? { parent: over.parentSessionId } : {}) });
+  const parentOwn = own("ses_p", [model("anthropic", "claude", 2, 100, 10, 0.4)]);
+  const kids = [
+    own("ses_k1", [model("anthropic", "haiku", 3, 30, 3, 0.03)], { parentSessionId: "ses_p" }),
+    own("ses_k2", [model("anthropic", "claude", 1, 10, 1, 0.1), model("openai", "gpt", 1, 5, 1, 0.05)], { parentSessionId: "ses_p" }),
+  ];
+  const parent = withChildren(parentOwn, kids);
+  const totals = async (t: ReturnType<typeof convexTest>) => ({
+    daily: await t.query(internal.totals.daily, { from: "2026-03-02", to: "2026-03-02" }),
+    byModel: await t.query(internal.totals.byModel, { from: "2026-03-02", to: "2026-03-02" }),
+  });
+
+  test("a session's subagents count once, whether stored as rows or only rolled up", async () => {
+    const rolledUp = setup();
+    await rolledUp.ingest([parent]);
+    const asRows = setup();
+    await asRows.ingest([...kids, parent]);
+    const a = await totals(rolledUp.t);
+    expect(roundCosts(await totals(asRows.t))).toEqual(roundCosts(a));
+    // The sums of each session's own figures, computed here.
+    expect(a.daily.total.sessions).toBe(1);
+    expect(a.daily.total.messages).toBe(parentOwn.messageCount + kids[0].messageCount + kids[1].messageCount);
+    expect(round(a.daily.total.cost)).toBe(0.58);
+    expect(a.byModel.map((m) => `${m.providerId}/${m.modelId}:${m.sessions}:${m.messages}:${round(m.cost)}`)).toEqual([
+      "anthropic/claude:1:3:0.5",
+      "openai/gpt:1:1:0.05",
+      "anthropic/haiku:1:3:0.03",
+    ]);
+    // Stored before its parent, a subagent row counts nothing until the parent arrives.
+    const early = setup();
+    await early.ingest([kids[0]]);
+    expect((await early.t.query(internal.totals.daily, { from: "2026-03-02", to: "2026-03-02" })).days).toEqual([]);
+  });
+
+  test("a fork's copied prefix counts once across the original and the fork", async () => {
+    const { t, ingest } = setup();
+    const original = own("ses_o", [model("anthropic", "claude", 2, 100, 10, 0.4)]);
+    // The fork copied the original's first turn (1 message, 0.15) and ran one more (0.25, on gpt).
+    const copied = model("anthropic", "claude", 1, 40, 4, 0.15);
+    const fork = {
+      ...own("ses_f", [copied, model("openai", "gpt", 1, 20, 2, 0.25)]),
+      forkedFrom: "ses_o",
+      inherited: { messageCount: 1, tokens: copied.tokens, cost: 0.15, models: [copied] },
+    };
+    await ingest([original, fork]);
+    const { daily, byModel } = await totals(t);
+    expect(daily.total.sessions).toBe(2);
+    expect(round(daily.total.cost)).toBe(0.65);
+    expect(daily.total.messages).toBe(original.messageCount + fork.messageCount - 1);
+    expect(daily.total.tokens.input).toBe(100 + 40 + 20 - 40);
+    // The fork used claude only through the copy: one claude session, one gpt session.
+    expect(byModel.map((m) => `${m.providerId}/${m.modelId}:${m.sessions}:${m.messages}:${round(m.cost)}`)).toEqual([
+      "anthropic/claude:1:2:0.4",
+      "openai/gpt:1:1:0.25",
+    ]);
+    await checkAggregates(t);
+  });
+
+  test("children lists the rolled-up subagents when they are not stored as rows", async () => {
+    const { t, ingest } = setup();
+    await ingest([parent]);
+    const page = await t.query(internal.sessions.children, { sessionId: "ses_p", paginationOpts: { numItems: 10, cursor: null } });
+    expect(page.isDone).toBe(true);
+    expect(page.page).toEqual(
+      parent.children!.map((c) => ({ ...c, parentSessionId: "ses_p", summaryOnly: true })),
+    );
+    // Stored as rows, the rows are listed.
+    await ingest(kids);
+    const rows = await t.query(internal.sessions.children, { sessionId: "ses_p", paginationOpts: { numItems: 10, cursor: null } });
+    expect(rows.page.map((d) => d.sessionId)).toEqual(["ses_k1", "ses_k2"]);
+    expect(rows.page.every((d) => !("summaryOnly" in d))).toBe(true);
+    // An unknown session has none.
+    const none = await t.query(internal.sessions.children, { sessionId: "ses_x", paginationOpts: { numItems: 10, cursor: null } });
+    expect(none.page).toEqual([]);
+  });
+});
+
 // ---- aggregates == sums over the stored rows ----
 async function checkAggregates(t: ReturnType<typeof convexTest>) {
   const { rows, daily, models } = await t.run(async (ctx) => ({
@@ -387,13 +530,17 @@ async function checkAggregates(t: ReturnType<typeof convexTest>) {
   const expDaily = new Map<string, any>();
   const expModels = new Map<string, any>();
   for (const r of rows) {
+    // The documented rule (schema.ts, aggregates.ts): a subagent row counts in its parent's
+    // rollup; a top-level row counts its rollup (or itself) minus what a fork inherited.
+    if (r.parentSessionId !== undefined) continue;
     const day = dayOf(r.createdAt);
     const dk = `${day}|${r.deviceId}`;
     const d = expDaily.get(dk) ?? { day, deviceId: r.deviceId, sessions: 0, messages: 0, tokens: zeroTok(), cost: 0, errors: 0, names: {} as Record<string, number>, todosTotal: 0, todosCompleted: 0 };
+    const spent = r.rollup ?? { messageCount: r.messageCount, tokens: r.tokens, cost: r.cost };
     d.sessions += 1;
-    d.messages += r.messageCount;
-    for (const k of Object.keys(d.tokens)) d.tokens[k] += (r.tokens as any)[k];
-    d.cost += r.cost;
+    d.messages += spent.messageCount - (r.inherited?.messageCount ?? 0);
+    for (const k of Object.keys(d.tokens)) d.tokens[k] += (spent.tokens as any)[k] - ((r.inherited?.tokens as any)?.[k] ?? 0);
+    d.cost += spent.cost - (r.inherited?.cost ?? 0);
     if (r.endReason === "error") {
       d.errors += 1;
       const n = r.error?.name ?? "(none)";
@@ -402,14 +549,23 @@ async function checkAggregates(t: ReturnType<typeof convexTest>) {
     d.todosTotal += r.todoStats.total;
     d.todosCompleted += r.todoStats.completed;
     expDaily.set(dk, d);
-    const seen = new Set<string>();
-    for (const m of r.models) {
+    const net = new Map<string, any>();
+    const addModel = (m: any, sign: number) => {
       const mk = `${day}|${m.providerId}|${m.modelId}`;
+      const e = net.get(mk) ?? { day, providerId: m.providerId, modelId: m.modelId, messages: 0, tokens: zeroTok(), cost: 0 };
+      e.messages += sign * m.messages;
+      for (const k of Object.keys(e.tokens)) e.tokens[k] += sign * (m.tokens as any)[k];
+      e.cost += sign * m.cost;
+      net.set(mk, e);
+    };
+    for (const m of r.rollup?.models ?? r.models) addModel(m, 1);
+    for (const m of r.inherited?.models ?? []) addModel(m, -1);
+    for (const [mk, m] of net) {
+      if (m.messages <= 0) continue;
       const e = expModels.get(mk) ?? { day, providerId: m.providerId, modelId: m.modelId, sessions: 0, messages: 0, tokens: zeroTok(), cost: 0 };
-      if (!seen.has(mk)) e.sessions += 1;
-      seen.add(mk);
+      e.sessions += 1;
       e.messages += m.messages;
-      for (const k of Object.keys(e.tokens)) e.tokens[k] += (m.tokens as any)[k];
+      for (const k of Object.keys(e.tokens)) e.tokens[k] += m.tokens[k];
       e.cost += m.cost;
       expModels.set(mk, e);
     }
@@ -473,6 +629,27 @@ describe("aggregate tables", () => {
           todoStats: { total: 3, completed: Math.floor(rand() * 4), cancelled: 0, pending: 0, inProgress: 0 },
         });
         if (end === "error" && rand() < 0.7) rec.error = { name: pick(["APIError", "ProviderAuthError"]), message: "m" };
+        const shape = rand();
+        if (shape < 0.15) rec.parentSessionId = "ses_r0";
+        else if (shape < 0.35) {
+          // Subagents rolled up: more of everything, and a model the session itself did not use.
+          const extra = model("c", "sub", 2, 5, 1, 0.011);
+          rec.rollup = {
+            sessions: 2,
+            messageCount: rec.messageCount + 2,
+            tokens: { ...rec.tokens, input: rec.tokens.input + 5 },
+            cost: rec.cost + 0.011,
+            models: mergeModels([ms, [extra]]),
+            tools: [],
+            skills: [],
+          };
+        } else if (shape < 0.5 && ms.length > 0) {
+          // A fork: part of its first model's usage was copied (possibly all of it).
+          const m = ms[0];
+          const copied = { ...m, messages: rand() < 0.5 ? m.messages : 1, cost: m.cost / 2 };
+          rec.inherited = { messageCount: copied.messages, tokens: copied.tokens, cost: copied.cost, models: [copied] };
+          rec.forkedFrom = "ses_r1";
+        }
         if (!seen.has(id)) seen.set(id, dev);
         batch.push(rec);
       }
@@ -529,7 +706,7 @@ describe("retention", () => {
     expect(left.map((d) => d.sessionId).sort()).toEqual(RECORDS.map((r) => r.sessionId).sort());
     await checkAggregates(s.t);
     expect((await s.t.query(internal.totals.daily, { from: "2026-01-01", to: "2026-03-31" })).total).toEqual(
-      expect.objectContaining({ sessions: RECORDS.length }),
+      expect.objectContaining({ sessions: RECORDS.filter((r) => r.parentSessionId === undefined).length }),
     );
     // Nothing more to delete.
     expect((await s.t.mutation(internal.retention.purge, {})).deleted).toBe(0);

@@ -219,6 +219,43 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
         assert_eq!(without_exported_at(&doc), without_exported_at(r), "{id}");
     }
     assert_eq!(emu.all_sessions().len(), 25);
+    // The totals include the subagent sessions (only rolled up into their parents, the default)
+    // exactly once: they equal OpenCode's own `session.cost` over every session of the database.
+    let conn = sql(&db);
+    let (opencode_cost, first_ms, last_ms): (f64, i64, i64) = conn
+        .query_row(
+            "SELECT SUM(cost), MIN(time_created), MAX(time_created) FROM session",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let children: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM session WHERE parent_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(children > 0, "the fixture has subagent sessions");
+    let range = json!({"from": day(first_ms), "to": day(last_ms)});
+    let daily = emu.query("totals:daily", range.clone());
+    let total_cost = daily["total"]["cost"].as_f64().unwrap();
+    assert!(
+        (total_cost - opencode_cost).abs() < 1e-9,
+        "totals:daily {total_cost} vs OpenCode's session.cost {opencode_cost}"
+    );
+    assert_eq!(daily["total"]["sessions"], reference.len());
+    let by_model: f64 = emu
+        .query("totals:byModel", range)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["cost"].as_f64().unwrap())
+        .sum();
+    assert!(
+        (by_model - opencode_cost).abs() < 1e-9,
+        "{by_model} vs {opencode_cost}"
+    );
     // 25 records due at once went in batches of at most `batch_size` (10): 3 requests.
     let ingests = emu.requests_to("/ingest");
     assert_eq!(ingests.len(), 3, "{ingests:?}");
@@ -253,6 +290,34 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
         "{}",
         String::from_utf8_lossy(&status.stdout)
     );
+}
+
+/// "YYYY-MM-DD" (UTC) of an epoch-millisecond time (the civil-from-days algorithm of
+/// Howard Hinnant's date library).
+fn day(ms: i64) -> String {
+    let z = ms.div_euclid(86_400_000) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[test]
+fn day_names_the_utc_date() {
+    for (ms, want) in [
+        (0, "1970-01-01"),
+        (951_782_400_000, "2000-02-29"),
+        (1_772_323_199_999, "2026-02-28"),
+        (1_772_323_200_000, "2026-03-01"),
+        (-1, "1969-12-31"),
+    ] {
+        assert_eq!(day(ms), want, "{ms}");
+    }
 }
 
 /// A session far over Convex's limits (a long title, a long transcript, thousands of todos):

@@ -9,10 +9,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn kinds_dir() -> std::path::PathBuf {
-    repo_root().join("tests/fixtures/opencode-1.18.33-kinds")
-}
-
 /// The last `session.idle` or `session.error` OpenCode published per session, from its log.
 fn last_announced_endings() -> BTreeMap<String, String> {
     let mut last = BTreeMap::new();
@@ -35,17 +31,7 @@ fn last_announced_endings() -> BTreeMap<String, String> {
 
 /// The session id of the harness job of `kind`.
 fn job_session(kind: &str) -> String {
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(kinds_dir().join("manifest.json")).unwrap())
-            .unwrap();
-    manifest["jobs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|j| j["kind"] == kind)
-        .and_then(|j| j["session_id"].as_str())
-        .unwrap_or_else(|| panic!("no {kind} job in the manifest"))
-        .to_string()
+    kinds_job(kind)["session_id"].as_str().unwrap().to_string()
 }
 
 #[test]

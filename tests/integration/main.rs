@@ -11,6 +11,9 @@ mod config_errors;
 /// The real binary → HTTP → the project's Convex functions (convex-test behind an HTTP shim) →
 /// query back.
 mod convex_e2e;
+/// Every token and dollar counted once: forks, reverts, subagents' models and tools, against
+/// independent SQL on the kinds fixture.
+mod counting;
 /// Delivery under faults and crashes: the real daemon, SIGKILL/SIGTERM, and a fault-injecting
 /// HTTP server on 127.0.0.1.
 mod delivery_faults;

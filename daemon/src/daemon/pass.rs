@@ -279,6 +279,8 @@ mod tests {
             code_changes: Default::default(),
             todos: Vec::new(),
             children: Vec::new(),
+            fork: None,
+            reverted: None,
         }
     }
 

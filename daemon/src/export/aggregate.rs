@@ -76,9 +76,9 @@ pub fn spend(messages: &[Message]) -> (TokenUsage, f64) {
 }
 
 /// Usage per `(provider, model)` of the assistant messages, sorted by that key (`models`).
-pub fn models(messages: &[Message]) -> Vec<ModelUsage> {
+pub fn models<'a>(messages: impl IntoIterator<Item = &'a Message>) -> Vec<ModelUsage> {
     let mut by_model: BTreeMap<(String, String), ModelUsage> = BTreeMap::new();
-    for m in messages.iter().filter(|m| m.role == Role::Assistant) {
+    for m in messages.into_iter().filter(|m| m.role == Role::Assistant) {
         let key = (
             m.provider_id.clone().unwrap_or_default(),
             m.model_id.clone().unwrap_or_default(),
@@ -114,15 +114,15 @@ fn usage_by<'a>(calls: impl Iterator<Item = (&'a str, &'a ToolCall)>) -> Vec<Too
 }
 
 /// Calls, errors and duration per tool name, sorted by name (`tools`).
-pub fn tools(calls: &[ToolCall]) -> Vec<ToolUsage> {
-    usage_by(calls.iter().map(|c| (c.tool.as_str(), c)))
+pub fn tools<'a>(calls: impl IntoIterator<Item = &'a ToolCall>) -> Vec<ToolUsage> {
+    usage_by(calls.into_iter().map(|c| (c.tool.as_str(), c)))
 }
 
 /// Calls, errors and duration per skill name, sorted by name (`skills`).
-pub fn skills(calls: &[ToolCall]) -> Vec<ToolUsage> {
+pub fn skills<'a>(calls: impl IntoIterator<Item = &'a ToolCall>) -> Vec<ToolUsage> {
     usage_by(
         calls
-            .iter()
+            .into_iter()
             .filter_map(|c| c.skill.as_deref().map(|s| (s, c))),
     )
 }

@@ -67,14 +67,18 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
     let descendants = flatten_children(snapshot);
     let children: Vec<ChildSummary> = descendants
         .iter()
-        .map(|c| ChildSummary {
-            session_id: c.id.to_string(),
-            title: c.title.clone(),
-            agent: agg::primary_agent(&c.messages),
-            message_count: c.messages.len() as u64,
-            tokens: agg::spend(&c.messages).0,
-            cost: agg::spend(&c.messages).1,
-            error: agg::last_error(&c.messages),
+        .map(|c| {
+            let (tokens, cost) = agg::spend(&c.messages);
+            ChildSummary {
+                session_id: c.id.to_string(),
+                title: c.title.clone(),
+                agent: agg::primary_agent(&c.messages),
+                message_count: c.messages.len() as u64,
+                tokens,
+                cost,
+                models: agg::models(&c.messages),
+                error: agg::last_error(&c.messages),
+            }
         })
         .collect();
     let rollup = (!children.is_empty()).then(|| {
@@ -83,6 +87,7 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
             message_count: own.message_count,
             tokens: own.tokens,
             cost: own.cost,
+            ..Rollup::default()
         };
         for c in &children {
             r.sessions += 1;
@@ -90,7 +95,26 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
             r.tokens.add(&c.tokens);
             r.cost += c.cost;
         }
+        let everyone = || std::iter::once(snapshot).chain(descendants.iter().copied());
+        r.models = agg::models(everyone().flat_map(|s| &s.messages));
+        r.tools = agg::tools(everyone().flat_map(|s| &s.tool_calls));
+        r.skills = agg::skills(everyone().flat_map(|s| &s.tool_calls));
         r
+    });
+    let inherited = snapshot.fork.as_ref().map(|f| {
+        let copied = &snapshot.messages[..f.inherited_messages.min(snapshot.messages.len())];
+        let (tokens, cost) = agg::spend(copied);
+        Inherited {
+            message_count: copied.len() as u64,
+            tokens,
+            cost,
+            models: agg::models(copied),
+        }
+    });
+    let reverted = snapshot.reverted.map(|r| RevertedUsage {
+        message_count: r.messages,
+        tokens: agg::token_usage(&r.tokens),
+        cost: r.cost,
     });
     let updated_at = std::iter::once(snapshot.last_write_ms)
         .chain(descendants.iter().map(|c| c.last_write_ms))
@@ -117,6 +141,11 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
         project_directory: snapshot.directory.clone(),
         project_worktree: snapshot.worktree.clone(),
         parent_session_id: snapshot.parent_id.as_ref().map(ToString::to_string),
+        forked_from: snapshot
+            .fork
+            .as_ref()
+            .and_then(|f| f.source.as_ref())
+            .map(ToString::to_string),
         title: snapshot.title.clone(),
         created_at: snapshot.created_at,
         updated_at,
@@ -138,6 +167,8 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
         models: agg::models(&snapshot.messages),
         tools: agg::tools(&snapshot.tool_calls),
         skills: agg::skills(&snapshot.tool_calls),
+        inherited,
+        reverted,
         end_reason,
         error,
         incomplete,

@@ -116,6 +116,15 @@ pub fn fit(record: &mut SessionExport) {
         cap(&mut record.children, MAX_ARRAY_ITEMS),
         "children",
     );
+    if let Some(r) = &mut record.rollup {
+        let cut_rollup = cap(&mut r.models, MAX_ARRAY_ITEMS)
+            | cap(&mut r.tools, MAX_ARRAY_ITEMS)
+            | cap(&mut r.skills, MAX_ARRAY_ITEMS);
+        mark(&mut cut, cut_rollup, "rollup");
+    }
+    if let Some(i) = &mut record.inherited {
+        mark(&mut cut, cap(&mut i.models, MAX_ARRAY_ITEMS), "inherited");
+    }
     if let Some(todos) = &mut record.todos {
         mark(&mut cut, cap(todos, MAX_ARRAY_ITEMS), "todos");
     }

@@ -67,6 +67,10 @@ pub struct SessionExport {
     /// `session.parent_id`: set for subagent (child) sessions made by the `task` tool.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent_session_id: Option<String>,
+    /// For a fork, the session it was forked from, when it can be identified (see
+    /// [`crate::source::Fork`]). A fork has no `parentSessionId`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forked_from: Option<String>,
     /// `session.title`.
     pub title: String,
     /// `session.time_created` (ms).
@@ -119,6 +123,16 @@ pub struct SessionExport {
     pub tools: Vec<ToolUsage>,
     /// Usage of the `skill` tool per skill name (`state.input.name`).
     pub skills: Vec<ToolUsage>,
+    /// For a fork: the copied prefix, counted in `messageCount`, `tokens`, `cost` and `models`
+    /// above (as OpenCode stores them) but spent in the session it was copied from. Totals over
+    /// sessions subtract it, so a fork's spend is counted once across original and forks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inherited: Option<Inherited>,
+    /// While a revert is pending: the hidden part, still counted in `messageCount`, `tokens`
+    /// and `cost` (money spent on a reverted turn is spent). Absent once OpenCode deleted the
+    /// hidden messages (its next prompt) or the revert was undone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reverted: Option<RevertedUsage>,
     /// What ended the session's last turn.
     pub end_reason: EndReason,
     /// The error of the terminal assistant message (`data.error.name`,
@@ -275,13 +289,18 @@ pub struct ChildSummary {
     pub tokens: TokenUsage,
     /// The child's cost (USD).
     pub cost: f64,
+    /// The child's usage per provider and model (as [`SessionExport::models`]). Empty in
+    /// records of daemons before it.
+    #[serde(default)]
+    pub models: Vec<ModelUsage>,
     /// The child's error, when its last turn ended in one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
 }
 
-/// Totals over a session and all its subagent sessions.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+/// Totals over a session and all its subagent sessions (every descendant, however deep).
+/// Fields after `cost` are empty in records of daemons before them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Rollup {
     /// Sessions counted: 1 + the number of children.
@@ -291,6 +310,41 @@ pub struct Rollup {
     /// Tokens over all of them.
     pub tokens: TokenUsage,
     /// Cost over all of them (USD).
+    pub cost: f64,
+    /// Usage per provider and model over all of them, sorted by that key.
+    #[serde(default)]
+    pub models: Vec<ModelUsage>,
+    /// Usage per tool over all of them, sorted by name.
+    #[serde(default)]
+    pub tools: Vec<ToolUsage>,
+    /// Usage per skill over all of them, sorted by name.
+    #[serde(default)]
+    pub skills: Vec<ToolUsage>,
+}
+
+/// The copied prefix of a fork ([`SessionExport::inherited`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Inherited {
+    /// Copied messages.
+    pub message_count: u64,
+    /// Tokens of their steps.
+    pub tokens: TokenUsage,
+    /// Cost of their steps (USD).
+    pub cost: f64,
+    /// Their usage per provider and model, sorted by that key.
+    pub models: Vec<ModelUsage>,
+}
+
+/// The part of a session hidden by a pending revert ([`SessionExport::reverted`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RevertedUsage {
+    /// Messages hidden entirely.
+    pub message_count: u64,
+    /// Tokens of the hidden steps.
+    pub tokens: TokenUsage,
+    /// Cost of the hidden steps (USD).
     pub cost: f64,
 }
 
@@ -361,6 +415,9 @@ mod tests {
         for key in [
             "projectWorktree",
             "parentSessionId",
+            "forkedFrom",
+            "inherited",
+            "reverted",
             "archivedAt",
             "deletedAt",
             "durationMs",

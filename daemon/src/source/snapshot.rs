@@ -40,6 +40,33 @@ pub struct SessionSnapshot {
     pub todos: Vec<TodoItem>,
     /// Subagent sessions (recursively), in creation order.
     pub children: Vec<SessionSnapshot>,
+    /// Set when the session is a fork of another (see [`Fork`]).
+    pub fork: Option<Fork>,
+    /// What a pending revert hides (see [`Reverted`]).
+    pub reverted: Option<Reverted>,
+}
+
+/// A session made by forking another. OpenCode's `Session.fork` copies a prefix of the source's
+/// messages, with their parts (cost and tokens included), into the new session; the copies
+/// keep their original creation times, which predate the fork.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fork {
+    /// The session it was forked from, when the source could identify it.
+    pub source: Option<SessionId>,
+    /// How many of the first [`SessionSnapshot::messages`] are copies.
+    pub inherited_messages: usize,
+}
+
+/// The part of a session a pending revert hides (OpenCode: `session.revert` is set; the hidden
+/// messages are deleted at the next prompt, or shown again by `unrevert`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Reverted {
+    /// Messages hidden entirely.
+    pub messages: u64,
+    /// Tokens of the hidden steps.
+    pub tokens: Tokens,
+    /// Cost of the hidden steps (USD).
+    pub cost: f64,
 }
 
 /// Who wrote a message.

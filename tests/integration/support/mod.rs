@@ -179,6 +179,26 @@ pub fn root_sessions(conn: &rusqlite::Connection) -> std::collections::BTreeSet<
         .collect()
 }
 
+/// `tests/fixtures/opencode-1.18.33-kinds`: one session per harness kind, written by real
+/// OpenCode 1.18.33 (see its README).
+pub fn kinds_dir() -> PathBuf {
+    repo_root().join("tests/fixtures/opencode-1.18.33-kinds")
+}
+
+/// The harness job of `kind` in the kinds fixture's `manifest.json`.
+pub fn kinds_job(kind: &str) -> serde_json::Value {
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kinds_dir().join("manifest.json")).unwrap())
+            .unwrap();
+    manifest["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["kind"] == kind)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} job in the manifest"))
+}
+
 /// Waits until `cond` holds, checking every 50 ms, at most `secs` seconds.
 pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);

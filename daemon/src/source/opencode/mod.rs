@@ -36,6 +36,9 @@
 //! | `code_changes.totals` | `session.summary_additions/deletions/files` |
 //! | `todos[]` | `todo` rows by `position`: `content`, `status`, `priority` |
 //! | `children` | sessions whose `parent_id` is this one, to [`sql::MAX_CHILD_DEPTH`] |
+//! | `fork.inherited_messages` | the leading messages whose `message.time_created` is before `session.time_created` (copies made by `Session.fork`) |
+//! | `fork.source` | the session of the same project holding messages at the copied prefix's first and last `time_created` (see [`sql::OpenCodeDb`]'s `fork_source`) |
+//! | `reverted` | while `session.revert {messageID, partID?}` is set: messages with `id` > `messageID` (and `messageID` itself without `partID`), and the tokens and cost of the `step-finish` parts hidden with them (with `partID`: that message's parts from `partID` on) — what `SessionRevert.cleanup` would delete |
 
 pub mod activity;
 pub mod path;
@@ -47,8 +50,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::source::{
-    Changes, CodeChangeFacts, FileDiff, Message, Observation, Role, SessionHead, SessionId,
-    SessionSnapshot, SessionSource, SourceError, TodoItem, Tokens, ToolCall, TurnError,
+    Changes, CodeChangeFacts, FileDiff, Fork, Message, Observation, Reverted, Role, SessionHead,
+    SessionId, SessionSnapshot, SessionSource, SourceError, TodoItem, Tokens, ToolCall, TurnError,
 };
 use rows::FileDiff as RowFileDiff;
 pub use sql::OpenCodeDb;
@@ -244,7 +247,28 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
         parts,
         todos,
         children,
+        forked_from,
     } = rows;
+    // Copies made by `Session.fork` keep their original creation time, before the session's.
+    let inherited_messages = messages
+        .iter()
+        .take_while(|m| m.time_created < session.time_created)
+        .count();
+    let revert = session.revert.clone();
+    // Whether a part of message `message_id` (all of it with `part_id` None) is hidden.
+    let hidden = |message_id: &str, part_id: Option<&str>| match &revert {
+        None => false,
+        Some(r) => match message_id.cmp(r.message_id.as_str()) {
+            std::cmp::Ordering::Less => false,
+            std::cmp::Ordering::Greater => true,
+            std::cmp::Ordering::Equal => match (&r.part_id, part_id) {
+                (None, _) => true,
+                (Some(from), Some(p)) => p >= from.as_str(),
+                (Some(_), None) => false,
+            },
+        },
+    };
+    let mut reverted = Reverted::default();
     let mut index: HashMap<String, usize> = HashMap::new();
     let mut out_messages: Vec<Message> = Vec::with_capacity(messages.len());
     let mut diffs = Vec::new();
@@ -274,6 +298,7 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
             }
         }
         let user_model = info.model.as_ref();
+        reverted.messages += u64::from(hidden(&m.id, None));
         index.insert(m.id.clone(), out_messages.len());
         out_messages.push(Message {
             agent: info.agent_name().map(str::to_string),
@@ -310,15 +335,21 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
         match info.kind.as_str() {
             "step-finish" => {
                 let t = info.tokens.unwrap_or_default();
-                let m = &mut out_messages[i];
-                m.tokens.add(&Tokens {
+                let tokens = Tokens {
                     input: t.input,
                     output: t.output,
                     reasoning: t.reasoning,
                     cache_read: t.cache.read,
                     cache_write: t.cache.write,
-                });
-                m.cost += info.cost.unwrap_or(0.0);
+                };
+                let cost = info.cost.unwrap_or(0.0);
+                if hidden(&p.message_id, Some(&p.id)) {
+                    reverted.tokens.add(&tokens);
+                    reverted.cost += cost;
+                }
+                let m = &mut out_messages[i];
+                m.tokens.add(&tokens);
+                m.cost += cost;
             }
             "tool" => {
                 let tool = info.tool.unwrap_or_default();
@@ -394,5 +425,10 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
             })
             .collect(),
         children: children.into_iter().map(neutral_snapshot).collect(),
+        fork: (inherited_messages > 0).then(|| Fork {
+            source: forked_from.map(SessionId::from),
+            inherited_messages,
+        }),
+        reverted: revert.is_some().then_some(reverted),
     }
 }

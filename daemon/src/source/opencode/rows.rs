@@ -38,6 +38,22 @@ pub struct SessionRow {
     pub summary_files: Option<i64>,
     /// `agent` (≥ 1.14.34): the last agent used.
     pub agent: Option<String>,
+    /// `revert`: set while a revert is staged (`None` when the column is `NULL` or its JSON
+    /// cannot be read).
+    pub revert: Option<Revert>,
+}
+
+/// `session.revert`: `{messageID, partID?, snapshot?, diff?}`. OpenCode hides the messages from
+/// `messageID` on (with `partID`: that message's parts from `partID` on, and the messages after
+/// it) and deletes them at the next prompt (`SessionRevert.cleanup`); `unrevert` clears it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Revert {
+    /// `messageID`: the first hidden message (or the one whose parts are partly hidden).
+    #[serde(rename = "messageID")]
+    pub message_id: String,
+    /// `partID`: the first hidden part of that message.
+    #[serde(rename = "partID", default)]
+    pub part_id: Option<String>,
 }
 
 /// One `project` row.

@@ -22,7 +22,9 @@ use std::time::Duration;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
 
-use super::rows::{MessageInfo, MessageRow, PartInfo, PartRow, ProjectRow, SessionRow, TodoRow};
+use super::rows::{
+    MessageInfo, MessageRow, PartInfo, PartRow, ProjectRow, Revert, SessionRow, TodoRow,
+};
 use crate::source::{ChangeMarker, SourceError};
 
 /// Which optional tables and columns the database has.
@@ -63,6 +65,9 @@ pub struct RowSnapshot {
     pub todos: Vec<TodoRow>,
     /// Subagent sessions (`parent_id` = this id), recursively, each a full snapshot.
     pub children: Vec<RowSnapshot>,
+    /// For a fork (messages created before the session), the session it was forked from, when
+    /// found (see [`OpenCodeDb::fork_source`]).
+    pub forked_from: Option<String>,
 }
 
 impl RowSnapshot {
@@ -363,15 +368,16 @@ impl OpenCodeDb {
     fn session_row(&self, id: &str) -> Result<Option<SessionRow>, SourceError> {
         let sql = format!(
             "SELECT s.id, s.project_id, s.parent_id, s.directory, s.title, s.version, \
-             s.time_created, s.time_updated, {}, {}, {}, {}, {} FROM session s WHERE s.id = ?1",
+             s.time_created, s.time_updated, {}, {}, {}, {}, {}, {} FROM session s WHERE s.id = ?1",
             self.session_col("time_archived"),
             self.session_col("summary_additions"),
             self.session_col("summary_deletions"),
             self.session_col("summary_files"),
             self.session_col("agent"),
+            self.session_col("revert"),
         );
-        self.one(&sql, [id], |r| {
-            Ok(SessionRow {
+        let row = self.one(&sql, [id], |r| {
+            let session = SessionRow {
                 id: r.get(0)?,
                 project_id: text(r, 1).unwrap_or_default(),
                 parent_id: text(r, 2),
@@ -385,8 +391,48 @@ impl OpenCodeDb {
                 summary_deletions: int(r, 10),
                 summary_files: int(r, 11),
                 agent: text(r, 12),
-            })
-        })
+                revert: None,
+            };
+            Ok((session, text(r, 13)))
+        })?;
+        Ok(row.map(|(mut session, revert)| {
+            session.revert = revert.and_then(|json| {
+                let parsed = serde_json::from_str::<Revert>(&json).ok();
+                if parsed.is_none() {
+                    self.warn_once("session", &session.id, "revert");
+                }
+                parsed
+            });
+            session
+        }))
+    }
+
+    /// The session a fork was made from: OpenCode's `Session.fork` copies a prefix of the
+    /// source's messages (new ids, original `time_created`), so the source is a session of the
+    /// same project holding messages created at the copied prefix's first and last
+    /// `time_created` (`first_ms`, `last_ms`). Among several (forks of forks, sibling forks),
+    /// the one whose title `Session.fork` would turn into `title` ("X" → "X (fork #1)",
+    /// "X (fork #N)" → "X (fork #N+1)"), else the oldest. Reads sessions of the project through
+    /// `session_project_idx` and their messages through `(session_id, time_created, id)`.
+    fn fork_source(
+        &self,
+        session: &SessionRow,
+        first_ms: i64,
+        last_ms: i64,
+    ) -> Result<Option<String>, SourceError> {
+        let candidates: Vec<(String, String)> = self.all(
+            "SELECT s.id, s.title FROM session s \
+             WHERE s.project_id = ?1 AND s.id != ?2 AND s.time_created <= ?3 \
+               AND EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id AND m.time_created = ?3) \
+               AND EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id AND m.time_created = ?4) \
+             ORDER BY s.time_created, s.id",
+            rusqlite::params![session.project_id, session.id, first_ms, last_ms],
+            |r| Ok((r.get(0)?, text(r, 1).unwrap_or_default())),
+        )?;
+        let named = candidates
+            .iter()
+            .find(|(_, title)| forked_title(title) == session.title);
+        Ok(named.or(candidates.first()).map(|(id, _)| id.clone()))
     }
 
     fn warn_once(&self, table: &str, id: &str, what: &str) {
@@ -541,6 +587,15 @@ impl OpenCodeDb {
         // Parts whose message row was skipped as malformed go too.
         parts.retain(|p| known.contains(p.message_id.as_str()));
         let todos = self.todos(id)?;
+        let inherited: Vec<i64> = messages
+            .iter()
+            .map(|m| m.time_created)
+            .take_while(|&t| t < session.time_created)
+            .collect();
+        let forked_from = match (inherited.first(), inherited.last()) {
+            (Some(&first), Some(&last)) => self.fork_source(&session, first, last)?,
+            _ => None,
+        };
         let mut children = Vec::new();
         if depth < MAX_CHILD_DEPTH {
             let ids: Vec<String> = self.all(
@@ -561,6 +616,7 @@ impl OpenCodeDb {
             parts,
             todos,
             children,
+            forked_from,
         }))
     }
 
@@ -608,5 +664,48 @@ impl OpenCodeDb {
     }
 }
 
+/// The title `Session.fork` gives a fork of a session titled `title` (OpenCode's
+/// `getForkedTitle`): "X" → "X (fork #1)", "X (fork #N)" → "X (fork #N+1)".
+pub fn forked_title(title: &str) -> String {
+    if let Some(open) = title.rfind(" (fork #") {
+        let (base, tail) = title.split_at(open);
+        if let Some(n) = tail
+            .strip_prefix(" (fork #")
+            .and_then(|t| t.strip_suffix(')'))
+            .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            if !base.is_empty() {
+                return format!("{base} (fork #{})", n + 1);
+            }
+        }
+    }
+    format!("{title} (fork #1)")
+}
+
 /// Subagent sessions are read to this depth below the session (a child of a child of …).
 pub const MAX_CHILD_DEPTH: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::forked_title;
+
+    /// OpenCode's `getForkedTitle` (`/^(.+) \(fork #(\d+)\)$/`), case by case.
+    #[test]
+    fn forked_titles_follow_opencode() {
+        for (title, forked) in [
+            ("Fix the build", "Fix the build (fork #1)"),
+            ("Fix the build (fork #1)", "Fix the build (fork #2)"),
+            ("Fix the build (fork #9)", "Fix the build (fork #10)"),
+            ("a (fork #1) (fork #2)", "a (fork #1) (fork #3)"),
+            // Not the pattern: a suffix is added.
+            ("(fork #1)", "(fork #1) (fork #1)"),
+            ("x (fork #)", "x (fork #) (fork #1)"),
+            ("x (fork #1a)", "x (fork #1a) (fork #1)"),
+            ("x (fork #1) ", "x (fork #1)  (fork #1)"),
+            ("", " (fork #1)"),
+        ] {
+            assert_eq!(forked_title(title), forked, "{title:?}");
+        }
+    }
+}

@@ -66,7 +66,7 @@ pub struct RowSnapshot {
     /// Subagent sessions (`parent_id` = this id), recursively, each a full snapshot.
     pub children: Vec<RowSnapshot>,
     /// For a fork (messages created before the session), the session it was forked from, when
-    /// found (see [`OpenCodeDb::fork_source`]).
+    /// found (see `OpenCodeDb::fork_source`).
     pub forked_from: Option<String>,
 }
 

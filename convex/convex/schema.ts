@@ -34,7 +34,11 @@ export const todoStats = v.object({
   inProgress: v.number(),
 });
 
-/** `CodeChanges`: lines added/deleted and distinct files changed. */
+/**
+ * `CodeChanges`: lines added/deleted and distinct files changed. As `codeChanges`: the session's
+ * own file-editing tool calls; as `worktreeChanges`: OpenCode's snapshot diffs of the whole
+ * working tree during its turns (edits by other sessions in the same repository included).
+ */
 export const codeChanges = v.object({
   additions: v.number(),
   deletions: v.number(),
@@ -169,6 +173,8 @@ export const sessionFields = {
   primaryAgent: v.optional(v.string()),
   todoStats,
   codeChanges,
+  // Absent in records of daemons before it.
+  worktreeChanges: v.optional(codeChanges),
   tokens: tokenUsage,
   // US dollars.
   cost: v.number(),

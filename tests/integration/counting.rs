@@ -343,3 +343,105 @@ fn a_parent_rolls_up_its_subagents_models_tools_and_skills() {
     let all_calls: u64 = want_tools.iter().map(|t| t.1).sum();
     assert!(own_calls < all_calls, "the subagent ran no tool?");
 }
+
+/// Per session, by SQL over its own completed tool parts (not those a fork copied):
+/// `(additions, deletions, files)` — `edit`: `metadata.filediff`; `write` of a new file
+/// (`metadata.exists` false): the lines of `input.content`; an overwrite: the file only.
+fn own_edits(conn: &Connection, id: &str) -> (u64, u64, u64) {
+    let own =
+        "FROM part p JOIN message m ON m.id = p.message_id JOIN session s ON s.id = m.session_id \
+               WHERE s.id = ?1 AND m.time_created >= s.time_created \
+                 AND json_extract(p.data, '$.type') = 'tool' \
+                 AND json_extract(p.data, '$.state.status') = 'completed'";
+    let (edit_adds, edit_dels): (i64, i64) = conn
+        .query_row(
+            &format!(
+                "SELECT TOTAL(json_extract(p.data, '$.state.metadata.filediff.additions')), \
+                        TOTAL(json_extract(p.data, '$.state.metadata.filediff.deletions')) \
+                 {own} AND json_extract(p.data, '$.tool') = 'edit'"
+            ),
+            [id],
+            |r| Ok((r.get::<_, f64>(0)? as i64, r.get::<_, f64>(1)? as i64)),
+        )
+        .unwrap();
+    // Lines of a new file's content: its newlines, plus one for an unterminated last line.
+    let written: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT TOTAL(CASE WHEN json_extract(p.data, '$.state.metadata.exists') = 0 THEN \
+                   length(c) - length(replace(c, char(10), '')) \
+                   + (length(c) > 0 AND substr(c, -1) != char(10)) ELSE 0 END) \
+                 FROM (SELECT p.data, json_extract(p.data, '$.state.input.content') AS c {own} \
+                       AND json_extract(p.data, '$.tool') = 'write') p"
+            ),
+            [id],
+            |r| Ok(r.get::<_, f64>(0)? as i64),
+        )
+        .unwrap();
+    let files: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT COUNT(DISTINCT json_extract(p.data, '$.state.input.filePath')) {own} \
+                 AND json_extract(p.data, '$.tool') IN ('edit', 'write')"
+            ),
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    ((edit_adds + written) as u64, edit_dels as u64, files as u64)
+}
+
+#[test]
+fn code_changes_are_the_sessions_own_edits_and_worktree_changes_its_snapshots() {
+    let scratch = Scratch::new();
+    let (records, conn) = export_kinds(&scratch);
+    // The fake model edits files only with `edit` and `write` (the tools of this provider).
+    let other: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM part WHERE json_extract(data, '$.type') = 'tool' \
+             AND json_extract(data, '$.tool') IN ('multiedit', 'apply_patch', 'patch')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(other, 0);
+    let mut edited = 0;
+    let mut credited_elsewhere = 0;
+    for (id, r) in &records {
+        let (adds, dels, files) = own_edits(&conn, id);
+        let c = &r["codeChanges"];
+        assert_eq!(
+            (
+                c["additions"].as_u64(),
+                c["deletions"].as_u64(),
+                c["filesChanged"].as_u64()
+            ),
+            (Some(adds), Some(dels), Some(files)),
+            "{id}"
+        );
+        edited += usize::from(files > 0);
+        // The snapshot diffs of the working tree, as OpenCode stores them on user messages.
+        let (wa, wd): (i64, i64) = conn
+            .query_row(
+                "SELECT TOTAL(json_extract(d.value, '$.additions')), \
+                        TOTAL(json_extract(d.value, '$.deletions')) \
+                 FROM message m, json_each(m.data, '$.summary.diffs') d WHERE m.session_id = ?1",
+                [id],
+                |row| Ok((row.get::<_, f64>(0)? as i64, row.get::<_, f64>(1)? as i64)),
+            )
+            .unwrap();
+        let w = &r["worktreeChanges"];
+        assert_eq!(
+            (w["additions"].as_i64(), w["deletions"].as_i64()),
+            (Some(wa), Some(wd)),
+            "{id}"
+        );
+        if files == 0 && wa + wd > 0 {
+            credited_elsewhere += 1;
+        }
+    }
+    assert!(edited >= 5, "only {edited} sessions edited files");
+    // Sessions that edited nothing, whose turns' snapshots still show another session's edits
+    // in the same repository: the reason `codeChanges` no longer comes from them.
+    assert!(credited_elsewhere > 0);
+}

@@ -208,7 +208,7 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
             .collect();
         assert_eq!(got, expected, "{id}");
 
-        // Lines changed: the per-turn diffs OpenCode stores on user messages.
+        // Lines changed in the working tree: the per-turn diffs OpenCode stores on user messages.
         let (adds, dels): (i64, i64) = conn
             .query_row(
                 "SELECT COALESCE(SUM(json_extract(d.value, '$.additions')), 0), \
@@ -218,8 +218,16 @@ fn once_exports_every_top_level_session_with_values_equal_to_the_database() {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .unwrap();
-        assert_eq!(r["codeChanges"]["additions"].as_i64(), Some(adds), "{id}");
-        assert_eq!(r["codeChanges"]["deletions"].as_i64(), Some(dels), "{id}");
+        assert_eq!(
+            r["worktreeChanges"]["additions"].as_i64(),
+            Some(adds),
+            "{id}"
+        );
+        assert_eq!(
+            r["worktreeChanges"]["deletions"].as_i64(),
+            Some(dels),
+            "{id}"
+        );
 
         // Agents used.
         let agents: BTreeSet<String> = conn

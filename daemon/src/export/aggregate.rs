@@ -127,10 +127,26 @@ pub fn skills<'a>(calls: impl IntoIterator<Item = &'a ToolCall>) -> Vec<ToolUsag
     )
 }
 
-/// Lines and files changed (`codeChanges`): the turns' diffs, plus files of individual steps;
-/// paths are made relative to `root` so both name a file the same way. Without any diff the
-/// session's own totals are used.
+/// The session's own edits (`codeChanges`): lines added and deleted summed over its
+/// file-editing tool calls; `filesChanged` counts distinct files (paths made relative to `root`,
+/// so an absolute and a relative path name one file).
 pub fn code_changes(facts: &CodeChangeFacts, root: &str) -> CodeChanges {
+    let mut changes = CodeChanges::default();
+    let mut files: BTreeSet<String> = BTreeSet::new();
+    for e in &facts.edits {
+        changes.additions += e.additions;
+        changes.deletions += e.deletions;
+        files.insert(relative_to(&e.file, root));
+    }
+    changes.files_changed = files.len() as u64;
+    changes
+}
+
+/// Lines and files changed in the working tree during the session's turns
+/// (`worktreeChanges`): the turns' snapshot diffs, plus files of individual steps; paths are
+/// made relative to `root` so both name a file the same way. Without any diff the session's
+/// own totals are used.
+pub fn worktree_changes(facts: &CodeChangeFacts, root: &str) -> CodeChanges {
     let mut changes = CodeChanges::default();
     let mut files: BTreeSet<String> = BTreeSet::new();
     for d in &facts.diffs {
@@ -210,7 +226,7 @@ pub fn relative_to(path: &str, root: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{FileDiff, TurnError};
+    use crate::source::{FileDiff, FileEdit, TurnError};
 
     fn msg(role: Role, agent: Option<&str>) -> Message {
         Message {
@@ -281,19 +297,56 @@ mod tests {
     }
 
     #[test]
-    fn code_changes_add_diffs_and_patched_files_and_fall_back_to_the_session_totals() {
+    fn code_changes_sum_the_sessions_own_edits_per_distinct_file() {
+        let edit = |f: &str, a, d| FileEdit {
+            file: f.into(),
+            additions: a,
+            deletions: d,
+        };
+        let facts = CodeChangeFacts {
+            edits: vec![
+                edit("/r/src/a.rs", 3, 1),
+                edit("src/a.rs", 1, 1),
+                edit("/elsewhere/b.rs", 0, 0),
+            ],
+            // Snapshot figures never count here.
+            diffs: vec![FileDiff {
+                file: Some("src/z.rs".into()),
+                additions: 50,
+                deletions: 50,
+            }],
+            patched_files: vec!["/r/src/y.rs".into()],
+            totals: Some((9, 9, 9)),
+        };
+        assert_eq!(
+            code_changes(&facts, "/r"),
+            CodeChanges {
+                additions: 4,
+                deletions: 2,
+                files_changed: 2
+            }
+        );
+        assert_eq!(
+            code_changes(&CodeChangeFacts::default(), "/r"),
+            CodeChanges::default()
+        );
+    }
+
+    #[test]
+    fn worktree_changes_add_diffs_and_patched_files_and_fall_back_to_the_session_totals() {
         let diff = |f: &str, a, d| FileDiff {
             file: Some(f.into()),
             additions: a,
             deletions: d,
         };
         let facts = CodeChangeFacts {
+            edits: vec![],
             diffs: vec![diff("src/a.rs", 3, 1), diff("src/b.rs", 2, 0)],
             patched_files: vec!["/r/src/a.rs".into(), "/r/c.rs".into()],
             totals: Some((100, 100, 100)),
         };
         assert_eq!(
-            code_changes(&facts, "/r"),
+            worktree_changes(&facts, "/r"),
             CodeChanges {
                 additions: 5,
                 deletions: 1,
@@ -301,12 +354,13 @@ mod tests {
             }
         );
         let only_totals = CodeChangeFacts {
+            edits: vec![],
             diffs: vec![],
             patched_files: vec!["/r/x".into()],
             totals: Some((7, 2, 0)),
         };
         assert_eq!(
-            code_changes(&only_totals, "/r"),
+            worktree_changes(&only_totals, "/r"),
             CodeChanges {
                 additions: 7,
                 deletions: 2,

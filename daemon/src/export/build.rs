@@ -162,6 +162,7 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
         primary_agent: agg::primary_agent(&snapshot.messages),
         todo_stats: agg::todo_stats(&snapshot.todos),
         code_changes: agg::code_changes(&snapshot.code_changes, agg::path_root(snapshot)),
+        worktree_changes: agg::worktree_changes(&snapshot.code_changes, agg::path_root(snapshot)),
         tokens: own.tokens,
         cost: own.cost,
         models: agg::models(&snapshot.messages),

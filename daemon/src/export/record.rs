@@ -110,8 +110,16 @@ pub struct SessionExport {
     pub primary_agent: Option<String>,
     /// Counts of the session's `todo` rows by `status`.
     pub todo_stats: TodoStats,
-    /// Code changed during the session (see [`CodeChanges`]).
+    /// The session's own edits: its successful file-editing tool calls (OpenCode: `edit`,
+    /// `multiedit`, `write`, `apply_patch`; see `file_edits` in [`crate::source::opencode`]).
+    /// A `write` over an existing file names the file but counts no lines (OpenCode stores no
+    /// diff for it); changes made through `bash` are not seen.
     pub code_changes: CodeChanges,
+    /// What changed in the working tree during the session's turns, from OpenCode's snapshot
+    /// diffs (see [`CodeChanges`]): includes what other sessions or the user changed in the same
+    /// repository meanwhile. Absent in records of daemons before it.
+    #[serde(default)]
+    pub worktree_changes: CodeChanges,
     /// Token and cost totals over the session's `step-finish` parts (what OpenCode's own
     /// `session.cost` / `tokens_*` columns hold since 1.14.49).
     pub tokens: TokenUsage,
@@ -186,9 +194,11 @@ impl TodoStats {
     }
 }
 
-/// Code changed during a session.
+/// Lines and files changed: the shape of [`SessionExport::code_changes`] (summed over the
+/// session's own tool calls) and of [`SessionExport::worktree_changes`], described here.
 ///
-/// OpenCode ≥ 1.16 writes 0 into `session.summary_*`, so these come from what it really stores:
+/// For `worktreeChanges`: OpenCode ≥ 1.16 writes 0 into `session.summary_*`, so these come from
+/// what it really stores:
 /// `additions`/`deletions` are summed over the `summary.diffs` of the session's user messages
 /// (one diff list per turn); `filesChanged` counts distinct files across those diffs and the
 /// `files` of `patch` parts (absolute paths made relative to the session directory). When the

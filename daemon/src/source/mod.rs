@@ -26,8 +26,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use snapshot::{
-    CodeChangeFacts, FileDiff, Fork, Message, Reverted, Role, SessionSnapshot, TodoItem, Tokens,
-    ToolCall,
+    CodeChangeFacts, FileDiff, FileEdit, Fork, Message, Reverted, Role, SessionSnapshot, TodoItem,
+    Tokens, ToolCall,
 };
 
 /// A session's id as its source names it (OpenCode: `ses_…`). Ordered as strings, which for

@@ -168,13 +168,29 @@ pub struct ToolCall {
 /// What a session changed in files, as the source records it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CodeChangeFacts {
-    /// Per-file diffs of each turn (OpenCode: the user messages' `summary.diffs`).
+    /// The session's own edits: one per file per successful file-editing tool call (OpenCode:
+    /// `edit`, `multiedit`, `write`, `apply_patch`), in call order; a fork's copied calls are
+    /// not its own.
+    pub edits: Vec<FileEdit>,
+    /// Per-file diffs of each turn, from snapshots of the whole working tree (OpenCode: the user
+    /// messages' `summary.diffs`), so they include what other processes changed meanwhile.
     pub diffs: Vec<FileDiff>,
     /// Files changed by individual steps (OpenCode: `patch` parts), absolute or relative.
     pub patched_files: Vec<String>,
     /// Totals the session row itself keeps, used when there are no diffs: `(additions,
     /// deletions, files)` (OpenCode: `session.summary_*`, all 0 since 1.16).
     pub totals: Option<(u64, u64, u64)>,
+}
+
+/// One file changed by one tool call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileEdit {
+    /// The file (absolute, or relative to the worktree).
+    pub file: String,
+    /// Lines added.
+    pub additions: u64,
+    /// Lines deleted.
+    pub deletions: u64,
 }
 
 /// One file's diff.

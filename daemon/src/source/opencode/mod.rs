@@ -31,6 +31,7 @@
 //! | `messages[].tokens/cost` | sums over the message's `step-finish` parts' `tokens {input, output, reasoning, cache {read, write}}` and `cost` |
 //! | `messages[].text` | its `text` parts (not `synthetic`), joined by a blank line |
 //! | `tool_calls[]` | `tool` parts: `tool`, `state.status = "error"`, `state.time.end - start`; the `skill` tool's `state.input.name` |
+//! | `code_changes.edits` | completed `edit` / `multiedit` / `write` / `apply_patch` tool parts' `state.metadata` and `state.input` (see `file_edits`), except those a fork copied |
 //! | `code_changes.diffs` | user messages' `summary.diffs[] {file, additions, deletions}` |
 //! | `code_changes.patched_files` | `patch` parts' `files[]` |
 //! | `code_changes.totals` | `session.summary_additions/deletions/files` |
@@ -50,8 +51,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::source::{
-    Changes, CodeChangeFacts, FileDiff, Fork, Message, Observation, Reverted, Role, SessionHead,
-    SessionId, SessionSnapshot, SessionSource, SourceError, TodoItem, Tokens, ToolCall, TurnError,
+    Changes, CodeChangeFacts, FileDiff, FileEdit, Fork, Message, Observation, Reverted, Role,
+    SessionHead, SessionId, SessionSnapshot, SessionSource, SourceError, TodoItem, Tokens,
+    ToolCall, TurnError,
 };
 use rows::FileDiff as RowFileDiff;
 pub use sql::OpenCodeDb;
@@ -237,6 +239,108 @@ impl SessionSource for OpenCodeSource {
     }
 }
 
+/// The files a completed file-editing tool call changed, from its `state.metadata` and
+/// `state.input` as OpenCode 1.18 writes them (checked on data it wrote):
+/// - `edit`: `metadata.filediff {file, additions, deletions}`; without it (older releases), the
+///   `+`/`-` lines of `metadata.diff` for `input.filePath`;
+/// - `multiedit`: each of `metadata.results[]` as an `edit`;
+/// - `apply_patch`: `metadata.files[] {filePath, movePath?, additions, deletions}`;
+/// - `write`: `input.filePath`; when `metadata.exists` is false (a new file), every line of
+///   `input.content` is added. OpenCode stores no diff for overwriting an existing file, so an
+///   overwrite names the file but counts no lines.
+///
+/// Other tools (`bash` included) change nothing that can be told from the data.
+fn file_edits(tool: &str, state: &rows::ToolState) -> Vec<FileEdit> {
+    use serde_json::Value;
+    let meta = state.metadata.as_ref();
+    let input = state.input.as_ref();
+    let str_of = |v: Option<&Value>, key: &str| {
+        v.and_then(|v| v.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let num = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64).unwrap_or(0);
+    let edit = |meta: Option<&Value>, file: Option<String>| -> Option<FileEdit> {
+        if let Some(fd) = meta
+            .and_then(|m| m.get("filediff"))
+            .filter(|f| f.is_object())
+        {
+            return Some(FileEdit {
+                file: str_of(Some(fd), "file").or(file)?,
+                additions: num(fd, "additions"),
+                deletions: num(fd, "deletions"),
+            });
+        }
+        let diff = str_of(meta, "diff").unwrap_or_default();
+        let (additions, deletions) = diff_lines(&diff);
+        Some(FileEdit {
+            file: file?,
+            additions,
+            deletions,
+        })
+    };
+    match tool {
+        "edit" => edit(meta, str_of(input, "filePath")).into_iter().collect(),
+        "multiedit" => {
+            let file = str_of(input, "filePath");
+            meta.and_then(|m| m.get("results"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| edit(Some(r), file.clone()))
+                .collect()
+        }
+        "apply_patch" => meta
+            .and_then(|m| m.get("files"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| {
+                Some(FileEdit {
+                    file: str_of(Some(f), "movePath").or_else(|| str_of(Some(f), "filePath"))?,
+                    additions: num(f, "additions"),
+                    deletions: num(f, "deletions"),
+                })
+            })
+            .collect(),
+        "write" => {
+            let Some(file) = str_of(input, "filePath") else {
+                return Vec::new();
+            };
+            let created =
+                meta.and_then(|m| m.get("exists")).and_then(Value::as_bool) == Some(false);
+            let additions = if created {
+                str_of(input, "content").map_or(0, |c| c.lines().count() as u64)
+            } else {
+                0
+            };
+            vec![FileEdit {
+                file,
+                additions,
+                deletions: 0,
+            }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// `(added, deleted)` lines of a unified diff: lines starting with `+` / `-`, without the
+/// `+++` / `---` file headers.
+fn diff_lines(diff: &str) -> (u64, u64) {
+    let mut counts = (0, 0);
+    for line in diff.lines() {
+        if line.starts_with("+++") || line.starts_with("---") {
+            continue;
+        }
+        if line.starts_with('+') {
+            counts.0 += 1;
+        } else if line.starts_with('-') {
+            counts.1 += 1;
+        }
+    }
+    counts
+}
+
 /// The source-neutral snapshot of `rows` (see the module docs' table).
 pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
     let last_write_ms = rows.last_write_ms();
@@ -327,6 +431,7 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
     }
     let mut tool_calls = Vec::new();
     let mut patched_files = Vec::new();
+    let mut edits = Vec::new();
     for p in parts {
         let Some(&i) = index.get(p.message_id.as_str()) else {
             continue;
@@ -363,6 +468,10 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
                         .unwrap_or("unknown")
                         .to_string()
                 });
+                // A fork's copied calls were made in the session it was forked from.
+                if state.status == "completed" && i >= inherited_messages {
+                    edits.extend(file_edits(&tool, &state));
+                }
                 tool_calls.push(ToolCall {
                     message_id: p.message_id,
                     failed: state.status == "error",
@@ -406,6 +515,7 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
         messages: out_messages,
         tool_calls,
         code_changes: CodeChangeFacts {
+            edits,
             diffs,
             patched_files,
             totals: (totals != (0, 0, 0)).then(|| {

@@ -8,7 +8,8 @@
 //! OpenCode's live database with the local sink, drives one session per case (complete,
 //! incomplete todos, error 401, abort, subagent, delete, delete by another process, archive
 //! inside and after the debounce window, multiturn with the second prompt after the export and
-//! inside the window), stops the daemon with SIGTERM, and compares. See that script's docs.
+//! inside the window, a `!` shell command and a `noReply` prompt after an export), stops the
+//! daemon with SIGTERM, and compares. See that script's docs.
 //!
 //! This test fails — never skips — when OpenCode cannot be installed or Python is missing. It
 //! re-checks the script's JSON report itself: every required case present, the exports equal to
@@ -175,6 +176,8 @@ fn live_opencode_sessions_are_exported_as_opencode_announces_them() {
         "delete",
         "archive",
         "multiturn",
+        "shell",
+        "noreply",
     ];
     for kind in required {
         assert!(
@@ -252,4 +255,8 @@ fn live_opencode_sessions_are_exported_as_opencode_announces_them() {
     assert_eq!(kinds_of("archive_late"), ["session.idle", "session.idle"]);
     assert_eq!(kinds_of("multiturn"), ["session.idle", "session.idle"]);
     assert_eq!(kinds_of("multiturn_quick"), ["session.idle"]);
+    // A `!` command ends a turn (OpenCode publishes session.idle), and so does a noReply prompt
+    // (it publishes nothing): each is a second export, counting the new messages.
+    assert_eq!(kinds_of("shell"), ["session.idle", "session.idle"]);
+    assert_eq!(kinds_of("noreply"), ["session.idle", "session.idle"]);
 }

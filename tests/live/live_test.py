@@ -73,6 +73,9 @@ def log(*a):
 JOBS = [
     # Longest first: these wait for an export, or for final_after, before they are done.
     ("multiturn", "text", "after the first export, a second prompt (incomplete_todos)"),
+    ("noreply", "text", "after the first export, a noReply prompt: OpenCode answers nothing and publishes "
+                        "nothing; exported NO_REPLY_AFTER_S after it was sent, plus the debounce"),
+    ("shell", "text", "after the first export, POST /session/:id/shell (a ! command, no model): busy, idle"),
     ("incomplete_todos", "incomplete_todos", "ends idle with 2 open todos: exported after final_after"),
     ("complete", "complete", "todos all completed, file written and edited"),
     ("delete", "complete", "DELETE /session/:id 0.5 s after idle (inside the debounce window)"),
@@ -92,7 +95,12 @@ PROMPTS = {
     "error": "This request should fail with an auth error.",
     "subagent": "Delegate a check to a subagent.",
     "slow": "Run a very slow command (will be aborted).",
+    "noreply_text": "Context only, no reply wanted.",
 }
+
+# The daemon's `track::rules::NO_REPLY_AFTER_MS`: a user message with no reply started this long
+# after it was sent is an ended turn (a normal prompt's reply starts within milliseconds).
+NO_REPLY_AFTER_S = 30.0
 
 
 # ---------------------------------------------------------------------------
@@ -603,11 +611,13 @@ def run_job(job, c):
     job["session_id"] = sid
     c.hub.marker(kind="session_created", job=job["id"], sessionID=sid)
 
-    def prompt(scen):
+    def prompt(scen, no_reply=False):
         idx = c.hub.index()
         text = "SCENARIO=%s RUN=%s %s" % (scen, job["id"], PROMPTS.get(scen, ""))
-        st, r = c.api.call("POST", "/session/%s/prompt_async" % sid,
-                           body={"parts": [{"type": "text", "text": text}]}, query=q)
+        body = {"parts": [{"type": "text", "text": text}]}
+        if no_reply:
+            body["noReply"] = True
+        st, r = c.api.call("POST", "/session/%s/prompt_async" % sid, body=body, query=q)
         if st not in (200, 204):
             raise JobFailed("prompt_async failed: %s %s" % (st, r))
         return idx
@@ -646,6 +656,24 @@ def run_job(job, c):
         wait_export(1, first_idle, "first turn")
         idx = prompt("incomplete_todos")
         wait_idle(idx, "second prompt")
+    elif kind == "noreply":
+        wait_export(1, first_idle, "first turn")
+        c.hub.marker(kind="noreply_request", job=job["id"], sessionID=sid)
+        job["noreply_ts"] = now()
+        prompt("noreply_text", no_reply=True)
+        if not c.watcher.wait_records(sid, 2, NO_REPLY_AFTER_S + c.export_bound_s + 10):
+            raise JobFailed("no record after the noReply prompt within %.0fs"
+                            % (NO_REPLY_AFTER_S + c.export_bound_s + 10))
+    elif kind == "shell":
+        wait_export(1, first_idle, "first turn")
+        idx = c.hub.index()
+        c.hub.marker(kind="shell_request", job=job["id"], sessionID=sid)
+        st, r = c.api.call("POST", "/session/%s/shell" % sid,
+                           body={"agent": "build", "command": "echo from-shell"}, query=q)
+        job["notes"].append("shell -> %s %s" % (st, str(r)[:200]))
+        if st != 200:
+            raise JobFailed("shell failed: %s %s" % (st, str(r)[:300]))
+        wait_idle(idx, "the shell command")
     elif kind == "multiturn_quick":
         time.sleep(0.5)
         idx = prompt("text")
@@ -730,6 +758,9 @@ def moments_of(events, sid, job):
     if job.get("deleted_ref_ts"):
         out.append({"kind": "deleted", "ts": job["deleted_ref_ts"],
                     "ref_event": "none (opencode session delete); last DB poll that saw the row"})
+    if job.get("noreply_ts"):
+        # No event exists: the reference is when the prompt was sent (just before the request).
+        out.append({"kind": "noreply", "ts": job["noreply_ts"]})
     out.sort(key=lambda m: m["ts"])
     return out
 
@@ -783,6 +814,15 @@ def expected_exports(moments, debounce, final_after, shift=0.0):
                     last = out[-1]
                     out.append(dict(last, archived=True, ref=ts, ref_event="session.updated (time.archived)",
                                     wait=0.0, todos_open=False, due=ts))
+        elif k == "noreply":
+            # A user message nobody answers: the daemon calls the turn ended NO_REPLY_AFTER_S
+            # after it was sent, then exports it like an idle after the debounce.
+            flush(ts)
+            ended = ts + NO_REPLY_AFTER_S
+            in_idle = True
+            pending = {"event": "session.idle", "error": None, "archived": archived,
+                       "ref": ended, "ref_event": "noReply prompt + %.0f s" % NO_REPLY_AFTER_S,
+                       "wait": debounce, "todos_open": False, "due": ended + debounce + shift}
         elif k == "deleted":
             flush(ts)  # a deletion inside the window replaces the pending export
             out.append({"event": "session.deleted", "error": None, "archived": None, "ref": ts,
@@ -823,6 +863,9 @@ def check_oracle():
     # archive inside the window rides on the export; after it, exports again
     assert sig(mk(("busy", 0), ("idle", 1), ("archived", 1.5))) == [("session.idle", None, True)]
     assert sig(mk(("busy", 0), ("idle", 1), ("archived", 4))) == [idle, ("session.idle", None, True)]
+    # a noReply prompt after an export: one more export, NO_REPLY_AFTER_S + debounce after it
+    exp = expected_exports(mk(("busy", 0), ("idle", 1), ("noreply", 5)), 2.0, 6.0)
+    assert signature(exp) == [idle, idle] and exp[1]["due"] == 5 + NO_REPLY_AFTER_S + 2.0
     # deletion inside the window replaces the pending export; after it, follows it
     assert sig(mk(("busy", 0), ("idle", 1), ("deleted", 1.5))) == [("session.deleted", None, None)]
     assert sig(mk(("busy", 0), ("idle", 1), ("deleted", 4))) == [idle, ("session.deleted", None, None)]

@@ -542,3 +542,118 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
         reverted: revert.is_some().then_some(reverted),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{diff_lines, file_edits, rows::ToolState};
+    use crate::source::FileEdit;
+    use serde_json::json;
+
+    fn completed(input: serde_json::Value, metadata: serde_json::Value) -> ToolState {
+        ToolState {
+            status: "completed".into(),
+            input: Some(input),
+            metadata: Some(metadata),
+            ..ToolState::default()
+        }
+    }
+
+    fn edit(file: &str, additions: u64, deletions: u64) -> FileEdit {
+        FileEdit {
+            file: file.into(),
+            additions,
+            deletions,
+        }
+    }
+
+    /// Each tool's `state` as OpenCode 1.18.33 stores it (`edit` and `write` as in the kinds
+    /// fixture; `apply_patch` and `multiedit` as its tool code builds their metadata).
+    #[test]
+    fn file_edits_per_tool() {
+        let patch = "Index: /r/a.md\n===\n--- /r/a.md\n+++ /r/a.md\n@@ -1,3 +1,3 @@\n # Notes\n-status: draft\n+status: final\n+more\n";
+        let cases: Vec<(&str, ToolState, Vec<FileEdit>)> = vec![
+            (
+                "edit",
+                completed(
+                    json!({"filePath": "/r/a.md", "oldString": "x", "newString": "y"}),
+                    json!({"diff": patch, "filediff": {"file": "/r/a.md", "patch": patch, "additions": 1, "deletions": 1}}),
+                ),
+                vec![edit("/r/a.md", 1, 1)],
+            ),
+            // Without `filediff` (older releases): the lines of `diff`.
+            (
+                "edit",
+                completed(json!({"filePath": "/r/a.md"}), json!({"diff": patch})),
+                vec![edit("/r/a.md", 2, 1)],
+            ),
+            (
+                "multiedit",
+                completed(
+                    json!({"filePath": "/r/b.rs", "edits": []}),
+                    json!({"results": [
+                        {"filediff": {"file": "/r/b.rs", "additions": 2, "deletions": 0}},
+                        {"diff": "--- a\n+++ b\n-gone\n"}
+                    ]}),
+                ),
+                vec![edit("/r/b.rs", 2, 0), edit("/r/b.rs", 0, 1)],
+            ),
+            (
+                "apply_patch",
+                completed(
+                    json!({"patchText": "*** Begin Patch\n…"}),
+                    json!({"diff": "…", "files": [
+                        {"filePath": "/r/new.md", "relativePath": "new.md", "type": "add", "patch": "…", "additions": 3, "deletions": 0},
+                        {"filePath": "/r/old.md", "relativePath": "moved.md", "type": "move", "patch": "…", "additions": 1, "deletions": 2, "movePath": "/r/moved.md"},
+                        {"filePath": "/r/gone.md", "relativePath": "gone.md", "type": "delete", "patch": "…", "additions": 0, "deletions": 4}
+                    ], "diagnostics": {}}),
+                ),
+                vec![
+                    edit("/r/new.md", 3, 0),
+                    edit("/r/moved.md", 1, 2),
+                    edit("/r/gone.md", 0, 4),
+                ],
+            ),
+            // A new file: every line of its content.
+            (
+                "write",
+                completed(
+                    json!({"filePath": "/r/n.md", "content": "# Notes\n\nstatus: draft\n"}),
+                    json!({"diagnostics": {}, "filepath": "/r/n.md", "exists": false, "truncated": false}),
+                ),
+                vec![edit("/r/n.md", 3, 0)],
+            ),
+            // An overwrite: OpenCode keeps no diff, so the file only.
+            (
+                "write",
+                completed(
+                    json!({"filePath": "/r/n.md", "content": "a\nb"}),
+                    json!({"diagnostics": {}, "filepath": "/r/n.md", "exists": true}),
+                ),
+                vec![edit("/r/n.md", 0, 0)],
+            ),
+            (
+                "bash",
+                completed(json!({"command": "sed -i s/a/b/ x"}), json!({})),
+                vec![],
+            ),
+            ("edit", completed(json!({}), json!({})), vec![]),
+        ];
+        for (tool, state, want) in cases {
+            assert_eq!(
+                file_edits(tool, &state),
+                want,
+                "{tool} {:?}",
+                state.metadata
+            );
+        }
+    }
+
+    #[test]
+    fn diff_lines_skip_the_file_headers() {
+        assert_eq!(
+            diff_lines("--- a\n+++ b\n@@ -1 +1 @@\n-x\n+y\n+z\n context"),
+            (2, 1)
+        );
+        assert_eq!(diff_lines(""), (0, 0));
+    }
+}

@@ -445,3 +445,46 @@ fn code_changes_are_the_sessions_own_edits_and_worktree_changes_its_snapshots() 
     // in the same repository: the reason `codeChanges` no longer comes from them.
     assert!(credited_elsewhere > 0);
 }
+
+#[test]
+fn apply_patch_edits_count_per_file_with_moves_and_deletions() {
+    // A session on a GPT model, where OpenCode offers `apply_patch` (see the fixture's README).
+    let fixture = repo_root().join("tests/fixtures/opencode-1.18.33-apply-patch");
+    let scratch = Scratch::new();
+    let db = scratch.path("oc/opencode.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::copy(fixture.join("opencode.db"), &db).unwrap();
+    let config = scratch.write_config("[export]\nstale_after_secs = 315360000\n");
+    let out = run_once(&scratch, &config, &db);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records = read_ndjson(&scratch.local_sink());
+    assert_eq!(records.len(), 1);
+    let r = &records[0];
+    // By SQL: every file entry of the completed apply_patch calls; a move counts its target.
+    let conn = sql(&db);
+    let (calls, adds, dels, files): (i64, f64, f64, i64) = conn
+        .query_row(
+            "SELECT COUNT(DISTINCT p.id), TOTAL(json_extract(f.value, '$.additions')), \
+                    TOTAL(json_extract(f.value, '$.deletions')), \
+                    COUNT(DISTINCT COALESCE(json_extract(f.value, '$.movePath'), \
+                                            json_extract(f.value, '$.filePath'))) \
+             FROM part p, json_each(p.data, '$.state.metadata.files') f \
+             WHERE json_extract(p.data, '$.tool') = 'apply_patch' \
+               AND json_extract(p.data, '$.state.status') = 'completed'",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .unwrap();
+    assert_eq!(calls, 3);
+    let c = &r["codeChanges"];
+    assert_eq!(c["additions"].as_f64(), Some(adds));
+    assert_eq!(c["deletions"].as_f64(), Some(dels));
+    assert_eq!(c["filesChanged"].as_i64(), Some(files));
+    // What the scripted patches did: +4 +2 (two new files), +2 -1 (update), -3 (delete: OpenCode
+    // counts `"temp\nfile\n".split("\n")`, three), +1 -1 (update and move), over three paths.
+    assert_eq!((adds, dels, files), (9.0, 5.0, 3));
+}

@@ -240,7 +240,9 @@ impl SessionSource for OpenCodeSource {
 }
 
 /// The files a completed file-editing tool call changed, from its `state.metadata` and
-/// `state.input` as OpenCode 1.18 writes them (checked on data it wrote):
+/// `state.input` as OpenCode writes them (`edit`, `write` and `apply_patch` checked on data
+/// OpenCode 1.18.33 wrote, in the test fixtures; 1.18.33 no longer offers `multiedit`, whose shape
+/// is from OpenCode's source):
 /// - `edit`: `metadata.filediff {file, additions, deletions}`; without it (older releases), the
 ///   `+`/`-` lines of `metadata.diff` for `input.filePath`;
 /// - `multiedit`: each of `metadata.results[]` as an `edit`;

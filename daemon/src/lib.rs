@@ -9,7 +9,8 @@
 //! - [`track`]: the tracker and its pure rules: when a session is exported, and why
 //!   ([`track::Trigger`]). No IO, no clock.
 //! - [`export`]: builds [`export::SessionExport`] records from a session snapshot. Pure.
-//! - [`identity`]: the device id and host name; [`clock`]: the wall clock.
+//! - [`identity`]: the device id and host name; [`clock`]: the wall clock; [`atomic_file`]:
+//!   small files written whole or not at all.
 //! - [`queue`]: the durable sled outbox (one pending version per session, latest wins).
 //! - [`sink`]: what every sink shares (outcomes, limits, pacing); Convex in [`sink::convex`],
 //!   the local file in [`sink::local`].
@@ -19,6 +20,7 @@
 //! - [`install`]: `install` / `uninstall` for systemd and launchd.
 //! - [`cli`]: the command line.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod clock;
 pub mod cmd;

@@ -25,12 +25,10 @@
 //!            "lastReload":{"at":<ms>,"applied":…,"message":…}}}
 //! ```
 //! The members from `enqueuedTotal` on are absent in files of earlier builds (read as 0). The
-//! file is written atomically (a temporary file in the same directory, `fsync`ed, renamed over
-//! the old one, mode 0600), so a reader sees the old or the new file, never a torn one. It
+//! file is written atomically ([`crate::atomic_file`]), so a reader never sees a torn one. It
 //! holds no secret: the sink is described by its URL or path only.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,7 +265,7 @@ async fn write_logged(outbox: &Arc<Outbox>, path: &Path, daemon: DaemonInfo, fai
     }
 }
 
-/// Writes the status file atomically (temporary file, `fsync`, rename; mode 0600).
+/// Writes the status file atomically ([`crate::atomic_file`]).
 fn write_file(path: &Path, snap: &StatusSnapshot) -> std::io::Result<()> {
     let file = StatusFile::V1 {
         pid: snap.pid,
@@ -276,21 +274,7 @@ fn write_file(path: &Path, snap: &StatusSnapshot) -> std::io::Result<()> {
         daemon: snap.daemon.clone(),
     };
     let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options.open(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    crate::atomic_file::write(path, &bytes)
 }
 
 /// The status file (see the module doc for the layout).
@@ -473,7 +457,13 @@ mod tests {
         let s3 = read_status(tmp.path()).unwrap();
         assert_eq!((s3.queue.pending_count, s3.queue.acked_total), (0, 1));
         assert!(s3.queue.last_delivery_at_ms.is_some());
-        assert!(!tmp.path().join("status.json.tmp").exists());
+        // Nothing but the outbox and the status file in the data dir (no temporary file left).
+        let mut names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["queue", "status.json"]);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

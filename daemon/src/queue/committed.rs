@@ -3,8 +3,8 @@
 //! tell a damaged log (sled silently recovers an earlier prefix) from an intact one (see "Losing
 //! flushed data is corruption" in the module doc).
 //!
-//! Written only after a completed flush (so it never claims more than is on disk), atomically (a
-//! temporary file in the same directory, written, `fsync`ed, renamed over the old one), at open,
+//! Written only after a completed flush (so it never claims more than is on disk), atomically
+//! ([`crate::atomic_file`]), at open,
 //! at [`super::Outbox::flush`], and otherwise at most once per second: a flush within the second
 //! after the last write schedules a trailing write on the tokio runtime (when one is running).
 //! A file that lags behind only weakens the check, never makes it fire wrongly. It lives inside
@@ -15,7 +15,6 @@
 //! `committed.json` is missing, [`read_legacy`] reads that field instead, once: the open that
 //! uses it writes `committed.json`.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -68,27 +67,14 @@ pub(crate) fn read_legacy(data_dir: &Path) -> Option<u64> {
         .committed_seq
 }
 
-/// Writes `<dir>/committed.json` atomically (temporary file, `fsync`, rename).
+/// Writes `<dir>/committed.json` atomically ([`crate::atomic_file`]).
 fn write(dir: &Path, committed_seq: u64) -> std::io::Result<()> {
     let file = CommittedFile::V1 {
         committed_seq,
         written_at: now_ms(),
     };
     let bytes = serde_json::to_vec(&file).map_err(std::io::Error::other)?;
-    let path = committed_path(dir);
-    let tmp = dir.join(format!("{COMMITTED_FILE_NAME}.tmp"));
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options.open(&tmp)?;
-    f.write_all(&bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    crate::atomic_file::write(&committed_path(dir), &bytes)
 }
 
 impl Inner {

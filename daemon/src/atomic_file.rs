@@ -1,0 +1,52 @@
+//! Small files written whole or not at all: the status file (`<data_dir>/status.json`) and the
+//! outbox's high-water mark (`<data_dir>/queue/committed.json`).
+//!
+//! The bytes go to a fresh temporary file in the same directory (`tempfile`, mode 0600 on Unix),
+//! which is `fsync`ed and renamed over the target, so a reader sees the old or the new file,
+//! never a torn one, and a crash leaves at most a stray temporary file (named `.tmp…`).
+
+use std::io::Write;
+use std::path::Path;
+
+/// Replaces `path` with `bytes` atomically (see the module doc).
+///
+/// # Errors
+/// IO errors creating, writing, syncing or renaming the temporary file (it is removed then).
+pub fn write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_the_file_whole_and_leaves_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.json");
+        write(&path, b"{\"a\":1}").unwrap();
+        write(&path, b"{}").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{}");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["f.json"]);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A missing directory is an error, not a panic.
+        assert!(write(&dir.path().join("no/such/f.json"), b"x").is_err());
+    }
+}

@@ -154,7 +154,7 @@ pub fn read_status(data_dir: &Path) -> Option<StatusSnapshot> {
 }
 
 /// Keeps `<data_dir>/status.json` current while the daemon runs (see the module doc). Cheap to
-/// share: [`StatusWriter::update`] takes `&self`.
+/// share: [`StatusWriter::handle`] hands out cloneable [`StatusHandle`]s.
 pub struct StatusWriter {
     info: Arc<watch::Sender<DaemonInfo>>,
     stop: CancellationToken,
@@ -184,11 +184,6 @@ impl StatusWriter {
     /// A handle that changes the daemon's part of the file (see [`StatusHandle::update`]).
     pub fn handle(&self) -> StatusHandle {
         StatusHandle(self.info.clone())
-    }
-
-    /// Changes the daemon's part of the file; the writer picks it up within about a second.
-    pub fn update(&self, f: impl FnOnce(&mut DaemonInfo)) {
-        self.info.send_modify(f);
     }
 
     /// Stops the writer after one last write (call it after the outbox's final flush).

@@ -21,10 +21,24 @@
 //!     queue is kept, an actionable error is logged, and delivery is retried at the backoff cap
 //!     (so fixing the token on the deployment resumes delivery without a restart).
 //!
+//!
+//! # A record that breaks its whole batch
+//! A record can make the sink fail the whole request in a way that looks transient (Convex: an
+//! exception in the ingest function is an HTTP 500), and since batches go oldest first, it would
+//! hold back everything behind it. So after [`PROBE_AFTER`] consecutive failed sends of
+//! multi-record batches, the sender **probes**: it sends that batch record by record, acking
+//! what goes through. A record that fails alone while the record after it is then delivered is
+//! a suspect; one that is a suspect [`SUSPECT_LIMIT`] times (counted per version, in memory)
+//! goes to the dead-letter tree with the sink's reason, and the rest keeps flowing. Two records
+//! failing alone in a row end the probe: that is the sink failing, not a record, and the usual
+//! backoff applies. This needs no guess about which errors are "permanent": the evidence is
+//! that the records around the suspect are delivered.
+//!
 //! A config reload (SIGHUP) hands the running sender a new sink and pacer through
 //! [`Reconfigure`]; it is applied between two requests (never to one in flight), and the
 //! outbox and its records are untouched.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +77,14 @@ pub enum Step {
     },
 }
 
+/// Consecutive failed sends of multi-record batches before the sender probes the batch record
+/// by record (see the module doc).
+pub const PROBE_AFTER: u32 = 3;
+
+/// How many probes must find a record failing alone, while the record after it is delivered,
+/// before it is dead-lettered.
+pub const SUSPECT_LIMIT: u32 = 2;
+
 /// New delivery settings for a running [`Sender`] (from a reloaded config).
 pub struct Reconfigure {
     /// The new sink (with its limits).
@@ -79,6 +101,11 @@ pub struct Sender {
     sink: AnySink,
     pacer: Pacer,
     in_flight_limit: Duration,
+    /// Consecutive failed sends of multi-record batches.
+    batch_failures: u32,
+    /// How often each record version (outbox sequence number) failed alone while the record
+    /// after it was delivered; only versions of the last probed batch are kept.
+    suspects: HashMap<u64, u32>,
 }
 
 impl Sender {
@@ -89,6 +116,8 @@ impl Sender {
             sink,
             pacer,
             in_flight_limit: Duration::ZERO,
+            batch_failures: 0,
+            suspects: HashMap::new(),
         }
     }
 
@@ -119,8 +148,71 @@ impl Sender {
             return Ok(Step::Idle);
         }
         batch.truncate(limits.batch_len(batch.iter().map(|p| p.record_json().len())));
+        if batch.len() > 1 && self.batch_failures >= PROBE_AFTER {
+            return self.probe(&batch).await;
+        }
         let outcome = self.send(&batch).await;
+        if batch.len() > 1 {
+            match outcome {
+                Outcome::Retry { .. } => self.batch_failures += 1,
+                Outcome::Delivered(_) => self.batch_failures = 0,
+                _ => {}
+            }
+        }
         self.apply(&batch, outcome).await
+    }
+
+    /// Sends `batch` record by record to find a record that fails the whole batch (see the
+    /// module doc).
+    async fn probe(&mut self, batch: &[Pending]) -> Result<Step, QueueError> {
+        self.batch_failures = 0;
+        self.suspects
+            .retain(|seq, _| batch.iter().any(|p| p.seq() == *seq));
+        tracing::info!(records = batch.len(), "batches keep failing; sending the oldest one record by record");
+        let (mut delivered, mut dead) = (0, 0);
+        // The record that just failed alone, and why.
+        let mut failed: Option<(&Pending, String)> = None;
+        for p in batch {
+            let single = self.send(std::slice::from_ref(p)).await;
+            let why = match &single {
+                Outcome::Retry { reason, .. } | Outcome::Unauthorized { reason } => {
+                    Some(reason.clone())
+                }
+                _ => None,
+            };
+            let step = Box::pin(self.apply(std::slice::from_ref(p), single)).await?;
+            match (why, step) {
+                (None, Step::Progress { delivered: d, dead: x }) => {
+                    delivered += d;
+                    dead += x;
+                    if let Some((suspect, reason)) = failed.take() {
+                        let n = self.suspects.entry(suspect.seq()).or_default();
+                        *n += 1;
+                        if *n >= SUSPECT_LIMIT {
+                            self.suspects.remove(&suspect.seq());
+                            let reason = format!(
+                                "failed alone {SUSPECT_LIMIT} times while the records after it were delivered: {reason}"
+                            );
+                            self.refuse(suspect, &reason).await?;
+                            dead += 1;
+                        }
+                    }
+                }
+                (Some(reason), step) => {
+                    if failed.is_some() {
+                        // Two records in a row: the sink is failing, not a record.
+                        return Ok(if delivered + dead == 0 {
+                            step
+                        } else {
+                            Step::Progress { delivered, dead }
+                        });
+                    }
+                    failed = Some((p, reason));
+                }
+                (None, other) => return Ok(other),
+            }
+        }
+        Ok(Step::Progress { delivered, dead })
     }
 
     async fn send(&self, batch: &[Pending]) -> Outcome {

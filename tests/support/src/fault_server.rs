@@ -224,6 +224,7 @@ struct State {
     script: VecDeque<Mode>,
     token: Option<String>,
     rejected: HashSet<String>,
+    poisoned: HashSet<String>,
     requests: Vec<RequestLog>,
     upserts: Vec<Upsert>,
     latest: BTreeMap<String, Stored>,
@@ -252,6 +253,7 @@ impl FaultServer {
                 script: VecDeque::new(),
                 token: Some(TOKEN.to_string()),
                 rejected: HashSet::new(),
+                poisoned: HashSet::new(),
                 requests: Vec::new(),
                 upserts: Vec::new(),
                 latest: BTreeMap::new(),
@@ -339,6 +341,19 @@ impl FaultHandle {
     {
         self.state()
             .rejected
+            .extend(ids.into_iter().map(Into::into));
+    }
+
+    /// Makes every request that holds a record with one of these session ids fail as a whole
+    /// with HTTP 500, as Convex answers when the ingest function throws (a record that breaks
+    /// the function, not one its validation refuses): nothing of that request is stored.
+    pub fn poison_sessions<I, S>(&self, ids: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.state()
+            .poisoned
             .extend(ids.into_iter().map(Into::into));
     }
 
@@ -625,6 +640,19 @@ fn ingest(shared: &Shared, req: &Received<'_>) -> Answer {
                 "limit": MAX_BATCH,
             })
             .to_string(),
+            None,
+        );
+    }
+    let poisoned = list.iter().any(|r| {
+        r.get("sessionId")
+            .and_then(Value::as_str)
+            .is_some_and(|id| st.poisoned.contains(id))
+    });
+    if poisoned {
+        return respond(
+            500,
+            json!({"code": "Server Error", "message": "Uncaught RangeError: Invalid time value"})
+                .to_string(),
             None,
         );
     }

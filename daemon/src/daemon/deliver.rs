@@ -168,7 +168,10 @@ impl Sender {
         self.batch_failures = 0;
         self.suspects
             .retain(|seq, _| batch.iter().any(|p| p.seq() == *seq));
-        tracing::info!(records = batch.len(), "batches keep failing; sending the oldest one record by record");
+        tracing::info!(
+            records = batch.len(),
+            "batches keep failing; sending the oldest one record by record"
+        );
         let (mut delivered, mut dead) = (0, 0);
         // The record that just failed alone, and why.
         let mut failed: Option<(&Pending, String)> = None;
@@ -182,7 +185,13 @@ impl Sender {
             };
             let step = Box::pin(self.apply(std::slice::from_ref(p), single)).await?;
             match (why, step) {
-                (None, Step::Progress { delivered: d, dead: x }) => {
+                (
+                    None,
+                    Step::Progress {
+                        delivered: d,
+                        dead: x,
+                    },
+                ) => {
                     delivered += d;
                     dead += x;
                     if let Some((suspect, reason)) = failed.take() {

@@ -967,6 +967,78 @@ async fn rejected_records_go_to_dead_letters_while_the_rest_flows() {
     .await;
 }
 
+/// A poison record among 100 (#16): every request holding it fails as a whole with a 500, as
+/// Convex answers when the ingest function throws. The sender probes the failing batch record
+/// by record, so the 99 others arrive within a bounded time, and the poison ends in the dead
+/// letters with the reason, after being sent a bounded number of times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_record_among_100_is_dead_lettered_while_the_99_arrive() {
+    bounded(Duration::from_secs(90), async {
+        let rig = Rig::new(100, Knobs::default()).await;
+        let reference = rig.reference();
+        // The oldest records go first, so poison one of the first batch.
+        let poison = rig.ids[0].clone();
+        rig.server.poison_sessions([poison.clone()]);
+        let started = Instant::now();
+        let mut d = rig.start();
+        let others: BTreeMap<String, Value> = reference
+            .iter()
+            .filter(|(id, _)| **id != poison)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        rig.wait_delivered(&others, Duration::from_secs(30)).await;
+        wait_for(Duration::from_secs(30), "the poison dead-lettered", || {
+            (status_u64(&rig, "deadCount") == Some(1)
+                && status_u64(&rig, "pendingCount") == Some(0))
+            .then_some(())
+        })
+        .await;
+        let took = started.elapsed();
+        assert!(
+            !rig.server.latest().contains_key(&poison),
+            "the poison was stored"
+        );
+        let sent = rig
+            .server
+            .requests()
+            .iter()
+            .filter(|r| r.session_ids.contains(&poison))
+            .count();
+        // Two rounds of (3 failed batches + 1 probe alone), give or take a batch in flight.
+        assert!(
+            sent <= 10,
+            "the poison was sent {sent} times before it was dead-lettered"
+        );
+        let (exit, _) = d.terminate(Duration::from_secs(10));
+        assert!(exit.success());
+        let out = d.output();
+        assert_eq!(out.matches("moved to dead letters").count(), 1, "{out}");
+        let list = rig.cli(&["queue", "list"]);
+        let list = String::from_utf8_lossy(&list.stdout).into_owned();
+        let line = list
+            .lines()
+            .find(|l| l.contains(poison.as_str()))
+            .unwrap_or_else(|| panic!("the poison is not in the dead letters:\n{list}"));
+        assert!(line.contains("failed alone"), "{line}");
+        assert!(line.contains("http 500"), "{line}");
+        eprintln!(
+            "99 of 100 delivered and the poison dead-lettered in {:.1} s",
+            secs(took)
+        );
+
+        // Once the deployment is fixed, `queue retry-dead` delivers it too.
+        rig.server.clear_rejections();
+        assert!(rig.cli(&["queue", "retry-dead"]).status.success());
+        let mut d = rig.start();
+        rig.wait_delivered(&reference, Duration::from_secs(20))
+            .await;
+        let (exit, _) = d.terminate(Duration::from_secs(10));
+        assert!(exit.success());
+        rig.check_conservation(&reference);
+    })
+    .await;
+}
+
 /// A 401, then the ingest action's own 401 for a token it does not hold (a rotated token):
 /// sending pauses
 /// (one attempt per cap-length, no backoff growth, nothing dead-lettered), the queue is kept,

@@ -25,14 +25,16 @@
 //! # A record that breaks its whole batch
 //! A record can make the sink fail the whole request in a way that looks transient (Convex: an
 //! exception in the ingest function is an HTTP 500), and since batches go oldest first, it would
-//! hold back everything behind it. So after [`PROBE_AFTER`] consecutive failed sends of
-//! multi-record batches, the sender **probes**: it sends that batch record by record, acking
-//! what goes through. A record that fails alone while the record after it is then delivered is
-//! a suspect; one that is a suspect [`SUSPECT_LIMIT`] times (counted per version, in memory)
-//! goes to the dead-letter tree with the sink's reason, and the rest keeps flowing. Two records
-//! failing alone in a row end the probe: that is the sink failing, not a record, and the usual
-//! backoff applies. This needs no guess about which errors are "permanent": the evidence is
-//! that the records around the suspect are delivered.
+//! hold back everything behind it. So after [`PROBE_AFTER`] consecutive failed sends, the
+//! sender **probes** the failing batch: it sends it record by record, acking what goes through.
+//! A record that fails alone gets a *strike* only if the sink is shown to work right after:
+//! the next record of the probe is delivered, or, when it was the last one, a **canary** — a
+//! resend of the last record this sender delivered, which the upsert answers as unchanged — is
+//! accepted. A record with [`SUSPECT_LIMIT`] strikes (counted per version, in memory) goes to
+//! the dead-letter tree with the sink's reason, and the rest keeps flowing. A failure right
+//! after a failure ends the probe: that is the sink failing, not a record, and the usual
+//! backoff applies. So no guess about which errors are "permanent" is needed, and an outage
+//! never dead-letters anything: the evidence is always a delivery just after the failure.
 //!
 //! A config reload (SIGHUP) hands the running sender a new sink and pacer through
 //! [`Reconfigure`]; it is applied between two requests (never to one in flight), and the
@@ -46,7 +48,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::queue::{Outbox, Pending, QueueError};
+use crate::queue::{DeadLetterOutcome, Outbox, Pending, QueueError};
 use crate::sink::{AnySink, Limits, Outcome, Pacer, RecordOutcome, Sink};
 
 /// What one send attempt did.
@@ -77,12 +79,12 @@ pub enum Step {
     },
 }
 
-/// Consecutive failed sends of multi-record batches before the sender probes the batch record
-/// by record (see the module doc).
+/// Consecutive failed sends before the sender probes the oldest batch record by record (see
+/// the module doc).
 pub const PROBE_AFTER: u32 = 3;
 
-/// How many probes must find a record failing alone, while the record after it is delivered,
-/// before it is dead-lettered.
+/// How many probes must find a record failing alone, while the sink works right after, before it
+/// is dead-lettered.
 pub const SUSPECT_LIMIT: u32 = 2;
 
 /// New delivery settings for a running [`Sender`] (from a reloaded config).
@@ -101,11 +103,13 @@ pub struct Sender {
     sink: AnySink,
     pacer: Pacer,
     in_flight_limit: Duration,
-    /// Consecutive failed sends of multi-record batches.
-    batch_failures: u32,
-    /// How often each record version (outbox sequence number) failed alone while the record
-    /// after it was delivered; only versions of the last probed batch are kept.
+    /// Consecutive failed sends.
+    failures: u32,
+    /// Strikes per record version (outbox sequence number): how often it failed alone while
+    /// the sink was shown to work right after; only versions of the last probed batch are kept.
     suspects: HashMap<u64, u32>,
+    /// The JSON of the last record delivered, the canary of a probe (one record's bytes).
+    canary: Option<Vec<u8>>,
 }
 
 impl Sender {
@@ -116,8 +120,9 @@ impl Sender {
             sink,
             pacer,
             in_flight_limit: Duration::ZERO,
-            batch_failures: 0,
+            failures: 0,
             suspects: HashMap::new(),
+            canary: None,
         }
     }
 
@@ -148,80 +153,114 @@ impl Sender {
             return Ok(Step::Idle);
         }
         batch.truncate(limits.batch_len(batch.iter().map(|p| p.record_json().len())));
-        if batch.len() > 1 && self.batch_failures >= PROBE_AFTER {
+        if self.failures >= PROBE_AFTER {
             return self.probe(&batch).await;
         }
         let outcome = self.send(&batch).await;
-        if batch.len() > 1 {
-            match outcome {
-                Outcome::Retry { .. } => self.batch_failures += 1,
-                Outcome::Delivered(_) => self.batch_failures = 0,
-                _ => {}
-            }
-        }
+        self.count_outcome(&batch, &outcome);
         self.apply(&batch, outcome).await
+    }
+
+    /// Follows consecutive failures, and keeps the canary (the last record delivered).
+    fn count_outcome(&mut self, batch: &[Pending], outcome: &Outcome) {
+        match outcome {
+            Outcome::Retry { .. } => self.failures += 1,
+            Outcome::Delivered(results) => {
+                self.failures = 0;
+                let last = batch
+                    .iter()
+                    .zip(results)
+                    .rev()
+                    .find(|(_, r)| matches!(r, RecordOutcome::Accepted));
+                if let Some((p, _)) = last {
+                    self.canary = Some(p.record_json().to_vec());
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Sends `batch` record by record to find a record that fails the whole batch (see the
     /// module doc).
     async fn probe(&mut self, batch: &[Pending]) -> Result<Step, QueueError> {
-        self.batch_failures = 0;
+        self.failures = 0;
         self.suspects
             .retain(|seq, _| batch.iter().any(|p| p.seq() == *seq));
         tracing::info!(
             records = batch.len(),
-            "batches keep failing; sending the oldest one record by record"
+            "sends keep failing; sending the oldest batch record by record"
         );
         let (mut delivered, mut dead) = (0, 0);
-        // The record that just failed alone, and why.
-        let mut failed: Option<(&Pending, String)> = None;
+        // The record that just failed alone (as it is stored now, its attempt counted), with
+        // its reason and the step its failure gave.
+        let mut failed: Option<(Pending, String, Step)> = None;
         for p in batch {
             let single = self.send(std::slice::from_ref(p)).await;
-            let why = match &single {
-                Outcome::Retry { reason, .. } | Outcome::Unauthorized { reason } => {
-                    Some(reason.clone())
+            self.count_outcome(std::slice::from_ref(p), &single);
+            if let Outcome::Retry { reason, .. } = &single {
+                let wait = self.pacer.observe(&single);
+                let reason = reason.clone();
+                // The stored entry changes with its attempt count: keep the new one, so a
+                // strike's dead-letter compare-and-swap matches it.
+                let current = self.outbox.record_attempt(p)?.unwrap_or_else(|| p.clone());
+                self.outbox.record_error(&reason)?;
+                let step = Step::Backoff {
+                    wait,
+                    reason: reason.clone(),
+                };
+                if failed.is_some() {
+                    // A failure right after a failure: the sink is failing, not a record.
+                    return Ok(progress_or(delivered, dead, step));
                 }
-                _ => None,
-            };
-            let step = Box::pin(self.apply(std::slice::from_ref(p), single)).await?;
-            match (why, step) {
-                (
-                    None,
-                    Step::Progress {
-                        delivered: d,
-                        dead: x,
-                    },
-                ) => {
+                failed = Some((current, reason, step));
+                continue;
+            }
+            match Box::pin(self.apply(std::slice::from_ref(p), single)).await? {
+                Step::Progress {
+                    delivered: d,
+                    dead: x,
+                } => {
                     delivered += d;
                     dead += x;
-                    if let Some((suspect, reason)) = failed.take() {
-                        let n = self.suspects.entry(suspect.seq()).or_default();
-                        *n += 1;
-                        if *n >= SUSPECT_LIMIT {
-                            self.suspects.remove(&suspect.seq());
-                            let reason = format!(
-                                "failed alone {SUSPECT_LIMIT} times while the records after it were delivered: {reason}"
-                            );
-                            self.refuse(suspect, &reason).await?;
-                            dead += 1;
-                        }
+                    if let Some((suspect, reason, _)) = failed.take() {
+                        dead += self.strike(&suspect, &reason).await?;
                     }
                 }
-                (Some(reason), step) => {
-                    if failed.is_some() {
-                        // Two records in a row: the sink is failing, not a record.
-                        return Ok(if delivered + dead == 0 {
-                            step
-                        } else {
-                            Step::Progress { delivered, dead }
-                        });
-                    }
-                    failed = Some((p, reason));
-                }
-                (None, other) => return Ok(other),
+                // Unauthorized, or a backoff the pacer asked for: stop the probe here.
+                step => return Ok(progress_or(delivered, dead, step)),
             }
         }
+        if let Some((suspect, reason, step)) = failed {
+            // The last record failed alone: is the sink working? Resend the canary.
+            let works = match &self.canary {
+                Some(json) => matches!(
+                    self.sink.send(&[json.as_slice()]).await,
+                    Outcome::Delivered(_)
+                ),
+                None => false,
+            };
+            if !works {
+                return Ok(progress_or(delivered, dead, step));
+            }
+            dead += self.strike(&suspect, &reason).await?;
+        }
         Ok(Step::Progress { delivered, dead })
+    }
+
+    /// Gives `p` a strike (it failed alone with `reason` while the sink worked right after);
+    /// dead-letters it at [`SUSPECT_LIMIT`]. Returns how many records went to dead letters.
+    async fn strike(&mut self, p: &Pending, reason: &str) -> Result<usize, QueueError> {
+        let n = self.suspects.entry(p.seq()).or_default();
+        *n += 1;
+        tracing::info!(session_id = %p.session_id(), strikes = *n, "a record failed alone while the sink worked");
+        if *n < SUSPECT_LIMIT {
+            return Ok(0);
+        }
+        self.suspects.remove(&p.seq());
+        let reason = format!(
+            "failed alone {SUSPECT_LIMIT} times while the sink accepted other records: {reason}"
+        );
+        self.refuse(p, &reason).await
     }
 
     async fn send(&self, batch: &[Pending]) -> Outcome {
@@ -240,10 +279,7 @@ impl Sender {
                 // makes one per record.
                 for (p, record) in batch.iter().zip(&records) {
                     match record {
-                        RecordOutcome::Refused { reason } => {
-                            self.refuse(p, reason).await?;
-                            dead += 1;
-                        }
+                        RecordOutcome::Refused { reason } => dead += self.refuse(p, reason).await?,
                         RecordOutcome::Accepted => to_ack.push(p.clone()),
                     }
                 }
@@ -279,11 +315,8 @@ impl Sender {
                 Ok(Step::Progress { delivered, dead })
             }
             Outcome::Rejected { reason } => {
-                self.refuse(&batch[0], &reason).await?;
-                Ok(Step::Progress {
-                    delivered: 0,
-                    dead: 1,
-                })
+                let dead = self.refuse(&batch[0], &reason).await?;
+                Ok(Step::Progress { delivered: 0, dead })
             }
             Outcome::Retry { reason, .. } => {
                 self.count_attempts(batch)?;
@@ -300,11 +333,17 @@ impl Sender {
 
     /// Moves a record the sink refused for good to the dead-letter tree: one ERROR line, and
     /// `status`'s last error.
-    async fn refuse(&self, p: &Pending, reason: &str) -> Result<(), QueueError> {
+    /// Returns how many records moved (0 when a newer version was committed meanwhile: that
+    /// one stays pending and gets its own chance).
+    async fn refuse(&self, p: &Pending, reason: &str) -> Result<usize, QueueError> {
+        if self.outbox.dead_letter(p, reason).await? != DeadLetterOutcome::Moved {
+            tracing::debug!(session_id = %p.session_id(), "a refused record was superseded; the newer version stays pending");
+            return Ok(0);
+        }
         tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected by the sink; moved to dead letters (see `opencode-telemetry queue list`)");
-        self.outbox.dead_letter(p, reason).await?;
         self.outbox
-            .record_error(&format!("rejected {}: {reason}", p.session_id()))
+            .record_error(&format!("rejected {}: {reason}", p.session_id()))?;
+        Ok(1)
     }
 
     /// Applies what arrived on the reconfigure channel (`None`: the channel closed).
@@ -408,5 +447,15 @@ impl Sender {
                 }
             }
         }
+    }
+}
+
+/// What a probe that stopped early returns: its progress if it made any, else the step of the
+/// failure that stopped it (so the backoff applies).
+fn progress_or(delivered: usize, dead: usize, step: Step) -> Step {
+    if delivered + dead == 0 {
+        step
+    } else {
+        Step::Progress { delivered, dead }
     }
 }

@@ -357,9 +357,11 @@ impl FaultHandle {
             .extend(ids.into_iter().map(Into::into));
     }
 
-    /// Forgets every [`FaultHandle::reject_sessions`].
+    /// Forgets every [`FaultHandle::reject_sessions`] and [`FaultHandle::poison_sessions`].
     pub fn clear_rejections(&self) {
-        self.state().rejected.clear();
+        let mut st = self.state();
+        st.rejected.clear();
+        st.poisoned.clear();
     }
 
     /// Every request received so far, in arrival order.

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{self, Overrides, ENV_CONFIG};
 use crate::install::{self, Manager};
+use crate::queue::QueueError;
 use crate::{cmd, daemon};
 
 /// Exit status for configuration errors (`EX_CONFIG` from sysexits.h).
@@ -145,6 +146,7 @@ pub fn main() -> ExitCode {
         }
     }
     let is_run = matches!(cli.command, Command::Run(_));
+    let config_file = loaded.path.clone();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -192,6 +194,21 @@ pub fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
+            if let Some(q) = e.chain().find_map(|c| c.downcast_ref::<QueueError>()) {
+                if q.is_unusable_location() {
+                    let file = config_file
+                        .as_deref()
+                        .map_or_else(|| "<defaults>".to_string(), |p| p.display().to_string());
+                    let message = format!(
+                        "key `data_dir` (config {file}): {q}; point `data_dir` at a directory this user can write, or fix its permissions"
+                    );
+                    if is_run {
+                        tracing::error!(error = %message, "the daemon cannot start");
+                    }
+                    eprintln!("opencode-telemetry: {message}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            }
             if is_run {
                 // The daemon's logs may be JSON for a collector: say it there too.
                 tracing::error!(error = %format!("{e:#}"), "the daemon stopped on a fatal error");

@@ -213,3 +213,66 @@ fn the_default_database_is_found_the_way_opencode_resolves_it() {
         "/tmp/y.db"
     );
 }
+
+/// `<data_dir>/queue` is a file (#16): `run` moves it aside like a corrupt outbox and starts,
+/// and every session is delivered, instead of failing every restart on it.
+#[test]
+fn a_queue_path_that_is_a_file_is_moved_aside_and_run_starts() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config("[export]\nfinal_after_secs = 0\n");
+    std::fs::create_dir_all(scratch.path("data")).unwrap();
+    std::fs::write(scratch.path("data/queue"), b"not an outbox\n").unwrap();
+    let mut d = crate::support::daemon::Daemon::start_local(&scratch, &config, &db);
+    let roots = root_sessions(&sql(&db));
+    wait_for(60, "every session delivered", || {
+        let got: std::collections::BTreeSet<String> = ndjson_if_any(&scratch.local_sink())
+            .iter()
+            .filter_map(|r| r["sessionId"].as_str().map(str::to_string))
+            .collect();
+        got == roots
+    });
+    let (exit, _) = d.terminate(std::time::Duration::from_secs(10));
+    assert!(exit.success());
+    assert!(scratch.path("data/queue").is_dir());
+    let moved: Vec<_> = std::fs::read_dir(scratch.path("data"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("queue.corrupt-")
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "one quarantined copy");
+    assert_eq!(
+        std::fs::read(moved[0].path()).unwrap(),
+        b"not an outbox\n",
+        "the file is kept as it was"
+    );
+    let out = d.output();
+    assert!(out.contains("ERROR"), "{out}");
+    assert!(out.contains("is a file"), "{out}");
+}
+
+/// A `data_dir` that cannot be a directory (here: a file) is a configuration error: `once`
+/// and `run` exit 78 naming the key and the file, so systemd does not restart into it.
+#[test]
+fn a_data_dir_that_is_a_file_exits_78_naming_the_key() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config("");
+    std::fs::write(scratch.path("data"), b"").unwrap();
+    for cmd in ["once", "run"] {
+        let out = run(command(&scratch)
+            .arg("--config")
+            .arg(&config)
+            .arg("--db")
+            .arg(&db)
+            .arg(cmd));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{cmd}: {err}");
+        assert!(err.contains("`data_dir`"), "{cmd}: {err}");
+        assert!(err.contains(&config.display().to_string()), "{cmd}: {err}");
+    }
+}

@@ -113,4 +113,30 @@ impl QueueError {
             QueueError::Encode { .. } | QueueError::InvalidRecord { .. } => false,
         }
     }
+
+    /// True when the outbox's place itself is unusable in a way no restart can fix: its
+    /// directory cannot be created (the data dir is a file, permission denied, a read-only file
+    /// system) or cannot be opened for permission reasons. The user must change `data_dir` or
+    /// its permissions; the CLI exits 78 (EX_CONFIG), which the systemd unit does not restart.
+    pub fn is_unusable_location(&self) -> bool {
+        use std::io::ErrorKind;
+        let unfixable = |kind: ErrorKind| {
+            matches!(
+                kind,
+                ErrorKind::PermissionDenied
+                    | ErrorKind::ReadOnlyFilesystem
+                    | ErrorKind::NotADirectory
+                    | ErrorKind::AlreadyExists
+            )
+        };
+        match self {
+            QueueError::CreateDir { source, .. } => unfixable(source.kind()),
+            QueueError::Open {
+                source: sled::Error::Io(io),
+                ..
+            } => unfixable(io.kind()),
+            QueueError::Quarantine { source, .. } => unfixable(source.kind()),
+            _ => false,
+        }
+    }
 }

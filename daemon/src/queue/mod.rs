@@ -69,8 +69,11 @@
 //!   the directory is renamed to a sibling `queue.corrupt-<unix seconds>` and a fresh outbox is
 //!   created; [`Outbox::rebuild`] reports it, so the service logs it at ERROR and re-reads the
 //!   source from scratch (its state was in the quarantined directory too). A fresh outbox that
-//!   fails again is an error, so there is no crash loop. OS errors (permission denied, no space)
-//!   are not corruption: they fail the open without touching the directory.
+//!   fails again is an error, so there is no crash loop. Something that is not a directory at
+//!   `<data_dir>/queue` (a file, a dangling symlink) is moved aside the same way. OS errors
+//!   (permission denied, no space) are not corruption: they fail the open without touching the
+//!   directory, and the ones no restart can fix ([`QueueError::is_unusable_location`]: the data
+//!   dir is a file, permission denied, a read-only file system) make the CLI exit 78.
 //! - **Losing flushed data is corruption, not a crash.** sled recovers the longest valid prefix
 //!   of its log and reports nothing, so a damaged log would silently rewind the outbox (and a
 //!   damaged start would open as an empty one). Two checks catch that: an outbox that had a log

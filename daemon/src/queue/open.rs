@@ -48,6 +48,12 @@ enum Failure {
 pub(crate) fn open(data_dir: &Path, cache_capacity: u64) -> Result<Opened, QueueError> {
     let dir = data_dir.join(QUEUE_DIR_NAME);
     create_dir(data_dir, false)?;
+    // Something that is not a directory where the outbox belongs (a file left by a tool, a
+    // broken symlink): moved aside like a corrupt outbox, so the daemon starts instead of
+    // failing every restart on it.
+    if let Some(cause) = not_a_directory(&dir) {
+        return rebuild(data_dir, dir, cache_capacity, cause);
+    }
     create_dir(&dir, true)?;
     // The high-water mark recorded outside sled's files after a completed flush (or, written
     // by builds before `committed.json`, in the status file).
@@ -66,6 +72,16 @@ pub(crate) fn open(data_dir: &Path, cache_capacity: u64) -> Result<Opened, Queue
         Err(Failure::Fatal(e)) => return Err(e),
         Err(Failure::Corrupt(cause)) => cause,
     };
+    rebuild(data_dir, dir, cache_capacity, cause)
+}
+
+/// Moves `dir` aside to a [`quarantine_path`] and opens a fresh outbox in its place.
+fn rebuild(
+    data_dir: &Path,
+    dir: PathBuf,
+    cache_capacity: u64,
+    cause: String,
+) -> Result<Opened, QueueError> {
     let to = quarantine_path(data_dir);
     if let Err(source) = std::fs::rename(&dir, &to) {
         return Err(QueueError::Quarantine {
@@ -91,6 +107,23 @@ pub(crate) fn open(data_dir: &Path, cache_capacity: u64) -> Result<Opened, Queue
         Err(Failure::Fatal(e)) => Err(e),
         Err(Failure::Corrupt(cause)) => Err(QueueError::RebuildFailed { dir, cause }),
     }
+}
+
+/// Why `dir` exists but cannot be the outbox directory (a file, a socket, a symlink to nothing),
+/// or `None` (a directory, possibly through a symlink, or nothing there yet).
+fn not_a_directory(dir: &Path) -> Option<String> {
+    let meta = std::fs::symlink_metadata(dir).ok()?;
+    if meta.is_dir() || dir.is_dir() {
+        return None;
+    }
+    let what = if meta.file_type().is_symlink() {
+        "a symlink to no directory"
+    } else if meta.is_file() {
+        "a file"
+    } else {
+        "not a directory"
+    };
+    Some(format!("{} is {what}", dir.display()))
 }
 
 /// Creates a directory (owner-only for the outbox itself).

@@ -1039,6 +1039,63 @@ async fn a_poison_record_among_100_is_dead_lettered_while_the_99_arrive() {
     .await;
 }
 
+/// A database in a shape the reader does not understand (#16: a future OpenCode that renamed
+/// `part.data`): one WARN naming the table and the column, a `source:` line in `status`, and
+/// what is queued is still delivered. Once the schema is readable again, the line goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_schema_warns_once_shows_in_status_and_queued_records_still_go() {
+    bounded(Duration::from_secs(90), async {
+        let rig = Rig::new(20, Knobs::default()).await;
+        let reference = rig.reference();
+        // Queue everything while the deployment is down.
+        rig.server.set_mode(Mode::status(503)).await;
+        let mut d = rig.start();
+        wait_for(Duration::from_secs(20), "20 records queued", || {
+            (status_u64(&rig, "pendingCount") == Some(20)).then_some(())
+        })
+        .await;
+        let (exit, _) = d.terminate(Duration::from_secs(10));
+        assert!(exit.success());
+        let rename = |from: &str, to: &str| {
+            let c = rusqlite::Connection::open(&rig.db_path).unwrap();
+            c.execute_batch(&format!("ALTER TABLE part RENAME COLUMN {from} TO {to}"))
+                .unwrap();
+        };
+        rename("data", "payload");
+        rig.server.set_mode(Mode::Normal).await;
+        let mut d = rig.start();
+        rig.wait_delivered(&reference, Duration::from_secs(20))
+            .await;
+        let status = wait_for(Duration::from_secs(10), "the source line", || {
+            let s = rig.status();
+            s.contains("source:").then_some(s)
+        })
+        .await;
+        assert!(
+            status.contains("WARNING: ") && status.contains("table `part` has no column `data`"),
+            "{status}"
+        );
+        // Several ticks later: still one warning.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let out = d.output();
+        let warnings: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains("no column `data`"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{out}");
+
+        rename("payload", "data");
+        wait_for(Duration::from_secs(10), "the source line gone", || {
+            (!rig.status().contains("source:")).then_some(())
+        })
+        .await;
+        let (exit, _) = d.terminate(Duration::from_secs(10));
+        assert!(exit.success());
+        rig.check_conservation(&reference);
+    })
+    .await;
+}
+
 /// A 401, then the ingest action's own 401 for a token it does not hold (a rotated token):
 /// sending pauses
 /// (one attempt per cap-length, no backoff growth, nothing dead-lettered), the queue is kept,

@@ -161,6 +161,9 @@ fn render_text(config: &Config, g: &Gathered, now: i64) -> String {
                     p.display().to_string()
                 }),
         );
+        if let Some(p) = &d.source_problem {
+            line("source", format!("WARNING: {p}"));
+        }
         if let Some(r) = &d.last_reload {
             line(
                 "last reload",
@@ -220,6 +223,7 @@ fn render_json(config: &Config, g: &Gathered) -> serde_json::Value {
             "version": d.version,
             "configPath": d.config_path,
             "lastReload": d.last_reload,
+            "sourceProblem": d.source_problem,
         }),
         (true, None) => json!({ "running": true, "pid": s.pid }),
         (false, _) => json!({ "running": false }),
@@ -291,6 +295,7 @@ mod tests {
             sink: "convex https://x.convex.cloud".into(),
             last_exports: last_exports.clone(),
             last_reload: None,
+            source_problem: Some("/in/use/opencode.db: no `part` table".into()),
         };
         let g = Gathered {
             snapshot: snapshot(Some(info)),
@@ -312,6 +317,10 @@ mod tests {
         );
         assert!(text.contains("exported idle:   never\n"), "{text}");
         assert!(text.contains("last error:      HTTP 503 (2s ago)\n"));
+        assert!(
+            text.contains("source:          WARNING: /in/use/opencode.db: no `part` table\n"),
+            "{text}"
+        );
 
         let v = render_json(&config, &g);
         assert_eq!(v["daemon"]["pid"], 4242);
@@ -322,6 +331,10 @@ mod tests {
         assert_eq!(v["lastExports"]["session.deleted"]["sessionId"], "ses_gone");
         assert_eq!(v["lastExports"]["session.deleted"]["at"], 940_000);
         assert_eq!(v["lastError"]["message"], "HTTP 503");
+        assert_eq!(
+            v["daemon"]["sourceProblem"],
+            "/in/use/opencode.db: no `part` table"
+        );
     }
 
     #[test]

@@ -320,6 +320,7 @@ pub async fn run(
             sink: sink_description(&config),
             last_exports: crate::cmd::status::last_exports(&outbox),
             last_reload: None,
+            source_problem: None,
         },
     );
     let mut notifier = notify::Notifier::from_env();
@@ -335,6 +336,7 @@ pub async fn run(
         tracker: Some(tracker),
         source: Some(Box::new(OpenCodeSource::from(&config.source))),
         missing_logged: false,
+        source_problem: None,
         full_logged: false,
         transitions_log: options.transitions_log,
         progress_pending: options.show_progress,

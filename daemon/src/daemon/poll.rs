@@ -10,7 +10,7 @@ use crate::clock::now_ms;
 use crate::config::Config;
 use crate::export::ExportContext;
 use crate::queue::{Commit, Outbox};
-use crate::source::SessionSource;
+use crate::source::{SessionSource, SourceError};
 use crate::track::{Mode, Rules, Tracker};
 
 use super::logging::ProgressGuard;
@@ -26,6 +26,9 @@ pub(crate) struct Poller {
     pub(crate) tracker: Option<Tracker>,
     pub(crate) source: Option<Box<dyn SessionSource>>,
     pub(crate) missing_logged: bool,
+    /// The source problem last warned about and shown in `status` (see
+    /// [`SourceError::Unsupported`]).
+    pub(crate) source_problem: Option<String>,
     pub(crate) full_logged: bool,
     pub(crate) transitions_log: Option<PathBuf>,
     /// Show a progress bar over the next tick (the first one).
@@ -102,6 +105,21 @@ impl Poller {
                 self.source = Some(source);
                 return Ok(false);
             }
+            Err(e @ SourceError::Unsupported { .. }) => {
+                // Nothing is read, so nothing in memory changed; the sender keeps delivering
+                // what is queued. Said once per distinct problem, and shown by `status`.
+                let problem = e.to_string();
+                if self.source_problem.as_deref() != Some(problem.as_str()) {
+                    tracing::warn!(error = %problem, "cannot read the {}; delivering what is queued and checking again every tick", source.kind());
+                    self.status
+                        .update(|d| d.source_problem = Some(problem.clone()));
+                    self.source_problem = Some(problem);
+                }
+                self.progress_pending |= had_progress;
+                source.rescan();
+                self.source = Some(source);
+                return Ok(false);
+            }
             Err(e) => {
                 // The tracker changed in memory and nothing was committed: start from the
                 // persisted state and a full read next tick.
@@ -118,6 +136,10 @@ impl Poller {
         self.source = Some(source);
         self.scanned_once = true;
         self.missing_logged = false;
+        if self.source_problem.take().is_some() {
+            tracing::info!("the source is readable again");
+            self.status.update(|d| d.source_problem = None);
+        }
         if out.is_empty() {
             return Ok(false);
         }

@@ -69,6 +69,10 @@ pub struct DaemonInfo {
     /// The outcome of the last SIGHUP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reload: Option<ReloadOutcome>,
+    /// Why the source cannot be read at the moment, when it is a problem the user should see
+    /// (a schema this reader does not understand); cleared by the next good read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_problem: Option<String>,
 }
 
 /// One export: which session, when it was committed to the outbox. Also the value of the
@@ -375,6 +379,7 @@ mod tests {
             sink: "local file /x/out.ndjson".into(),
             last_exports: BTreeMap::new(),
             last_reload: None,
+            source_problem: None,
         }
     }
 

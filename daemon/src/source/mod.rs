@@ -193,6 +193,18 @@ pub enum SourceError {
         /// What is missing.
         reason: String,
     },
+    /// The storage is the agent's, but in a shape this reader does not understand (a newer
+    /// release renamed a table or column): nothing is read from it; the daemon warns once,
+    /// shows it in `status`, keeps delivering what is queued and checks again every tick.
+    #[error("{path}: {} — this reader does not understand the schema (an OpenCode release newer than this opencode-telemetry?); update opencode-telemetry", describe_missing(table, column.as_deref()))]
+    Unsupported {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The table missing, or missing a column.
+        table: String,
+        /// The missing column (`None`: the table itself is missing).
+        column: Option<String>,
+    },
     /// Reading failed (busy past the timeout, IO error, corrupt file, …): retried next tick.
     #[error("reading {path}: {message}")]
     Read {
@@ -201,6 +213,13 @@ pub enum SourceError {
         /// The underlying error, one line.
         message: String,
     },
+}
+
+fn describe_missing(table: &str, column: Option<&str>) -> String {
+    match column {
+        Some(c) => format!("table `{table}` has no column `{c}`"),
+        None => format!("no `{table}` table"),
+    }
 }
 
 impl SourceError {

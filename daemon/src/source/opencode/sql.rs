@@ -27,6 +27,45 @@ use super::rows::{
 };
 use crate::source::{ChangeMarker, SourceError};
 
+/// The tables this reader reads, whether each may be absent (older OpenCode releases), and the
+/// columns it needs in each. A database that has a table without one of its columns (a newer
+/// OpenCode that renamed it) is [`SourceError::Unsupported`]: nothing is read from it, and the
+/// daemon says so at WARN and in `status` while it keeps delivering what is queued. Other
+/// `session` columns are read only when present (`NULL` otherwise).
+const REQUIRED_COLUMNS: &[(&str, bool, &[&str])] = &[
+    (
+        "session",
+        false,
+        &[
+            "id",
+            "project_id",
+            "parent_id",
+            "directory",
+            "title",
+            "version",
+            "time_created",
+            "time_updated",
+        ],
+    ),
+    (
+        "message",
+        false,
+        &["id", "session_id", "time_created", "time_updated", "data"],
+    ),
+    (
+        "part",
+        false,
+        &["id", "message_id", "session_id", "time_updated", "data"],
+    ),
+    (
+        "todo",
+        true,
+        &["session_id", "content", "status", "priority", "position"],
+    ),
+    ("project", true, &["id", "worktree"]),
+    ("event_sequence", true, &["aggregate_id", "seq"]),
+];
+
 /// Which optional tables and columns the database has.
 #[derive(Debug, Clone, Default)]
 struct Schema {
@@ -228,6 +267,12 @@ impl OpenCodeDb {
             .map_err(|e| self.sql_err(e))
     }
 
+    /// Reads which tables and columns the database has, and checks it has every one this reader
+    /// needs ([`REQUIRED_COLUMNS`]).
+    ///
+    /// # Errors
+    /// [`SourceError::NotRecognised`] for a database with no tables yet (OpenCode creating it);
+    /// [`SourceError::Unsupported`] naming the first missing table or column otherwise.
     fn detect_schema(&self) -> Result<Schema, SourceError> {
         let tables: HashSet<String> = self
             .all(
@@ -237,27 +282,49 @@ impl OpenCodeDb {
             )?
             .into_iter()
             .collect();
-        for required in ["session", "message", "part"] {
-            if !tables.contains(required) {
-                return Err(SourceError::NotRecognised {
-                    what: "an opencode database",
-                    path: self.path.clone(),
-                    reason: format!("no `{required}` table"),
-                });
+        if !tables.contains("session") && !tables.iter().any(|t| t == "message" || t == "part") {
+            // Nothing of OpenCode's yet (a new file, migrations still to run): wait quietly.
+            return Err(SourceError::NotRecognised {
+                what: "an opencode database",
+                path: self.path.clone(),
+                reason: "no `session` table".to_string(),
+            });
+        }
+        let mut session_cols = HashSet::new();
+        for (table, optional, columns) in REQUIRED_COLUMNS {
+            if !tables.contains(*table) {
+                if *optional {
+                    continue;
+                }
+                return Err(self.unsupported(table, None));
+            }
+            let have: HashSet<String> = self
+                .all("SELECT name FROM pragma_table_info(?1)", [table], |r| {
+                    r.get(0)
+                })?
+                .into_iter()
+                .collect();
+            if let Some(missing) = columns.iter().find(|c| !have.contains(**c)) {
+                return Err(self.unsupported(table, Some(missing)));
+            }
+            if *table == "session" {
+                session_cols = have;
             }
         }
-        let session_cols = self
-            .all("SELECT name FROM pragma_table_info('session')", [], |r| {
-                r.get(0)
-            })?
-            .into_iter()
-            .collect();
         Ok(Schema {
             session_cols,
             has_event_sequence: tables.contains("event_sequence"),
             has_project: tables.contains("project"),
             has_todo: tables.contains("todo"),
         })
+    }
+
+    fn unsupported(&self, table: &str, column: Option<&str>) -> SourceError {
+        SourceError::Unsupported {
+            path: self.path.clone(),
+            table: table.to_string(),
+            column: column.map(str::to_string),
+        }
     }
 
     /// True when the file at the path is no longer the one opened (replaced by rename, or

@@ -332,6 +332,95 @@ fn count_rows(conn: &rusqlite::Connection, sql: &str, id: &str) -> i64 {
     conn.query_row(sql, [id], |r| r.get(0)).unwrap()
 }
 
+/// Rows whose id is a BLOB or invalid UTF-8 (#16; corruption, or another tool writing the
+/// database): each is skipped with one warning per table, and every real session is exported
+/// with exactly the values it has without them — by `once`, and by `run`, which warns once,
+/// not every tick.
+#[test]
+fn rows_with_unreadable_ids_are_skipped_and_every_other_session_is_exported() {
+    let scratch = Scratch::new();
+    let clean = scratch.copy_fixture_db();
+    let reference_config = scratch.write_config("");
+    let reference: std::collections::BTreeMap<String, Value> = {
+        run_once(&scratch, &reference_config, &clean);
+        let records = read_ndjson(&scratch.local_sink());
+        std::fs::remove_dir_all(scratch.path("data")).unwrap();
+        records
+            .into_iter()
+            .map(|r| (r["sessionId"].as_str().unwrap().to_string(), r))
+            .collect()
+    };
+    assert_eq!(reference.len(), 25);
+    let db = scratch.path("bad/opencode.db");
+    std::fs::create_dir_all(db.parent().unwrap()).unwrap();
+    std::fs::copy(&clean, &db).unwrap();
+    let ids: Vec<&String> = reference.keys().collect();
+    // Copies of real rows under unreadable ids: were they read, they would change the counts.
+    writer(&db)
+        .execute_batch(&format!(
+            "CREATE TEMP TABLE s AS SELECT * FROM session WHERE id = '{s0}';
+             UPDATE s SET id = CAST(X'66ff6f' AS TEXT), title = 'SECRET-TITLE';
+             INSERT INTO session SELECT * FROM s;
+             UPDATE s SET id = X'0102';
+             INSERT INTO session SELECT * FROM s;
+             CREATE TEMP TABLE m AS SELECT * FROM message WHERE session_id = '{s1}'
+               ORDER BY time_created DESC LIMIT 1;
+             UPDATE m SET id = X'03';
+             INSERT INTO message SELECT * FROM m;
+             CREATE TEMP TABLE p AS SELECT * FROM part WHERE session_id = '{s2}' LIMIT 1;
+             UPDATE p SET id = CAST(X'c328' AS TEXT);
+             INSERT INTO part SELECT * FROM p;
+             INSERT INTO event_sequence (aggregate_id, seq) VALUES (X'04', 1);",
+            s0 = ids[0],
+            s1 = ids[1],
+            s2 = ids[2],
+        ))
+        .unwrap();
+    let config = scratch.write_config("");
+    let out = run_once(&scratch, &config, &db);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let got: std::collections::BTreeMap<String, Value> = read_ndjson(&scratch.local_sink())
+        .into_iter()
+        .map(|r| (r["sessionId"].as_str().unwrap().to_string(), r))
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        reference.keys().collect::<Vec<_>>(),
+        "every real session, and nothing else"
+    );
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("exportedAt");
+        v
+    };
+    for (id, want) in &reference {
+        assert_eq!(strip(&got[id]), strip(want), "{id}");
+    }
+    for table in ["session", "message", "part", "event_sequence"] {
+        let n = stderr
+            .lines()
+            .filter(|l| l.contains("WARN") && l.contains(&format!("table=\"{table}\"")))
+            .count();
+        assert!(
+            n <= 1,
+            "{table}: {n} warnings, one at most per table:\n{stderr}"
+        );
+    }
+    assert!(stderr.contains("its id is not UTF-8 text"), "{stderr}");
+    assert!(!stderr.contains("SECRET-TITLE"), "{stderr}");
+
+    // `run` on the same database: every session, and the warnings once, not every tick.
+    std::fs::remove_dir_all(scratch.path("data")).unwrap();
+    let records = run_until(&scratch, &config, &db, 25);
+    assert_eq!(records.len(), 25);
+    let log = std::fs::read_to_string(scratch.path("daemon.log")).unwrap();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("its id is not UTF-8 text"))
+        .count();
+    assert!((1..=4).contains(&warnings), "{warnings} warnings:\n{log}");
+}
+
 #[test]
 fn a_malformed_row_is_skipped_with_one_warning_and_nothing_else_is_lost() {
     let scratch = Scratch::new();

@@ -12,10 +12,14 @@
 //! 5. the records and the tracker's state come back in one [`PassOutput`], which the caller
 //!    commits to the outbox in one transaction.
 //!
+//! A session whose data cannot be read ([`SourceError::BadRow`], which the source warns about
+//! once) is skipped in steps 2 and 4, and the pass goes on with the others; any other source
+//! error fails the whole pass (nothing is committed, the next tick reads again).
+//!
 //! Blocking IO: run it on a blocking thread.
 
 use crate::export::{self, ExportContext, SessionExport};
-use crate::source::{Activity, SessionId, SessionSource, SourceError};
+use crate::source::{Activity, SessionId, SessionSnapshot, SessionSource, SourceError};
 use crate::track::{self, Mode, Need, Tracker, Trigger};
 
 /// One record decided by a pass.
@@ -147,13 +151,18 @@ pub fn pass(
         if let Some(bar) = progress {
             bar.inc(1);
         }
-        let observation = source.observe(&id)?;
+        let observation = match source.observe(&id) {
+            Ok(o) => o,
+            // One session's unreadable data never stops the others (the source warned).
+            Err(e) if e.is_bad_row() => continue,
+            Err(e) => return Err(e),
+        };
         out.observed += usize::from(observation.is_some());
         let need = tracker.observed(&id, marker, observation.as_ref(), now, mode);
         match need {
             Need::Nothing => {}
             Need::Record(trigger) => {
-                let Some(snapshot) = source.snapshot(&id)? else {
+                let Some(snapshot) = skip_bad_row(source.snapshot(&id))? else {
                     continue;
                 };
                 out.snapshots_read += 1;
@@ -182,9 +191,15 @@ pub fn pass(
             out.deferred += 1;
             continue;
         }
-        let Some(snapshot) = source.snapshot(&id)? else {
-            tracker.vanished(&id);
-            continue;
+        let snapshot = match source.snapshot(&id) {
+            Ok(Some(s)) => s,
+            Ok(None) => {
+                tracker.vanished(&id);
+                continue;
+            }
+            // Stays due: read again next pass (the source warned once).
+            Err(e) if e.is_bad_row() => continue,
+            Err(e) => return Err(e),
         };
         out.snapshots_read += 1;
         let record = export::build(&snapshot, trigger, &ctx);
@@ -199,6 +214,16 @@ pub fn pass(
     out.state_puts.extend(writes.puts);
     out.state_removes.extend(writes.removes);
     Ok(out)
+}
+
+/// A snapshot read, with a session whose data cannot be read turned into "skip it".
+fn skip_bad_row(
+    read: Result<Option<SessionSnapshot>, SourceError>,
+) -> Result<Option<SessionSnapshot>, SourceError> {
+    match read {
+        Err(e) if e.is_bad_row() => Ok(None),
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +250,20 @@ mod tests {
         changes: VecDeque<(Changes, i64)>,
         clock: Arc<Mutex<i64>>,
         sessions: Vec<SessionSnapshot>,
+        /// Sessions whose observe (`Some(true)`) or snapshot (`Some(false)`) is a bad row.
+        bad: Vec<(SessionId, bool)>,
+    }
+
+    impl Scripted {
+        fn bad_row(&self, id: &SessionId, observing: bool) -> Result<(), SourceError> {
+            if self.bad.iter().any(|(b, o)| b == id && *o == observing) {
+                return Err(SourceError::BadRow {
+                    path: "/x".into(),
+                    message: "invalid column type".into(),
+                });
+            }
+            Ok(())
+        }
     }
 
     impl SessionSource for Scripted {
@@ -242,6 +281,7 @@ mod tests {
             Ok(c)
         }
         fn observe(&mut self, id: &SessionId) -> Result<Option<Observation>, SourceError> {
+            self.bad_row(id, true)?;
             Ok(self
                 .sessions
                 .iter()
@@ -257,6 +297,7 @@ mod tests {
                 }))
         }
         fn snapshot(&mut self, id: &SessionId) -> Result<Option<SessionSnapshot>, SourceError> {
+            self.bad_row(id, false)?;
             Ok(self.sessions.iter().find(|s| &s.id == id).cloned())
         }
         fn rescan(&mut self) {}
@@ -333,6 +374,7 @@ mod tests {
             ]),
             clock: clock.clone(),
             sessions: vec![session("ses_a", 900)],
+            bad: Vec::new(),
         };
         let rules = Rules {
             debounce_ms: 0,
@@ -387,5 +429,55 @@ mod tests {
         assert_eq!(deleted.record.deleted_at, Some(50_000));
         assert_eq!(deleted.record.exported_at, 50_000);
         assert_eq!(second.now_ms, 50_000);
+    }
+
+    /// One session's data that cannot be read (at observe or at snapshot) never stops the pass:
+    /// the other sessions are exported; the unreadable ones are not, and nothing fails.
+    #[test]
+    fn a_session_whose_rows_cannot_be_read_is_skipped_and_the_others_exported() {
+        let clock = Arc::new(Mutex::new(1_000));
+        let mut source = Scripted {
+            changes: VecDeque::from([(
+                Changes::Full {
+                    heads: vec![head("ses_a", 1), head("ses_b", 1), head("ses_c", 1)],
+                    fresh: true,
+                },
+                0,
+            )]),
+            clock: clock.clone(),
+            sessions: vec![
+                session("ses_a", 900),
+                session("ses_b", 900),
+                session("ses_c", 900),
+            ],
+            bad: vec![("ses_a".into(), true), ("ses_c".into(), false)],
+        };
+        let rules = Rules {
+            debounce_ms: 0,
+            final_after_ms: 0,
+            stale_after_ms: i64::MAX / 4,
+            skip_subagent_sessions: true,
+            no_reply_after_ms: crate::track::rules::NO_REPLY_AFTER_MS,
+        };
+        let mut tracker = Tracker::new(rules);
+        let out = pass(
+            &mut source,
+            &mut tracker,
+            &ctx(),
+            || *clock.lock().unwrap(),
+            PassOptions {
+                mode: Mode::Live,
+                budget_bytes: u64::MAX,
+                stored_record: &|_: &[u8]| None,
+                progress: None,
+            },
+        )
+        .expect("one session's bad rows do not fail the pass");
+        let exported: Vec<&str> = out
+            .exported
+            .iter()
+            .map(|e| e.record.session_id.as_str())
+            .collect();
+        assert_eq!(exported, ["ses_b"]);
     }
 }

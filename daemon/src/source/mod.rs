@@ -205,6 +205,16 @@ pub enum SourceError {
         /// The missing column (`None`: the table itself is missing).
         column: Option<String>,
     },
+    /// A value of one row could not be read (a BLOB or invalid UTF-8 where text belongs, an
+    /// integer out of range): a problem of that session's data, not of the storage. The pass
+    /// skips the session (the source warns once) and reads the others.
+    #[error("reading {path}: a row could not be read: {message}")]
+    BadRow {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The conversion error, one line (never the value).
+        message: String,
+    },
     /// Reading failed (busy past the timeout, IO error, corrupt file, …): retried next tick.
     #[error("reading {path}: {message}")]
     Read {
@@ -223,6 +233,11 @@ fn describe_missing(table: &str, column: Option<&str>) -> String {
 }
 
 impl SourceError {
+    /// True for [`SourceError::BadRow`]: skip the session, read the others.
+    pub fn is_bad_row(&self) -> bool {
+        matches!(self, SourceError::BadRow { .. })
+    }
+
     /// True for "not there (yet)": the daemon waits quietly instead of warning.
     pub fn is_missing(&self) -> bool {
         matches!(

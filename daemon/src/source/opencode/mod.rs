@@ -69,6 +69,8 @@ pub struct OpenCodeSource {
     data_version: Option<i64>,
     /// What the last look saw; `None` until the first one, which reads every session row.
     index: Option<SeqIndex>,
+    /// Sessions already warned about as unreadable ([`SourceError::BadRow`]).
+    bad_sessions: HashSet<String>,
 }
 
 /// The last look's view of `event_sequence` and `session`.
@@ -98,6 +100,7 @@ impl OpenCodeSource {
             db: None,
             data_version: None,
             index: None,
+            bad_sessions: HashSet::new(),
         }
     }
 
@@ -121,6 +124,21 @@ impl OpenCodeSource {
             self.db = Some(db);
         }
         Ok(self.db.as_ref().expect("opened above"))
+    }
+
+    /// Passes `read` through, warning once per session when its data cannot be read
+    /// ([`SourceError::BadRow`]; the pass then skips the session).
+    fn warn_bad_row<T>(
+        &mut self,
+        id: &SessionId,
+        read: Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        if let Err(e @ SourceError::BadRow { .. }) = &read {
+            if self.bad_sessions.insert(id.as_str().to_string()) {
+                tracing::warn!(session_id = %id, error = %e, "skipping a session whose data cannot be read; the others are read");
+            }
+        }
+        read
     }
 
     /// The delta since `index`, or `None` when only a full read can tell.
@@ -214,7 +232,8 @@ impl SessionSource for OpenCodeSource {
     }
 
     fn observe(&mut self, id: &SessionId) -> Result<Option<Observation>, SourceError> {
-        let Some(tail) = self.db()?.read_tail(id.as_str())? else {
+        let tail = self.db()?.read_tail(id.as_str());
+        let Some(tail) = self.warn_bad_row(id, tail)? else {
             return Ok(None);
         };
         Ok(Some(Observation {
@@ -228,7 +247,8 @@ impl SessionSource for OpenCodeSource {
     }
 
     fn snapshot(&mut self, id: &SessionId) -> Result<Option<SessionSnapshot>, SourceError> {
-        Ok(self.db()?.read_session(id.as_str())?.map(neutral_snapshot))
+        let read = self.db()?.read_session(id.as_str());
+        Ok(self.warn_bad_row(id, read)?.map(neutral_snapshot))
     }
 
     fn rescan(&mut self) {

@@ -184,6 +184,15 @@ fn text(row: &Row<'_>, idx: usize) -> Option<String> {
     }
 }
 
+/// Reads an id column: `None` unless it is TEXT and valid UTF-8 (a BLOB or invalid bytes,
+/// written by corruption or another tool, would fail the whole query under `Row::get`).
+fn text_id(row: &Row<'_>, idx: usize) -> Option<String> {
+    match row.get_ref(idx).ok()? {
+        ValueRef::Text(t) => std::str::from_utf8(t).ok().map(str::to_string),
+        _ => None,
+    }
+}
+
 /// Reads an INTEGER column; `None` for NULL or a non-integer value.
 fn int(row: &Row<'_>, idx: usize) -> Option<i64> {
     match row.get_ref(idx).ok()? {
@@ -232,11 +241,31 @@ impl OpenCodeDb {
         &self.path
     }
 
+    /// A query's error: [`SourceError::BadRow`] when a row's value could not be converted (a
+    /// problem of that data, not of the database), [`SourceError::Read`] otherwise.
     fn sql_err(&self, e: rusqlite::Error) -> SourceError {
-        SourceError::Read {
-            path: self.path.clone(),
-            message: e.to_string(),
+        use rusqlite::Error as E;
+        let path = self.path.clone();
+        let message = e.to_string();
+        match e {
+            E::FromSqlConversionFailure(..)
+            | E::IntegralValueOutOfRange(..)
+            | E::Utf8Error(..)
+            | E::InvalidColumnType(..) => SourceError::BadRow { path, message },
+            _ => SourceError::Read { path, message },
         }
+    }
+
+    /// Keeps the rows whose id was readable (see [`text_id`]); one warning per table for the rest.
+    fn readable<T>(&self, table: &str, rows: Vec<(Option<String>, T)>) -> Vec<(String, T)> {
+        let mut out = Vec::with_capacity(rows.len());
+        for (id, row) in rows {
+            match id {
+                Some(id) => out.push((id, row)),
+                None => self.warn_once(table, "<unreadable id>", "its id is not UTF-8 text"),
+            }
+        }
+        out
     }
 
     /// Runs a (cached) query and collects every row.
@@ -371,16 +400,26 @@ impl OpenCodeDb {
         )
     }
 
-    fn head(r: &Row<'_>) -> rusqlite::Result<HeadRow> {
-        Ok(HeadRow {
-            id: r.get(0)?,
-            parent_id: text(r, 1),
-            marker: ChangeMarker {
-                counter: int(r, 4).unwrap_or(0),
-                updated_at: int(r, 2).unwrap_or(0),
-                archived_at: int(r, 3),
+    fn head(r: &Row<'_>) -> rusqlite::Result<(Option<String>, HeadRow)> {
+        Ok((
+            text_id(r, 0),
+            HeadRow {
+                id: String::new(),
+                parent_id: text(r, 1),
+                marker: ChangeMarker {
+                    counter: int(r, 4).unwrap_or(0),
+                    updated_at: int(r, 2).unwrap_or(0),
+                    archived_at: int(r, 3),
+                },
             },
-        })
+        ))
+    }
+
+    fn heads(&self, rows: Vec<(Option<String>, HeadRow)>) -> Vec<HeadRow> {
+        self.readable("session", rows)
+            .into_iter()
+            .map(|(id, head)| HeadRow { id, ..head })
+            .collect()
     }
 
     /// One row per session with its change marker: a pass over `session`, with one indexed
@@ -391,7 +430,8 @@ impl OpenCodeDb {
     /// [`SourceError::Read`].
     pub fn session_heads(&self) -> Result<Vec<HeadRow>, SourceError> {
         let sql = format!("SELECT {} FROM session s", self.head_columns());
-        self.all(&sql, [], Self::head)
+        let rows = self.all(&sql, [], Self::head)?;
+        Ok(self.heads(rows))
     }
 
     /// The head of one session, read by primary key; `None` when the row is gone.
@@ -403,7 +443,8 @@ impl OpenCodeDb {
             "SELECT {} FROM session s WHERE s.id = ?1",
             self.head_columns()
         );
-        self.one(&sql, [id], Self::head)
+        let row = self.one(&sql, [id], Self::head)?;
+        Ok(row.and_then(|r| self.heads(vec![r]).pop()))
     }
 
     /// `(aggregate_id, seq)` of every `event_sequence` row (OpenCode ≥ 1.16): one small row per
@@ -416,10 +457,10 @@ impl OpenCodeDb {
         if !self.schema.has_event_sequence {
             return Ok(None);
         }
-        self.all("SELECT aggregate_id, seq FROM event_sequence", [], |r| {
-            Ok((r.get::<_, String>(0)?, int(r, 1).unwrap_or(0)))
-        })
-        .map(Some)
+        let rows = self.all("SELECT aggregate_id, seq FROM event_sequence", [], |r| {
+            Ok((text_id(r, 0), int(r, 1).unwrap_or(0)))
+        })?;
+        Ok(Some(self.readable("event_sequence", rows)))
     }
 
     /// `SELECT COUNT(*) FROM session` (answered from the smallest index, not the wide rows).
@@ -445,7 +486,7 @@ impl OpenCodeDb {
         );
         let row = self.one(&sql, [id], |r| {
             let session = SessionRow {
-                id: r.get(0)?,
+                id: text_id(r, 0).unwrap_or_default(),
                 project_id: text(r, 1).unwrap_or_default(),
                 parent_id: text(r, 2),
                 directory: text(r, 3).unwrap_or_default(),
@@ -487,15 +528,16 @@ impl OpenCodeDb {
         first_ms: i64,
         last_ms: i64,
     ) -> Result<Option<String>, SourceError> {
-        let candidates: Vec<(String, String)> = self.all(
+        let candidates = self.all(
             "SELECT s.id, s.title FROM session s \
              WHERE s.project_id = ?1 AND s.id != ?2 AND s.time_created <= ?3 \
                AND EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id AND m.time_created = ?3) \
                AND EXISTS (SELECT 1 FROM message m WHERE m.session_id = s.id AND m.time_created = ?4) \
              ORDER BY s.time_created, s.id",
             rusqlite::params![session.project_id, session.id, first_ms, last_ms],
-            |r| Ok((r.get(0)?, text(r, 1).unwrap_or_default())),
+            |r| Ok((text_id(r, 0), text(r, 1).unwrap_or_default())),
         )?;
+        let candidates = self.readable("session", candidates);
         let named = candidates
             .iter()
             .find(|(_, title)| forked_title(title) == session.title);
@@ -539,15 +581,14 @@ impl OpenCodeDb {
     ) -> Result<Vec<MessageRow>, SourceError> {
         let raw = self.all(sql, params, |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                int(r, 1).unwrap_or(0),
-                int(r, 2).unwrap_or(0),
-                text(r, 3),
+                text_id(r, 0),
+                (int(r, 1).unwrap_or(0), int(r, 2).unwrap_or(0), text(r, 3)),
             ))
         })?;
-        Ok(raw
+        Ok(self
+            .readable("message", raw)
             .into_iter()
-            .filter_map(|(id, created, updated, data)| {
+            .filter_map(|(id, (created, updated, data))| {
                 let info: MessageInfo = self.parse("message", &id, data)?;
                 Some(MessageRow {
                     id,
@@ -563,15 +604,18 @@ impl OpenCodeDb {
     fn part_rows(&self, sql: &str, key: &str) -> Result<Vec<PartRow>, SourceError> {
         let raw = self.all(sql, [key], |r| {
             Ok((
-                r.get::<_, String>(0)?,
-                text(r, 1).unwrap_or_default(),
-                int(r, 2).unwrap_or(0),
-                text(r, 3),
+                text_id(r, 0),
+                (
+                    text(r, 1).unwrap_or_default(),
+                    int(r, 2).unwrap_or(0),
+                    text(r, 3),
+                ),
             ))
         })?;
-        Ok(raw
+        Ok(self
+            .readable("part", raw)
             .into_iter()
-            .filter_map(|(id, message_id, updated, data)| {
+            .filter_map(|(id, (message_id, updated, data))| {
                 let info: PartInfo = self.parse("part", &id, data)?;
                 Some(PartRow {
                     id,
@@ -609,7 +653,7 @@ impl OpenCodeDb {
             [project_id],
             |r| {
                 Ok(ProjectRow {
-                    id: r.get(0)?,
+                    id: text(r, 0).unwrap_or_default(),
                     worktree: text(r, 1).unwrap_or_default(),
                 })
             },
@@ -665,12 +709,12 @@ impl OpenCodeDb {
         };
         let mut children = Vec::new();
         if depth < MAX_CHILD_DEPTH {
-            let ids: Vec<String> = self.all(
+            let ids = self.all(
                 "SELECT id FROM session WHERE parent_id = ?1 ORDER BY time_created, id",
                 [id],
-                |r| r.get(0),
+                |r| Ok((text_id(r, 0), ())),
             )?;
-            for child in ids {
+            for (child, ()) in self.readable("session", ids) {
                 if let Some(c) = self.snapshot_in_txn(&child, depth + 1)? {
                     children.push(c);
                 }

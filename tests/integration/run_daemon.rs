@@ -332,6 +332,61 @@ fn count_rows(conn: &rusqlite::Connection, sql: &str, id: &str) -> i64 {
     conn.query_row(sql, [id], |r| r.get(0)).unwrap()
 }
 
+/// A turn written with earlier timestamps (and ids, which OpenCode derives from its clock) than
+/// the turn before it — the clock stepped back an hour (#16) — is still the newest turn: `run`
+/// exports the session again with both new messages counted.
+#[test]
+fn a_turn_with_backwards_timestamps_is_exported() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config(&format!("{FAST}final_after_secs = 0\n"));
+    let sid = "ses_e035b7394ffeBPXMCvay8DFBP4"; // a text session: one prompt, one reply
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
+    settle(&scratch.local_sink(), 25, "the first pass");
+    let first = read_ndjson(&scratch.local_sink());
+    let before = first
+        .iter()
+        .find(|r| r["sessionId"] == sid)
+        .unwrap()
+        .clone();
+    assert_eq!(before["messageCount"], 2);
+
+    // The new turn: a copy of the prompt and the reply, an hour before the old turn.
+    writer(&db)
+        .execute_batch(&format!(
+            "CREATE TEMP TABLE m AS SELECT * FROM message WHERE session_id = '{sid}';
+             UPDATE m SET
+               id = CASE json_extract(data, '$.role') WHEN 'user' THEN 'msg_0a0000000001BackwardsUser'
+                                                      ELSE 'msg_0a0000000002BackwardsReply' END,
+               time_created = time_created - 3600000,
+               time_updated = time_updated - 3600000,
+               data = json_set(data, '$.time.created', json_extract(data, '$.time.created') - 3600000,
+                                     '$.time.completed', json_extract(data, '$.time.completed') - 3600000);
+             UPDATE m SET data = json_remove(data, '$.time.completed')
+               WHERE json_extract(data, '$.role') = 'user';
+             UPDATE m SET data = json_set(data, '$.parentID', 'msg_0a0000000001BackwardsUser')
+               WHERE json_extract(data, '$.role') = 'assistant';
+             INSERT INTO message SELECT * FROM m;
+             UPDATE session SET time_updated = time_updated - 3600000 WHERE id = '{sid}';
+             UPDATE event_sequence SET seq = seq + 2 WHERE aggregate_id = '{sid}';"
+        ))
+        .unwrap();
+    wait_for(30, "the session exported again", || {
+        ndjson_if_any(&scratch.local_sink())
+            .iter()
+            .filter(|r| r["sessionId"] == sid)
+            .count()
+            == 2
+    });
+    let status = daemon.terminate(Duration::from_secs(15)).0;
+    assert!(status.success(), "{status:?}\n{}", daemon.output());
+    let records = read_ndjson(&scratch.local_sink());
+    let after = records.iter().rfind(|r| r["sessionId"] == sid).unwrap();
+    assert_eq!(after["messageCount"], 4, "{after}");
+    assert_eq!(after["endReason"], "idle", "{after}");
+    assert_eq!(records.len(), 26, "only that session exported again");
+}
+
 /// Rows whose id is a BLOB or invalid UTF-8 (#16; corruption, or another tool writing the
 /// database): each is skipped with one warning per table, and every real session is exported
 /// with exactly the values it has without them — by `once`, and by `run`, which warns once,

@@ -3,8 +3,9 @@
 //! `runLoop`), the `!` shell command (`SessionPrompt.shell`) and `noReply` prompts.
 //!
 //! A session's turn has **ended** when its newest assistant message is newer than its newest
-//! user message (ids compared as strings, as OpenCode does), has `time.completed`, and is
-//! terminal:
+//! user message (in the order the source gives: the order the rows were written, see
+//! [`written_in_order`](super::sql::written_in_order); OpenCode itself compares ids, which follow its clock), has
+//! `time.completed`, and is terminal:
 //! - it carries `error` (API errors, aborts as `MessageAbortedError`, …) → `session.error`;
 //! - or it carries `structured` output;
 //! - or `finish` is set, is not `tool-calls`, and the message has no tool part that OpenCode
@@ -32,21 +33,23 @@ use crate::source::{Activity, TurnEnd, TurnError};
 /// Classifies a session from its newest messages (`recent`, newest first) and the parts of the
 /// newest assistant message among them.
 pub fn classify(recent: &[MessageRow], assistant_parts: &[PartRow]) -> Activity {
-    let newest_user = recent.iter().find(|m| m.info.is_user());
-    let assistant = recent.iter().find(|m| m.info.is_assistant());
+    let newest_user = recent.iter().position(|m| m.info.is_user());
+    let newest_assistant = recent.iter().position(|m| m.info.is_assistant());
+    let assistant = newest_assistant.map(|i| &recent[i]);
     let awaiting = |u: &MessageRow| Activity::AwaitingReply {
         message_id: u.id.clone(),
         sent_at: u.info.time.created.unwrap_or(u.time_created),
     };
     let Some(assistant) = assistant else {
-        return newest_user.map_or(Activity::Empty, awaiting);
+        return newest_user.map_or(Activity::Empty, |u| awaiting(&recent[u]));
     };
     let info = &assistant.info;
     let Some(completed_at) = info.time.completed else {
         return Activity::Busy;
     };
-    if let Some(u) = newest_user.filter(|u| u.id > assistant.id) {
-        return awaiting(u);
+    // Newer: earlier in `recent`, which the source orders newest first.
+    if let Some(u) = newest_user.filter(|&u| Some(u) < newest_assistant) {
+        return awaiting(&recent[u]);
     }
     let parts: Vec<&PartRow> = assistant_parts
         .iter()

@@ -123,7 +123,8 @@ impl RowSnapshot {
 pub struct SessionTail {
     /// The `session` row.
     pub session: SessionRow,
-    /// Up to [`TAIL_MESSAGES`] newest messages, newest first (by `(time_created, id)`).
+    /// Up to [`TAIL_MESSAGES`] newest messages, newest first (by insertion order, or by
+    /// `(time_created, id)`: see [`written_in_order`]).
     pub recent: Vec<MessageRow>,
     /// Parts of the newest assistant message in `recent`, ordered by id.
     pub assistant_parts: Vec<PartRow>,
@@ -684,11 +685,14 @@ impl OpenCodeDb {
             return Ok(None);
         };
         let project = self.project(&session.project_id)?;
-        let messages = self.message_rows(
+        let sql = if written_in_order(&session.version) {
             "SELECT id, time_created, time_updated, data FROM message \
-             WHERE session_id = ?1 ORDER BY time_created, id",
-            [id],
-        )?;
+             WHERE session_id = ?1 ORDER BY rowid"
+        } else {
+            "SELECT id, time_created, time_updated, data FROM message \
+             WHERE session_id = ?1 ORDER BY time_created, id"
+        };
+        let messages = self.message_rows(sql, [id])?;
         let known: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
         let mut parts = self.part_rows(
             "SELECT id, message_id, time_updated, data FROM part \
@@ -740,9 +744,12 @@ impl OpenCodeDb {
         self.in_read_txn(|db| db.snapshot_in_txn(id, 0))
     }
 
-    /// Reads the newest messages of a session and the parts of its newest assistant message —
-    /// O(1) rows per session through the `(session_id, time_created, id)` and
-    /// `(message_id, id)` indexes. `None` when the session row is gone.
+    /// Reads the newest messages of a session and the parts of its newest assistant message.
+    /// "Newest" is by insertion order for sessions written row by row ([`written_in_order`]),
+    /// else by `(time_created, id)`. The message rows read are O(1) per session: the ids
+    /// come from the `(session_id, time_created, id)` index alone (it holds the rowid), then
+    /// [`TAIL_MESSAGES`] rows by rowid; parts through `(message_id, id)`. `None` when the
+    /// session row is gone.
     ///
     /// # Errors
     /// [`SourceError::Read`].
@@ -751,11 +758,17 @@ impl OpenCodeDb {
             let Some(session) = db.session_row(id)? else {
                 return Ok(None);
             };
-            let recent = db.message_rows(
+            // The inner query reads index entries only; `+ 0` keeps the planner from walking
+            // the whole table in rowid order to avoid the (small) sort.
+            let sql = if written_in_order(&session.version) {
+                "SELECT id, time_created, time_updated, data FROM message WHERE rowid IN \
+                 (SELECT rowid FROM message WHERE session_id = ?1 ORDER BY rowid + 0 DESC LIMIT ?2) \
+                 ORDER BY rowid DESC"
+            } else {
                 "SELECT id, time_created, time_updated, data FROM message \
-                 WHERE session_id = ?1 ORDER BY time_created DESC, id DESC LIMIT ?2",
-                rusqlite::params![id, TAIL_MESSAGES as i64],
-            )?;
+                 WHERE session_id = ?1 ORDER BY time_created DESC, id DESC LIMIT ?2"
+            };
+            let recent = db.message_rows(sql, rusqlite::params![id, TAIL_MESSAGES as i64])?;
             let assistant_parts = match recent.iter().find(|m| m.info.is_assistant()) {
                 Some(m) => db.part_rows(
                     "SELECT id, message_id, time_updated, data FROM part \
@@ -772,6 +785,21 @@ impl OpenCodeDb {
                 todo_statuses,
             }))
         })
+    }
+}
+
+/// Whether a session's messages were written row by row, so that insertion order (`rowid`) is
+/// the order they were written in, whatever the clock said: sessions created by OpenCode ≥ 1.2
+/// (the SQLite releases; `session.version`). Older sessions came in through OpenCode's one-time
+/// JSON import (`json-migration.ts`), which inserts files in directory-scan order, so their
+/// order is `(time_created, id)`. Reading by insertion order is what makes a turn written with
+/// earlier timestamps than the one before it (a clock stepped back) the newest turn. On every
+/// real database in the fixtures the two orders agree.
+pub fn written_in_order(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
+    match (parts.next().flatten(), parts.next().flatten()) {
+        (Some(major), Some(minor)) => (major, minor) >= (1, 2),
+        _ => false,
     }
 }
 
@@ -799,7 +827,27 @@ pub const MAX_CHILD_DEPTH: usize = 4;
 
 #[cfg(test)]
 mod tests {
-    use super::forked_title;
+    use super::{forked_title, written_in_order};
+
+    /// Which `session.version`s were written row by row (OpenCode ≥ 1.2).
+    #[test]
+    fn sessions_of_the_sqlite_releases_are_read_in_insertion_order() {
+        for (version, in_order) in [
+            ("1.18.33", true),
+            ("1.2.0", true),
+            ("1.2.1", true),
+            ("2.0.0", true),
+            ("1.10.3", true),
+            ("1.1.65", false),
+            ("1.1.0", false),
+            ("0.15.4", false),
+            ("", false),
+            ("dev", false),
+            ("1", false),
+        ] {
+            assert_eq!(written_in_order(version), in_order, "{version:?}");
+        }
+    }
 
     /// OpenCode's `getForkedTitle` (`/^(.+) \(fork #(\d+)\)$/`), case by case.
     #[test]

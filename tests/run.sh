@@ -4,15 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# 0. systemd-analyze, which checks the systemd unit (tests/integration/service_install.rs):
-#    Debian's systemd package when it is missing (no systemd needs to run; only the tool is used).
-if [ "$(uname -s)" = Linux ] && ! command -v systemd-analyze >/dev/null 2>&1; then
-  echo "== apt-get install systemd (for systemd-analyze)"
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get install -y --no-install-recommends systemd >/dev/null ||
-    { $SUDO apt-get update -qq && $SUDO apt-get install -y --no-install-recommends systemd >/dev/null; }
+# 0. Debian packages, when missing: systemd for systemd-analyze, which checks the systemd unit
+#    (tests/integration/service_install.rs; no systemd needs to run, only the tool is used), and
+#    faketime's libfaketime, which steps the daemon's wall clock in
+#    tests/integration/delivery_faults.rs.
+FAKETIME_LIB=/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1
+if [ "$(uname -s)" = Linux ]; then
+  PKGS=""
+  command -v systemd-analyze >/dev/null 2>&1 || PKGS="$PKGS systemd"
+  [ -e "$FAKETIME_LIB" ] || [ "$(uname -m)" != x86_64 ] || PKGS="$PKGS faketime"
+  if [ -n "$PKGS" ]; then
+    echo "== apt-get install$PKGS"
+    SUDO=""
+    if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    # shellcheck disable=SC2086
+    $SUDO apt-get install -y --no-install-recommends $PKGS >/dev/null ||
+      { $SUDO apt-get update -qq && $SUDO apt-get install -y --no-install-recommends $PKGS >/dev/null; }
+  fi
 fi
 
 # 1. The Convex functions' npm project (convex-test, and tsx for the HTTP shim the Rust tests use).

@@ -160,6 +160,10 @@ export const sessionFields = {
   createdAt: v.number(),
   updatedAt: v.number(),
   exportedAt: v.number(),
+  // The record's place among its session's records on its device: strictly increasing, a
+  // hybrid logical clock independent of wall-clock steps (daemon/src/export/record.rs). The
+  // upsert orders by it first when both records have one. Absent from older daemons.
+  revision: v.optional(v.number()),
   // Hex SHA-256 (16 bytes) of the record without exportedAt: equal hashes mean a re-export
   // that changes nothing (see daemon/src/export/hash.rs). Absent from older daemons.
   contentHash: v.optional(v.string()),

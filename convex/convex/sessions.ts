@@ -48,8 +48,10 @@ export type UpsertResult = Infer<typeof upsertResult>;
  * The upsert of one record, keyed by sessionId:
  * - no row                                    -> insert, "inserted"
  * - stored deviceId differs                   -> no write, "conflict" (+ storedDeviceId)
- * - stored (updatedAt, exportedAt) is greater -> no write, "stale"
- * - stored (updatedAt, exportedAt) is equal   -> no write, "unchanged"
+ * - stored version is greater                 -> no write, "stale"
+ * - stored version is equal                   -> no write, "unchanged"
+ *   (the version: `revision` when both the stored and the new record have one — the daemon's
+ *   per-session counter, immune to wall-clock steps — else (updatedAt, exportedAt))
  * - same non-empty contentHash as stored      -> no write, "unchanged": a re-export of the same
  *                                                content (only exportedAt differs); the stored
  *                                                document keeps its exportedAt
@@ -57,6 +59,19 @@ export type UpsertResult = Infer<typeof upsertResult>;
  * Fields absent from the record are removed from the stored document on "updated".
  * Aggregate changes are recorded in `delta` (written by the caller).
  */
+type Versioned = { revision?: number; updatedAt: number; exportedAt: number };
+
+/**
+ * Orders two records of one session: > 0 when `a` is newer, 0 when they are the same version.
+ * By `revision` when both have one, else by (updatedAt, exportedAt).
+ */
+export function compareVersions(a: Versioned, b: Versioned): number {
+  if (a.revision !== undefined && b.revision !== undefined) {
+    return Math.sign(a.revision - b.revision);
+  }
+  return Math.sign(a.updatedAt - b.updatedAt) || Math.sign(a.exportedAt - b.exportedAt);
+}
+
 async function upsertOne(ctx: MutationCtx, record: SessionRecord, delta: AggregateDelta): Promise<UpsertResult> {
   const { sessionId } = record;
   const existing = await ctx.db
@@ -71,13 +86,11 @@ async function upsertOne(ctx: MutationCtx, record: SessionRecord, delta: Aggrega
   if (existing.deviceId !== record.deviceId) {
     return { sessionId, action: "conflict", storedDeviceId: existing.deviceId };
   }
-  if (
-    existing.updatedAt > record.updatedAt ||
-    (existing.updatedAt === record.updatedAt && existing.exportedAt > record.exportedAt)
-  ) {
+  const order = compareVersions(existing, record);
+  if (order > 0) {
     return { sessionId, action: "stale" };
   }
-  if (existing.updatedAt === record.updatedAt && existing.exportedAt === record.exportedAt) {
+  if (order === 0) {
     return { sessionId, action: "unchanged" };
   }
   if (record.contentHash && existing.contentHash === record.contentHash) {

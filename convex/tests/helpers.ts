@@ -9,6 +9,7 @@ export const FULL = fullJson as SessionRecord;
 export const OPTIONAL_FIELDS = [
   "projectWorktree",
   "contentHash",
+  "revision",
   "worktreeChanges",
   "parentSessionId",
   "forkedFrom",

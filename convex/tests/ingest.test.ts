@@ -220,6 +220,40 @@ describe("upsert through POST /ingest", () => {
     expect(await s.all()).toHaveLength(1);
   });
 
+  test("revision orders records when both have one, whatever their clocks said; else (updatedAt, exportedAt)", async () => {
+    const s = setup();
+    const h = 3_600_000;
+    const base = minimalRecord({ updatedAt: 1_795_240_019_877, exportedAt: 1_795_240_024_901, revision: 1_795_240_024_901 });
+    expect(await s.ingest(base)).toEqual([{ sessionId: base.sessionId, action: "inserted" }]);
+
+    // A deletion built after the clock stepped back an hour: older exportedAt and updatedAt,
+    // the next revision. It wins.
+    const deleted = {
+      ...base,
+      endReason: "deleted" as const,
+      deletedAt: base.exportedAt - h,
+      exportedAt: base.exportedAt - h,
+      revision: base.revision + 1,
+    };
+    expect(await s.ingest(deleted)).toEqual([{ sessionId: base.sessionId, action: "updated" }]);
+    expect(withoutSystemFields((await s.get(base.sessionId))!)).toEqual(deleted);
+
+    // An earlier revision with later times (a record still in flight from before): stale.
+    const late = { ...base, updatedAt: base.updatedAt + h, exportedAt: base.exportedAt + h, title: "Late" };
+    expect(await s.ingest(late)).toEqual([{ sessionId: base.sessionId, action: "stale" }]);
+    // The same revision: unchanged.
+    expect(await s.ingest({ ...deleted, title: "Same revision" })).toEqual([
+      { sessionId: base.sessionId, action: "unchanged" },
+    ]);
+    expect(withoutSystemFields((await s.get(base.sessionId))!)).toEqual(deleted);
+
+    // A record without a revision (an older daemon) is ordered by (updatedAt, exportedAt).
+    const { revision: _r, ...legacy } = { ...deleted, exportedAt: deleted.exportedAt + 1, title: "Legacy" };
+    expect(await s.ingest(legacy)).toEqual([{ sessionId: base.sessionId, action: "updated" }]);
+    const { revision: _r2, ...legacyOlder } = { ...legacy, exportedAt: legacy.exportedAt - 2 };
+    expect(await s.ingest(legacyOlder)).toEqual([{ sessionId: base.sessionId, action: "stale" }]);
+  });
+
   test("a re-export with the same contentHash writes nothing; another hash updates", async () => {
     const s = setup();
     // A top-level session (a subagent row adds nothing to the aggregates).
@@ -236,14 +270,21 @@ describe("upsert through POST /ingest", () => {
       }));
     const before = await everything();
     expect(before.dailyTotals.length).toBeGreaterThan(0);
-    const reexport = { ...first, exportedAt: first.exportedAt + 60_000 };
+    // A re-export gets a later exportedAt and the next revision, as the daemon builds it.
+    const reexport = { ...first, exportedAt: first.exportedAt + 60_000, revision: first.revision! + 60_000 };
     expect(await s.ingest(reexport)).toEqual([{ sessionId: first.sessionId, action: "unchanged" }]);
     expect(await everything()).toEqual(before);
     // Without a hash (an older daemon) the same re-export is an update, as before.
     const { contentHash: _h, ...unhashed } = reexport;
     expect(await s.ingest(unhashed)).toEqual([{ sessionId: first.sessionId, action: "updated" }]);
     // A different hash with the same updatedAt and a later exportedAt updates.
-    const changed = { ...first, exportedAt: first.exportedAt + 120_000, contentHash: "f".repeat(32), title: "Changed" };
+    const changed = {
+      ...first,
+      exportedAt: first.exportedAt + 120_000,
+      revision: first.revision! + 120_000,
+      contentHash: "f".repeat(32),
+      title: "Changed",
+    };
     expect(await s.ingest(changed)).toEqual([{ sessionId: first.sessionId, action: "updated" }]);
     expect(withoutSystemFields((await s.get(first.sessionId))!)).toEqual(changed);
   });

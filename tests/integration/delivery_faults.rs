@@ -38,6 +38,7 @@ struct Knobs {
     max_backoff_secs: u64,
     shutdown_grace_secs: u64,
     poll_interval_ms: u64,
+    debounce_ms: u64,
 }
 
 impl Default for Knobs {
@@ -49,6 +50,7 @@ impl Default for Knobs {
             max_backoff_secs: 1,
             shutdown_grace_secs: 2,
             poll_interval_ms: 50,
+            debounce_ms: 0,
         }
     }
 }
@@ -68,7 +70,8 @@ struct Rig {
     refs: std::cell::Cell<u32>,
 }
 
-/// `export` settings shared by the daemon and the reference `once`.
+/// `export` settings of the reference `once` (the daemon's are the same, with the knobs'
+/// debounce).
 const EXPORT: &str = "[export]\ndebounce_ms = 0\nfinal_after_secs = 0\n";
 
 impl Rig {
@@ -80,13 +83,14 @@ impl Rig {
         let text = format!(
             "data_dir = \"{data}\"\n\
              [source]\ndb_path = \"{db}\"\npoll_interval_ms = {poll}\n\
-             {EXPORT}\
+             [export]\ndebounce_ms = {debounce}\nfinal_after_secs = 0\n\
              [convex]\nurl = \"{url}\"\nbatch_size = {batch}\nrequest_timeout_secs = {rt}\n\
              initial_backoff_ms = {ib}\nmax_backoff_secs = {mb}\n\
              [service]\nshutdown_grace_secs = {grace}\n",
             data = scratch.path("data").display(),
             db = db.path.display(),
             poll = knobs.poll_interval_ms,
+            debounce = knobs.debounce_ms,
             url = server.url(),
             batch = knobs.batch_size,
             rt = knobs.request_timeout_secs,
@@ -1092,6 +1096,111 @@ async fn an_unknown_schema_warns_once_shows_in_status_and_queued_records_still_g
         let (exit, _) = d.terminate(Duration::from_secs(10));
         assert!(exit.success());
         rig.check_conservation(&reference);
+    })
+    .await;
+}
+
+/// libfaketime, which the test command installs (Debian's `faketime`).
+const FAKETIME_LIB: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+impl Rig {
+    /// Starts the daemon under libfaketime: its wall clock is offset by what `offset_file` says
+    /// (`+0`, `-1h`, re-read at every call), its monotonic clock is the real one — as a real
+    /// clock step leaves it.
+    fn start_with_clock(&self, offset_file: &Path) -> Daemon {
+        let mut cmd = command(&self.scratch);
+        cmd.env("OPENCODE_TELEMETRY_INGEST_TOKEN", TOKEN)
+            .env("LD_PRELOAD", FAKETIME_LIB)
+            .env("FAKETIME_TIMESTAMP_FILE", offset_file)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("FAKETIME_DONT_RESET", "1")
+            .arg("--config")
+            .arg(&self.config)
+            .arg("run");
+        Daemon::spawn(cmd, &self.log)
+    }
+}
+
+/// The daemon's wall clock steps back an hour (#16): inside a debounce window the export still
+/// comes on time (timers run on the monotonic clock), and deletions exported after the step —
+/// in the same process, and after a restart into the stepped clock — are stored, not answered
+/// `stale` (the per-session `revision` orders records, not the clock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clock_step_back_neither_stalls_the_debounce_nor_loses_a_deletion() {
+    if !Path::new(FAKETIME_LIB).exists() {
+        panic!(
+            "{FAKETIME_LIB} is missing: apt-get install faketime (the README's test command does)"
+        );
+    }
+    bounded(Duration::from_secs(90), async {
+        let knobs = Knobs {
+            debounce_ms: 3_000,
+            ..Knobs::default()
+        };
+        let rig = Rig::new(10, knobs).await;
+        let offset = rig.scratch.path("faketime");
+        std::fs::write(&offset, "+0\n").unwrap();
+        let reference = rig.reference();
+        let mut d = rig.start_with_clock(&offset);
+        rig.wait_delivered(&reference, Duration::from_secs(20))
+            .await;
+
+        // A turn ends; once the daemon has seen it (its debounce running), the clock steps back.
+        let x = rig.ids[3].clone();
+        let stamp = rig.write_step(&x);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(&offset, "-1h\n").unwrap();
+        let stepped = Instant::now();
+        wait_for(Duration::from_secs(15), "the export after the step", || {
+            (rig.server.latest()[&x]["updatedAt"].as_i64() >= Some(stamp)).then_some(())
+        })
+        .await;
+        let took = stepped.elapsed();
+        assert!(
+            took < Duration::from_secs(8),
+            "exported {took:?} after the step, debounce 3 s"
+        );
+
+        // A deletion after the step, same process.
+        let y = rig.ids[5].clone();
+        rig.delete_session(&y);
+        wait_for(Duration::from_secs(15), "the first deletion stored", || {
+            (rig.server.latest()[&y]["endReason"] == "deleted").then_some(())
+        })
+        .await;
+
+        // Restarted into the stepped clock: its exportedAt is an hour before the stored one.
+        let (exit, _) = d.terminate(Duration::from_secs(10));
+        assert!(exit.success(), "{}", d.output());
+        let z = rig.ids[7].clone();
+        let stored_exported_at = rig.server.latest()[&z]["exportedAt"].as_i64().unwrap();
+        let mut d = rig.start_with_clock(&offset);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        rig.delete_session(&z);
+        wait_for(
+            Duration::from_secs(15),
+            "the second deletion stored",
+            || (rig.server.latest()[&z]["endReason"] == "deleted").then_some(()),
+        )
+        .await;
+        let got = &rig.server.latest()[&z];
+        assert!(
+            got["exportedAt"].as_i64().unwrap() < stored_exported_at,
+            "the daemon's clock was not stepped: {got}"
+        );
+        let (exit, _) = d.terminate(Duration::from_secs(10));
+        assert!(exit.success(), "{}", d.output());
+        for id in [&y, &z] {
+            let actions: Vec<String> = rig
+                .server
+                .upserts()
+                .iter()
+                .filter(|u| &u.session_id == id)
+                .map(|u| u.action.clone())
+                .collect();
+            assert!(!actions.contains(&"stale".to_string()), "{id}: {actions:?}");
+        }
     })
     .await;
 }

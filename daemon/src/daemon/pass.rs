@@ -166,7 +166,9 @@ pub fn pass(
                     continue;
                 };
                 out.snapshots_read += 1;
-                let record = export::build(&snapshot, trigger, &ctx);
+                let mut record = export::build(&snapshot, trigger, &ctx);
+                // Kept for a later deletion, which gets the next revision.
+                record.revision = tracker.revision(&id);
                 let json = serde_json::to_vec(&record).expect("a record serializes");
                 if tracker.recorded(&id, track::state::record_digest(&json)) {
                     out.state_puts.push((track::record_key(&id), json));
@@ -202,7 +204,8 @@ pub fn pass(
             Err(e) => return Err(e),
         };
         out.snapshots_read += 1;
-        let record = export::build(&snapshot, trigger, &ctx);
+        let mut record = export::build(&snapshot, trigger, &ctx);
+        record.revision = tracker.next_revision(&id, now);
         let json = serde_json::to_vec(&record).expect("a record serializes");
         if tracker.exported(&id, now, mode, track::state::record_digest(&json)) {
             out.state_puts.push((track::record_key(&id), json.clone()));

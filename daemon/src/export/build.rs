@@ -150,6 +150,7 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
         created_at: snapshot.created_at,
         updated_at,
         exported_at: ctx.exported_at,
+        revision: 0,
         // Its final length, so that fitting counts it; set by `seal` below.
         content_hash: "0".repeat(crate::export::hash::CONTENT_HASH_LEN),
         archived_at: snapshot.archived_at,
@@ -205,6 +206,8 @@ pub fn mark_deleted(last: &SessionExport, at_ms: i64) -> SessionExport {
     r.deleted_at = Some(at_ms);
     r.exported_at = at_ms;
     r.updated_at = r.updated_at.max(at_ms);
+    // After the record it marks, whatever the clock says now.
+    r.revision = last.revision.saturating_add(1).max(at_ms);
     crate::export::seal(&mut r);
     r
 }

@@ -79,8 +79,15 @@ pub struct SessionExport {
     /// `time_updated` of its `message` and `part` rows. Monotonic per session, so the Convex
     /// upsert uses it (then `exportedAt`) to ignore records older than the stored one.
     pub updated_at: i64,
-    /// When the daemon built this record (ms, the daemon's wall clock).
+    /// When the daemon built this record (ms, the daemon's clock: [`crate::clock`]).
     pub exported_at: i64,
+    /// The record's place among the records of its session: strictly greater than every
+    /// earlier one the device exported, whatever the wall clock did — a hybrid logical clock,
+    /// `max(previous revision + 1, exportedAt)`, the previous one kept in the daemon's state.
+    /// The Convex upsert compares it first (before `updatedAt`, `exportedAt`) when both the
+    /// stored and the new record have one. 0 in records from daemons before it.
+    #[serde(default)]
+    pub revision: i64,
     /// Hex SHA-256 (first 16 bytes) of everything else in the record but `exportedAt`
     /// ([`crate::export::hash`]): equal hashes mean a re-export that changes nothing. Absent in
     /// records from daemons before it (read as empty).

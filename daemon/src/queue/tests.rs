@@ -60,6 +60,20 @@ fn open_with(dir: &Path, config: &QueueConfig) -> Outbox {
     }
 }
 
+/// The error of opening the outbox in `dir`, waiting for the lock as [`open`] does.
+fn open_err(dir: &Path) -> QueueError {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Outbox::open(dir, &cfg()) {
+            Err(QueueError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return e,
+            Ok(_) => panic!("the outbox opened"),
+        }
+    }
+}
+
 fn sids(pending: &[Pending]) -> Vec<&str> {
     pending.iter().map(Pending::session_id).collect()
 }
@@ -1058,7 +1072,7 @@ fn an_os_error_at_open_fails_without_touching_the_directory() {
     // not help, so open fails and the service manager's restarts retry it as it is.
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("queue/db")).unwrap(); // EISDIR on open
-    let err = Outbox::open(tmp.path(), &cfg()).unwrap_err();
+    let err = open_err(tmp.path());
     assert!(matches!(err, QueueError::Open { .. }), "{err}");
     assert!(err.is_permanent());
     assert!(
@@ -1080,7 +1094,7 @@ async fn a_newer_layout_is_refused_and_left_in_place() {
             .unwrap();
         ob.flush().await.unwrap();
     }
-    let err = Outbox::open(tmp.path(), &cfg()).unwrap_err();
+    let err = open_err(tmp.path());
     assert!(
         matches!(err, QueueError::NewerLayout { found: 99, .. }),
         "{err}"

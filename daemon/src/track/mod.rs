@@ -342,6 +342,23 @@ impl Tracker {
         changed
     }
 
+    /// The revision for a record of `id` exported now (`now_ms`): `max(previous + 1, now_ms)`,
+    /// kept as the session's new revision (see [`crate::export::SessionExport::revision`]).
+    /// 0 for a session not tracked.
+    pub fn next_revision(&mut self, id: &SessionId, now_ms: i64) -> i64 {
+        let Some(state) = self.sessions.get_mut(id) else {
+            return 0;
+        };
+        state.revision = state.revision.saturating_add(1).max(now_ms);
+        self.dirty.insert(id.clone());
+        state.revision
+    }
+
+    /// The revision of the last record of `id` exported (0: none yet, or not tracked).
+    pub fn revision(&self, id: &SessionId) -> i64 {
+        self.sessions.get(id).map_or(0, |s| s.revision)
+    }
+
     /// A record of `id` was built (not exported) with `digest`; true when it differs from the
     /// stored one.
     pub fn recorded(&mut self, id: &SessionId, digest: String) -> bool {

@@ -54,6 +54,14 @@ pub struct SessionState {
     /// the record's `children` / `rollup` are re-exported one debounce window later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub children_changed_at_ms: Option<i64>,
+    /// The `revision` of the last record exported (see
+    /// [`crate::export::SessionExport::revision`]); 0 before the first.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: i64,
+}
+
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
 
 impl SessionState {
@@ -65,6 +73,7 @@ impl SessionState {
             exported: None,
             record_digest: None,
             children_changed_at_ms: None,
+            revision: 0,
         }
     }
 }
@@ -209,6 +218,7 @@ pub fn decode(value: &[u8]) -> Result<Decoded, serde_json::Error> {
                         archived_at: k.archived_at,
                     }),
                     record_digest,
+                    revision: 0,
                     children_changed_at_ms: v1.children_changed_at_ms,
                 },
                 legacy_record,

@@ -13,8 +13,9 @@
 //!   `sessionId`/`deviceId` and number `updatedAt`/`exportedAt`; an invalid one gets
 //!   `rejected` + `error`, and the others are still processed, as the action does), then upserts
 //!   every valid record with the ingest rule: no row → `inserted`; other `deviceId` →
-//!   `conflict` + `storedDeviceId`; stored `(updatedAt, exportedAt)` greater → `stale`; equal →
-//!   `unchanged`; else `updated`. The answer is `200 {"results":[{"sessionId","action",…}, …]}`
+//!   `conflict` + `storedDeviceId`; stored version greater → `stale`; equal → `unchanged`; else
+//!   `updated` (the version: `revision` when both records have one, else
+//!   `(updatedAt, exportedAt)`). The answer is `200 {"results":[{"sessionId","action",…}, …]}`
 //!   in input order.
 //! - **Faults**: any status with an optional `Retry-After` value (seconds, HTTP-date or garbage)
 //!   and body; the action's error bodies (`{"code","message"}`); `401 UNAUTHORIZED`; a delay before the normal answer; hanging forever (the request is read, no
@@ -214,9 +215,29 @@ struct Shared {
 
 struct Stored {
     device_id: String,
+    version: Version,
+    record: Value,
+}
+
+/// What the upsert orders records of one session by, as `convex/convex/sessions.ts`
+/// `compareVersions` does: `revision` when both records have one, else
+/// `(updatedAt, exportedAt)`.
+#[derive(Debug, Clone, Copy)]
+struct Version {
+    revision: Option<f64>,
     updated_at: f64,
     exported_at: f64,
-    record: Value,
+}
+
+impl Version {
+    fn cmp(&self, other: &Version) -> std::cmp::Ordering {
+        match (self.revision, other.revision) {
+            (Some(a), Some(b)) => a.total_cmp(&b),
+            _ => (self.updated_at, self.exported_at)
+                .partial_cmp(&(other.updated_at, other.exported_at))
+                .unwrap_or(std::cmp::Ordering::Equal),
+        }
+    }
 }
 
 struct State {
@@ -390,7 +411,8 @@ impl FaultHandle {
         self.state().upserts.clone()
     }
 
-    /// The stored record per session id (the latest by `(updatedAt, exportedAt)`).
+    /// The stored record per session id (the latest by its version: `revision`, else
+    /// `(updatedAt, exportedAt)`).
     pub fn latest(&self) -> BTreeMap<String, Value> {
         self.state()
             .latest
@@ -691,17 +713,11 @@ fn ingest(shared: &Shared, req: &Received<'_>) -> Answer {
                 result["storedDeviceId"] = json!(stored.device_id);
                 "conflict"
             }
-            Some(stored)
-                if (stored.updated_at, stored.exported_at) > (s.updated_at, s.exported_at) =>
-            {
-                "stale"
-            }
-            Some(stored)
-                if (stored.updated_at, stored.exported_at) == (s.updated_at, s.exported_at) =>
-            {
-                "unchanged"
-            }
-            Some(_) => "updated",
+            Some(stored) => match stored.version.cmp(&s.version()) {
+                std::cmp::Ordering::Greater => "stale",
+                std::cmp::Ordering::Equal => "unchanged",
+                std::cmp::Ordering::Less => "updated",
+            },
         };
         result["action"] = json!(action);
         if action == "inserted" || action == "updated" {
@@ -709,8 +725,7 @@ fn ingest(shared: &Shared, req: &Received<'_>) -> Answer {
                 s.session_id.clone(),
                 Stored {
                     device_id: s.device_id.clone(),
-                    updated_at: s.updated_at,
-                    exported_at: s.exported_at,
+                    version: s.version(),
                     record: s.record.clone(),
                 },
             );
@@ -732,6 +747,7 @@ fn ingest(shared: &Shared, req: &Received<'_>) -> Answer {
 struct Session {
     session_id: String,
     device_id: String,
+    revision: Option<f64>,
     updated_at: f64,
     exported_at: f64,
     record: Value,
@@ -756,10 +772,21 @@ fn check_record(record: &Value) -> Result<Session, String> {
     Ok(Session {
         session_id: session_id.to_string(),
         device_id: device_id.to_string(),
+        revision: field("revision").and_then(Value::as_f64),
         updated_at,
         exported_at,
         record: record.clone(),
     })
+}
+
+impl Session {
+    fn version(&self) -> Version {
+        Version {
+            revision: self.revision,
+            updated_at: self.updated_at,
+            exported_at: self.exported_at,
+        }
+    }
 }
 
 fn session_ids_of(body: &[u8]) -> Vec<String> {

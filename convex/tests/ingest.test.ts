@@ -223,7 +223,8 @@ describe("upsert through POST /ingest", () => {
   test("revision orders records when both have one, whatever their clocks said; else (updatedAt, exportedAt)", async () => {
     const s = setup();
     const h = 3_600_000;
-    const base = minimalRecord({ updatedAt: 1_795_240_019_877, exportedAt: 1_795_240_024_901, revision: 1_795_240_024_901 });
+    const revision = 1_795_240_024_901;
+    const base = minimalRecord({ updatedAt: 1_795_240_019_877, exportedAt: 1_795_240_024_901, revision });
     expect(await s.ingest(base)).toEqual([{ sessionId: base.sessionId, action: "inserted" }]);
 
     // A deletion built after the clock stepped back an hour: older exportedAt and updatedAt,
@@ -233,7 +234,7 @@ describe("upsert through POST /ingest", () => {
       endReason: "deleted" as const,
       deletedAt: base.exportedAt - h,
       exportedAt: base.exportedAt - h,
-      revision: base.revision + 1,
+      revision: revision + 1,
     };
     expect(await s.ingest(deleted)).toEqual([{ sessionId: base.sessionId, action: "updated" }]);
     expect(withoutSystemFields((await s.get(base.sessionId))!)).toEqual(deleted);
@@ -250,7 +251,7 @@ describe("upsert through POST /ingest", () => {
     // A record without a revision (an older daemon) is ordered by (updatedAt, exportedAt).
     const { revision: _r, ...legacy } = { ...deleted, exportedAt: deleted.exportedAt + 1, title: "Legacy" };
     expect(await s.ingest(legacy)).toEqual([{ sessionId: base.sessionId, action: "updated" }]);
-    const { revision: _r2, ...legacyOlder } = { ...legacy, exportedAt: legacy.exportedAt - 2 };
+    const legacyOlder = { ...legacy, exportedAt: legacy.exportedAt - 2 };
     expect(await s.ingest(legacyOlder)).toEqual([{ sessionId: base.sessionId, action: "stale" }]);
   });
 

@@ -136,6 +136,7 @@ fn main() {
                 budget_bytes: u64::MAX,
                 stored_record: &no_store,
                 progress: None,
+                held_deletions: false,
             },
         )
         .unwrap()

@@ -88,6 +88,8 @@ pub enum QueueCommand {
     List,
     /// Move every dead-lettered record back to pending.
     RetryDead,
+    /// Export the deletions held because many sessions vanished at once (you deleted them).
+    ConfirmDeletions,
 }
 
 /// Arguments of `install`.
@@ -166,6 +168,9 @@ pub fn main() -> ExitCode {
             Command::Status(args) => cmd::status(&loaded.config, args.json),
             Command::Queue(QueueCommand::List) => cmd::queue_list(&loaded.config).await,
             Command::Queue(QueueCommand::RetryDead) => cmd::queue_retry_dead(&loaded.config).await,
+            Command::Queue(QueueCommand::ConfirmDeletions) => {
+                cmd::queue_confirm_deletions(&loaded.config).await
+            }
             Command::Install(args) => install::install(
                 &loaded,
                 &install::Options {

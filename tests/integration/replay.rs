@@ -366,6 +366,7 @@ fn replay(debounce_ms: i64) {
                 budget_bytes: u64::MAX,
                 stored_record: &stored,
                 progress: None,
+                held_deletions: false,
             },
         )
         .unwrap();

@@ -332,6 +332,100 @@ fn count_rows(conn: &rusqlite::Connection, sql: &str, id: &str) -> i64 {
     conn.query_row(sql, [id], |r| r.get(0)).unwrap()
 }
 
+/// The database replaced by another (#16): every session vanishing at once is held, not
+/// exported as deleted — a WARN, a `status` line — until the old database returns (released) or
+/// the user runs `queue confirm-deletions` (then each is exported as deleted).
+#[test]
+fn a_replaced_database_holds_its_deletions_until_confirmed() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let original = scratch.path("original.db");
+    std::fs::copy(&db, &original).unwrap();
+    let other = kinds_dir().join("opencode.db");
+    let config = scratch.write_config(FAST);
+    let old_ids = roots(&db);
+    let once = || {
+        let out = run_once(&scratch, &config, &db);
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cli = |args: &[&str]| {
+        let out = run(command(&scratch).arg("--config").arg(&config).args(args));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deleted = || -> BTreeSet<String> {
+        read_ndjson(&scratch.local_sink())
+            .iter()
+            .filter(|r| r["endReason"] == "deleted")
+            .map(|r| r["sessionId"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let replace = |with: &Path| {
+        // A new file in its place (the connection sees another file, as after `rm` + a new
+        // OpenCode database, or a restore of another machine's).
+        let tmp = scratch.path("oc/incoming.db");
+        std::fs::copy(with, &tmp).unwrap();
+        std::fs::rename(&tmp, &db).unwrap();
+    };
+    once();
+    assert_eq!(read_ndjson(&scratch.local_sink()).len(), 25);
+
+    replace(&other);
+    let (stdout, stderr) = once();
+    assert!(deleted().is_empty(), "deletions exported: {:?}", deleted());
+    assert!(stdout.contains("25 deletion(s) held"), "{stdout}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("25 sessions vanished"),
+        "{stderr}"
+    );
+    let status = cli(&["status"]);
+    assert!(status.contains("held deletions:  WARNING: 25"), "{status}");
+    // The daemon says it at start and in its status file too.
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
+    wait_for(20, "the status file", || {
+        std::fs::read_to_string(scratch.path("data/status.json"))
+            .is_ok_and(|s| s.contains("\"heldDeletions\":25"))
+    });
+    let status = cli(&["status"]);
+    assert!(status.contains("held deletions:  WARNING: 25"), "{status}");
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
+    assert!(
+        daemon.output().contains("deletions are held"),
+        "{}",
+        daemon.output()
+    );
+
+    // The old database returns: its sessions are back, their deletions dropped (and the other
+    // database's sessions, vanished at once in turn, are held).
+    replace(&original);
+    once();
+    assert!(deleted().is_empty(), "deletions exported: {:?}", deleted());
+    let status = cli(&["status", "--json"]);
+    let v: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(v["heldDeletions"], roots(&other).len(), "{status}");
+
+    // Replaced again, and this time the user confirms: each old session exported as deleted.
+    replace(&other);
+    once();
+    assert!(deleted().is_empty());
+    let confirmed = cli(&["queue", "confirm-deletions"]);
+    assert!(
+        confirmed.contains("exported 25 held deletion(s)"),
+        "{confirmed}"
+    );
+    once();
+    assert_eq!(deleted(), old_ids);
+    let status = cli(&["status"]);
+    assert!(!status.contains("held deletions"), "{status}");
+}
+
 /// A turn written with earlier timestamps (and ids, which OpenCode derives from its clock) than
 /// the turn before it — the clock stepped back an hour (#16) — is still the newest turn: `run`
 /// exports the session again with both new messages counted.

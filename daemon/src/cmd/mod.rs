@@ -109,3 +109,48 @@ pub async fn queue_retry_dead(config: &Config) -> anyhow::Result<ExitCode> {
     println!("requeued {n} record(s)");
     Ok(ExitCode::SUCCESS)
 }
+
+/// `queue confirm-deletions`: exports the held deletions (see
+/// [`crate::track::rules::hold_deletions`]), each marked deleted now from the last record kept
+/// for it, in chunks of 256 (each chunk one transaction: its records enqueued and its held
+/// entries removed). The daemon delivers them when it runs. A held entry that does not decode
+/// is removed with one warning.
+///
+/// # Errors
+/// The outbox cannot be opened (a daemon runs: stop it first) or written.
+pub async fn queue_confirm_deletions(config: &Config) -> anyhow::Result<ExitCode> {
+    let outbox = open_outbox(config)?;
+    let mut confirmed = 0;
+    loop {
+        let held = outbox.state_scan_first(crate::track::HELD_PREFIX, 256)?;
+        if held.is_empty() {
+            break;
+        }
+        let now = crate::clock::now_ms();
+        let mut records = Vec::with_capacity(held.len());
+        let mut removes = Vec::with_capacity(held.len());
+        for (key, json) in held {
+            match serde_json::from_slice::<crate::export::SessionExport>(&json) {
+                Ok(last) => {
+                    let record = crate::export::mark_deleted(&last, now);
+                    let json = serde_json::to_vec(&record).expect("a record serializes");
+                    records.push(crate::daemon::new_record(&record, json));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping a held deletion whose record does not decode")
+                }
+            }
+            removes.push(key);
+        }
+        confirmed += records.len();
+        outbox
+            .commit(crate::queue::Commit {
+                records,
+                state_puts: Vec::new(),
+                state_removes: removes,
+            })
+            .await?;
+    }
+    println!("exported {confirmed} held deletion(s); the daemon delivers them when it runs");
+    Ok(ExitCode::SUCCESS)
+}

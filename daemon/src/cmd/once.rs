@@ -44,6 +44,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     let reading = ProgressGuard::new(0, "reading sessions");
     let bar = reading.bar().clone();
     let budget = outbox.free_bytes();
+    let held_before = crate::daemon::held_deletions(&outbox)?;
     let store = outbox.clone();
     let out = tokio::task::spawn_blocking(move || {
         let stored = |key: &[u8]| store.state_get(key).ok().flatten();
@@ -57,6 +58,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
                 budget_bytes: budget,
                 stored_record: &stored,
                 progress: Some(&bar),
+                held_deletions: held_before > 0,
             },
         )
     })
@@ -101,6 +103,13 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
                 println!("{id}  (prompt just sent, no reply yet; not exported)")
             }
         }
+    }
+    let held = held_before + out.held - out.released;
+    if out.held > 0 {
+        tracing::warn!("{}", crate::daemon::held_message(out.held));
+    }
+    if held > 0 {
+        println!("{held} deletion(s) held: {}", crate::daemon::HELD_ADVICE);
     }
     if out.deferred > 0 {
         println!(

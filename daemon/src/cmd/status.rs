@@ -12,12 +12,13 @@
 //! `status --json` prints the same as one JSON object (times in epoch ms, sizes in bytes):
 //! ```text
 //! {"daemon":{"running":true,"pid":…,"startedAt":…,"version":…,"configPath":…|null,
-//!            "lastReload":{"at":…,"applied":…,"message":…}|null} | {"running":false},
+//!            "lastReload":{"at":…,"applied":…,"message":…}|null,"sourceProblem":…|null}
+//!           | {"running":false},
 //!  "figuresFrom":"status file"|"outbox","figuresAt":<ms>,
 //!  "sink":…,"dbPath":…,"dataDir":…,
 //!  "outbox":{"pendingCount":…,"pendingBytes":…,"maxBytes":…,"oldestEnqueuedAt":…|null,"deadCount":…},
 //!  "lastDeliveryAt":…|null,"lastError":{"message":…,"at":…}|null,
-//!  "lastExports":{"session.idle":{"sessionId":…,"at":…},…}}
+//!  "lastExports":{"session.idle":{"sessionId":…,"at":…},…},"heldDeletions":…}
 //! ```
 
 use std::collections::BTreeMap;
@@ -37,6 +38,8 @@ struct Gathered {
     /// The daemon runs (its status file was read).
     running: bool,
     last_exports: BTreeMap<String, LastExport>,
+    /// Deletions held (see [`crate::track::rules::hold_deletions`]).
+    held_deletions: usize,
 }
 
 /// `status` (human-readable) or `status --json`.
@@ -58,6 +61,7 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
     // A running daemon keeps `status.json` current; reading it leaves the outbox's lock alone
     // (a daemon starting right now must not find it taken).
     let from_file = |s: StatusSnapshot| Gathered {
+        held_deletions: s.daemon.as_ref().map_or(0, |d| d.held_deletions),
         last_exports: s
             .daemon
             .as_ref()
@@ -74,6 +78,7 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
             snapshot: StatusSnapshot::now(&outbox, None)?,
             running: false,
             last_exports: last_exports(&outbox),
+            held_deletions: crate::daemon::held_deletions(&outbox)?,
         }),
         // Locked: a daemon runs (off Linux, where its pid cannot be checked cheaply).
         Err(e) => match read_status(&config.data_dir) {
@@ -191,6 +196,16 @@ fn render_text(config: &Config, g: &Gathered, now: i64) -> String {
         },
     );
     line("dead letters", s.queue.dead_count.to_string());
+    if g.held_deletions > 0 {
+        line(
+            "held deletions",
+            format!(
+                "WARNING: {}: {}",
+                g.held_deletions,
+                crate::daemon::HELD_ADVICE
+            ),
+        );
+    }
     line("last delivery", ago(now, s.queue.last_delivery_at_ms));
     line(
         "last error",
@@ -245,6 +260,7 @@ fn render_json(config: &Config, g: &Gathered) -> serde_json::Value {
         "lastDeliveryAt": s.queue.last_delivery_at_ms,
         "lastError": s.queue.last_error.as_ref().map(|e| json!({"message": e.message, "at": e.at_ms})),
         "lastExports": g.last_exports,
+        "heldDeletions": g.held_deletions,
     })
 }
 
@@ -296,11 +312,13 @@ mod tests {
             last_exports: last_exports.clone(),
             last_reload: None,
             source_problem: Some("/in/use/opencode.db: no `part` table".into()),
+            held_deletions: 30,
         };
         let g = Gathered {
             snapshot: snapshot(Some(info)),
             running: true,
             last_exports,
+            held_deletions: 30,
         };
         let text = render_text(&config, &g, 1_000_000);
         assert!(
@@ -331,6 +349,11 @@ mod tests {
         assert_eq!(v["lastExports"]["session.deleted"]["sessionId"], "ses_gone");
         assert_eq!(v["lastExports"]["session.deleted"]["at"], 940_000);
         assert_eq!(v["lastError"]["message"], "HTTP 503");
+        assert!(
+            text.contains("held deletions:  WARNING: 30: if you deleted those sessions"),
+            "{text}"
+        );
+        assert_eq!(v["heldDeletions"], 30);
         assert_eq!(
             v["daemon"]["sourceProblem"],
             "/in/use/opencode.db: no `part` table"
@@ -345,6 +368,7 @@ mod tests {
             snapshot: snapshot(None),
             running: false,
             last_exports: BTreeMap::new(),
+            held_deletions: 0,
         };
         let text = render_text(&config, &g, 1_000_000);
         assert!(text.contains("daemon:          not running"), "{text}");

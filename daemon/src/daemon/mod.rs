@@ -159,6 +159,24 @@ pub(crate) fn export_context(config: &Config, device_id: &str) -> ExportContext 
     }
 }
 
+/// What to do about held deletions (see [`crate::track::rules::hold_deletions`]).
+pub(crate) const HELD_ADVICE: &str = "if you deleted those sessions, stop the daemon and run \
+     `opencode-telemetry queue confirm-deletions`; if the database was replaced, restore it and \
+     they are released";
+
+/// The WARN line for `n` deletions held by one pass.
+pub(crate) fn held_message(n: usize) -> String {
+    format!(
+        "{n} sessions vanished from the source at once, as when its database is deleted, recreated \
+         or replaced: their deletions are held, not exported; {HELD_ADVICE}"
+    )
+}
+
+/// How many deletions are held in the outbox's `state` tree.
+pub(crate) fn held_deletions(outbox: &Outbox) -> anyhow::Result<usize> {
+    Ok(outbox.state_count(crate::track::HELD_PREFIX)?)
+}
+
 pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     let outbox = Outbox::open(&config.data_dir, &config.queue).map_err(|e| match e {
         QueueError::Locked { .. } => anyhow::anyhow!(
@@ -306,6 +324,10 @@ pub async fn run(
         tracked_sessions = tracker.len(),
         "running"
     );
+    let held_deletions = held_deletions(&outbox)?;
+    if held_deletions > 0 {
+        tracing::warn!(held_deletions, "deletions are held: {HELD_ADVICE}");
+    }
     let status = StatusWriter::spawn(
         outbox.clone(),
         &config.data_dir,
@@ -321,6 +343,7 @@ pub async fn run(
             last_exports: crate::cmd::status::last_exports(&outbox),
             last_reload: None,
             source_problem: None,
+            held_deletions,
         },
     );
     let mut notifier = notify::Notifier::from_env();
@@ -337,6 +360,7 @@ pub async fn run(
         source: Some(Box::new(OpenCodeSource::from(&config.source))),
         missing_logged: false,
         source_problem: None,
+        held_deletions,
         full_logged: false,
         transitions_log: options.transitions_log,
         progress_pending: options.show_progress,

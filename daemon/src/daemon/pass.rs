@@ -20,7 +20,7 @@
 
 use crate::export::{self, ExportContext, SessionExport};
 use crate::source::{Activity, SessionId, SessionSnapshot, SessionSource, SourceError};
-use crate::track::{self, Mode, Need, Tracker, Trigger};
+use crate::track::{self, rules, Mode, Need, Tracker, Trigger};
 
 /// One record decided by a pass.
 #[derive(Debug, Clone)]
@@ -68,6 +68,11 @@ pub struct PassOutput {
     pub waiting: Vec<(SessionId, Waiting)>,
     /// The clock reading the pass used (ms).
     pub now_ms: i64,
+    /// Deletions held by this pass instead of exported (see [`rules::hold_deletions`]): the
+    /// sessions' last records moved to `held-deletion/<id>`.
+    pub held: usize,
+    /// Held deletions released by this pass: their sessions are back in the source.
+    pub released: usize,
 }
 
 impl PassOutput {
@@ -96,6 +101,9 @@ pub struct PassOptions<'a> {
     pub stored_record: &'a dyn Fn(&[u8]) -> Option<Vec<u8>>,
     /// Advanced once per session head on a pass that lists every session.
     pub progress: Option<&'a indicatif::ProgressBar>,
+    /// Whether held deletions exist: then a session new to the tracker is looked up under
+    /// `held-deletion/<id>` (through `stored_record`), and released when found.
+    pub held_deletions: bool,
 }
 
 /// One pass; see the module docs.
@@ -119,7 +127,14 @@ pub fn pass(
         ..PassOutput::default()
     };
     let mode = options.mode;
+    let tracked_before = tracker.len();
     let plan = tracker.changes(changes, now);
+    let deleting = plan
+        .gone
+        .iter()
+        .filter(|g| g.trigger == Some(Trigger::Deleted))
+        .count();
+    let hold = rules::hold_deletions(tracked_before, deleting);
     out.heads_read = plan.heads;
     let progress = options.progress.filter(|_| plan.heads > 0);
     if let Some(bar) = progress {
@@ -134,6 +149,13 @@ pub fn pass(
         let stored = gone
             .unstored_record
             .or_else(|| (options.stored_record)(&key));
+        if hold {
+            if let Some(json) = stored {
+                out.state_puts.push((track::held_key(&gone.id), json));
+                out.held += 1;
+            }
+            continue;
+        }
         let last = stored.and_then(|json| serde_json::from_slice::<SessionExport>(&json).ok());
         match last {
             Some(last) => {
@@ -150,6 +172,13 @@ pub fn pass(
     for (id, marker) in plan.observe {
         if let Some(bar) = progress {
             bar.inc(1);
+        }
+        if options.held_deletions && !tracker.tracks(&id) {
+            let key = track::held_key(&id);
+            if (options.stored_record)(&key).is_some() {
+                out.state_removes.push(key);
+                out.released += 1;
+            }
         }
         let observation = match source.observe(&id) {
             Ok(o) => o,
@@ -404,6 +433,7 @@ mod tests {
                     budget_bytes: u64::MAX,
                     stored_record: &lookup,
                     progress: None,
+                    held_deletions: false,
                 },
             )
             .unwrap();
@@ -473,6 +503,7 @@ mod tests {
                 budget_bytes: u64::MAX,
                 stored_record: &|_: &[u8]| None,
                 progress: None,
+                held_deletions: false,
             },
         )
         .expect("one session's bad rows do not fail the pass");

@@ -29,6 +29,8 @@ pub(crate) struct Poller {
     /// The source problem last warned about and shown in `status` (see
     /// [`SourceError::Unsupported`]).
     pub(crate) source_problem: Option<String>,
+    /// Deletions held in the outbox (see [`crate::track::rules::hold_deletions`]).
+    pub(crate) held_deletions: usize,
     pub(crate) full_logged: bool,
     pub(crate) transitions_log: Option<PathBuf>,
     /// Show a progress bar over the next tick (the first one).
@@ -71,6 +73,7 @@ impl Poller {
         let had_progress = progress.is_some();
         let bar = progress.as_ref().map(|p| p.bar().clone());
         let store = outbox.clone();
+        let held_deletions = self.held_deletions > 0;
         let joined = tokio::task::spawn_blocking(move || {
             let stored = |key: &[u8]| store.state_get(key).ok().flatten();
             let result = pass::pass(
@@ -83,6 +86,7 @@ impl Poller {
                     budget_bytes: budget,
                     stored_record: &stored,
                     progress: bar.as_ref(),
+                    held_deletions,
                 },
             );
             (source, tracker, result)
@@ -148,6 +152,7 @@ impl Poller {
 
     async fn commit(&mut self, outbox: &Outbox, out: PassOutput) -> anyhow::Result<bool> {
         let emitted = !out.exported.is_empty();
+        let (held, released) = (out.held, out.released);
         if out.deferred > 0 {
             tracing::debug!(
                 deferred = out.deferred,
@@ -172,6 +177,17 @@ impl Poller {
             state_removes: out.state_removes,
         };
         outbox.commit(commit).await.context("writing the outbox")?;
+        if held + released > 0 {
+            if held > 0 {
+                tracing::warn!("{}", super::held_message(held));
+            }
+            if released > 0 {
+                tracing::info!(released, "sessions with held deletions are back in the source; their deletions are dropped");
+            }
+            self.held_deletions = (self.held_deletions + held).saturating_sub(released);
+            let n = self.held_deletions;
+            self.status.update(|d| d.held_deletions = n);
+        }
         if !last.is_empty() {
             self.status.update(|d| d.last_exports.extend(last));
         }

@@ -73,6 +73,14 @@ pub struct DaemonInfo {
     /// (a schema this reader does not understand); cleared by the next good read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_problem: Option<String>,
+    /// Deletions held because many sessions vanished at once (see
+    /// [`crate::track::rules::hold_deletions`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub held_deletions: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// One export: which session, when it was committed to the outbox. Also the value of the
@@ -380,6 +388,7 @@ mod tests {
             last_exports: BTreeMap::new(),
             last_reload: None,
             source_problem: None,
+            held_deletions: 0,
         }
     }
 

@@ -108,6 +108,39 @@ impl Outbox {
             .collect::<Result<_, _>>()
             .map_err(self.inner.storage("state_scan"))
     }
+
+    /// The first `limit` `state` entries whose key starts with `prefix`, in key order.
+    ///
+    /// # Errors
+    /// [`QueueError::Storage`].
+    pub fn state_scan_first(
+        &self,
+        prefix: &[u8],
+        limit: usize,
+    ) -> Result<Vec<StateEntry>, QueueError> {
+        self.inner
+            .trees
+            .state
+            .scan_prefix(prefix)
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(self.inner.storage("state_scan"))
+    }
+
+    /// How many `state` entries have a key starting with `prefix` (one entry in memory at a
+    /// time).
+    ///
+    /// # Errors
+    /// [`QueueError::Storage`].
+    pub fn state_count(&self, prefix: &[u8]) -> Result<usize, QueueError> {
+        let mut n = 0;
+        for kv in self.inner.trees.state.scan_prefix(prefix).keys() {
+            kv.map_err(self.inner.storage("state_count"))?;
+            n += 1;
+        }
+        Ok(n)
+    }
 }
 
 impl Inner {

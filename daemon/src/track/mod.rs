@@ -35,7 +35,8 @@ use serde::Serialize;
 use crate::source::{ChangeMarker, Changes, Observation, SessionId};
 pub use rules::{Mode, Rules};
 pub use state::{
-    record_key, state_key, Ending, ExportKey, Phase, SessionState, RECORD_PREFIX, STATE_PREFIX,
+    held_key, record_key, state_key, Ending, ExportKey, Phase, SessionState, HELD_PREFIX,
+    RECORD_PREFIX, STATE_PREFIX,
 };
 
 /// Why a session is exported: the moment the agent announces, inferred from its data.
@@ -187,6 +188,11 @@ impl Tracker {
     /// Number of tracked sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// True when `id` is tracked.
+    pub fn tracks(&self, id: &SessionId) -> bool {
+        self.sessions.contains_key(id)
     }
 
     /// True when no session is tracked.

@@ -287,9 +287,45 @@ pub fn on_gone(state: &SessionState) -> Option<Trigger> {
     state.record_digest.is_some().then_some(Trigger::Deleted)
 }
 
+/// Deletions in one pass from which on they look like a replaced database, not a user's doing.
+pub const WHOLESALE_MIN: usize = 3;
+
+/// Whether the deletions seen by one pass are held instead of exported: `deleted` sessions
+/// (tracked ones with a record, now gone) out of the `tracked` sessions before the pass. A
+/// database deleted and recreated, or replaced by another, makes every known session vanish at
+/// once; a user deletes sessions one or a few at a time. So: at least [`WHOLESALE_MIN`] and more
+/// than half of what was tracked. Held deletions wait for `queue confirm-deletions`, or are
+/// released when the sessions come back.
+pub fn hold_deletions(tracked: usize, deleted: usize) -> bool {
+    deleted >= WHOLESALE_MIN && deleted * 2 > tracked
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// (tracked before the pass, deleted in it) → held?
+    #[test]
+    fn a_wholesale_vanishing_is_held_a_few_deletions_are_not() {
+        for (tracked, deleted, held) in [
+            (30, 30, true),     // the database recreated
+            (25, 25, true),     // replaced by another one
+            (10, 6, true),      // more than half at once
+            (10, 5, false),     // exactly half
+            (1, 1, false),      // the only session deleted
+            (2, 2, false),      // below the minimum
+            (3, 3, true),       // at the minimum
+            (50_000, 2, false), // a user deleting two
+            (50_000, 0, false),
+            (0, 0, false),
+        ] {
+            assert_eq!(
+                hold_deletions(tracked, deleted),
+                held,
+                "{deleted} of {tracked}"
+            );
+        }
+    }
     use crate::source::{TurnEnd, TurnError};
 
     const RULES: Rules = Rules {

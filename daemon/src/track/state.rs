@@ -25,6 +25,15 @@ pub const STATE_PREFIX: &[u8] = b"session/";
 /// Key prefix of per-session last records.
 pub const RECORD_PREFIX: &[u8] = b"record/";
 
+/// Key prefix of held deletions: the last record of a session whose deletion is held (see
+/// [`crate::track::rules::hold_deletions`]).
+pub const HELD_PREFIX: &[u8] = b"held-deletion/";
+
+/// The held-deletion key of a session.
+pub fn held_key(id: &SessionId) -> Vec<u8> {
+    [HELD_PREFIX, id.as_str().as_bytes()].concat()
+}
+
 /// The state key of a session.
 pub fn state_key(id: &SessionId) -> Vec<u8> {
     [STATE_PREFIX, id.as_str().as_bytes()].concat()

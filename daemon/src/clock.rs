@@ -4,7 +4,7 @@
 //! wall clock steps back (NTP, a manual change, dual boot) it keeps advancing at the rate of the
 //! monotonic clock, so a debounce window or a stale timer that spans the step ends on time
 //! instead of an hour later. Forward jumps (a suspend and resume, a forward correction) are
-//! followed at once. The rule, applied at every reading ([`Reading::next`]):
+//! followed at once. The rule, applied at every reading:
 //!
 //! `now = max(previous now + monotonic time elapsed since it, wall clock now)`
 //!

@@ -31,7 +31,10 @@
 //! - **Atomic and durable commits.** A [`Commit`] (records + state puts/removes) is one sled
 //!   transaction over all trees, followed by `flush_async().await` before `commit` returns. So
 //!   the source cursor in `state` is never ahead of the queued records, after any crash, and a
-//!   tick counts as done only once it is on disk.
+//!   tick counts as done only once sled has written it. "Written" survives a process crash;
+//!   against a power cut sled's flush is weaker (`sync_file_range`, a full `fsync` every
+//!   500 ms, blob files not synced): the last moments' commits can be lost together with their
+//!   state, and the source is re-read for them (see the README's delivery guarantee).
 //! - **One pending entry per session, latest wins.** The `outbox` tree is keyed by session id.
 //!   Committing a session that already has a pending entry replaces it and moves it to the
 //!   **back** of the FIFO with a fresh sequence number (its old `order` key is removed). Moving

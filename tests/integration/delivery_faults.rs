@@ -293,6 +293,17 @@ impl Rig {
         !self.transitions_of(session_id).is_empty() || self.server.latest().contains_key(session_id)
     }
 
+    /// Starts the daemon, waits until the server holds `reference`'s version of every session,
+    /// and stops it (it must exit 0); returns it, for its output.
+    async fn run_until_delivered(&self, reference: &BTreeMap<String, Value>) -> Daemon {
+        let mut d = self.start();
+        self.wait_delivered(reference, Duration::from_secs(20))
+            .await;
+        let (exit, _) = d.terminate(Duration::from_secs(10));
+        assert!(exit.success(), "{}", d.output());
+        d
+    }
+
     /// Waits until the server holds `reference`'s version of every session.
     async fn wait_delivered(&self, reference: &BTreeMap<String, Value>, limit: Duration) {
         let deadline = Instant::now() + limit;
@@ -962,12 +973,8 @@ async fn rejected_records_go_to_dead_letters_while_the_rest_flows() {
             "{status}"
         );
         assert!(status.contains("dead letters:    0"), "{status}");
-        let mut d = rig.start();
         let reference = rig.reference();
-        rig.wait_delivered(&reference, Duration::from_secs(20))
-            .await;
-        let (exit, _) = d.terminate(Duration::from_secs(10));
-        assert!(exit.success());
+        rig.run_until_delivered(&reference).await;
         rig.check_conservation(&reference);
     })
     .await;
@@ -1035,11 +1042,7 @@ async fn a_poison_record_among_100_is_dead_lettered_while_the_99_arrive() {
         // Once the deployment is fixed, `queue retry-dead` delivers it too.
         rig.server.clear_rejections();
         assert!(rig.cli(&["queue", "retry-dead"]).status.success());
-        let mut d = rig.start();
-        rig.wait_delivered(&reference, Duration::from_secs(20))
-            .await;
-        let (exit, _) = d.terminate(Duration::from_secs(10));
-        assert!(exit.success());
+        rig.run_until_delivered(&reference).await;
         rig.check_conservation(&reference);
     })
     .await;
@@ -1217,12 +1220,7 @@ async fn a_clock_step_back_neither_stalls_the_debounce_nor_loses_a_deletion() {
 async fn commits_lost_by_a_power_cut_are_re_read_from_the_source() {
     bounded(Duration::from_secs(90), async {
         let rig = Rig::new(30, Knobs::default()).await;
-        let reference = rig.reference();
-        let mut d = rig.start();
-        rig.wait_delivered(&reference, Duration::from_secs(20))
-            .await;
-        let (exit, _) = d.terminate(Duration::from_secs(10));
-        assert!(exit.success());
+        rig.run_until_delivered(&rig.reference()).await;
         let queue = rig.data().join("queue");
         for (round, keep_new_mark) in [(0usize, false), (1, true)] {
             let before = rig.scratch.path(&format!("queue-before-{round}"));
@@ -1247,11 +1245,7 @@ async fn commits_lost_by_a_power_cut_are_re_read_from_the_source() {
             }
             rig.server.set_mode(Mode::Normal).await;
             let reference = rig.reference();
-            let mut d = rig.start();
-            rig.wait_delivered(&reference, Duration::from_secs(20))
-                .await;
-            let (exit, _) = d.terminate(Duration::from_secs(10));
-            assert!(exit.success(), "{}", d.output());
+            let d = rig.run_until_delivered(&reference).await;
             if keep_new_mark {
                 assert!(
                     d.output().contains("moved it aside"),

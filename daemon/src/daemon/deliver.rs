@@ -14,13 +14,12 @@
 //!     dead-letter tree;
 //!   - retry (408, 429, 5xx, network, timeout) → one shared backoff with full jitter, honouring
 //!     `Retry-After` clamped to the cap; nothing is dropped, there is no give-up;
-//!   - rejected (the ingest action's 400/413) → a batch is split and re-sent record by
-//!     record, so only the offending record goes to the dead-letter tree (logged once, kept for
-//!     inspection with `queue list`, requeued with `queue retry-dead`);
+//!   - rejected (the ingest action's 400/413) → a batch is re-sent record by record (the
+//!     probe of the next section), so only the offending record goes to the dead-letter tree
+//!     (logged once, kept for inspection with `queue list`, requeued with `queue retry-dead`);
 //!   - unauthorized (401/403 from the ingest HTTP action) → all sending pauses, the
 //!     queue is kept, an actionable error is logged, and delivery is retried at the backoff cap
 //!     (so fixing the token on the deployment resumes delivery without a restart).
-//!
 //!
 //! # A record that breaks its whole batch
 //! A record can make the sink fail the whole request in a way that looks transient (Convex: an
@@ -154,7 +153,7 @@ impl Sender {
         }
         batch.truncate(limits.batch_len(batch.iter().map(|p| p.record_json().len())));
         if self.failures >= PROBE_AFTER {
-            return self.probe(&batch).await;
+            return self.probe(&batch, "sends keep failing").await;
         }
         let outcome = self.send(&batch).await;
         self.count_outcome(&batch, &outcome);
@@ -180,15 +179,16 @@ impl Sender {
         }
     }
 
-    /// Sends `batch` record by record to find a record that fails the whole batch (see the
-    /// module doc).
-    async fn probe(&mut self, batch: &[Pending]) -> Result<Step, QueueError> {
+    /// Sends `batch` record by record (`why`: for the log) to find the records that fail it:
+    /// one the sink refuses is dead-lettered at once, one that fails alone gets a strike (see
+    /// the module doc).
+    async fn probe(&mut self, batch: &[Pending], why: &str) -> Result<Step, QueueError> {
         self.failures = 0;
         self.suspects
             .retain(|seq, _| batch.iter().any(|p| p.seq() == *seq));
         tracing::info!(
             records = batch.len(),
-            "sends keep failing; sending the oldest batch record by record"
+            "{why}; sending the oldest batch record by record"
         );
         let (mut delivered, mut dead) = (0, 0);
         // The record that just failed alone (as it is stored now, its attempt counted), with
@@ -290,29 +290,10 @@ impl Sender {
                 Ok(Step::Progress { delivered, dead })
             }
             Outcome::Rejected { reason } if batch.len() > 1 => {
-                // Find the offending record(s): resend one by one.
-                let mut delivered = 0;
-                let mut dead = 0;
-                for p in batch {
-                    let single = self.send(std::slice::from_ref(p)).await;
-                    match Box::pin(self.apply(std::slice::from_ref(p), single)).await? {
-                        Step::Progress {
-                            delivered: d,
-                            dead: x,
-                        } => {
-                            delivered += d;
-                            dead += x;
-                        }
-                        other => {
-                            if delivered + dead == 0 {
-                                return Ok(other);
-                            }
-                            break;
-                        }
-                    }
-                }
-                tracing::debug!(%reason, "batch rejected; resent record by record");
-                Ok(Step::Progress { delivered, dead })
+                // Find the offending record(s): resend one by one; the refused ones go to the
+                // dead letters, the others are delivered.
+                tracing::debug!(%reason, "batch rejected; resending it record by record");
+                Box::pin(self.probe(batch, "the batch was rejected")).await
             }
             Outcome::Rejected { reason } => {
                 let dead = self.refuse(&batch[0], &reason).await?;

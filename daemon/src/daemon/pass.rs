@@ -369,6 +369,17 @@ mod tests {
         }
     }
 
+    /// Rules that export an ended turn at once.
+    fn immediate_rules() -> Rules {
+        Rules {
+            debounce_ms: 0,
+            final_after_ms: 0,
+            stale_after_ms: i64::MAX / 4,
+            skip_subagent_sessions: true,
+            no_reply_after_ms: crate::track::rules::NO_REPLY_AFTER_MS,
+        }
+    }
+
     fn ctx() -> ExportContext {
         ExportContext {
             device_id: "d".into(),
@@ -408,14 +419,7 @@ mod tests {
             sessions: vec![session("ses_a", 900)],
             bad: Vec::new(),
         };
-        let rules = Rules {
-            debounce_ms: 0,
-            final_after_ms: 0,
-            stale_after_ms: i64::MAX / 4,
-            skip_subagent_sessions: true,
-            no_reply_after_ms: crate::track::rules::NO_REPLY_AFTER_MS,
-        };
-        let mut tracker = Tracker::new(rules);
+        let mut tracker = Tracker::new(immediate_rules());
         let stored: Rc<Cell<Option<Vec<u8>>>> = Rc::default();
         let run = |source: &mut Scripted, tracker: &mut Tracker| {
             let lookup = |_: &[u8]| {
@@ -485,14 +489,7 @@ mod tests {
             ],
             bad: vec![("ses_a".into(), true), ("ses_c".into(), false)],
         };
-        let rules = Rules {
-            debounce_ms: 0,
-            final_after_ms: 0,
-            stale_after_ms: i64::MAX / 4,
-            skip_subagent_sessions: true,
-            no_reply_after_ms: crate::track::rules::NO_REPLY_AFTER_MS,
-        };
-        let mut tracker = Tracker::new(rules);
+        let mut tracker = Tracker::new(immediate_rules());
         let out = pass(
             &mut source,
             &mut tracker,

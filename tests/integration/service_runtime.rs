@@ -381,8 +381,9 @@ async fn sighup_with_an_invalid_config_keeps_the_running_one() {
     .await;
 }
 
-/// The three log formats: journald style under `JOURNAL_STREAM` (no timestamp), timestamped
-/// text otherwise (no colour codes into a file), JSON lines with `OPENCODE_TELEMETRY_LOG_FORMAT`.
+/// The three log formats: journald style under `JOURNAL_STREAM` (sd-daemon `<N>` priority
+/// prefixes, no timestamp), timestamped text otherwise (no colour codes into a file), JSON lines
+/// with `OPENCODE_TELEMETRY_LOG_FORMAT`.
 #[test]
 fn log_formats_journald_text_and_json() {
     let scratch = Scratch::new();
@@ -406,9 +407,32 @@ fn log_formats_journald_text_and_json() {
         d.output()
     };
 
+    // One malformed message row: a WARN ("skipping malformed opencode row").
+    writer(&db)
+        .execute_batch(
+            "UPDATE message SET data = '{bad' WHERE rowid = (SELECT MIN(rowid) FROM message)",
+        )
+        .unwrap();
     let journald = start(&[("JOURNAL_STREAM", "8:12345")], "journald.log");
+    // sd-daemon(3) priority prefixes, which journald reads off every line of the stream.
     let first = journald.lines().next().unwrap();
-    assert!(first.trim_start().starts_with("INFO starting"), "{first}");
+    assert!(
+        first.starts_with("<6>") && first.contains("INFO starting"),
+        "{first}"
+    );
+    let warn = journald
+        .lines()
+        .find(|l| l.contains("skipping malformed opencode row"))
+        .unwrap_or_else(|| panic!("no warning:\n{journald}"));
+    assert!(warn.starts_with("<4>") && warn.contains("WARN"), "{warn}");
+    for line in journald.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            ["<3>", "<4>", "<6>", "<7>"]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "a line without a priority prefix: {line}"
+        );
+    }
     assert!(!journald.contains('\u{1b}'), "{journald}");
 
     let text = start(&[], "text.log");

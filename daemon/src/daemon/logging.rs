@@ -2,9 +2,13 @@
 //!
 //! # Formats (`service.log_format`)
 //! - `journald` (what `auto` picks when `JOURNAL_STREAM` is set, i.e. stderr goes to the
-//!   journal): `LEVEL message key=value…`, no timestamp (journald adds its own) and no colours;
+//!   journal): `<N>LEVEL message key=value…`, where `<N>` is the syslog priority prefix of
+//!   sd-daemon(3) that journald reads off each stream line (ERROR 3, WARN 4, INFO 6,
+//!   DEBUG/TRACE 7), so `journalctl -p warning` shows WARN and ERROR; no timestamp (journald
+//!   adds its own) and no colours;
 //! - `text` (what `auto` picks otherwise): `2026-01-01T12:00:00.000000Z  INFO message
-//!   key=value…`, coloured only when stderr is a terminal;
+//!   key=value…`, coloured only when stderr is a terminal and `NO_COLOR` is unset or empty
+//!   (<https://no-color.org>);
 //! - `json`: one object per line, `{"timestamp":…,"level":"INFO","fields":{"message":…,…},
 //!   "target":…}`.
 //!
@@ -69,13 +73,56 @@ pub fn resolve(format: LogFormat) -> Style {
     }
 }
 
+/// The sd-daemon(3) priority of a level: what journald files a line at.
+pub fn syslog_priority(level: &tracing::Level) -> u8 {
+    match *level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
+    }
+}
+
+/// Writes the `<N>` priority prefix ([`syslog_priority`]) before each line of the inner format.
+struct SyslogPrefix<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for SyslogPrefix<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", syslog_priority(event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// Whether colours are wanted on a terminal: `NO_COLOR` unset or empty.
+fn colour_allowed() -> bool {
+    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn fmt_layer(style: Style) -> BoxedFmt {
     let base = tracing_subscriber::fmt::layer()
         .with_writer(|| StderrWriter)
         .with_target(false);
     match style {
-        Style::Journald => Box::new(base.without_time().with_ansi(false)),
-        Style::Text => Box::new(base.with_ansi(std::io::stderr().is_terminal())),
+        Style::Journald => {
+            let inner = tracing_subscriber::fmt::format()
+                .without_time()
+                .with_target(false)
+                .with_ansi(false);
+            Box::new(base.with_ansi(false).event_format(SyslogPrefix(inner)))
+        }
+        Style::Text => {
+            Box::new(base.with_ansi(std::io::stderr().is_terminal() && colour_allowed()))
+        }
         Style::Json => Box::new(base.json().with_target(true).with_ansi(false)),
     }
 }

@@ -410,8 +410,10 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
     let mut config = parse(text, &shown).map_err(scrub)?;
     let file_holds_secret = !config.convex.ingest_token.is_empty();
     apply_env(&mut config).map_err(scrub)?;
+    paths(&mut config, &shown).map_err(scrub)?;
     if let Some(db) = &overrides.db_path {
-        config.source.db_path = db.clone();
+        // A command-line path is the user's, relative to where they run the command.
+        config.source.db_path = std::path::absolute(db).unwrap_or_else(|_| db.clone());
     }
     finish(&mut config, &shown).map_err(scrub)?;
     Ok(Loaded {
@@ -533,6 +535,52 @@ fn apply_env(config: &mut Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// `~` or `~/…` at the start of a path: the home directory (as the shell would expand it).
+fn expand_home(p: &Path) -> PathBuf {
+    let home = || directories::BaseDirs::new().map(|d| d.home_dir().to_path_buf());
+    match p.strip_prefix("~") {
+        Ok(rest) => match home() {
+            Some(home) => home.join(rest),
+            None => p.to_path_buf(),
+        },
+        Err(_) => p.to_path_buf(),
+    }
+}
+
+/// Expands `~/` in the path keys and refuses relative ones: the service runs with another
+/// working directory than the shell that ran `install`, so a relative path would mean two
+/// places.
+fn paths(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
+    for (key, value) in [
+        ("data_dir", &mut config.data_dir),
+        ("source.db_path", &mut config.source.db_path),
+        ("local.path", &mut config.local.path),
+    ] {
+        if value.as_os_str().is_empty() {
+            continue;
+        }
+        *value = expand_home(value);
+        if value.is_relative() {
+            return Err(ConfigError::BadValue {
+                path: path.to_path_buf(),
+                key,
+                message: format!(
+                    "must be an absolute path or start with ~/, got {:?}",
+                    value.display().to_string()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The largest value of a key in milliseconds: what SQLite's busy timeout and the timers
+/// (`i32` milliseconds at the C boundary) take — about 24.8 days.
+const MAX_MS: u64 = i32::MAX as u64;
+
+/// The largest value of a key in seconds: a year.
+const MAX_SECS: u64 = 365 * 24 * 3600;
+
 /// Fills derived defaults (`source.db_path`, `local.path`) and validates every value.
 fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
     let bad = |key: &'static str, message: String| ConfigError::BadValue {
@@ -548,6 +596,69 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
     }
     if config.local.path.as_os_str().is_empty() {
         config.local.path = config.data_dir.join("sessions.ndjson");
+    }
+    for (key, value, max, unit) in [
+        (
+            "source.poll_interval_ms",
+            config.source.poll_interval_ms,
+            MAX_MS,
+            "milliseconds",
+        ),
+        (
+            "source.busy_timeout_ms",
+            config.source.busy_timeout_ms,
+            MAX_MS,
+            "milliseconds",
+        ),
+        (
+            "export.debounce_ms",
+            config.export.debounce_ms,
+            MAX_MS,
+            "milliseconds",
+        ),
+        (
+            "export.final_after_secs",
+            config.export.final_after_secs,
+            MAX_SECS,
+            "seconds",
+        ),
+        (
+            "export.stale_after_secs",
+            config.export.stale_after_secs,
+            MAX_SECS,
+            "seconds",
+        ),
+        (
+            "convex.request_timeout_secs",
+            config.convex.request_timeout_secs,
+            MAX_SECS,
+            "seconds",
+        ),
+        (
+            "convex.initial_backoff_ms",
+            config.convex.initial_backoff_ms,
+            MAX_MS,
+            "milliseconds",
+        ),
+        (
+            "convex.max_backoff_secs",
+            config.convex.max_backoff_secs,
+            MAX_SECS,
+            "seconds",
+        ),
+        (
+            "service.shutdown_grace_secs",
+            config.service.shutdown_grace_secs,
+            MAX_SECS,
+            "seconds",
+        ),
+    ] {
+        if value > max {
+            return Err(bad(
+                key,
+                format!("must be at most {max} ({unit}), got {value}"),
+            ));
+        }
     }
     if config.source.poll_interval_ms == 0 {
         return Err(bad(

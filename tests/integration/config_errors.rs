@@ -276,3 +276,136 @@ fn a_data_dir_that_is_a_file_exits_78_naming_the_key() {
         assert!(err.contains(&config.display().to_string()), "{cmd}: {err}");
     }
 }
+
+/// `~/` in a path key is the home directory (as the example config writes it); a relative path
+/// is refused with 78, since the service's working directory is not the shell's (#20). `--db`
+/// on the command line is relative to where it is run.
+#[test]
+fn tilde_paths_expand_and_relative_ones_exit_78() {
+    let scratch = Scratch::new();
+    let home = scratch.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let config = scratch.path("tilde.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"~/telemetry-state\"\n[source]\ndb_path = \"~/oc/opencode.db\"\n",
+    )
+    .unwrap();
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&home.join("telemetry-state").display().to_string()),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&home.join("oc/opencode.db").display().to_string()),
+        "{stdout}"
+    );
+    assert!(!scratch.path("~").exists());
+
+    for (toml, key) in [
+        ("data_dir = \"state\"\n", "data_dir"),
+        ("[source]\ndb_path = \"oc/opencode.db\"\n", "source.db_path"),
+        ("[local]\npath = \"out.ndjson\"\n", "local.path"),
+    ] {
+        std::fs::write(&config, toml).unwrap();
+        let (code, err) = check_config(&scratch, &config);
+        assert_eq!(code, 78, "{toml}: {err}");
+        assert!(
+            err.contains(key) && err.contains("absolute"),
+            "{toml}: {err}"
+        );
+    }
+
+    // `--db` relative to the working directory.
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config("");
+    let out = run(command(&scratch)
+        .current_dir(db.parent().unwrap())
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg("opencode.db")
+        .arg("check-config"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&db.display().to_string()),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// Durations past what the daemon can use (SQLite's busy timeout takes `i32` milliseconds) are
+/// configuration errors naming the key, not a panic at open (#20).
+#[test]
+fn durations_out_of_range_exit_78_naming_the_key() {
+    let scratch = Scratch::new();
+    for (toml, key) in [
+        (
+            "[source]\nbusy_timeout_ms = 2147483648\n",
+            "source.busy_timeout_ms",
+        ),
+        (
+            "[source]\npoll_interval_ms = 99999999999\n",
+            "source.poll_interval_ms",
+        ),
+        ("[export]\ndebounce_ms = 4294967296\n", "export.debounce_ms"),
+        (
+            "[export]\nstale_after_secs = 99999999999\n",
+            "export.stale_after_secs",
+        ),
+        (
+            "[convex]\nmax_backoff_secs = 99999999999\n",
+            "convex.max_backoff_secs",
+        ),
+        (
+            "[service]\nshutdown_grace_secs = 99999999999\n",
+            "service.shutdown_grace_secs",
+        ),
+    ] {
+        let config = scratch.write_config(toml);
+        let (code, err) = check_config(&scratch, &config);
+        assert_eq!(code, 78, "{toml}: {err}");
+        assert!(
+            err.contains(key) && err.contains("at most"),
+            "{toml}: {err}"
+        );
+    }
+    // The largest accepted value opens the database.
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config("[source]\nbusy_timeout_ms = 2147483647\n");
+    run_once(&scratch, &config, &db);
+}
+
+/// `status` on a machine where the daemon never ran creates nothing (#20).
+#[test]
+fn status_on_a_fresh_home_creates_no_state() {
+    let scratch = Scratch::new();
+    let config = scratch.write_config("");
+    let out = run(command(&scratch).arg("--config").arg(&config).arg("status"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("not running"), "{stdout}");
+    assert!(stdout.contains("pending:         0 "), "{stdout}");
+    assert!(
+        !scratch.path("data").exists(),
+        "status created {}",
+        scratch.path("data").display()
+    );
+}

@@ -73,6 +73,23 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
     if let Some(s) = read_status(&config.data_dir).filter(|s| process_alive(s.pid)) {
         return Ok(from_file(s));
     }
+    if !config.data_dir.join(crate::queue::QUEUE_DIR_NAME).exists() {
+        // No daemon ever ran here: nothing to show, and a read-only command creates nothing.
+        return Ok(Gathered {
+            snapshot: StatusSnapshot {
+                pid: 0,
+                written_at_ms: crate::clock::now_ms(),
+                queue: crate::queue::QueueStats {
+                    max_bytes: config.queue.max_bytes,
+                    ..Default::default()
+                },
+                daemon: None,
+            },
+            running: false,
+            last_exports: BTreeMap::new(),
+            held_deletions: 0,
+        });
+    }
     match open_outbox(config) {
         Ok(outbox) => Ok(Gathered {
             snapshot: StatusSnapshot::now(&outbox, None)?,

@@ -71,6 +71,10 @@ pub struct StatusArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// For scripts and monitoring: print `ok`, or `unhealthy: <reasons>` and exit 1 (see the
+    /// README for the reasons).
+    #[arg(long, conflicts_with = "json")]
+    pub check: bool,
 }
 
 /// Arguments of `once`.
@@ -165,7 +169,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => daemon::run_daemon(loaded, overrides, args.transitions_log).await,
             Command::Once(args) => cmd::once(&loaded.config, args.timeout_secs).await,
             Command::CheckConfig => cmd::check_config(&loaded),
-            Command::Status(args) => cmd::status(&loaded.config, args.json),
+            Command::Status(args) => cmd::status(&loaded.config, args.json, args.check),
             Command::Queue(QueueCommand::List) => cmd::queue_list(&loaded.config).await,
             Command::Queue(QueueCommand::RetryDead) => cmd::queue_retry_dead(&loaded.config).await,
             Command::Queue(QueueCommand::ConfirmDeletions) => {

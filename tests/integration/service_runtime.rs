@@ -756,3 +756,36 @@ fn set_mode_bits(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
+
+/// `status --check` for scripts (#20): `ok` and exit 0 while the daemon runs and nothing is
+/// wrong; `unhealthy: <reasons>` and exit 1 before it started and once it stopped (the other
+/// reasons: `cmd::status::tests::check_reports_each_problem_and_nothing_when_healthy`).
+#[test]
+fn status_check_says_ok_or_why_not_with_its_exit_status() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config("[source]\npoll_interval_ms = 50\n");
+    let check = || {
+        let out = run(command(&scratch)
+            .arg("--config")
+            .arg(&config)
+            .args(["status", "--check"]));
+        (out.status.code(), text(&out))
+    };
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert_eq!(out.trim(), "unhealthy: the daemon is not running");
+
+    let mut d = Daemon::start_local(&scratch, &config, &db);
+    wait_for(20, "the first pass", || {
+        ndjson_if_any(&scratch.local_sink()).len() == 25
+    });
+    wait_for(10, "status ok", || check() == (Some(0), "ok\n".to_string()));
+    assert!(d.terminate(Duration::from_secs(15)).0.success());
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.starts_with("unhealthy: the daemon is not running"),
+        "{out}"
+    );
+}

@@ -56,12 +56,12 @@ pub fn summary_line(r: &SessionExport) -> String {
     )
 }
 
-/// `status` (or `status --json`); see [`mod@status`].
+/// `status` (or `status --json`, `status --check`); see [`mod@status`].
 ///
 /// # Errors
 /// Outbox failures other than the lock.
-pub fn status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
-    status::status(config, as_json)
+pub fn status(config: &Config, as_json: bool, check: bool) -> anyhow::Result<ExitCode> {
+    status::status(config, as_json, check)
 }
 
 /// `queue list`: pending and dead-lettered records.

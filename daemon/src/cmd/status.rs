@@ -46,9 +46,18 @@ struct Gathered {
 ///
 /// # Errors
 /// Outbox failures other than the lock.
-pub fn status(config: &Config, as_json: bool) -> anyhow::Result<ExitCode> {
+pub fn status(config: &Config, as_json: bool, check: bool) -> anyhow::Result<ExitCode> {
     let g = gather(config)?;
     let now = now_ms();
+    if check {
+        let problems = problems(&g, now);
+        if problems.is_empty() {
+            println!("ok");
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("unhealthy: {}", problems.join("; "));
+        return Ok(ExitCode::FAILURE);
+    }
     if as_json {
         println!("{}", render_json(config, &g));
     } else {
@@ -103,6 +112,43 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
             None => Err(e),
         },
     }
+}
+
+/// How long records may wait while deliveries fail before `status --check` calls it a problem.
+pub const DELIVERY_FAILING_AFTER_MS: i64 = 10 * 60 * 1000;
+
+/// What `status --check` reports, one short phrase each (none: healthy).
+fn problems(g: &Gathered, now: i64) -> Vec<String> {
+    let s = &g.snapshot;
+    let q = &s.queue;
+    let mut out = Vec::new();
+    if !g.running {
+        out.push("the daemon is not running".to_string());
+    }
+    if q.dead_count > 0 {
+        out.push(format!(
+            "{} dead letter(s) (`opencode-telemetry queue list`)",
+            q.dead_count
+        ));
+    }
+    if let (Some(oldest), Some(e)) = (q.oldest_enqueued_at_ms, &q.last_error) {
+        let failing = q.last_delivery_at_ms.is_none_or(|d| e.at_ms > d);
+        if failing && now - oldest > DELIVERY_FAILING_AFTER_MS {
+            out.push(format!(
+                "{} record(s) waiting for {} min while deliveries fail: {}",
+                q.pending_count,
+                (now - oldest) / 60_000,
+                e.message
+            ));
+        }
+    }
+    if g.held_deletions > 0 {
+        out.push(format!("{} held deletion(s)", g.held_deletions));
+    }
+    if let Some(p) = s.daemon.as_ref().and_then(|d| d.source_problem.as_ref()) {
+        out.push(format!("source: {p}"));
+    }
+    out
 }
 
 /// The last export per trigger as recorded in the outbox's `state` tree.
@@ -396,5 +442,67 @@ mod tests {
         let v = render_json(&config, &g);
         assert_eq!(v["daemon"]["running"], false);
         assert_eq!(v["figuresFrom"], "outbox");
+    }
+
+    /// `status --check`'s reasons, case by case: (what, change to a healthy state) → reasons.
+    #[test]
+    fn check_reports_each_problem_and_nothing_when_healthy() {
+        let healthy = || {
+            let mut snap = snapshot(None);
+            snap.queue.dead_count = 0;
+            snap.queue.last_error = None;
+            Gathered {
+                snapshot: snap,
+                running: true,
+                last_exports: BTreeMap::new(),
+                held_deletions: 0,
+            }
+        };
+        let now = 1_000_000;
+        type Change = fn(&mut Gathered);
+        let cases: [(&str, Change, &str); 6] = [
+            ("healthy", |_| {}, ""),
+            (
+                "not running",
+                |g| g.running = false,
+                "the daemon is not running",
+            ),
+            (
+                "dead letters",
+                |g| g.snapshot.queue.dead_count = 2,
+                "2 dead letter(s) (`opencode-telemetry queue list`)",
+            ),
+            (
+                "held deletions",
+                |g| g.held_deletions = 30,
+                "30 held deletion(s)",
+            ),
+            (
+                "deliveries failing for over 10 min",
+                |g| {
+                    g.snapshot.queue.oldest_enqueued_at_ms = Some(1_000_000 - 11 * 60_000);
+                    g.snapshot.queue.last_error = Some(LastError {
+                        message: "http 401: unauthorized".into(),
+                        at_ms: 999_000,
+                    });
+                },
+                "3 record(s) waiting for 11 min while deliveries fail: http 401: unauthorized",
+            ),
+            (
+                "a recent error after a delivery is no problem yet",
+                |g| {
+                    g.snapshot.queue.last_error = Some(LastError {
+                        message: "http 503".into(),
+                        at_ms: 999_000,
+                    });
+                },
+                "",
+            ),
+        ];
+        for (what, change, expected) in cases {
+            let mut g = healthy();
+            change(&mut g);
+            assert_eq!(problems(&g, now).join("; "), expected, "{what}");
+        }
     }
 }

@@ -229,6 +229,31 @@ fn install_and_uninstall_run_systemctl_and_are_idempotent() {
         ]
     );
 
+    // One convention for both dry runs (#20): stdout carries only what `install` would write
+    // (the unit), every "would …" line goes to stderr, and nothing is done.
+    let plan = run(cli(&scratch, &config).args(["uninstall", "--dry-run", "--manager", "systemd"]));
+    assert_ok(&plan);
+    assert_eq!(stdout(&plan), "", "uninstall --dry-run printed on stdout");
+    let plan_err = String::from_utf8_lossy(&plan.stderr);
+    assert!(
+        plan_err.contains(&format!("would remove {}", unit_path.display())),
+        "{plan_err}"
+    );
+    assert!(
+        plan_err.contains("would run: systemctl --user disable --now"),
+        "{plan_err}"
+    );
+    assert!(unit_path.exists());
+    let dry = run(cli(&scratch, &config).args(["install", "--dry-run", "--manager", "systemd"]));
+    assert_ok(&dry);
+    assert_eq!(stdout(&dry), std::fs::read_to_string(&unit_path).unwrap());
+    assert!(String::from_utf8_lossy(&dry.stderr).contains("would leave unchanged"));
+    assert_eq!(
+        calls(&scratch, "systemctl").len(),
+        7,
+        "a dry run calls nothing"
+    );
+
     std::fs::write(scratch.path("data/keep.txt"), "x").unwrap();
     let gone = run(cli(&scratch, &config).args(["uninstall", "--manager", "systemd"]));
     assert_ok(&gone);

@@ -284,9 +284,17 @@ pub fn uninstall(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
     let home = home_dir()?;
     let path = service_path(manager, &home);
     let dry = opts.dry_run;
+    // As for `install --dry-run`: what would be done goes to stderr, what was done to stdout.
+    let say = |line: String| {
+        if dry {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     let act = |cmd: Cmd| -> anyhow::Result<()> {
         if dry {
-            println!("would run: {}", cmd.shown());
+            eprintln!("would run: {}", cmd.shown());
             Ok(())
         } else {
             cmd.run().map_err(|e| {
@@ -308,7 +316,7 @@ pub fn uninstall(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
     }
     if installed {
         if dry {
-            println!("would remove {}", path.display());
+            eprintln!("would remove {}", path.display());
         } else {
             std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))?;
             println!("removed {}", path.display());
@@ -319,9 +327,9 @@ pub fn uninstall(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
             }
         }
     } else {
-        println!("{} does not exist: not installed", path.display());
+        say(format!("{} does not exist: not installed", path.display()));
     }
-    println!(
+    say(format!(
         "left alone: the data dir {} (outbox, local sink file){}{}",
         loaded.config.data_dir.display(),
         loaded
@@ -334,6 +342,6 @@ pub fn uninstall(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
         } else {
             String::new()
         }
-    );
+    ));
     Ok(ExitCode::SUCCESS)
 }

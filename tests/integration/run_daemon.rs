@@ -426,6 +426,42 @@ fn a_replaced_database_holds_its_deletions_until_confirmed() {
     assert!(!status.contains("held deletions"), "{status}");
 }
 
+/// A lasting read failure (the database replaced by garbage, #20) is one WARN, not one per
+/// tick, and a `source:` line in `status`; when the database is back, an INFO and the line goes.
+#[test]
+fn a_lasting_read_failure_warns_once_and_shows_in_status() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let good = scratch.path("good.db");
+    std::fs::copy(&db, &good).unwrap();
+    let config = scratch.write_config(FAST);
+    let status = || {
+        let out = run(command(&scratch).arg("--config").arg(&config).arg("status"));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
+    settle(&scratch.local_sink(), 25, "the first pass");
+    let garbage = scratch.path("oc/garbage.db");
+    std::fs::write(&garbage, vec![0x5a_u8; 64 * 1024]).unwrap();
+    std::fs::rename(&garbage, &db).unwrap();
+    wait_for(10, "the source line", || status().contains("source:"));
+    assert!(status().contains("reading failed"), "{}", status());
+    // 30 ticks of 100 ms later: still the one warning.
+    std::thread::sleep(Duration::from_secs(3));
+    let failures = daemon.output().matches("reading the source failed").count();
+    assert_eq!(failures, 1, "{}", daemon.output());
+
+    std::fs::copy(&good, &garbage).unwrap();
+    std::fs::rename(&garbage, &db).unwrap();
+    wait_for(10, "the source line gone", || !status().contains("source:"));
+    assert!(daemon.terminate(Duration::from_secs(15)).0.success());
+    assert!(
+        daemon.output().contains("reading the source works again"),
+        "{}",
+        daemon.output()
+    );
+}
+
 /// A turn written with earlier timestamps (and ids, which OpenCode derives from its clock) than
 /// the turn before it — the clock stepped back an hour (#16) — is still the newest turn: `run`
 /// exports the session again with both new messages counted.

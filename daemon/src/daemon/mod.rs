@@ -361,6 +361,7 @@ pub async fn run(
         missing_logged: false,
         source_problem: None,
         held_deletions,
+        failing: None,
         full_logged: false,
         transitions_log: options.transitions_log,
         progress_pending: options.show_progress,

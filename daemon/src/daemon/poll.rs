@@ -18,6 +18,9 @@ use super::pass::{self, Exported, PassOptions, PassOutput};
 use super::status_file::StatusHandle;
 use super::{export_context, last_export_puts, new_record, state_puts_of};
 
+/// While reads of the source keep failing, how often the failure is logged again (ms).
+pub(crate) const FAILING_SUMMARY_MS: i64 = 5 * 60 * 1000;
+
 /// The poll side of the daemon.
 pub(crate) struct Poller {
     pub(crate) config: Config,
@@ -31,6 +34,9 @@ pub(crate) struct Poller {
     pub(crate) source_problem: Option<String>,
     /// Deletions held in the outbox (see [`crate::track::rules::hold_deletions`]).
     pub(crate) held_deletions: usize,
+    /// Reads of the source failing in a row: when the first failed (ms), how many, when the
+    /// last summary was logged (ms).
+    pub(crate) failing: Option<(i64, u64, i64)>,
     pub(crate) full_logged: bool,
     pub(crate) transitions_log: Option<PathBuf>,
     /// Show a progress bar over the next tick (the first one).
@@ -126,8 +132,26 @@ impl Poller {
             }
             Err(e) => {
                 // The tracker changed in memory and nothing was committed: start from the
-                // persisted state and a full read next tick.
-                tracing::warn!(error = %e, "reading the source failed; retrying next tick");
+                // persisted state and a full read next tick. A lasting failure is logged once,
+                // then summarised every FAILING_SUMMARY_MS, and shown by `status`.
+                let now = now_ms();
+                match &mut self.failing {
+                    None => {
+                        tracing::warn!(error = %e, "reading the source failed; retrying every tick");
+                        self.failing = Some((now, 1, now));
+                        let problem = format!("reading failed: {e}");
+                        self.status.update(|d| d.source_problem = Some(problem));
+                    }
+                    Some((since, count, summary)) => {
+                        *count += 1;
+                        tracing::debug!(error = %e, "reading the source failed again");
+                        if now - *summary >= FAILING_SUMMARY_MS {
+                            *summary = now;
+                            tracing::warn!(error = %e, failures = *count, for_secs = (now - *since) / 1000,
+                                "reading the source still fails; retrying every tick");
+                        }
+                    }
+                }
                 source.rescan();
                 self.source = Some(source);
                 self.tracker = Some(Tracker::resume(
@@ -140,6 +164,16 @@ impl Poller {
         self.source = Some(source);
         self.scanned_once = true;
         self.missing_logged = false;
+        if let Some((since, count, _)) = self.failing.take() {
+            tracing::info!(
+                failures = count,
+                for_secs = (now_ms() - since) / 1000,
+                "reading the source works again"
+            );
+            if self.source_problem.is_none() {
+                self.status.update(|d| d.source_problem = None);
+            }
+        }
         if self.source_problem.take().is_some() {
             tracing::info!("the source is readable again");
             self.status.update(|d| d.source_problem = None);

@@ -578,8 +578,10 @@ fn paths(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
 /// (`i32` milliseconds at the C boundary) take — about 24.8 days.
 const MAX_MS: u64 = i32::MAX as u64;
 
-/// The largest value of a key in seconds: a year.
-const MAX_SECS: u64 = 365 * 24 * 3600;
+/// The largest value of a key in seconds: 100 years, "never" for the timers (tests and users set
+/// `stale_after_secs` to ten years to turn stale exports off), far from overflowing the
+/// millisecond arithmetic.
+const MAX_SECS: u64 = 100 * 365 * 24 * 3600;
 
 /// Fills derived defaults (`source.db_path`, `local.path`) and validates every value.
 fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {

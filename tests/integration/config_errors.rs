@@ -409,3 +409,45 @@ fn status_on_a_fresh_home_creates_no_state() {
         scratch.path("data").display()
     );
 }
+
+/// URL mistakes fail `check-config` with the fix instead of failing later with the wrong advice,
+/// and `check-config` prints the exact endpoint it will POST to (#20).
+#[test]
+fn url_mistakes_exit_78_with_the_fix_and_the_endpoint_is_printed() {
+    let scratch = Scratch::new();
+    for (url, fix) in [
+        (
+            "https://happy-otter-123.convex.site/ingest",
+            "use https://happy-otter-123.convex.site",
+        ),
+        (
+            "https://dashboard.convex.dev/d/happy-otter-123",
+            "convex.cloud",
+        ),
+        ("http://127.0.0.1:3210", "use http://127.0.0.1:3211"),
+    ] {
+        let config = scratch.write_config(&format!("[convex]\nurl = \"{url}\"\n"));
+        let (code, err) = check_config(&scratch, &config);
+        assert_eq!(code, 78, "{url}: {err}");
+        assert!(
+            err.contains("convex.url") && err.contains(fix),
+            "{url}: {err}"
+        );
+    }
+    let config = scratch.write_config("[convex]\nurl = \"https://happy-otter-123.convex.cloud\"\n");
+    let out = run(command(&scratch)
+        .env("OPENCODE_TELEMETRY_INGEST_TOKEN", "t0k3n-for-the-test")
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("# posts to: POST https://happy-otter-123.convex.site/ingest\n"),
+        "{stdout}"
+    );
+}

@@ -28,6 +28,17 @@ pub fn check_config(loaded: &Loaded) -> anyhow::Result<ExitCode> {
         println!("# warning: {warning}");
     }
     println!("# sink: {}", sink_description(c));
+    if c.uses_convex() {
+        // Checked at load time; here only to show where batches go.
+        if let Ok(url) = crate::sink::convex::url::check(&c.convex.url) {
+            if let Ok(endpoint) = crate::sink::convex::url::ingest_endpoint(&url) {
+                println!(
+                    "# posts to: POST {}",
+                    crate::sink::convex::url::display(&endpoint)
+                );
+            }
+        }
+    }
     println!(
         "# opencode database: {} ({})",
         c.source.db_path.display(),

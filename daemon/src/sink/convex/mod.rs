@@ -106,15 +106,9 @@ impl ConvexSink {
             return Err(SinkError::MissingToken);
         }
         // Credentials in the URL would be sent (and shown); the token goes in a header only.
-        let mut base = url::site_url(&parsed);
-        let origin = url::display(&base);
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
-        let endpoint = base.join(INGEST_ROUTE).map_err(|e| SinkError::ConvexUrl {
-            message: format!("cannot derive the ingest url: {e}"),
-        })?;
+        let origin = url::display(&url::site_url(&parsed));
+        let endpoint =
+            url::ingest_endpoint(&parsed).map_err(|message| SinkError::ConvexUrl { message })?;
         let client = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(connect_timeout)
@@ -679,8 +673,8 @@ mod tests {
         );
         let s = ConvexSink::try_from(&config("http://127.0.0.1:3211/prefix", "t")).unwrap();
         assert_eq!(s.endpoint().as_str(), "http://127.0.0.1:3211/prefix/ingest");
-        assert!(ConvexSink::try_from(&config("http://[::1]:3210", "t")).is_ok());
-        assert!(ConvexSink::try_from(&config("http://localhost:3210", "t")).is_ok());
+        assert!(ConvexSink::try_from(&config("http://[::1]:3211", "t")).is_ok());
+        assert!(ConvexSink::try_from(&config("http://localhost:3211", "t")).is_ok());
     }
 
     #[tokio::test]

@@ -5,15 +5,41 @@
 //! (naming the key), and [`super::ConvexSink`] uses all three.
 
 /// Accepts `https://…` anywhere and `http://…` only for loopback hosts (`127.0.0.0/8`, `::1`,
-/// `localhost`); the URL must be a bare deployment origin (no query or fragment).
+/// `localhost`); the URL must be a bare deployment origin (no query or fragment). Refuses, with
+/// the fix, the mistakes that would otherwise fail later with the wrong advice: the ingest
+/// route itself (`…/ingest`, which would post to `/ingest/ingest`), the Convex dashboard's URL,
+/// and a self-hosted backend's API port 3210 (its HTTP actions are on 3211).
 ///
 /// # Errors
-/// A message saying what is wrong with the URL.
+/// A message saying what is wrong with the URL and what to write instead.
 pub fn check(raw: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {raw}"))?;
     if url.query().is_some() || url.fragment().is_some() {
         return Err(format!(
             "must be the deployment URL without query or fragment: {raw}"
+        ));
+    }
+    let host = url.host_str().unwrap_or("").to_ascii_lowercase();
+    if url.path().trim_end_matches('/').ends_with("/ingest") {
+        let mut fixed = url.clone();
+        let path = url.path().trim_end_matches('/');
+        fixed.set_path(&path[..path.len() - "/ingest".len()]);
+        return Err(format!(
+            "is the deployment URL, without the /ingest route (the daemon adds it): use {}",
+            display(&fixed)
+        ));
+    }
+    if host == "dashboard.convex.dev" || host.ends_with(".dashboard.convex.dev") {
+        return Err(format!(
+            "{raw} is the Convex dashboard; use the deployment URL, https://<deployment>.convex.cloud (`npx convex dashboard` → Settings → URL & Deploy Key, or CONVEX_URL in .env.local)"
+        ));
+    }
+    if is_loopback_host(&url) && url.port() == Some(3210) {
+        let mut fixed = url.clone();
+        let _ = fixed.set_port(Some(3211));
+        return Err(format!(
+            "port 3210 is a self-hosted Convex backend's API; its HTTP actions (where /ingest is) are served on 3211: use {}",
+            display(&fixed)
         ));
     }
     match url.scheme() {
@@ -57,6 +83,20 @@ pub fn site_url(url: &url::Url) -> url::Url {
     site
 }
 
+/// The URL the daemon posts batches to: `<site_url>/ingest`.
+///
+/// # Errors
+/// A message when the URL cannot take the route (a URL that cannot be a base).
+pub fn ingest_endpoint(url: &url::Url) -> Result<url::Url, String> {
+    let mut base = site_url(url);
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    base.join(super::INGEST_ROUTE)
+        .map_err(|e| format!("cannot derive the ingest url: {e}"))
+}
+
 /// `scheme://host[:port][/path]` without credentials, query or trailing slash (for logs and
 /// `status`).
 pub fn display(url: &url::Url) -> String {
@@ -76,15 +116,15 @@ mod tests {
     fn plain_http_is_refused_except_to_loopback() {
         // (url, accepted)
         let table = [
-            ("http://127.0.0.1:3210", true),
+            ("http://127.0.0.1:3211", true),
             ("http://127.1.2.3", true),
-            ("http://[::1]:3210", true),
-            ("http://localhost:3210", true),
+            ("http://[::1]:3211", true),
+            ("http://localhost:3211", true),
             ("http://LOCALHOST", true),
             ("https://happy-otter-123.convex.cloud", true),
             ("https://telemetry.example.com/convex/", true),
             ("http://happy-otter-123.convex.cloud", false),
-            ("http://10.0.0.1:3210", false),
+            ("http://10.0.0.1:3211", false),
             ("http://localhost.example.com", false),
             ("ftp://x", false),
             ("not a url", false),
@@ -96,6 +136,60 @@ mod tests {
         }
         let err = check("http://happy-otter-123.convex.cloud").unwrap_err();
         assert!(err.contains("loopback"), "{err}");
+    }
+
+    /// The URL mistakes refused with their fix: (convex.url, what the error must say).
+    #[test]
+    fn url_mistakes_are_refused_with_the_fix() {
+        for (url, fix) in [
+            ("https://a.convex.site/ingest", "use https://a.convex.site"),
+            (
+                "https://a.convex.cloud/ingest/",
+                "use https://a.convex.cloud",
+            ),
+            (
+                "https://telemetry.example.com/convex/ingest",
+                "use https://telemetry.example.com/convex",
+            ),
+            (
+                "https://dashboard.convex.dev/d/happy-otter-123",
+                "is the Convex dashboard",
+            ),
+            ("http://127.0.0.1:3210", "use http://127.0.0.1:3211"),
+            ("http://localhost:3210/", "use http://localhost:3211"),
+        ] {
+            let err = check(url).unwrap_err();
+            assert!(err.contains(fix), "{url}: {err}");
+        }
+        // Not mistakes: the HTTP-actions port, other ports, a path that merely contains "ingest".
+        for url in [
+            "http://127.0.0.1:3211",
+            "http://127.0.0.1:43210",
+            "https://a.convex.cloud/ingester",
+        ] {
+            assert!(check(url).is_ok(), "{url}");
+        }
+    }
+
+    /// Where batches go: `<HTTP-actions origin>/ingest`.
+    #[test]
+    fn the_ingest_endpoint_is_the_site_url_plus_ingest() {
+        for (url, endpoint) in [
+            ("https://a.convex.cloud", "https://a.convex.site/ingest"),
+            ("https://a.convex.site/", "https://a.convex.site/ingest"),
+            (
+                "https://telemetry.example.com/convex",
+                "https://telemetry.example.com/convex/ingest",
+            ),
+            ("http://127.0.0.1:3211", "http://127.0.0.1:3211/ingest"),
+        ] {
+            let parsed = check(url).unwrap();
+            assert_eq!(
+                ingest_endpoint(&parsed).unwrap().as_str(),
+                endpoint,
+                "{url}"
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,27 @@ fn check_config(scratch: &Scratch, config: &std::path::Path) -> (i32, String) {
     )
 }
 
+/// The stdout of a command that must have succeeded.
+fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Writes each case's TOML to `config` and asserts `check-config` exits 78 with a message that
+/// names the case's key and contains `also`.
+fn assert_refused(scratch: &Scratch, config: &std::path::Path, cases: &[(&str, &str)], also: &str) {
+    for (toml, key) in cases {
+        std::fs::write(config, toml).unwrap();
+        let (code, err) = check_config(scratch, config);
+        assert_eq!(code, 78, "{toml}: {err}");
+        assert!(err.contains(key) && err.contains(also), "{toml}: {err}");
+    }
+}
+
 #[test]
 fn an_unknown_key_exits_78_naming_the_key_and_the_file() {
     let scratch = Scratch::new();
@@ -295,12 +316,7 @@ fn tilde_paths_expand_and_relative_ones_exit_78() {
         .arg("--config")
         .arg(&config)
         .arg("check-config"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains(&home.join("telemetry-state").display().to_string()),
         "{stdout}"
@@ -311,19 +327,16 @@ fn tilde_paths_expand_and_relative_ones_exit_78() {
     );
     assert!(!scratch.path("~").exists());
 
-    for (toml, key) in [
-        ("data_dir = \"state\"\n", "data_dir"),
-        ("[source]\ndb_path = \"oc/opencode.db\"\n", "source.db_path"),
-        ("[local]\npath = \"out.ndjson\"\n", "local.path"),
-    ] {
-        std::fs::write(&config, toml).unwrap();
-        let (code, err) = check_config(&scratch, &config);
-        assert_eq!(code, 78, "{toml}: {err}");
-        assert!(
-            err.contains(key) && err.contains("absolute"),
-            "{toml}: {err}"
-        );
-    }
+    assert_refused(
+        &scratch,
+        &config,
+        &[
+            ("data_dir = \"state\"\n", "data_dir"),
+            ("[source]\ndb_path = \"oc/opencode.db\"\n", "source.db_path"),
+            ("[local]\npath = \"out.ndjson\"\n", "local.path"),
+        ],
+        "absolute",
+    );
 
     // `--db` relative to the working directory.
     let db = scratch.copy_fixture_db();
@@ -352,37 +365,35 @@ fn tilde_paths_expand_and_relative_ones_exit_78() {
 #[test]
 fn durations_out_of_range_exit_78_naming_the_key() {
     let scratch = Scratch::new();
-    for (toml, key) in [
-        (
-            "[source]\nbusy_timeout_ms = 2147483648\n",
-            "source.busy_timeout_ms",
-        ),
-        (
-            "[source]\npoll_interval_ms = 99999999999\n",
-            "source.poll_interval_ms",
-        ),
-        ("[export]\ndebounce_ms = 4294967296\n", "export.debounce_ms"),
-        (
-            "[export]\nstale_after_secs = 99999999999\n",
-            "export.stale_after_secs",
-        ),
-        (
-            "[convex]\nmax_backoff_secs = 99999999999\n",
-            "convex.max_backoff_secs",
-        ),
-        (
-            "[service]\nshutdown_grace_secs = 99999999999\n",
-            "service.shutdown_grace_secs",
-        ),
-    ] {
-        let config = scratch.write_config(toml);
-        let (code, err) = check_config(&scratch, &config);
-        assert_eq!(code, 78, "{toml}: {err}");
-        assert!(
-            err.contains(key) && err.contains("at most"),
-            "{toml}: {err}"
-        );
-    }
+    let config = scratch.path("ranges.toml");
+    assert_refused(
+        &scratch,
+        &config,
+        &[
+            (
+                "[source]\nbusy_timeout_ms = 2147483648\n",
+                "source.busy_timeout_ms",
+            ),
+            (
+                "[source]\npoll_interval_ms = 99999999999\n",
+                "source.poll_interval_ms",
+            ),
+            ("[export]\ndebounce_ms = 4294967296\n", "export.debounce_ms"),
+            (
+                "[export]\nstale_after_secs = 99999999999\n",
+                "export.stale_after_secs",
+            ),
+            (
+                "[convex]\nmax_backoff_secs = 99999999999\n",
+                "convex.max_backoff_secs",
+            ),
+            (
+                "[service]\nshutdown_grace_secs = 99999999999\n",
+                "service.shutdown_grace_secs",
+            ),
+        ],
+        "at most",
+    );
     // The largest accepted value opens the database.
     let db = scratch.copy_fixture_db();
     let config = scratch.write_config("[source]\nbusy_timeout_ms = 2147483647\n");
@@ -426,13 +437,9 @@ fn url_mistakes_exit_78_with_the_fix_and_the_endpoint_is_printed() {
         ),
         ("http://127.0.0.1:3210", "use http://127.0.0.1:3211"),
     ] {
-        let config = scratch.write_config(&format!("[convex]\nurl = \"{url}\"\n"));
-        let (code, err) = check_config(&scratch, &config);
-        assert_eq!(code, 78, "{url}: {err}");
-        assert!(
-            err.contains("convex.url") && err.contains(fix),
-            "{url}: {err}"
-        );
+        let config = scratch.path("url.toml");
+        let toml = format!("[convex]\nurl = \"{url}\"\n");
+        assert_refused(&scratch, &config, &[(&toml, "convex.url")], fix);
     }
     let config = scratch.write_config("[convex]\nurl = \"https://happy-otter-123.convex.cloud\"\n");
     let out = run(command(&scratch)
@@ -440,12 +447,7 @@ fn url_mistakes_exit_78_with_the_fix_and_the_endpoint_is_printed() {
         .arg("--config")
         .arg(&config)
         .arg("check-config"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = succeeded(&out);
     assert!(
         stdout.contains("# posts to: POST https://happy-otter-123.convex.site/ingest\n"),
         "{stdout}"

@@ -132,6 +132,7 @@ fn main() {
             &ctx,
             || at,
             PassOptions {
+                chunk_sessions: opencode_telemetry::daemon::pass::CHUNK_SESSIONS,
                 mode: Mode::Live,
                 budget_bytes: u64::MAX,
                 stored_record: &no_store,
@@ -142,13 +143,19 @@ fn main() {
         .unwrap()
     };
 
-    // Full first pass.
+    // Full first pass: chunk after chunk, as the daemon runs it.
     let mut tracker = Tracker::new(rules);
     let t = Instant::now();
-    let out = tick(&mut source, &mut tracker, now);
+    let (mut exported, mut bytes) = (0, 0);
+    loop {
+        let out = tick(&mut source, &mut tracker, now);
+        exported += out.exported.len();
+        bytes += out.exported.iter().map(|e| e.json.len()).sum::<usize>();
+        if !out.more {
+            break;
+        }
+    }
     let first_pass = t.elapsed();
-    let exported = out.exported.len();
-    let bytes: usize = out.exported.iter().map(|e| e.json.len()).sum();
 
     // Idle tick: data_version unchanged and no timer pending — the whole pass.
     let n = 10_000;

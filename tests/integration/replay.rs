@@ -362,6 +362,7 @@ fn replay(debounce_ms: i64) {
             &ctx,
             || now,
             PassOptions {
+                chunk_sessions: opencode_telemetry::daemon::pass::CHUNK_SESSIONS,
                 mode: Mode::Live,
                 budget_bytes: u64::MAX,
                 stored_record: &stored,

@@ -33,7 +33,7 @@ use crate::daemon::*;
 pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode> {
     let outbox = Arc::new(open_outbox(config)?);
     let device = device_id(config)?;
-    let ctx = export_context(config, &device);
+    let mut ctx = export_context(config, &device);
     let rules = Rules::from(&config.export);
     let mut tracker = if outbox.was_rebuilt() {
         Tracker::new(rules)
@@ -43,57 +43,78 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     let mut source = OpenCodeSource::from(&config.source);
     let reading = ProgressGuard::new(0, "reading sessions");
     let bar = reading.bar().clone();
-    let budget = outbox.free_bytes();
     let held_before = crate::daemon::held_deletions(&outbox)?;
-    let store = outbox.clone();
-    let out = tokio::task::spawn_blocking(move || {
-        let stored = |key: &[u8]| store.state_get(key).ok().flatten();
-        pass::pass(
-            &mut source,
-            &mut tracker,
-            &ctx,
-            now_ms,
-            PassOptions {
-                mode: Mode::Flush,
-                budget_bytes: budget,
-                stored_record: &stored,
-                progress: Some(&bar),
-                held_deletions: held_before > 0,
-            },
-        )
-    })
-    .await
-    .context("the source reader panicked")?
-    .with_context(|| format!("reading {}", config.source.db_path.display()))?;
-    drop(reading);
-
-    let last = last_export_puts(
-        out.exported
-            .iter()
-            .map(|e| (e.trigger.name(), e.record.session_id.as_str())),
-        out.now_ms,
-    );
-    let mut state_puts = out.state_puts;
-    state_puts.extend(state_puts_of(&last));
-    outbox
-        .commit(Commit {
-            records: out
-                .exported
-                .iter()
-                .map(|e| new_record(&e.record, e.json.clone()))
-                .collect(),
-            state_puts,
-            state_removes: out.state_removes,
+    // The pass runs a chunk at a time (see `daemon::pass`, "Chunks"), each chunk committed
+    // with its tracker state before the next is read; each chunk's records are printed once
+    // committed.
+    let (mut exported, mut held, mut released, mut deferred) = (0, 0, 0, 0);
+    let mut waiting = Vec::new();
+    loop {
+        let budget = outbox.free_bytes();
+        let store = outbox.clone();
+        let progress = bar.clone();
+        let (back, out) = tokio::task::spawn_blocking(move || {
+            let stored = |key: &[u8]| store.state_get(key).ok().flatten();
+            let out = pass::pass(
+                &mut source,
+                &mut tracker,
+                &ctx,
+                now_ms,
+                PassOptions {
+                    chunk_sessions: pass::CHUNK_SESSIONS,
+                    mode: Mode::Flush,
+                    budget_bytes: budget,
+                    stored_record: &stored,
+                    progress: Some(&progress),
+                    held_deletions: held_before > 0,
+                },
+            );
+            ((source, tracker, ctx), out)
         })
         .await
-        .context("writing the outbox")?;
-    // Session ids sort newest first; print oldest first.
-    let mut records: Vec<_> = out.exported.iter().map(|e| &e.record).collect();
-    records.sort_by(|a, b| b.session_id.cmp(&a.session_id));
-    for r in &records {
-        println!("{}", summary_line(r));
+        .context("the source reader panicked")?;
+        (source, tracker, ctx) = back;
+        let out = out.with_context(|| format!("reading {}", config.source.db_path.display()))?;
+
+        let last = last_export_puts(
+            out.exported
+                .iter()
+                .map(|e| (e.trigger.name(), e.record.session_id.as_str())),
+            out.now_ms,
+        );
+        let mut state_puts = out.state_puts;
+        state_puts.extend(state_puts_of(&last));
+        outbox
+            .commit(Commit {
+                records: out
+                    .exported
+                    .iter()
+                    .map(|e| new_record(&e.record, e.json.clone()))
+                    .collect(),
+                state_puts,
+                state_removes: out.state_removes,
+            })
+            .await
+            .context("writing the outbox")?;
+        // Session ids sort newest first; print oldest first (within the chunk).
+        let mut records: Vec<_> = out.exported.iter().map(|e| &e.record).collect();
+        records.sort_by(|a, b| b.session_id.cmp(&a.session_id));
+        bar.suspend(|| {
+            for r in &records {
+                println!("{}", summary_line(r));
+            }
+        });
+        exported += out.exported.len();
+        held += out.held;
+        released += out.released;
+        deferred += out.deferred;
+        waiting.extend(out.waiting);
+        if !out.more {
+            break;
+        }
     }
-    let mut waiting = out.waiting.clone();
+    drop(reading);
+
     waiting.sort_by(|a, b| b.0.cmp(&a.0));
     for (id, why) in &waiting {
         match why {
@@ -104,17 +125,19 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
             }
         }
     }
-    let held = held_before + out.held - out.released;
-    if out.held > 0 {
-        tracing::warn!("{}", crate::daemon::held_message(out.held));
-    }
+    let held_now = held_before + held - released;
     if held > 0 {
-        println!("{held} deletion(s) held: {}", crate::daemon::HELD_ADVICE);
+        tracing::warn!("{}", crate::daemon::held_message(held));
     }
-    if out.deferred > 0 {
+    if held_now > 0 {
         println!(
-            "{} session(s) left for the next `once` or `run`: the outbox is full (queue.max_bytes)",
-            out.deferred
+            "{held_now} deletion(s) held: {}",
+            crate::daemon::HELD_ADVICE
+        );
+    }
+    if deferred > 0 {
+        println!(
+            "{deferred} session(s) left for the next `once` or `run`: the outbox is full (queue.max_bytes)"
         );
     }
 
@@ -155,8 +178,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     drop(delivering);
     outbox.flush().await?;
     eprintln!(
-        "exported {} session(s); delivered {delivered_total} to {}",
-        out.exported.len(),
+        "exported {exported} session(s); delivered {delivered_total} to {}",
         sender.describe()
     );
     if dead_total > 0 {

@@ -366,6 +366,8 @@ pub async fn run(
         transitions_log: options.transitions_log,
         progress_pending: options.show_progress,
         scanned_once: false,
+        progress: None,
+        more: false,
         status: status.handle(),
     };
     let mut ticker = tokio::time::interval(config.poll_interval());
@@ -377,7 +379,9 @@ pub async fn run(
         tokio::select! {
             _ = &mut shutdown => break Ok(()),
             _ = notifier.watchdog() => continue,
-            _ = ticker.tick() => {}
+            _ = ticker.tick(), if !poller.more => {}
+            // The last pass stopped at a chunk's end: the next one runs now.
+            _ = std::future::ready(()), if poller.more => {}
             hup = reloads.signals.recv(), if reloads_open => {
                 if hup.is_none() {
                     reloads_open = false;

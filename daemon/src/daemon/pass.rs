@@ -12,6 +12,17 @@
 //! 5. the records and the tracker's state come back in one [`PassOutput`], which the caller
 //!    commits to the outbox in one transaction.
 //!
+//! # Chunks
+//! A pass does a bounded amount of work: it observes at most [`PassOptions::chunk_sessions`]
+//! sessions of the tracker's backlog and exports at most that many records, or
+//! [`CHUNK_BYTES`] of them. When work is left it says so ([`PassOutput::more`]) and the caller
+//! commits, then runs the next pass at once. So the first pass over a history of 50,000
+//! sessions is about a hundred passes, each committed with its tracker state: memory does not
+//! grow with the history (one big outbox transaction held every version of sled's nodes it
+//! touched), and a kill mid-way loses or repeats at most the chunk being built, never a
+//! committed one (a restart re-reads the source; sessions whose persisted marker matches are
+//! not observed again, sessions whose ending is persisted but not exported are still due).
+//!
 //! A session whose data cannot be read ([`SourceError::BadRow`], which the source warns about
 //! once) is skipped in steps 2 and 4, and the pass goes on with the others; any other source
 //! error fails the whole pass (nothing is committed, the next tick reads again).
@@ -73,6 +84,9 @@ pub struct PassOutput {
     pub held: usize,
     /// Held deletions released by this pass: their sessions are back in the source.
     pub released: usize,
+    /// Work is left that the chunk limits stopped (sessions to observe, due exports): the
+    /// caller commits this output and runs the next pass right away.
+    pub more: bool,
 }
 
 impl PassOutput {
@@ -91,8 +105,19 @@ impl PassOutput {
     }
 }
 
+/// The records one pass exports, at most (bytes of JSON, envelopes included): the size of one
+/// outbox transaction.
+pub const CHUNK_BYTES: u64 = 1 << 20;
+
+/// The sessions one pass observes, and the records it exports, at most (the default of
+/// [`PassOptions::chunk_sessions`]).
+pub const CHUNK_SESSIONS: usize = 200;
+
 /// How a pass runs.
 pub struct PassOptions<'a> {
+    /// Observe at most this many sessions and export at most this many records (see the
+    /// module docs, "Chunks"); [`CHUNK_SESSIONS`] in the daemon.
+    pub chunk_sessions: usize,
     /// Live or flush (see [`Mode`]).
     pub mode: Mode,
     /// Stop exporting once the records reach this many bytes (deletions always go out).
@@ -136,9 +161,12 @@ pub fn pass(
         .count();
     let hold = rules::hold_deletions(tracked_before, deleting);
     out.heads_read = plan.heads;
-    let progress = options.progress.filter(|_| plan.heads > 0);
+    let chunk = options.chunk_sessions.max(1);
+    let observe = tracker.to_observe(chunk);
+    let progress = options.progress.filter(|_| !observe.is_empty());
     if let Some(bar) = progress {
-        bar.set_length(plan.observe.len() as u64);
+        // Across the chunks of one first pass: done so far + this chunk + the rest.
+        bar.set_length(bar.position() + observe.len() as u64 + tracker.backlog() as u64);
     }
 
     for gone in plan.gone {
@@ -169,7 +197,7 @@ pub fn pass(
         }
     }
 
-    for (id, marker) in plan.observe {
+    for (id, marker) in observe {
         if let Some(bar) = progress {
             bar.inc(1);
         }
@@ -217,11 +245,17 @@ pub fn pass(
         }
     }
 
+    let mut exports = 0;
     for (id, trigger) in tracker.due(now, mode) {
         if out.bytes >= options.budget_bytes {
             out.deferred += 1;
             continue;
         }
+        if exports >= chunk || out.bytes >= CHUNK_BYTES {
+            out.more = true;
+            break;
+        }
+        exports += 1;
         let snapshot = match source.snapshot(&id) {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -242,6 +276,7 @@ pub fn pass(
         out.push(trigger, record, json);
     }
 
+    out.more |= tracker.backlog() > 0;
     let writes = tracker.take_writes();
     out.state_puts.extend(writes.puts);
     out.state_removes.extend(writes.removes);
@@ -433,6 +468,7 @@ mod tests {
                 &ctx(),
                 || *clock.lock().unwrap(),
                 PassOptions {
+                    chunk_sessions: CHUNK_SESSIONS,
                     mode: Mode::Live,
                     budget_bytes: u64::MAX,
                     stored_record: &lookup,
@@ -496,6 +532,7 @@ mod tests {
             &ctx(),
             || *clock.lock().unwrap(),
             PassOptions {
+                chunk_sessions: CHUNK_SESSIONS,
                 mode: Mode::Live,
                 budget_bytes: u64::MAX,
                 stored_record: &|_: &[u8]| None,
@@ -510,5 +547,78 @@ mod tests {
             .map(|e| e.record.session_id.as_str())
             .collect();
         assert_eq!(exported, ["ses_b"]);
+    }
+
+    /// A long history is read a chunk at a time: each pass observes and exports at most
+    /// `chunk_sessions`, says `more` while work is left, and every session is exported exactly
+    /// once over the passes; a pass after a fresh tracker resumed from the committed state of
+    /// the first chunks (a kill mid-way) exports exactly the sessions not committed yet.
+    #[test]
+    fn a_long_history_is_exported_in_chunks_each_session_once() {
+        let ids: Vec<String> = (0..7).map(|i| format!("ses_{i}")).collect();
+        let full = || Changes::Full {
+            heads: ids.iter().map(|id| head(id, 1)).collect(),
+            fresh: true,
+        };
+        let clock = Arc::new(Mutex::new(1_000));
+        let mut source = Scripted {
+            changes: VecDeque::from([(full(), 0)]),
+            clock: clock.clone(),
+            sessions: ids.iter().map(|id| session(id, 900)).collect(),
+            bad: Vec::new(),
+        };
+        let run = |source: &mut Scripted, tracker: &mut Tracker| {
+            pass(
+                source,
+                tracker,
+                &ctx(),
+                || *clock.lock().unwrap(),
+                PassOptions {
+                    chunk_sessions: 3,
+                    mode: Mode::Flush,
+                    budget_bytes: u64::MAX,
+                    stored_record: &|_: &[u8]| None,
+                    progress: None,
+                    held_deletions: false,
+                },
+            )
+            .unwrap()
+        };
+        let exported_ids = |out: &PassOutput| -> Vec<String> {
+            out.exported
+                .iter()
+                .map(|e| e.record.session_id.clone())
+                .collect()
+        };
+
+        // Chunks of 3 sessions: 3 + 3 + 1, in id order.
+        let mut tracker = Tracker::new(immediate_rules());
+        let mut committed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        let first = run(&mut source, &mut tracker);
+        assert_eq!(exported_ids(&first), ["ses_0", "ses_1", "ses_2"]);
+        assert_eq!(first.observed, 3);
+        assert!(first.more);
+        committed.extend(first.state_puts);
+        let second = run(&mut source, &mut tracker);
+        assert_eq!(exported_ids(&second), ["ses_3", "ses_4", "ses_5"]);
+        assert!(second.more);
+        let third = run(&mut source, &mut tracker);
+        assert_eq!(exported_ids(&third), ["ses_6"]);
+        assert!(!third.more, "nothing is left");
+        assert!(run(&mut source, &mut tracker).is_empty());
+
+        // Killed after the first chunk's commit: the restarted daemon resumes from it, reads
+        // every session again (a full read), and exports only the 4 not committed.
+        let mut resumed = Tracker::resume(immediate_rules(), committed);
+        source.changes = VecDeque::from([(full(), 0)]);
+        let mut again = Vec::new();
+        loop {
+            let out = run(&mut source, &mut resumed);
+            again.extend(exported_ids(&out));
+            if !out.more {
+                break;
+            }
+        }
+        assert_eq!(again, ["ses_3", "ses_4", "ses_5", "ses_6"]);
     }
 }

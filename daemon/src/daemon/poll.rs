@@ -41,6 +41,11 @@ pub(crate) struct Poller {
     pub(crate) transitions_log: Option<PathBuf>,
     /// Show a progress bar over the next tick (the first one).
     pub(crate) progress_pending: bool,
+    /// The progress bar of the first pass, kept across its chunks.
+    pub(crate) progress: Option<ProgressGuard>,
+    /// The last pass left work for the next one (see [`super::pass`], "Chunks"): tick again at
+    /// once instead of waiting for the poll interval.
+    pub(crate) more: bool,
     /// A tick has read the source to the end once (the first pass over the history is done).
     pub(crate) scanned_once: bool,
     /// The daemon's part of the status file (the last export per trigger).
@@ -59,6 +64,7 @@ impl Poller {
 
     /// One tick. Returns whether records were enqueued.
     pub(crate) async fn tick(&mut self, outbox: &std::sync::Arc<Outbox>) -> anyhow::Result<bool> {
+        self.more = false;
         if outbox.is_full() {
             if !self.full_logged {
                 tracing::warn!(
@@ -74,10 +80,11 @@ impl Poller {
         let mut tracker = self.tracker.take().expect("tracker present between ticks");
         let ctx = self.ctx.clone();
         let budget = outbox.free_bytes();
-        let progress = std::mem::take(&mut self.progress_pending)
-            .then(|| ProgressGuard::new(0, "reading sessions"));
-        let had_progress = progress.is_some();
-        let bar = progress.as_ref().map(|p| p.bar().clone());
+        if std::mem::take(&mut self.progress_pending) {
+            self.progress = Some(ProgressGuard::new(0, "reading sessions"));
+        }
+        let had_progress = self.progress.is_some();
+        let bar = self.progress.as_ref().map(|p| p.bar().clone());
         let store = outbox.clone();
         let held_deletions = self.held_deletions > 0;
         let joined = tokio::task::spawn_blocking(move || {
@@ -88,6 +95,7 @@ impl Poller {
                 &ctx,
                 now_ms,
                 PassOptions {
+                    chunk_sessions: pass::CHUNK_SESSIONS,
                     mode: Mode::Live,
                     budget_bytes: budget,
                     stored_record: &stored,
@@ -98,9 +106,12 @@ impl Poller {
             (source, tracker, result)
         })
         .await;
-        drop(progress);
         let (mut source, tracker, result) = joined.context("the source reader panicked")?;
         self.tracker = Some(tracker);
+        if result.is_err() {
+            // The bar starts again with the pass that succeeds.
+            self.progress = None;
+        }
         let out = match result {
             Ok(out) => out,
             // Not there yet, or the agent is still creating it: wait quietly.
@@ -162,7 +173,12 @@ impl Poller {
             }
         };
         self.source = Some(source);
-        self.scanned_once = true;
+        self.more = out.more;
+        if !out.more {
+            // The first pass over the history is done (all its chunks).
+            self.scanned_once = true;
+            self.progress = None;
+        }
         self.missing_logged = false;
         if let Some((since, count, _)) = self.failing.take() {
             tracing::info!(

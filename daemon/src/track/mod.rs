@@ -5,8 +5,9 @@
 //!
 //! # One pass
 //! 1. [`Tracker::changes`] takes what the source says changed ([`Changes`]) and answers with a
-//!    [`Plan`]: the sessions to observe (marker moved, or new) and the tracked sessions that are
-//!    gone. A subagent session (with `export.skip_subagent_sessions`) is not tracked on its own:
+//!    [`Plan`]: the tracked sessions that are gone; the sessions to observe (marker moved, or
+//!    new) join the tracker's backlog, which [`Tracker::to_observe`] hands out a chunk at a time
+//!    (the first pass over a long history is many bounded passes, each committed on its own). A subagent session (with `export.skip_subagent_sessions`) is not tracked on its own:
 //!    its change marks its exported parent for a re-export one debounce window later
 //!    ([`rules::child_changed`]).
 //! 2. For each session to observe, [`Tracker::observed`] takes the source's [`Observation`]
@@ -28,7 +29,7 @@
 pub mod rules;
 pub mod state;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -68,11 +69,10 @@ impl Trigger {
     }
 }
 
-/// What [`Tracker::changes`] asks the pass to do.
+/// What [`Tracker::changes`] asks the pass to do. The sessions to observe go to the tracker's
+/// backlog ([`Tracker::to_observe`]), so a pass can observe them a chunk at a time.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    /// Sessions to observe, with their new marker, in the source's order.
-    pub observe: Vec<(SessionId, ChangeMarker)>,
     /// Tracked sessions that are gone.
     pub gone: Vec<Gone>,
     /// Session heads the source listed (all of them on a full read).
@@ -129,6 +129,10 @@ pub struct Tracker {
     removes: Vec<Vec<u8>>,
     /// Extra puts for the next commit (records of version-1 state being migrated).
     migrations: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Changed sessions not observed yet, with their new marker, by id. Not persisted: after a
+    /// restart the source's first read lists every session, and those whose persisted marker
+    /// differs come back here.
+    backlog: BTreeMap<SessionId, ChangeMarker>,
 }
 
 impl Tracker {
@@ -142,6 +146,7 @@ impl Tracker {
             dirty: HashSet::new(),
             removes: Vec::new(),
             migrations: Vec::new(),
+            backlog: BTreeMap::new(),
         }
     }
 
@@ -252,10 +257,11 @@ impl Tracker {
             {
                 continue;
             }
-            plan.observe.push((head.id, head.marker));
+            self.backlog.insert(head.id, head.marker);
         }
         for id in gone {
             self.child_markers.remove(&id);
+            self.backlog.remove(&id);
             let Some(state) = self.sessions.remove(&id) else {
                 continue; // A child, or a session never tracked.
             };
@@ -276,6 +282,24 @@ impl Tracker {
             });
         }
         plan
+    }
+
+    /// Up to `n` sessions of the backlog to observe now (each with its new marker), taken out of
+    /// it in id order.
+    pub fn to_observe(&mut self, n: usize) -> Vec<(SessionId, ChangeMarker)> {
+        let mut out = Vec::with_capacity(n.min(self.backlog.len()));
+        while out.len() < n {
+            let Some(next) = self.backlog.pop_first() else {
+                break;
+            };
+            out.push(next);
+        }
+        out
+    }
+
+    /// Changed sessions still to observe.
+    pub fn backlog(&self) -> usize {
+        self.backlog.len()
     }
 
     /// Step 2: the source's observation of `id` (`None`: gone since the change read; the next

@@ -12,7 +12,11 @@
 //!   builds and exports those sessions;
 //! - the full first pass: a new tracker exporting every session;
 //! - for scale, measured in the same run: the `sqlite3` shell scanning the same `part` rows with
-//!   `json_extract` (what a naive poller does every tick).
+//!   `json_extract` (what a naive poller does every tick);
+//! - the real binary as a child process (the figures a user sees): `once` on the database
+//!   (wall, CPU, peak RSS from `wait4`), the `sqlite3` shell computing the same per-session
+//!   aggregates in one pass (CPU) and the ratio, and `run`: peak RSS once every session is
+//!   delivered to the local file, then CPU and RSS over `--idle-secs` (default 60) of idling.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -30,6 +34,7 @@ struct Args {
     sessions: usize,
     parts: usize,
     db: PathBuf,
+    idle_secs: u64,
 }
 
 fn args() -> Args {
@@ -37,6 +42,7 @@ fn args() -> Args {
         sessions: 10_000,
         parts: 1_000_000,
         db: Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench/opencode-large.db"),
+        idle_secs: 60,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -52,6 +58,10 @@ fn args() -> Args {
             }
             "--db" => {
                 a.db = PathBuf::from(&argv[i + 1]);
+                i += 1;
+            }
+            "--idle-secs" => {
+                a.idle_secs = argv[i + 1].parse().unwrap();
                 i += 1;
             }
             _ => {} // cargo bench passes --bench
@@ -230,4 +240,122 @@ fn main() {
         ms(first_pass)
     );
     println!("| sqlite3: one json_extract scan of all part rows | {sqlite_figure} |");
+    drop(conn);
+    drop(generated);
+    processes(&a, exported);
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / 1048576.0)
+}
+
+/// The per-session aggregates a record needs, in one `sqlite3` pass: messages by session, and
+/// the `tool`, `step-finish` and `patch` parts by session with `json_extract`.
+const AGGREGATES_SQL: &str = "\
+SELECT session_id, COUNT(*), SUM(json_extract(data, '$.role') = 'user'), MIN(time_created), MAX(time_updated), \
+  SUM(json_extract(data, '$.cost')) FROM message GROUP BY session_id; \
+SELECT session_id, json_extract(data, '$.type') AS kind, COUNT(*), \
+  SUM(json_extract(data, '$.cost')), SUM(json_extract(data, '$.tokens.input')), \
+  SUM(json_extract(data, '$.tokens.output')), SUM(json_extract(data, '$.tokens.reasoning')), \
+  SUM(json_extract(data, '$.tokens.cache.read')), SUM(json_extract(data, '$.tokens.cache.write')), \
+  SUM(json_extract(data, '$.state.status') = 'error'), \
+  SUM(json_extract(data, '$.state.time.end') - json_extract(data, '$.state.time.start')), \
+  SUM(json_array_length(data, '$.files')) \
+FROM part WHERE kind IN ('tool', 'step-finish', 'patch') GROUP BY session_id, kind;";
+
+/// The real binary as a child process, with a fresh HOME each (so a fresh outbox and the local
+/// file as the sink).
+fn processes(a: &Args, sessions: usize) {
+    use std::process::{Command, Stdio};
+    use test_support::measure;
+    let bin = env!("CARGO_BIN_EXE_opencode-telemetry");
+    let home = |name: &str| {
+        let dir = a.db.with_file_name(format!("home-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    };
+    let quiet = |cmd: &mut Command| {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    };
+
+    let h = home("once");
+    let mut once = Command::new(bin);
+    once.args(["once", "--db"]).arg(&a.db).env("HOME", &h);
+    quiet(&mut once);
+    let t = Instant::now();
+    let u = measure::run(&mut once);
+    let once_wall = t.elapsed();
+    assert!(u.status.success(), "once failed: {:?}", u.status);
+
+    let mut sql = Command::new("sqlite3");
+    sql.arg(format!("file:{}?mode=ro", a.db.display()))
+        .arg(AGGREGATES_SQL);
+    quiet(&mut sql);
+    let s = measure::run(&mut sql);
+    assert!(s.status.success(), "sqlite3 failed: {:?}", s.status);
+
+    let h = home("run");
+    let mut run = Command::new(bin);
+    run.args(["run", "--db"]).arg(&a.db).env("HOME", &h);
+    quiet(&mut run);
+    let child = run.spawn().unwrap();
+    let pid = child.id();
+    let file = h.join(".local/state/opencode-telemetry/sessions.ndjson");
+    let t = Instant::now();
+    let lines = || std::fs::read(&file).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count());
+    // Delivered: `run`'s debounce and todo rules may keep a few sessions `once` flushes (open
+    // todos wait `final_after_secs`), so "done" is: most sessions there, and no new line for 3 s.
+    let (mut last, mut since) = (0, Instant::now());
+    loop {
+        assert!(
+            t.elapsed() < Duration::from_secs(600),
+            "run did not deliver"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let n = lines();
+        if n != last {
+            (last, since) = (n, Instant::now());
+        } else if n * 10 >= sessions * 9 && since.elapsed() >= Duration::from_secs(3) {
+            break;
+        }
+    }
+    let run_wall = since.duration_since(t);
+    let (_, run_peak) = measure::rss_and_peak(pid);
+    // Settle (the last acks, the status file), then idle.
+    std::thread::sleep(Duration::from_secs(5));
+    let cpu_before = measure::cpu_time(pid);
+    std::thread::sleep(Duration::from_secs(a.idle_secs));
+    let idle_cpu = measure::cpu_time(pid) - cpu_before;
+    let (steady, peak_after) = measure::rss_and_peak(pid);
+    // SIGTERM: the daemon's own shutdown.
+    let _ = Command::new("kill").arg(pid.to_string()).status();
+    let _ = measure::wait(child);
+
+    println!();
+    println!("| real binary, {sessions} sessions | figure |");
+    println!("|---|---|");
+    println!(
+        "| `once` (read, export, deliver to the local file) | {:.1} s wall, {:.1} s CPU, peak RSS {} |",
+        once_wall.as_secs_f64(),
+        u.cpu().as_secs_f64(),
+        mib(u.max_rss_bytes)
+    );
+    println!(
+        "| `sqlite3`: the per-session aggregates in one pass | {:.1} s CPU; `once` / `sqlite3` = {:.2} |",
+        s.cpu().as_secs_f64(),
+        u.cpu().as_secs_f64() / s.cpu().as_secs_f64()
+    );
+    println!(
+        "| `run`: first pass until {last} sessions are delivered | {:.1} s, peak RSS {} |",
+        run_wall.as_secs_f64(),
+        mib(run_peak)
+    );
+    println!(
+        "| `run` idle for {} s after it | {:.3} % of one core, RSS {} (peak {}) |",
+        a.idle_secs,
+        idle_cpu.as_secs_f64() * 100.0 / a.idle_secs as f64,
+        mib(steady),
+        mib(peak_after)
+    );
 }

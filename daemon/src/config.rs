@@ -292,7 +292,7 @@ impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
             max_bytes: 256 * 1024 * 1024,
-            cache_capacity_bytes: 16 * 1024 * 1024,
+            cache_capacity_bytes: 8 * 1024 * 1024,
         }
     }
 }

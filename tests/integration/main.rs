@@ -21,6 +21,8 @@ mod delivery_faults;
 mod endings;
 /// Real OpenCode 1.18.33, driven live: exports compared with its own event stream.
 mod live_opencode;
+/// Peak memory of `once` and `run` on a generated history, as the kernel counts it.
+mod memory;
 /// `once` on the bundled OpenCode 1.18.33 database, checked against independent SQL.
 mod once_fixture;
 /// Replaying OpenCode's own event log into a database: the tracker's exports agree with the

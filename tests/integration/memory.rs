@@ -42,7 +42,10 @@ fn once_and_run_stay_under_64_mib_on_a_history_of_4000_sessions() {
     let used = measure::run(&mut once);
     assert!(used.status.success(), "once failed: {:?}", used.status);
     let delivered = read_ndjson(&scratch.local_sink()).len();
-    assert!(delivered >= roots, "once delivered {delivered} of {roots} sessions");
+    assert!(
+        delivered >= roots,
+        "once delivered {delivered} of {roots} sessions"
+    );
 
     // run, on a fresh data directory: the first pass and delivery.
     let fresh = Scratch::new();
@@ -50,8 +53,7 @@ fn once_and_run_stay_under_64_mib_on_a_history_of_4000_sessions() {
     let config = fresh.write_config("[export]\ndebounce_ms = 0\nfinal_after_secs = 0\n");
     let mut daemon = Daemon::start_local(&fresh, &config, &db);
     crate::support::wait_for(300, "run to deliver every session", || {
-        std::fs::read(fresh.local_sink())
-            .map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
+        std::fs::read(fresh.local_sink()).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count())
             >= delivered
     });
     std::thread::sleep(Duration::from_secs(2));

@@ -6,14 +6,15 @@
 // - `get` (internal query): one stored document by sessionId.
 // - `recent`, `byDevice`, `byProject`, `byDay`, `children`, `failures` (internal paginated
 //   queries): session summaries, newest `createdAt` first (children: oldest first), through
-//   indexes. A summary is the stored document without its `messages` and `todos` arrays; `get`
-//   returns the whole document.
+//   indexes. A summary is the stored document without its `messages` and `todos` arrays, plus
+//   `deviceName` (the name of the device bound to its deviceId, null when none); `get` returns
+//   the whole document.
 import { paginationOptsValidator, type PaginationOptions, type PaginationResult } from "convex/server";
 import { ConvexError, v, type Infer } from "convex/values";
 import type { Doc } from "./_generated/dataModel";
-import { internalMutation, internalQuery, type MutationCtx } from "./_generated/server";
+import { internalMutation, internalQuery, type MutationCtx, type QueryCtx } from "./_generated/server";
 import { AggregateDelta, dayStartMs } from "./aggregates";
-import { deviceById } from "./devices";
+import { deviceById, deviceNames } from "./devices";
 import { sessionRecord } from "./schema";
 import { validateRecord } from "./validate";
 
@@ -198,8 +199,12 @@ function bounded(opts: PaginationOptions): PaginationOptions {
   };
 }
 
-function summaries(r: PaginationResult<Doc<"sessions">>): PaginationResult<SessionSummary> {
-  return { ...r, page: r.page.map(summary) };
+/** A summary with the name of the device its deviceId is bound to (null: no such device, e.g. legacy rows). */
+export type NamedSummary = SessionSummary & { deviceName: string | null };
+
+async function summaries(ctx: QueryCtx, r: PaginationResult<Doc<"sessions">>): Promise<PaginationResult<NamedSummary>> {
+  const names = await deviceNames(ctx);
+  return { ...r, page: r.page.map((d) => ({ ...summary(d), deviceName: names.get(d.deviceId) ?? null })) };
 }
 
 /** All sessions, newest createdAt first (index by_createdAt). */
@@ -207,6 +212,7 @@ export const recent = internalQuery({
   args: { paginationOpts: paginationOptsValidator },
   handler: async (ctx, { paginationOpts }) =>
     summaries(
+      ctx,
       await ctx.db.query("sessions").withIndex("by_createdAt").order("desc").paginate(bounded(paginationOpts)),
     ),
 });
@@ -216,6 +222,7 @@ export const byDevice = internalQuery({
   args: { deviceId: v.string(), paginationOpts: paginationOptsValidator },
   handler: async (ctx, { deviceId, paginationOpts }) =>
     summaries(
+      ctx,
       await ctx.db
         .query("sessions")
         .withIndex("by_deviceId_createdAt", (q) => q.eq("deviceId", deviceId))
@@ -229,6 +236,7 @@ export const byProject = internalQuery({
   args: { projectId: v.string(), paginationOpts: paginationOptsValidator },
   handler: async (ctx, { projectId, paginationOpts }) =>
     summaries(
+      ctx,
       await ctx.db
         .query("sessions")
         .withIndex("by_projectId_createdAt", (q) => q.eq("projectId", projectId))
@@ -263,7 +271,7 @@ export const byDay = internalQuery({
             .withIndex("by_deviceId_createdAt", (q) =>
               q.eq("deviceId", deviceId).gte("createdAt", start).lt("createdAt", end),
             );
-    return summaries(await q.order("desc").paginate(bounded(paginationOpts)));
+    return summaries(ctx, await q.order("desc").paginate(bounded(paginationOpts)));
   },
 });
 
@@ -278,7 +286,8 @@ export const byDay = internalQuery({
 export const children = internalQuery({
   args: { sessionId: v.string(), paginationOpts: paginationOptsValidator },
   handler: async (ctx, { sessionId, paginationOpts }) => {
-    const rows = summaries(
+    const rows = await summaries(
+      ctx,
       await ctx.db
         .query("sessions")
         .withIndex("by_parentSessionId_createdAt", (q) => q.eq("parentSessionId", sessionId))
@@ -311,6 +320,6 @@ export const failures = internalQuery({
             .withIndex("by_endReason_errorName_createdAt", (q) =>
               q.eq("endReason", "error").eq("error.name", errorName),
             );
-    return summaries(await q.order("desc").paginate(bounded(paginationOpts)));
+    return summaries(ctx, await q.order("desc").paginate(bounded(paginationOpts)));
   },
 });

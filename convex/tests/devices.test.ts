@@ -206,6 +206,25 @@ describe("device tokens", () => {
     ]);
   });
 
+  test("session summaries and per-device totals carry the device names", async () => {
+    const s = setup();
+    const a = await s.create("work-laptop");
+    const b = await s.create("home");
+    await s.ingest(a.token, rec("ses_a", DEV_A, { cost: 2 }));
+    await s.ingest(b.token, rec("ses_b", DEV_B, { cost: 1 }));
+    const page = await s.t.query(internal.sessions.recent, { paginationOpts: { numItems: 10, cursor: null } });
+    expect(page.page.map((d) => [d.sessionId, d.deviceName]).sort()).toEqual([
+      ["ses_a", "work-laptop"],
+      ["ses_b", "home"],
+    ]);
+    const day = new Date(FULL.createdAt).toISOString().slice(0, 10);
+    const per = await s.t.query(internal.totals.perDevice, { from: day, to: day });
+    expect(per.map((d) => [d.deviceId, d.deviceName, d.sessions])).toEqual([
+      [DEV_A, "work-laptop", 1],
+      [DEV_B, "home", 1],
+    ]);
+  });
+
   test("GET /whoami names the device; an unknown token is 401", async () => {
     const s = setup();
     const a = await s.create("work-laptop");

@@ -480,7 +480,7 @@ describe("visibility (least privilege)", () => {
       ([, f]) => typeof f === "function" && ((f as any).isQuery || (f as any).isMutation || (f as any).isAction),
     );
     expect(fns.map(([k]) => k).sort()).toEqual(
-      ["byDay", "byDevice", "byProject", "byModel", "byTokenHash", "children", "create", "daily", "failures", "failuresByName", "get", "list", "purge", "recent", "revoke", "todoCompletion", "upsertBatch"].sort(),
+      ["byDay", "byDevice", "byProject", "byModel", "byTokenHash", "children", "create", "daily", "failures", "failuresByName", "get", "list", "perDevice", "purge", "recent", "revoke", "todoCompletion", "upsertBatch"].sort(),
     );
     for (const [name, f] of fns) expect([name, flags(f)]).toEqual([name, { internal: true, public: false }]);
   });

@@ -53,12 +53,16 @@ export async function deviceByName(ctx: QueryCtx, name: string): Promise<Doc<"de
     .unique();
 }
 
-/** The device bound to a record `deviceId`, or null. */
+/**
+ * The unrevoked device bound to a record `deviceId`, or null. (A revoked device's id may be
+ * bound again: that is how a lost token is replaced, the rows staying with the id.)
+ */
 export async function deviceById(ctx: QueryCtx, deviceId: string): Promise<Doc<"devices"> | null> {
-  return await ctx.db
+  const bound = await ctx.db
     .query("devices")
     .withIndex("by_deviceId", (q) => q.eq("deviceId", deviceId))
-    .first();
+    .collect();
+  return bound.find((d) => d.revokedAt === undefined) ?? null;
 }
 
 /**
@@ -135,6 +139,9 @@ export const byTokenHash = internalQuery({
 /** Device names by bound deviceId, for the queries' `deviceName` fields. */
 export async function deviceNames(ctx: QueryCtx): Promise<Map<string, string>> {
   const m = new Map<string, string>();
-  for (const d of await ctx.db.query("devices").collect()) if (d.deviceId !== undefined) m.set(d.deviceId, d.name);
+  // Unrevoked devices last, so their name wins over a revoked one bound to the same id.
+  const all = await ctx.db.query("devices").collect();
+  all.sort((a, b) => Number(a.revokedAt === undefined) - Number(b.revokedAt === undefined));
+  for (const d of all) if (d.deviceId !== undefined) m.set(d.deviceId, d.name);
   return m;
 }

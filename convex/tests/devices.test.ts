@@ -176,6 +176,11 @@ describe("device tokens", () => {
         daily: await ctx.db.query("dailyTotals").collect(),
       })),
     ).toEqual(before);
+    // A replacement bound to the same id (a lost token) updates the kept rows.
+    const a2 = await s.create("a2", DEV_A);
+    expect(
+      await s.ingest(a2.token, rec("ses_a", DEV_A, { updatedAt: FULL.updatedAt + 9, revision: FULL.revision! + 9, contentHash: "d".repeat(32) })),
+    ).toEqual([{ sessionId: "ses_a", action: "updated" }]);
     await expect(s.t.mutation(internal.devices.revoke, { name: "nope" })).rejects.toThrow(/NO_SUCH_DEVICE|no device/);
     // The mutation itself refuses a revoked device, should the revocation land mid-request.
     const id = (await s.t.run((ctx) => ctx.db.query("devices").first()))!._id;

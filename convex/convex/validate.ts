@@ -1,8 +1,9 @@
 // Content rules for one SessionExport, checked by `sessions:upsertBatch` for every record after
 // Convex's schema validation (types, fields) and before anything is written. A record that
 // breaks one is answered `rejected` with the rule as a one-line reason; its batch neighbours are
-// stored. The daemon applies the same rules before it queues a record
-// (daemon/src/export/sanitize.rs), so a healthy daemon never sends a record these refuse.
+// stored. (The daemon does not yet apply the same rules before it queues a record — issue #14's
+// daemon side — so a source row with, say, a timestamp before 2000 gives that one record a
+// `rejected` answer, which the daemon dead-letters while the rest of its queue is delivered.)
 //
 // The rules:
 // - every number in the record (counts, token totals, costs, durations, timestamps, revision,

@@ -3,17 +3,26 @@
 // POST /ingest — the only way session records get in (ingest contract v1, see convex/README.md):
 //
 //   POST https://<deployment-name>.convex.site/ingest
-//   Authorization: Bearer <INGEST_TOKEN>
+//   Authorization: Bearer <device token>     (devices.ts; the legacy INGEST_TOKEN only with
+//                                            ALLOW_LEGACY_INGEST_TOKEN=1 on the deployment)
 //   Content-Type: application/json
 //   {"sessions":[<SessionExport>, ...]}                 1..=MAX_BATCH records
 //
 // 200 {"results":[...]} one result per record in input order ("inserted" | "updated" | "unchanged"
-//     | "stale" | "conflict" + storedDeviceId | "rejected" + error);
+//     | "stale" | "rejected" + error: a content rule of validate.ts, a record claiming another
+//     device's deviceId, or a sessionId stored under another device — which one is never said);
 // 400 BAD_REQUEST, 401 UNAUTHORIZED (+ WWW-Authenticate: Bearer), 413 BATCH_TOO_LARGE,
-// 500 INTERNAL — all `{"code","message"}` JSON bodies. On 401 nothing is written.
+// 500 INTERNAL — all `{"code","message"}` JSON bodies. On 401 (no/unknown/revoked token)
+// nothing is written. A device token writes only under its device's deviceId (bound at
+// `devices:create` or by its first record); the legacy token may write any deviceId.
+//
+// GET /whoami — the device name the bearer token belongs to (see `whoami` below).
 import { httpRouter } from "convex/server";
+import { ConvexError } from "convex/values";
 import { internal } from "./_generated/api";
+import type { Id } from "./_generated/dataModel";
 import { env, httpAction, type ActionCtx } from "./_generated/server";
+import { sha256Hex } from "./devices";
 import type { UpsertResult } from "./sessions";
 
 /** Most records per request. */
@@ -60,22 +69,38 @@ export function constantTimeEqual(a: string, b: string): boolean {
   return diff === 0;
 }
 
-/** null when the request carries the deployment's INGEST_TOKEN, else the 401 response. */
-function checkAuth(request: Request): Response | null {
-  const expected = env.INGEST_TOKEN;
-  if (expected === undefined || expected === "") {
-    return unauthorized(
-      "INGEST_TOKEN is not set on this deployment; set it with `npx convex env set INGEST_TOKEN <token>`",
-    );
-  }
+/** Who sent a request: a device (its `devices` row id and name), or the legacy shared token. */
+export type Sender = { kind: "device"; id: Id<"devices">; name: string } | { kind: "legacy" };
+
+/** True when the owner opted in to the legacy single INGEST_TOKEN (`ALLOW_LEGACY_INGEST_TOKEN=1`). */
+export function legacyAllowed(): boolean {
+  return (env.ALLOW_LEGACY_INGEST_TOKEN ?? "").trim() === "1";
+}
+
+/**
+ * The sender of the request, else the 401 response. The bearer token is hashed (SHA-256) and
+ * looked up in `devices` by index; a revoked device is refused. Only when no device has that
+ * token, `ALLOW_LEGACY_INGEST_TOKEN=1` is set and INGEST_TOKEN is non-empty, the token is
+ * compared with INGEST_TOKEN in constant time (legacy: that token may write any deviceId).
+ */
+async function authenticate(ctx: ActionCtx, request: Request): Promise<Sender | Response> {
   const header = request.headers.get("authorization");
-  if (header === null) return unauthorized("missing `Authorization: Bearer <INGEST_TOKEN>` header");
+  if (header === null) return unauthorized("missing `Authorization: Bearer <device token>` header");
   const m = /^Bearer[ \t]+(\S+)[ \t]*$/i.exec(header);
-  if (m === null) return unauthorized("malformed Authorization header; expected `Bearer <INGEST_TOKEN>`");
-  if (!constantTimeEqual(m[1], expected)) {
-    return unauthorized("the bearer token does not match this deployment's INGEST_TOKEN");
+  if (m === null) return unauthorized("malformed Authorization header; expected `Bearer <device token>`");
+  const token = m[1];
+  const device = await ctx.runQuery(internal.devices.byTokenHash, { tokenHash: await sha256Hex(token) });
+  if (device !== null) {
+    if (device.revokedAt !== undefined) return unauthorized("this device's token was revoked");
+    return { kind: "device", id: device._id, name: device.name };
   }
-  return null;
+  const legacy = env.INGEST_TOKEN;
+  if (legacyAllowed() && legacy !== undefined && legacy !== "" && constantTimeEqual(token, legacy)) {
+    return { kind: "legacy" };
+  }
+  return unauthorized(
+    "the bearer token is not a device token of this deployment (create one with `npx convex run devices:create '{\"name\":\"<name>\"}'`)",
+  );
 }
 
 const isPlainObject = (x: unknown): x is Record<string, unknown> =>
@@ -135,24 +160,30 @@ function chunks(records: Array<{ index: number; record: Record<string, unknown> 
 const sessionIdOf = (r: unknown) =>
   isPlainObject(r) && typeof r.sessionId === "string" ? { sessionId: r.sessionId } : {};
 
+/** The REVOKED error of upsertBatch: the device was revoked while the request ran. */
+class Revoked extends Error {}
+
 async function upsertChunk(
   ctx: ActionCtx,
+  device: Id<"devices"> | undefined,
   chunk: Array<{ index: number; record: Record<string, unknown> }>,
   results: IngestResult[],
 ): Promise<void> {
   try {
-    const res = await ctx.runMutation(internal.sessions.upsertBatch, { sessions: chunk.map((c) => c.record) as never });
+    const res = await ctx.runMutation(internal.sessions.upsertBatch, { sessions: chunk.map((c) => c.record) as never, device });
     chunk.forEach((c, i) => (results[c.index] = res[i]));
     return;
-  } catch {
+  } catch (e) {
+    if (isRevoked(e)) throw new Revoked();
     // Some record (or the chunk as a whole) failed: nothing of it was written. Retry one record
     // per transaction so that only the bad records are rejected.
   }
   for (const c of chunk) {
     try {
-      const [res] = await ctx.runMutation(internal.sessions.upsertBatch, { sessions: [c.record] as never });
+      const [res] = await ctx.runMutation(internal.sessions.upsertBatch, { sessions: [c.record] as never, device });
       results[c.index] = res;
     } catch (e) {
+      if (isRevoked(e)) throw new Revoked();
       const error = oneLine(e);
       if (!isRecordError(error)) throw e;
       results[c.index] = { ...sessionIdOf(c.record), action: "rejected", error };
@@ -160,10 +191,15 @@ async function upsertChunk(
   }
 }
 
+const isRevoked = (e: unknown) =>
+  (e instanceof ConvexError && (e.data as { code?: string } | undefined)?.code === "REVOKED") ||
+  /"code":\s*"REVOKED"/.test(e instanceof Error ? e.message : String(e));
+
 const ingest = httpAction(async (ctx, request) => {
   // Authentication first: an unauthenticated request gets no further, whatever its body.
-  const denied = checkAuth(request);
-  if (denied !== null) return denied;
+  const sender = await authenticate(ctx, request);
+  if (sender instanceof Response) return sender;
+  const device = sender.kind === "device" ? sender.id : undefined;
 
   let body: unknown;
   try {
@@ -191,14 +227,29 @@ const ingest = httpAction(async (ctx, request) => {
       if (isPlainObject(record)) objects.push({ index, record });
       else results[index] = { action: "rejected", error: "the record is not a JSON object" };
     });
-    for (const chunk of chunks(objects)) await upsertChunk(ctx, chunk, results);
+    for (const chunk of chunks(objects)) await upsertChunk(ctx, device, chunk, results);
     return json(200, { results });
   } catch (e) {
+    // Revoked while the request ran: the chunks before were written, nothing after.
+    if (e instanceof Revoked) return unauthorized("this device's token was revoked");
     console.error("ingest failed", e);
     return json(500, { code: "INTERNAL", message: `ingest failed: ${oneLine(e)}` });
   }
 });
 
+/**
+ * GET /whoami with `Authorization: Bearer <token>`: 200 `{"device":"<name>"}` for a device token
+ * (`{"device":null,"legacy":true}` for the legacy INGEST_TOKEN when allowed), else the same 401
+ * as /ingest. Reads only; `opencode-telemetry login`, `check-config` and `status` ask it which
+ * device the deployment knows this machine as.
+ */
+const whoami = httpAction(async (ctx, request) => {
+  const sender = await authenticate(ctx, request);
+  if (sender instanceof Response) return sender;
+  return json(200, sender.kind === "device" ? { device: sender.name } : { device: null, legacy: true });
+});
+
 const http = httpRouter();
 http.route({ path: "/ingest", method: "POST", handler: ingest });
+http.route({ path: "/whoami", method: "GET", handler: whoami });
 export default http;

@@ -251,7 +251,26 @@ export const modelDailyTotalsFields = {
   cost: v.number(),
 };
 
+/**
+ * One row per device credential (devices.ts). `tokenHash`: hex SHA-256 of the device's token
+ * (the token itself is never stored). `deviceId`: the record `deviceId` the device writes under,
+ * bound at creation or by its first record. Epoch-ms `createdAt`, `lastSeenAt` (its last
+ * authenticated ingest), `revokedAt` (set: its token is refused).
+ */
+export const deviceFields = {
+  name: v.string(),
+  tokenHash: v.string(),
+  deviceId: v.optional(v.string()),
+  createdAt: v.number(),
+  lastSeenAt: v.optional(v.number()),
+  revokedAt: v.optional(v.number()),
+};
+
 export default defineSchema({
+  devices: defineTable(deviceFields)
+    .index("by_tokenHash", ["tokenHash"])
+    .index("by_name", ["name"])
+    .index("by_deviceId", ["deviceId"]),
   sessions: defineTable(sessionFields)
     .index("by_sessionId", ["sessionId"])
     .index("by_deviceId", ["deviceId"])

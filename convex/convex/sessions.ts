@@ -6,14 +6,17 @@
 // - `get` (internal query): one stored document by sessionId.
 // - `recent`, `byDevice`, `byProject`, `byDay`, `children`, `failures` (internal paginated
 //   queries): session summaries, newest `createdAt` first (children: oldest first), through
-//   indexes. A summary is the stored document without its `messages` and `todos` arrays; `get`
-//   returns the whole document.
+//   indexes. A summary is the stored document without its `messages` and `todos` arrays, plus
+//   `deviceName` (the name of the device bound to its deviceId, null when none); `get` returns
+//   the whole document.
 import { paginationOptsValidator, type PaginationOptions, type PaginationResult } from "convex/server";
 import { ConvexError, v, type Infer } from "convex/values";
 import type { Doc } from "./_generated/dataModel";
-import { internalMutation, internalQuery, type MutationCtx } from "./_generated/server";
+import { internalMutation, internalQuery, type MutationCtx, type QueryCtx } from "./_generated/server";
 import { AggregateDelta, dayStartMs } from "./aggregates";
+import { deviceById, deviceNames } from "./devices";
 import { sessionRecord } from "./schema";
+import { validateRecord } from "./validate";
 
 /** Most items of one page of the paginated queries; a larger `numItems` is lowered to it. */
 export const MAX_PAGE_ITEMS = 256;
@@ -36,18 +39,23 @@ const upsertResult = v.union(
       v.literal("stale"),
     ),
   }),
+  // The record broke a content rule (validate.ts), claimed another device's deviceId, or names a
+  // session stored under another device. Nothing of it was written. (Deployments before device
+  // credentials answered the last case "conflict" with the stored deviceId; that leaked another
+  // device's id and is gone.)
   v.object({
     sessionId: v.string(),
-    action: v.literal("conflict"),
-    storedDeviceId: v.string(),
+    action: v.literal("rejected"),
+    error: v.string(),
   }),
 );
 export type UpsertResult = Infer<typeof upsertResult>;
 
 /**
- * The upsert of one record, keyed by sessionId:
+ * The upsert of one record, keyed by sessionId, after the checks of `upsertBatch` (content
+ * rules, the writing device's deviceId):
  * - no row                                    -> insert, "inserted"
- * - stored deviceId differs                   -> no write, "conflict" (+ storedDeviceId)
+ * - stored deviceId differs                   -> no write, "rejected" (the other device is not named)
  * - stored version is greater                 -> no write, "stale"
  * - stored version is equal                   -> no write, "unchanged"
  *   (the version: `revision` when both the stored and the new record have one — the daemon's
@@ -72,6 +80,11 @@ export function compareVersions(a: Versioned, b: Versioned): number {
   return Math.sign(a.updatedAt - b.updatedAt) || Math.sign(a.exportedAt - b.exportedAt);
 }
 
+/** The `rejected` reason for a sessionId stored under another device (which one is not said). */
+export const STORED_UNDER_ANOTHER_DEVICE = "this sessionId is stored under another device";
+/** The `rejected` reason for a record whose deviceId is not the writing device's. */
+export const NOT_THIS_DEVICE = "the record's deviceId is not the deviceId of the device whose token sent it";
+
 async function upsertOne(ctx: MutationCtx, record: SessionRecord, delta: AggregateDelta): Promise<UpsertResult> {
   const { sessionId } = record;
   const existing = await ctx.db
@@ -84,7 +97,7 @@ async function upsertOne(ctx: MutationCtx, record: SessionRecord, delta: Aggrega
     return { sessionId, action: "inserted" };
   }
   if (existing.deviceId !== record.deviceId) {
-    return { sessionId, action: "conflict", storedDeviceId: existing.deviceId };
+    return { sessionId, action: "rejected", error: STORED_UNDER_ANOTHER_DEVICE };
   }
   const order = compareVersions(existing, record);
   if (order > 0) {
@@ -108,15 +121,51 @@ async function upsertOne(ctx: MutationCtx, record: SessionRecord, delta: Aggrega
  * item seeing the previous one's write. An invalid record (extra field, wrong type) fails the
  * whole call with an ArgumentValidationError before the handler runs; a document over Convex's
  * limits fails it when written. Either way nothing of the call is written.
+ *
+ * `device`: the `devices` row whose token sent the records (http.ts), absent for the legacy
+ * INGEST_TOKEN. With a device, each record must carry the device's bound deviceId (a device not
+ * yet bound is bound to its first record's deviceId, unless another device holds it), and the
+ * device's `lastSeenAt` is set. A revoked (or deleted) device fails the call with ConvexError
+ * REVOKED and nothing is written. Each record is then checked against the content rules
+ * (validate.ts); a record failing either check is "rejected" with a one-line reason and the
+ * others are processed.
  */
 export const upsertBatch = internalMutation({
-  args: { sessions: v.array(sessionRecord) },
+  args: { sessions: v.array(sessionRecord), device: v.optional(v.id("devices")) },
   returns: v.array(upsertResult),
-  handler: async (ctx, { sessions }) => {
+  handler: async (ctx, { sessions, device: deviceDocId }) => {
+    const now = Date.now();
+    let device = deviceDocId === undefined ? null : await ctx.db.get("devices", deviceDocId);
+    if (deviceDocId !== undefined && (device === null || device.revokedAt !== undefined)) {
+      throw new ConvexError({ code: "REVOKED", message: "this device's token was revoked" });
+    }
     const delta = new AggregateDelta();
     const results: UpsertResult[] = [];
-    for (const record of sessions) results.push(await upsertOne(ctx, record, delta));
+    for (const record of sessions) {
+      const invalid = validateRecord(record, now);
+      if (invalid !== null) {
+        results.push({ sessionId: record.sessionId, action: "rejected", error: invalid });
+        continue;
+      }
+      if (device !== null) {
+        if (device.deviceId === undefined) {
+          const holder = await deviceById(ctx, record.deviceId);
+          if (holder !== null) {
+            results.push({ sessionId: record.sessionId, action: "rejected", error: NOT_THIS_DEVICE });
+            continue;
+          }
+          await ctx.db.patch("devices", device._id, { deviceId: record.deviceId });
+          device = { ...device, deviceId: record.deviceId };
+        }
+        if (record.deviceId !== device.deviceId) {
+          results.push({ sessionId: record.sessionId, action: "rejected", error: NOT_THIS_DEVICE });
+          continue;
+        }
+      }
+      results.push(await upsertOne(ctx, record, delta));
+    }
     await delta.apply(ctx);
+    if (device !== null) await ctx.db.patch("devices", device._id, { lastSeenAt: now });
     return results;
   },
 });
@@ -150,8 +199,12 @@ function bounded(opts: PaginationOptions): PaginationOptions {
   };
 }
 
-function summaries(r: PaginationResult<Doc<"sessions">>): PaginationResult<SessionSummary> {
-  return { ...r, page: r.page.map(summary) };
+/** A summary with the name of the device its deviceId is bound to (null: no such device, e.g. legacy rows). */
+export type NamedSummary = SessionSummary & { deviceName: string | null };
+
+async function summaries(ctx: QueryCtx, r: PaginationResult<Doc<"sessions">>): Promise<PaginationResult<NamedSummary>> {
+  const names = await deviceNames(ctx);
+  return { ...r, page: r.page.map((d) => ({ ...summary(d), deviceName: names.get(d.deviceId) ?? null })) };
 }
 
 /** All sessions, newest createdAt first (index by_createdAt). */
@@ -159,6 +212,7 @@ export const recent = internalQuery({
   args: { paginationOpts: paginationOptsValidator },
   handler: async (ctx, { paginationOpts }) =>
     summaries(
+      ctx,
       await ctx.db.query("sessions").withIndex("by_createdAt").order("desc").paginate(bounded(paginationOpts)),
     ),
 });
@@ -168,6 +222,7 @@ export const byDevice = internalQuery({
   args: { deviceId: v.string(), paginationOpts: paginationOptsValidator },
   handler: async (ctx, { deviceId, paginationOpts }) =>
     summaries(
+      ctx,
       await ctx.db
         .query("sessions")
         .withIndex("by_deviceId_createdAt", (q) => q.eq("deviceId", deviceId))
@@ -181,6 +236,7 @@ export const byProject = internalQuery({
   args: { projectId: v.string(), paginationOpts: paginationOptsValidator },
   handler: async (ctx, { projectId, paginationOpts }) =>
     summaries(
+      ctx,
       await ctx.db
         .query("sessions")
         .withIndex("by_projectId_createdAt", (q) => q.eq("projectId", projectId))
@@ -215,7 +271,7 @@ export const byDay = internalQuery({
             .withIndex("by_deviceId_createdAt", (q) =>
               q.eq("deviceId", deviceId).gte("createdAt", start).lt("createdAt", end),
             );
-    return summaries(await q.order("desc").paginate(bounded(paginationOpts)));
+    return summaries(ctx, await q.order("desc").paginate(bounded(paginationOpts)));
   },
 });
 
@@ -230,7 +286,8 @@ export const byDay = internalQuery({
 export const children = internalQuery({
   args: { sessionId: v.string(), paginationOpts: paginationOptsValidator },
   handler: async (ctx, { sessionId, paginationOpts }) => {
-    const rows = summaries(
+    const rows = await summaries(
+      ctx,
       await ctx.db
         .query("sessions")
         .withIndex("by_parentSessionId_createdAt", (q) => q.eq("parentSessionId", sessionId))
@@ -263,6 +320,6 @@ export const failures = internalQuery({
             .withIndex("by_endReason_errorName_createdAt", (q) =>
               q.eq("endReason", "error").eq("error.name", errorName),
             );
-    return summaries(await q.order("desc").paginate(bounded(paginationOpts)));
+    return summaries(ctx, await q.order("desc").paginate(bounded(paginationOpts)));
   },
 });

@@ -9,6 +9,7 @@ import { ConvexError, v, type Infer } from "convex/values";
 import type { Doc } from "./_generated/dataModel";
 import { internalQuery, type QueryCtx } from "./_generated/server";
 import type { errorNameCount, tokenUsage } from "./schema";
+import { deviceNames } from "./devices";
 import { parseDay } from "./sessions";
 
 /** Longest range, in days (both ends included). */
@@ -184,5 +185,23 @@ export const todoCompletion = internalQuery({
   handler: async (ctx, { from, to, deviceId }) => {
     const t = sum(await dailyRows(ctx, from, to, deviceId));
     return { todosTotal: t.todosTotal, todosCompleted: t.todosCompleted, rate: t.todoCompletionRate };
+  },
+});
+
+/**
+ * Totals per device over [from, to]: `[{deviceId, deviceName, ...Totals}]`, highest cost first
+ * (ties by deviceId). `deviceName` is the name of the device bound to that deviceId (devices.ts),
+ * null for rows no device is bound to (e.g. written with the legacy INGEST_TOKEN).
+ */
+export const perDevice = internalQuery({
+  args: rangeArgs,
+  handler: async (ctx, { from, to }) => {
+    const rows = await dailyRows(ctx, from, to, undefined);
+    const names = await deviceNames(ctx);
+    const by = new Map<string, Doc<"dailyTotals">[]>();
+    for (const r of rows) by.set(r.deviceId, [...(by.get(r.deviceId) ?? []), r]);
+    return [...by]
+      .map(([deviceId, rs]) => ({ deviceId, deviceName: names.get(deviceId) ?? null, ...sum(rs) }))
+      .sort((a, b) => b.cost - a.cost || (a.deviceId < b.deviceId ? -1 : a.deviceId > b.deviceId ? 1 : 0));
   },
 });

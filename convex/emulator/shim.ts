@@ -8,12 +8,16 @@
 //   POST /api/query {"path":"sessions:get","args":{…}}   read-back: runs that query (internal ones
 //        too: there is no auth, it listens on loopback only) and answers like Convex's function
 //        HTTP API: 200 {"status":"success","value":…} or 200 {"status":"error","errorMessage":…}.
+//   POST /api/mutation {"path":"devices:create","args":{"name":"e2e"}}   test set-up: runs that
+//        (internal) mutation, answered the same way — e.g. to create a device and get its token,
+//        as the owner does with `npx convex run devices:create` on a deployment.
 //   anything else: convex/http.ts's HTTP actions through `t.fetch` (POST /ingest, as on
 //        https://<name>.convex.site); their response is passed through unchanged.
 //
 // Environment: SHIM_PORT (default 0 = a free port); SHIM_LOG, a file that gets one JSON line
 // {"ts","method","path","status"} per request, written before the response goes out;
-// INGEST_TOKEN and RETENTION_DAYS are read by the functions, as on a deployment.
+// INGEST_TOKEN, ALLOW_LEGACY_INGEST_TOKEN and RETENTION_DAYS are read by the functions, as on a
+// deployment.
 // stdout: exactly one line, once listening: `convex-shim listening on http://127.0.0.1:<port>`.
 // SIGTERM / SIGINT: exit 0. State is in memory and empty at every start.
 //
@@ -59,11 +63,15 @@ export async function startShim(port = 0, log?: (line: string) => void): Promise
     for await (const c of req) chunks.push(c as Buffer);
     const body = Buffer.concat(chunks);
     const path = new URL(req.url ?? "/", "http://shim").pathname;
-    if (req.method === "POST" && path === "/api/query") {
+    if (req.method === "POST" && (path === "/api/query" || path === "/api/mutation")) {
       let out: unknown;
       try {
         const { path: fn, args } = JSON.parse(body.toString("utf8"));
-        out = { status: "success", value: (await t.query(makeFunctionReference<"query">(fn), args ?? {})) ?? null };
+        const value =
+          path === "/api/query"
+            ? await t.query(makeFunctionReference<"query">(fn), args ?? {})
+            : await t.mutation(makeFunctionReference<"mutation">(fn), args ?? {});
+        out = { status: "success", value: value ?? null };
       } catch (e) {
         out = { status: "error", errorMessage: e instanceof Error ? e.message : String(e) };
       }

@@ -9,18 +9,24 @@ import schema from "../convex/schema";
 import * as sessions from "../convex/sessions";
 import * as totals from "../convex/totals";
 import * as retention from "../convex/retention";
+import * as devices from "../convex/devices";
 import { FULL, OPTIONAL_FIELDS, TOKEN, fullRecord, minimalRecord, withoutSystemFields } from "./helpers";
 
 const modules = import.meta.glob("../convex/**/*.*s");
 
-let savedToken: string | undefined;
+// These tests post with the legacy shared INGEST_TOKEN (opted in); tests/devices.test.ts covers
+// device tokens.
+const saved: Record<string, string | undefined> = {};
 beforeEach(() => {
-  savedToken = process.env.INGEST_TOKEN;
+  for (const k of ["INGEST_TOKEN", "ALLOW_LEGACY_INGEST_TOKEN"]) saved[k] = process.env[k];
   process.env.INGEST_TOKEN = TOKEN;
+  process.env.ALLOW_LEGACY_INGEST_TOKEN = "1";
 });
 afterEach(() => {
-  if (savedToken === undefined) delete process.env.INGEST_TOKEN;
-  else process.env.INGEST_TOKEN = savedToken;
+  for (const [k, v] of Object.entries(saved)) {
+    if (v === undefined) delete process.env[k];
+    else process.env[k] = v;
+  }
 });
 
 interface Reply {
@@ -106,7 +112,7 @@ describe("authentication", () => {
       const r = await s.post([minimalRecord()], headers);
       expect(r.status).toBe(401);
       expect(r.json.code).toBe("UNAUTHORIZED");
-      expect(r.json.message).toMatch(/INGEST_TOKEN is not set/);
+      expect(r.json.message).toMatch(/not a device token|missing `Authorization|malformed/);
       expect(r.headers.get("www-authenticate")).toBe("Bearer");
     }
     expect(await s.all()).toHaveLength(0);
@@ -166,7 +172,7 @@ describe("request errors", () => {
 
   test("501 records: 413 BATCH_TOO_LARGE with the limit, nothing written; exactly 500 are accepted", async () => {
     const s = setup();
-    const many = Array.from({ length: 501 }, (_, i) => minimalRecord({ sessionId: `ses_${i}`, createdAt: i }));
+    const many = Array.from({ length: 501 }, (_, i) => minimalRecord({ sessionId: `ses_${i}`, createdAt: FULL.createdAt + i }));
     const r = await s.post(many);
     expect(r.status).toBe(413);
     expect(r.json).toEqual({ code: "BATCH_TOO_LARGE", message: expect.stringContaining("501"), limit: 500 });
@@ -301,13 +307,15 @@ describe("upsert through POST /ingest", () => {
     expect(withoutSystemFields(doc)).toEqual(second);
   });
 
-  test("a different deviceId is a conflict carrying the stored deviceId, and nothing is written", async () => {
+  test("a different deviceId is rejected without naming the stored deviceId, and nothing is written", async () => {
     const s = setup();
     const mine = minimalRecord();
     await s.ingest(mine);
     const before = await s.get(mine.sessionId);
     const theirs = { ...mine, deviceId: "ffffffffffffffffffffffffffffffff", updatedAt: mine.updatedAt + 10 };
-    expect(await s.ingest(theirs)).toEqual([{ sessionId: mine.sessionId, action: "conflict", storedDeviceId: mine.deviceId }]);
+    const res = await s.ingest(theirs);
+    expect(res).toEqual([{ sessionId: mine.sessionId, action: "rejected", error: sessions.STORED_UNDER_ANOTHER_DEVICE }]);
+    expect(JSON.stringify(res)).not.toContain(mine.deviceId);
     expect(await s.get(mine.sessionId)).toEqual(before);
     expect(await s.all()).toHaveLength(1);
   });
@@ -327,7 +335,7 @@ describe("upsert through POST /ingest", () => {
     );
     expect(res).toEqual([
       { sessionId: "ses_b", action: "inserted" },
-      { sessionId: "ses_a", action: "conflict", storedDeviceId: a.deviceId },
+      { sessionId: "ses_a", action: "rejected", error: sessions.STORED_UNDER_ANOTHER_DEVICE },
       { sessionId: "ses_a", action: "unchanged" },
       { sessionId: "ses_a", action: "updated" },
       { sessionId: "ses_a", action: "stale" },
@@ -468,11 +476,11 @@ describe("visibility (least privilege)", () => {
     return { internal: o.isInternal === true, public: o.isPublic === true };
   };
   test("every query and mutation is internal; there is no public function", () => {
-    const fns = Object.entries({ ...sessions, ...totals, ...retention }).filter(
+    const fns = Object.entries({ ...sessions, ...totals, ...retention, ...devices }).filter(
       ([, f]) => typeof f === "function" && ((f as any).isQuery || (f as any).isMutation || (f as any).isAction),
     );
     expect(fns.map(([k]) => k).sort()).toEqual(
-      ["byDay", "byDevice", "byProject", "byModel", "children", "daily", "failures", "failuresByName", "get", "purge", "recent", "todoCompletion", "upsertBatch"].sort(),
+      ["byDay", "byDevice", "byProject", "byModel", "byTokenHash", "children", "create", "daily", "failures", "failuresByName", "get", "list", "perDevice", "purge", "recent", "revoke", "todoCompletion", "upsertBatch"].sort(),
     );
     for (const [name, f] of fns) expect([name, flags(f)]).toEqual([name, { internal: true, public: false }]);
   });

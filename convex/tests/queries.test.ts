@@ -14,8 +14,9 @@ const modules = import.meta.glob("../convex/**/*.*s");
 
 const saved: Record<string, string | undefined> = {};
 beforeEach(() => {
-  for (const k of ["INGEST_TOKEN", "RETENTION_DAYS"]) saved[k] = process.env[k];
+  for (const k of ["INGEST_TOKEN", "ALLOW_LEGACY_INGEST_TOKEN", "RETENTION_DAYS"]) saved[k] = process.env[k];
   process.env.INGEST_TOKEN = TOKEN;
+  process.env.ALLOW_LEGACY_INGEST_TOKEN = "1";
   delete process.env.RETENTION_DAYS;
 });
 afterEach(() => {
@@ -80,6 +81,11 @@ function recordOf(s: Spec): SessionRecord {
     createdAt: s.at,
     updatedAt: s.at + 60_000,
     exportedAt: s.at + 61_000,
+    // Every timestamp near createdAt, so the records are valid under a fake clock soon after it.
+    revision: s.at + 61_000,
+    archivedAt: s.at + 30_000,
+    deletedAt: s.at + 61_000,
+    messages: base.messages?.map((m) => ({ ...m, createdAt: s.at + 1_000, completedAt: s.at + 2_000 })),
     title: `title of ${s.id}`,
     messageCount: s.models.reduce((n, m) => n + m.messages, 0) + 1,
     models: s.models,
@@ -269,7 +275,8 @@ describe("paginated session queries on the seeded dataset", () => {
     const first = (await s.t.query(internal.sessions.recent, { paginationOpts: { numItems: 1, cursor: null } })).page[0];
     expect(first.sessionId).toBe("ses_full");
     const { messages: _m, todos: _t, ...rest } = fullRecord({ sessionId: "ses_full", createdAt: D5 });
-    expect({ ...first, _id: undefined, _creationTime: undefined }).toEqual({ ...rest, _id: undefined, _creationTime: undefined });
+    // Plus the device's name: null, as no device is bound to the legacy-written deviceId.
+    expect({ ...first, _id: undefined, _creationTime: undefined }).toEqual({ ...rest, deviceName: null, _id: undefined, _creationTime: undefined });
     const doc = await s.t.query(internal.sessions.get, { sessionId: "ses_full" });
     expect(doc!.messages).toEqual(fullRecord().messages);
     expect(doc!.todos).toEqual(fullRecord().todos);
@@ -619,8 +626,9 @@ describe("aggregate tables", () => {
           sessionId: id,
           deviceId: dev,
           createdAt: pick([D1, D2, D5]) - Math.floor(rand() * 40) * DAY + Math.floor(rand() * DAY),
-          updatedAt: 1_000 + Math.floor(rand() * 6),
-          exportedAt: 2_000 + Math.floor(rand() * 3),
+          // After every createdAt and within a day of the (fake) clock, as validate.ts requires.
+          updatedAt: D5 + DAY + 1_000 + Math.floor(rand() * 6),
+          exportedAt: D5 + DAY + 2_000 + Math.floor(rand() * 3),
           messageCount: Math.floor(rand() * 20),
           cost: Math.floor(rand() * 1000) / 997,
           tokens: { input: Math.floor(rand() * 1e6), output: 7, reasoning: 1, cacheRead: 2, cacheWrite: 3 },
@@ -664,7 +672,8 @@ describe("aggregate tables", () => {
       }
     }
     // The sequence exercised every upsert outcome.
-    expect([...actions].sort()).toEqual(["conflict", "inserted", "stale", "unchanged", "updated"]);
+    // ("rejected": a sessionId stored under another device.)
+    expect([...actions].sort()).toEqual(["inserted", "rejected", "stale", "unchanged", "updated"]);
   }, 60_000);
 });
 
@@ -690,7 +699,13 @@ describe("retention", () => {
     const s = setup();
     // 600 old sessions spread over days before the cutoff, then the seed (all within 5 days of now).
     const old = Array.from({ length: 600 }, (_, i) =>
-      minimalRecord({ sessionId: `ses_old${i}`, createdAt: now - 5 * DAY - 1 - i * 3_600_000, models: [model("a", "m", 1, 1, 1, 0.5)] }),
+      minimalRecord({
+        sessionId: `ses_old${i}`,
+        createdAt: now - 5 * DAY - 1 - i * 3_600_000,
+        updatedAt: now - 5 * DAY - i * 3_600_000,
+        exportedAt: now - 5 * DAY - i * 3_600_000,
+        models: [model("a", "m", 1, 1, 1, 0.5)],
+      }),
     );
     for (let i = 0; i < old.length; i += 200) await s.ingest(old.slice(i, i + 200));
     await s.ingest(cloneJson(RECORDS));

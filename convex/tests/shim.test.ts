@@ -14,6 +14,7 @@ const MIB = 1 << 20;
 let shim: Shim;
 beforeEach(async () => {
   process.env.INGEST_TOKEN = TOKEN; // read by convex/http.ts on every request, as on a deployment
+  process.env.ALLOW_LEGACY_INGEST_TOKEN = "1";
   shim = await startShim();
 });
 afterEach(() => shim.close());
@@ -92,6 +93,20 @@ describe("the 1 MiB document limit", () => {
 });
 
 describe("routes", () => {
+  test("/api/mutation creates a device whose token then ingests and answers /whoami", async () => {
+    const r = await fetch(`${shim.url}/api/mutation`, {
+      method: "POST",
+      body: JSON.stringify({ path: "devices:create", args: { name: "e2e" } }),
+    });
+    const created = await r.json();
+    expect(created).toEqual({ status: "success", value: { name: "e2e", token: expect.stringMatching(/^[A-Za-z0-9_-]{43}$/) } });
+    const token = created.value.token as string;
+    const res = await ingest([minimalRecord()], token);
+    expect(res.json).toEqual({ results: [{ sessionId: FULL.sessionId, action: "inserted" }] });
+    const who = await fetch(`${shim.url}/whoami`, { headers: { authorization: `Bearer ${token}` } });
+    expect(await who.json()).toEqual({ device: "e2e" });
+  });
+
   test("HTTP-action answers pass through unchanged: a wrong token is a 401 with WWW-Authenticate", async () => {
     const r = await ingest([minimalRecord()], "not-the-token");
     expect(r.status).toBe(401);

@@ -40,7 +40,9 @@ impl Drop for Emulator {
 
 impl Emulator {
     /// Starts `node --import tsx convex/emulator/shim.ts` (one process, so the kill on drop
-    /// stops it) on a free port with `INGEST_TOKEN` set.
+    /// stops it) on a free port with `INGEST_TOKEN` set and the legacy shared token allowed
+    /// (`ALLOW_LEGACY_INGEST_TOKEN=1`; device tokens are made through the shim's `/api/mutation`
+    /// `devices:create`).
     pub fn start(ingest_token: &str) -> Emulator {
         let root = repo_root();
         let tsx = root.join("convex/node_modules/tsx");
@@ -58,6 +60,7 @@ impl Emulator {
             .env("SHIM_PORT", "0")
             .env("SHIM_LOG", &log)
             .env("INGEST_TOKEN", ingest_token)
+            .env("ALLOW_LEGACY_INGEST_TOKEN", "1")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

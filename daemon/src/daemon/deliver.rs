@@ -421,8 +421,9 @@ impl Sender {
                     if !logged_unauthorized {
                         tracing::error!(reason = %reason, retry_in_ms = wait.as_millis() as u64,
                             "the Convex deployment refused the ingest token; sending is paused and the queue is kept. \
-                             Check that convex.ingest_token (or OPENCODE_TELEMETRY_INGEST_TOKEN) equals the deployment's \
-                             INGEST_TOKEN (npx convex env set INGEST_TOKEN ...)");
+                             Check that convex.ingest_token (or OPENCODE_TELEMETRY_INGEST_TOKEN) is a device token of the \
+                             deployment that is not revoked (npx convex run devices:list; devices:create makes one), \
+                             or the legacy INGEST_TOKEN with ALLOW_LEGACY_INGEST_TOKEN=1 set there");
                         logged_unauthorized = true;
                     }
                 }

@@ -9,7 +9,6 @@
 //! {"sessions":[<record>, <record>, …]}             1..=500 records, ≤ 8 MiB of records
 //!
 //! 200 {"results":[{"sessionId":"…","action":"inserted"},
-//!                 {"sessionId":"…","action":"conflict","storedDeviceId":"…"},
 //!                 {"sessionId":"…","action":"rejected","error":"…"}, …]}
 //! 400 {"code":"BAD_REQUEST","message":"…"}      413 {"code":"BATCH_TOO_LARGE",…}
 //! 401 {"code":"UNAUTHORIZED","message":"…"}     500 {"code":"INTERNAL",…}
@@ -43,9 +42,13 @@ pub enum Action {
     Unchanged,
     /// A newer `(updatedAt, exportedAt)` is stored: this older record is ignored.
     Stale,
-    /// The session is stored under another `deviceId`: not written, and never will be.
+    /// The session is stored under another `deviceId`: not written, and never will be. Only
+    /// deployments before device credentials answer it (today's answer `rejected`, without
+    /// naming the other device).
     Conflict,
-    /// The schema or a document limit refused this record; the rest of the batch was processed.
+    /// The schema, a content rule (`convex/convex/validate.ts`), the device check (a record
+    /// claiming another device's `deviceId`, a session stored under another device) or a
+    /// document limit refused this record; the rest of the batch was processed.
     Rejected,
     /// An action a newer deployment added: counts as accepted (it answered with a verdict, and
     /// only `conflict` and `rejected` are refusals).
@@ -172,14 +175,8 @@ mod tests {
             include_str!("../../../../convex/convex/sessions.ts"),
             include_str!("../../../../convex/convex/http.ts")
         );
-        for name in [
-            "inserted",
-            "updated",
-            "unchanged",
-            "stale",
-            "conflict",
-            "rejected",
-        ] {
+        // ("conflict" is only answered by deployments before device credentials.)
+        for name in ["inserted", "updated", "unchanged", "stale", "rejected"] {
             assert!(
                 functions.contains(&format!("\"{name}\"")),
                 "convex/convex/{{sessions,http}}.ts no longer name the action {name}"

@@ -4,6 +4,7 @@
 //! A file's `#[cfg(test)]` tail (its unit tests) and comment lines are not counted: tests may
 //! read fixtures, and docs may name anything.
 
+use crate::support::repo_root;
 use std::path::{Path, PathBuf};
 
 fn src() -> PathBuf {
@@ -235,8 +236,14 @@ fn every_invariant_names_tests_that_exist() {
             .split('`')
             .skip(1)
             .step_by(2)
-            .filter(|n| n.ends_with(".rs") || n.ends_with("::tests"))
+            .filter(|n| n.ends_with(".rs") || n.ends_with("::tests") || n.ends_with(".test.ts"))
             .collect();
+        for file in files.iter().filter(|n| n.ends_with(".test.ts")) {
+            assert!(
+                repo_root().join(file).is_file(),
+                "ARCHITECTURE.md names the test file `{file}`, which does not exist"
+            );
+        }
         assert!(
             !names.is_empty() || !files.is_empty(),
             "invariant without a test: {row}"

@@ -51,7 +51,12 @@ fn the_reader_keeps_the_files_identical_across_many_polls() {
             assert_eq!(db.data_version().unwrap(), v);
             for head in db.session_heads().unwrap() {
                 db.read_tail(&head.id).unwrap().unwrap();
-                db.read_session(&head.id).unwrap().unwrap();
+                db.read_session(
+                    &head.id,
+                    opencode_telemetry::source::Texts::UpTo { chars: 4000 },
+                )
+                .unwrap()
+                .unwrap();
             }
         }
     }

@@ -219,7 +219,8 @@ pub fn pass(
         match need {
             Need::Nothing => {}
             Need::Record(trigger) => {
-                let Some(snapshot) = skip_bad_row(source.snapshot(&id))? else {
+                let Some(snapshot) = skip_bad_row(source.snapshot(&id, ctx.options.texts()))?
+                else {
                     continue;
                 };
                 out.snapshots_read += 1;
@@ -256,7 +257,7 @@ pub fn pass(
             break;
         }
         exports += 1;
-        let snapshot = match source.snapshot(&id) {
+        let snapshot = match source.snapshot(&id, ctx.options.texts()) {
             Ok(Some(s)) => s,
             Ok(None) => {
                 tracker.vanished(&id);
@@ -363,7 +364,11 @@ mod tests {
                     todos_open: false,
                 }))
         }
-        fn snapshot(&mut self, id: &SessionId) -> Result<Option<SessionSnapshot>, SourceError> {
+        fn snapshot(
+            &mut self,
+            id: &SessionId,
+            _texts: crate::source::Texts,
+        ) -> Result<Option<SessionSnapshot>, SourceError> {
             self.bad_row(id, false)?;
             Ok(self.sessions.iter().find(|s| &s.id == id).cloned())
         }

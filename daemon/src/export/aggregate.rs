@@ -241,8 +241,7 @@ mod tests {
             error: None,
             tokens: Tokens::default(),
             cost: 0.0,
-            text: String::new(),
-            text_cut: false,
+            text: crate::source::MessageText::default(),
         }
     }
 

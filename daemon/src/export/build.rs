@@ -44,6 +44,20 @@ impl From<&crate::config::ExportConfig> for ExportOptions {
     }
 }
 
+impl ExportOptions {
+    /// What a record needs of the message texts: none without `include_messages`, else up to
+    /// `max_message_chars` per message.
+    pub fn texts(&self) -> crate::source::Texts {
+        if self.include_messages {
+            crate::source::Texts::UpTo {
+                chars: self.max_message_chars,
+            }
+        } else {
+            crate::source::Texts::Skip
+        }
+    }
+}
+
 impl Trigger {
     /// The record's `endReason` and `incomplete` for this trigger: a stale turn is exported
     /// as `idle` with `incomplete: true`.
@@ -259,8 +273,8 @@ fn message_summaries(
         .messages
         .iter()
         .map(|m| {
-            let mut text = m.text.clone();
-            *cut |= m.text_cut | crate::export::fit::cut_chars(&mut text, max_chars);
+            let (text, was_cut) = crate::export::fit::cut_text(&m.text, max_chars);
+            *cut |= was_cut;
             MessageSummary {
                 id: m.id.clone(),
                 role: m.role.as_str().to_string(),

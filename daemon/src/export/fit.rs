@@ -64,6 +64,23 @@ pub fn cut_chars(text: &mut String, max_chars: usize) -> bool {
     true
 }
 
+/// A message's text cut to its first `max_chars` characters followed by [`marker`] (counting
+/// every character of the whole text, including those the source only counted); true when it
+/// was cut.
+pub fn cut_text(text: &crate::source::MessageText, max_chars: usize) -> (String, bool) {
+    let kept = text.kept();
+    if text.chars() <= max_chars {
+        return (kept.to_string(), false);
+    }
+    let end = kept
+        .char_indices()
+        .nth(max_chars)
+        .map_or(kept.len(), |(i, _)| i);
+    let mut out = kept[..end].to_string();
+    out.push_str(&marker(text.chars() - kept[..end].chars().count()));
+    (out, true)
+}
+
 /// Shortens `record` in place until it fits Convex's limits (see the module docs), adding the
 /// names of the fields it shortened to `record.truncated`.
 pub fn fit(record: &mut SessionExport) {

@@ -26,9 +26,24 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use snapshot::{
-    CodeChangeFacts, FileDiff, FileEdit, Fork, Message, Reverted, Role, SessionSnapshot, TodoItem,
-    Tokens, ToolCall,
+    CodeChangeFacts, FileDiff, FileEdit, Fork, Message, MessageText, Reverted, Role,
+    SessionSnapshot, TodoItem, Tokens, ToolCall,
 };
+
+/// How much of the messages' free text [`SessionSource::snapshot`] reads. Texts leave the
+/// machine only with `export.include_messages`; without it they are never read, and with it
+/// at most `chars` characters of each message are kept in memory (the rest is counted, for
+/// the truncation marker).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Texts {
+    /// No message text.
+    Skip,
+    /// Each message's text, of which the first `chars` characters are kept.
+    UpTo {
+        /// Characters kept per message (`export.max_message_chars`).
+        chars: usize,
+    },
+}
 
 /// A session's id as its source names it (OpenCode: `ses_…`). Ordered as strings, which for
 /// OpenCode is creation order (ids are time-prefixed).
@@ -272,11 +287,17 @@ pub trait SessionSource: Send {
     /// [`SourceError`].
     fn observe(&mut self, id: &SessionId) -> Result<Option<Observation>, SourceError>;
 
-    /// The whole session with its subagent sessions. `None` when the session is gone.
+    /// The whole session with its subagent sessions, with message texts as `texts` asks.
+    /// `None` when the session is gone. Memory is bounded by the session's number of
+    /// messages, parts and tool calls, never by the size of their content.
     ///
     /// # Errors
     /// [`SourceError`].
-    fn snapshot(&mut self, id: &SessionId) -> Result<Option<SessionSnapshot>, SourceError>;
+    fn snapshot(
+        &mut self,
+        id: &SessionId,
+        texts: Texts,
+    ) -> Result<Option<SessionSnapshot>, SourceError>;
 
     /// Forgets the cursor: the next [`SessionSource::changes`] returns [`Changes::Full`].
     fn rescan(&mut self);

@@ -117,11 +117,69 @@ pub struct Message {
     pub tokens: Tokens,
     /// Cost of its steps, summed (USD).
     pub cost: f64,
-    /// Its visible text (non-synthetic text parts joined by a blank line), possibly cut by the
-    /// source to the configured maximum; empty when texts were not asked for.
-    pub text: String,
-    /// True when the source cut `text`.
-    pub text_cut: bool,
+    /// Its visible text (OpenCode: the non-synthetic text parts, joined by a blank line), of
+    /// which the source keeps what [`crate::source::Texts`] asked for; empty when texts were
+    /// not asked for.
+    pub text: MessageText,
+}
+
+/// A message's text as a source reads it, piece by piece: the pieces joined by a blank line,
+/// of which the first `max_chars` characters are kept and the rest only counted, so that a
+/// message of any length costs at most `max_chars` characters of memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageText {
+    kept: String,
+    kept_chars: usize,
+    chars: usize,
+    max_chars: usize,
+}
+
+impl MessageText {
+    /// An empty text that keeps at most `max_chars` characters.
+    pub fn new(max_chars: usize) -> MessageText {
+        MessageText {
+            max_chars,
+            ..MessageText::default()
+        }
+    }
+
+    /// Appends one piece (an OpenCode text part), after a blank line unless it is the first.
+    pub fn push(&mut self, piece: &str) {
+        if self.chars > 0 {
+            self.append("\n\n");
+        }
+        self.append(piece);
+    }
+
+    fn append(&mut self, s: &str) {
+        let n = s.chars().count();
+        self.chars += n;
+        let room = self.max_chars - self.kept_chars;
+        if n <= room {
+            self.kept.push_str(s);
+            self.kept_chars += n;
+        } else if room > 0 {
+            let end = s.char_indices().nth(room).map_or(s.len(), |(i, _)| i);
+            self.kept.push_str(&s[..end]);
+            self.kept_chars = self.max_chars;
+        }
+    }
+
+    /// The kept start of the text: all of it when [`MessageText::chars`] is at most the
+    /// maximum.
+    pub fn kept(&self) -> &str {
+        &self.kept
+    }
+
+    /// The length of the whole text (characters), kept or not.
+    pub fn chars(&self) -> usize {
+        self.chars
+    }
+
+    /// True when nothing was pushed.
+    pub fn is_empty(&self) -> bool {
+        self.chars == 0
+    }
 }
 
 /// Token counts of one or more model steps.
@@ -219,5 +277,34 @@ impl TodoItem {
     /// True while the item is still to do (neither completed nor cancelled).
     pub fn is_open(&self) -> bool {
         self.status != "completed" && self.status != "cancelled"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MessageText;
+
+    /// The kept start is the joined text's first `max` characters; `chars` counts all of it.
+    #[test]
+    fn message_texts_keep_their_first_characters_and_count_the_rest() {
+        for (max, pieces, kept, chars) in [
+            (10, vec!["abc", "def"], "abc\n\ndef", 8),
+            (8, vec!["abc", "def"], "abc\n\ndef", 8),
+            (7, vec!["abc", "def"], "abc\n\nde", 8),
+            (4, vec!["abc", "def"], "abc\n", 8),
+            (3, vec!["abc", "def", "ghi"], "abc", 13),
+            (0, vec!["abc"], "", 3),
+            (2, vec!["éèê"], "éè", 3),
+            (5, vec![], "", 0),
+        ] {
+            let mut t = MessageText::new(max);
+            for p in &pieces {
+                t.push(p);
+            }
+            assert_eq!((t.kept(), t.chars()), (kept, chars), "{max} {pieces:?}");
+            let whole = pieces.join("\n\n");
+            assert_eq!(whole.chars().count(), chars);
+            assert!(whole.starts_with(t.kept()));
+        }
     }
 }

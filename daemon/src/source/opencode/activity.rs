@@ -27,7 +27,7 @@
 //! (even with a newer, queued prompt), a `tool-calls` step whose next step is on its way, or a
 //! step with a tool still running.
 
-use crate::source::opencode::rows::{is_rejection, MessageRow, PartRow};
+use crate::source::opencode::rows::{MessageRow, PartRow};
 use crate::source::{Activity, TurnEnd, TurnError};
 
 /// Classifies a session from its newest messages (`recent`, newest first) and the parts of the
@@ -73,9 +73,10 @@ pub fn classify(recent: &[MessageRow], assistant_parts: &[PartRow]) -> Activity 
     }
     let rejected = parts.iter().any(|p| {
         p.info.kind == "tool"
-            && p.info.state.as_ref().is_some_and(|s| {
-                s.status == "error" && s.error.as_deref().is_some_and(is_rejection)
-            })
+            && p.info
+                .state
+                .as_ref()
+                .is_some_and(|s| s.status == "error" && s.rejected())
     });
     if rejected {
         return ended(None);

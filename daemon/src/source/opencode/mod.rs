@@ -2,7 +2,8 @@
 //!
 //! - [`sql`]: the connection and its queries ([`sql::OpenCodeDb`]); the invariants of reading a
 //!   live WAL database are there.
-//! - [`rows`]: the row and JSON shapes of OpenCode's schema.
+//! - [`rows`]: the row and JSON shapes of OpenCode's schema; [`lenient`]: the field types that
+//!   keep those shapes lean and lenient.
 //! - [`activity`]: busy or ended from the newest rows — OpenCode's own rule for `session.idle`
 //!   and `session.error`.
 //! - [`path`]: where OpenCode keeps its database.
@@ -29,7 +30,7 @@
 //! | `messages[].role/agent/provider_id/model_id/finish/completed_at/error` | `message.data` `role`, `agent` (or `mode`), `providerID`/`modelID` (user messages: `model.providerID`/`model.modelID`), `finish`, `time.completed`, `error {name, data.message}` |
 //! | `messages[].created_at` | `message.time_created` |
 //! | `messages[].tokens/cost` | sums over the message's `step-finish` parts' `tokens {input, output, reasoning, cache {read, write}}` and `cost` |
-//! | `messages[].text` | its `text` parts (not `synthetic`), joined by a blank line |
+//! | `messages[].text` | its `text` parts (not `synthetic`), joined by a blank line; read only with [`Texts::UpTo`], and only up to its `chars` |
 //! | `tool_calls[]` | `tool` parts: `tool`, `state.status = "error"`, `state.time.end - start`; the `skill` tool's `state.input.name` |
 //! | `code_changes.edits` | completed `edit` / `multiedit` / `write` / `apply_patch` tool parts' `state.metadata` and `state.input` (see `file_edits`), except those a fork copied |
 //! | `code_changes.diffs` | user messages' `summary.diffs[] {file, additions, deletions}` |
@@ -42,6 +43,7 @@
 //! | `reverted` | while `session.revert {messageID, partID?}` is set: messages with `id` > `messageID` (and `messageID` itself without `partID`), and the tokens and cost of the `step-finish` parts hidden with them (with `partID`: that message's parts from `partID` on) — what `SessionRevert.cleanup` would delete |
 
 pub mod activity;
+pub mod lenient;
 pub mod path;
 pub mod rows;
 pub mod sql;
@@ -52,10 +54,10 @@ use std::time::Duration;
 
 use crate::source::{
     Changes, CodeChangeFacts, FileDiff, FileEdit, Fork, Message, Observation, Reverted, Role,
-    SessionHead, SessionId, SessionSnapshot, SessionSource, SourceError, TodoItem, Tokens,
+    SessionHead, SessionId, SessionSnapshot, SessionSource, SourceError, Texts, TodoItem, Tokens,
     ToolCall, TurnError,
 };
-use rows::FileDiff as RowFileDiff;
+use lenient::{DiffLines, Lenient, LenientStr};
 pub use sql::OpenCodeDb;
 use sql::{HeadRow, RowSnapshot};
 
@@ -246,8 +248,12 @@ impl SessionSource for OpenCodeSource {
         }))
     }
 
-    fn snapshot(&mut self, id: &SessionId) -> Result<Option<SessionSnapshot>, SourceError> {
-        let read = self.db()?.read_session(id.as_str());
+    fn snapshot(
+        &mut self,
+        id: &SessionId,
+        texts: Texts,
+    ) -> Result<Option<SessionSnapshot>, SourceError> {
+        let read = self.db()?.read_session(id.as_str(), texts);
         Ok(self.warn_bad_row(id, read)?.map(neutral_snapshot))
     }
 
@@ -273,68 +279,56 @@ impl SessionSource for OpenCodeSource {
 ///
 /// Other tools (`bash` included) change nothing that can be told from the data.
 fn file_edits(tool: &str, state: &rows::ToolState) -> Vec<FileEdit> {
-    use serde_json::Value;
-    let meta = state.metadata.as_ref();
-    let input = state.input.as_ref();
-    let str_of = |v: Option<&Value>, key: &str| {
-        v.and_then(|v| v.get(key))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let num = |v: &Value, key: &str| v.get(key).and_then(Value::as_u64).unwrap_or(0);
-    let edit = |meta: Option<&Value>, file: Option<String>| -> Option<FileEdit> {
-        if let Some(fd) = meta
-            .and_then(|m| m.get("filediff"))
-            .filter(|f| f.is_object())
-        {
+    let meta = state.metadata.get();
+    let input = state.input.get();
+    let file_path = input.and_then(|i| i.file_path.get()).cloned();
+    let edit = |filediff: &Lenient<rows::EditCounts>,
+                diff: &LenientStr<DiffLines>,
+                file: Option<String>|
+     -> Option<FileEdit> {
+        if let Some(fd) = filediff.get() {
             return Some(FileEdit {
-                file: str_of(Some(fd), "file").or(file)?,
-                additions: num(fd, "additions"),
-                deletions: num(fd, "deletions"),
+                file: fd.file.get().cloned().or(file)?,
+                additions: fd.additions.0.unwrap_or(0),
+                deletions: fd.deletions.0.unwrap_or(0),
             });
         }
-        let diff = str_of(meta, "diff").unwrap_or_default();
-        let (additions, deletions) = diff_lines(&diff);
+        let lines = diff.get().copied().unwrap_or_default();
         Some(FileEdit {
             file: file?,
-            additions,
-            deletions,
+            additions: lines.additions,
+            deletions: lines.deletions,
         })
     };
     match tool {
-        "edit" => edit(meta, str_of(input, "filePath")).into_iter().collect(),
-        "multiedit" => {
-            let file = str_of(input, "filePath");
-            meta.and_then(|m| m.get("results"))
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter_map(|r| edit(Some(r), file.clone()))
-                .collect()
-        }
-        "apply_patch" => meta
-            .and_then(|m| m.get("files"))
-            .and_then(Value::as_array)
+        "edit" => meta
+            .and_then(|m| edit(&m.filediff, &m.diff, file_path))
             .into_iter()
-            .flatten()
+            .collect(),
+        "multiedit" => meta
+            .into_iter()
+            .flat_map(|m| &m.results.0)
+            .filter_map(|r| edit(&r.filediff, &r.diff, file_path.clone()))
+            .collect(),
+        "apply_patch" => meta
+            .into_iter()
+            .flat_map(|m| &m.files.0)
             .filter_map(|f| {
                 Some(FileEdit {
-                    file: str_of(Some(f), "movePath").or_else(|| str_of(Some(f), "filePath"))?,
-                    additions: num(f, "additions"),
-                    deletions: num(f, "deletions"),
+                    file: f.move_path.get().or(f.file_path.get())?.clone(),
+                    additions: f.additions.0.unwrap_or(0),
+                    deletions: f.deletions.0.unwrap_or(0),
                 })
             })
             .collect(),
         "write" => {
-            let Some(file) = str_of(input, "filePath") else {
+            let Some(file) = file_path else {
                 return Vec::new();
             };
-            let created =
-                meta.and_then(|m| m.get("exists")).and_then(Value::as_bool) == Some(false);
-            let additions = if created {
-                str_of(input, "content").map_or(0, |c| c.lines().count() as u64)
-            } else {
-                0
+            let created = meta.and_then(|m| m.exists.0) == Some(false);
+            let additions = match input.and_then(|i| i.content.get()) {
+                Some(lines) if created => lines.0,
+                _ => 0,
             };
             vec![FileEdit {
                 file,
@@ -346,23 +340,6 @@ fn file_edits(tool: &str, state: &rows::ToolState) -> Vec<FileEdit> {
     }
 }
 
-/// `(added, deleted)` lines of a unified diff: lines starting with `+` / `-`, without the
-/// `+++` / `---` file headers.
-fn diff_lines(diff: &str) -> (u64, u64) {
-    let mut counts = (0, 0);
-    for line in diff.lines() {
-        if line.starts_with("+++") || line.starts_with("---") {
-            continue;
-        }
-        if line.starts_with('+') {
-            counts.0 += 1;
-        } else if line.starts_with('-') {
-            counts.1 += 1;
-        }
-    }
-    counts
-}
-
 /// The source-neutral snapshot of `rows` (see the module docs' table).
 pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
     let last_write_ms = rows.last_write_ms();
@@ -371,6 +348,7 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
         project,
         messages,
         parts,
+        mut texts,
         todos,
         children,
         forked_from,
@@ -408,23 +386,17 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
             Role::Other(info.role.clone())
         };
         if role == Role::User {
-            let listed = info
-                .summary
-                .as_ref()
-                .and_then(|s| s.get("diffs"))
-                .and_then(|d| d.as_array());
-            for d in listed.into_iter().flatten() {
-                if let Ok(d) = serde_json::from_value::<RowFileDiff>(d.clone()) {
-                    diffs.push(FileDiff {
-                        file: d.file,
-                        additions: d.additions,
-                        deletions: d.deletions,
-                    });
-                }
+            for d in info.summary.get().into_iter().flat_map(|s| &s.diffs.0) {
+                diffs.push(FileDiff {
+                    file: d.file.get().cloned(),
+                    additions: d.additions.0.unwrap_or(0),
+                    deletions: d.deletions.0.unwrap_or(0),
+                });
             }
         }
         let user_model = info.model.as_ref();
         reverted.messages += u64::from(hidden(&m.id, None));
+        let text = texts.remove(&m.id).unwrap_or_default();
         index.insert(m.id.clone(), out_messages.len());
         out_messages.push(Message {
             agent: info.agent_name().map(str::to_string),
@@ -447,8 +419,7 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
             }),
             tokens: Tokens::default(),
             cost: 0.0,
-            text: String::new(),
-            text_cut: false,
+            text,
         });
     }
     let mut tool_calls = Vec::new();
@@ -484,10 +455,9 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
                 let skill = (tool == "skill").then(|| {
                     state
                         .input
-                        .as_ref()
-                        .and_then(|i| i.get("name"))
-                        .and_then(|n| n.as_str())
-                        .unwrap_or("unknown")
+                        .get()
+                        .and_then(|i| i.name.get())
+                        .map_or("unknown", String::as_str)
                         .to_string()
                 });
                 // A fork's copied calls were made in the session it was forked from.
@@ -506,15 +476,6 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
                 });
             }
             "patch" => patched_files.extend(info.files.into_iter().flatten()),
-            "text" if !info.synthetic.unwrap_or(false) => {
-                if let Some(t) = info.text.filter(|t| !t.is_empty()) {
-                    let m = &mut out_messages[i];
-                    if !m.text.is_empty() {
-                        m.text.push_str("\n\n");
-                    }
-                    m.text.push_str(&t);
-                }
-            }
             _ => {}
         }
     }
@@ -567,17 +528,15 @@ pub fn neutral_snapshot(rows: RowSnapshot) -> SessionSnapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::{diff_lines, file_edits, rows::ToolState};
+    use super::lenient::{DiffLines, FromJsonStr};
+    use super::{file_edits, rows::ToolState};
     use crate::source::FileEdit;
     use serde_json::json;
 
+    /// A completed call's `state`, parsed as a row's would be.
     fn completed(input: serde_json::Value, metadata: serde_json::Value) -> ToolState {
-        ToolState {
-            status: "completed".into(),
-            input: Some(input),
-            metadata: Some(metadata),
-            ..ToolState::default()
-        }
+        let state = json!({"status": "completed", "input": input, "metadata": metadata});
+        serde_json::from_value(state).expect("a tool state")
     }
 
     fn edit(file: &str, additions: u64, deletions: u64) -> FileEdit {
@@ -672,10 +631,14 @@ mod tests {
 
     #[test]
     fn diff_lines_skip_the_file_headers() {
+        let counts = |diff: &str| {
+            let d = DiffLines::from_json_str(diff);
+            (d.additions, d.deletions)
+        };
         assert_eq!(
-            diff_lines("--- a\n+++ b\n@@ -1 +1 @@\n-x\n+y\n+z\n context"),
+            counts("--- a\n+++ b\n@@ -1 +1 @@\n-x\n+y\n+z\n context"),
             (2, 1)
         );
-        assert_eq!(diff_lines(""), (0, 0));
+        assert_eq!(counts(""), (0, 0));
     }
 }

@@ -5,9 +5,21 @@
 //! failing. JSON blobs (`message.data`, `part.data`) are parsed leniently: every field is
 //! optional and unknown fields are ignored, because OpenCode adds fields between releases.
 //! References are to `../shared/reference/opencode-storage.md` (§2 schema, §3 JSON shapes).
+//!
+//! The JSON types are **lean**: they name only the fields a record or the busy/ended rule
+//! reads, so a row's tool output (`state.output`), file contents (`filediff.before`/`after`),
+//! attachments (`file` parts' data URLs, `state.attachments`) and whole API responses are
+//! skipped by the parser without being copied. Free-form objects are read through the
+//! wrappers of [`super::lenient`]: a value of an unexpected type there reads as absent instead
+//! of failing the row, and long strings are reduced to what is needed (a line count, diff
+//! counts, a prefix) as they are parsed.
 
+use serde::de::IgnoredAny;
 use serde::Deserialize;
-use serde_json::Value;
+
+use super::lenient::{
+    DiffLines, Lenient, LenientScalar, LenientStr, LenientVec, LineCount, Prefix,
+};
 
 /// One `session` row (§2.1). Times are epoch ms.
 #[derive(Debug, Clone, PartialEq)]
@@ -104,11 +116,20 @@ pub struct MessageInfo {
     pub finish: Option<String>,
     /// `cost` (USD, summed over the message's steps).
     pub cost: Option<f64>,
-    /// `structured`: captured structured output (ends the turn).
-    pub structured: Option<Value>,
-    /// `summary`: an object `{diffs: FileDiff[]}` on user messages, a bool on compaction
-    /// summaries.
-    pub summary: Option<Value>,
+    /// `structured`: captured structured output (ends the turn); only its presence is read.
+    pub structured: Option<IgnoredAny>,
+    /// `summary`: an object `{diffs: FileDiff[]}` on user messages (read), a bool on
+    /// compaction summaries (reads as absent).
+    pub summary: Lenient<MessageSummary>,
+}
+
+/// `summary` of a user message: the files its turn changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct MessageSummary {
+    /// `diffs[]`; entries that are not objects are skipped (each entry's `before` / `after`
+    /// file contents are never read).
+    pub diffs: LenientVec<FileDiff>,
 }
 
 impl MessageInfo {
@@ -154,19 +175,27 @@ pub struct MessageTime {
 pub struct MessageError {
     /// `name`, e.g. `APIError`, `MessageAbortedError`.
     pub name: String,
-    /// `data`, whose `message` is the human-readable text.
-    pub data: Option<Value>,
+    /// `data`, whose `message` is the human-readable text (its other fields, such as an API
+    /// error's `responseBody`, are not read).
+    pub data: Lenient<ErrorData>,
+}
+
+/// `error.data` of an assistant message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ErrorData {
+    /// `message`.
+    pub message: LenientStr,
 }
 
 impl MessageError {
     /// `data.message`, or an empty string.
     pub fn message(&self) -> String {
         self.data
-            .as_ref()
-            .and_then(|d| d.get("message"))
-            .and_then(Value::as_str)
+            .get()
+            .and_then(|d| d.message.get())
+            .cloned()
             .unwrap_or_default()
-            .to_string()
     }
 }
 
@@ -179,20 +208,24 @@ pub struct PartRow {
     pub message_id: String,
     /// `time_updated` (ms).
     pub time_updated: i64,
-    /// `data`, parsed.
+    /// `data`, parsed (without its text: see [`PartData`]).
     pub info: PartInfo,
 }
 
-/// `part.data` (§3.4), one lenient shape for every part type.
+/// `part.data` as the row types keep it: without `text`.
+pub type PartInfo = PartData<IgnoredAny>;
+
+/// `part.data` (§3.4), one lenient shape for every part type. `T` is what is read of `text`:
+/// [`IgnoredAny`] (skipped, never copied) unless the texts are exported, `String` then.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
-pub struct PartInfo {
+pub struct PartData<T> {
     /// `type`: `text`, `reasoning`, `tool`, `step-start`, `step-finish`, `patch`, `file`,
     /// `agent`, `subtask`, `compaction`, …
     #[serde(rename = "type")]
     pub kind: String,
     /// `text` (text and reasoning parts).
-    pub text: Option<String>,
+    pub text: Option<T>,
     /// `synthetic` (text parts OpenCode adds itself).
     pub synthetic: Option<bool>,
     /// `tool`: the tool name (tool parts).
@@ -200,9 +233,7 @@ pub struct PartInfo {
     /// `state` (tool parts).
     pub state: Option<ToolState>,
     /// `metadata` (tool parts: `{providerExecuted: true}` for provider-run tools).
-    pub metadata: Option<Value>,
-    /// `reason` (step-finish parts).
-    pub reason: Option<String>,
+    pub metadata: Lenient<PartMetadata>,
     /// `cost` (step-finish parts, USD).
     pub cost: Option<f64>,
     /// `tokens` (step-finish parts).
@@ -211,17 +242,52 @@ pub struct PartInfo {
     pub files: Option<Vec<String>>,
 }
 
-impl PartInfo {
+impl<T> PartData<T> {
+    /// Splits off `text`: the part as the row types keep it, and its text.
+    pub fn split_text(self) -> (PartInfo, Option<T>) {
+        let PartData {
+            kind,
+            text,
+            synthetic,
+            tool,
+            state,
+            metadata,
+            cost,
+            tokens,
+            files,
+        } = self;
+        let info = PartData {
+            kind,
+            text: None,
+            synthetic,
+            tool,
+            state,
+            metadata,
+            cost,
+            tokens,
+            files,
+        };
+        (info, text)
+    }
+
     /// True for a tool part OpenCode itself runs (not executed by the provider).
     pub fn is_local_tool(&self) -> bool {
         self.kind == "tool"
             && !self
                 .metadata
-                .as_ref()
-                .and_then(|m| m.get("providerExecuted"))
-                .and_then(Value::as_bool)
+                .get()
+                .and_then(|m| m.provider_executed.0)
                 .unwrap_or(false)
     }
+}
+
+/// `metadata` of a tool part.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct PartMetadata {
+    /// `providerExecuted`: the provider ran the tool, not OpenCode.
+    #[serde(rename = "providerExecuted")]
+    pub provider_executed: LenientScalar<bool>,
 }
 
 /// `state` of a tool part.
@@ -230,25 +296,100 @@ impl PartInfo {
 pub struct ToolState {
     /// `status`: `pending`, `running`, `completed`, `error`.
     pub status: String,
-    /// `input`: the call's arguments (`{name}` for the `skill` tool).
-    pub input: Option<Value>,
-    /// `error` text (status `error`).
-    pub error: Option<String>,
+    /// `input`: the call's arguments, the few that are read.
+    pub input: Lenient<ToolInput>,
+    /// The start of the `error` text (status `error`), enough to recognise a rejection.
+    pub error: LenientStr<Prefix>,
     /// `time {start, end}` (ms).
     pub time: Option<ToolTime>,
-    /// `metadata` (`interrupted: true` for aborted calls).
-    pub metadata: Option<Value>,
+    /// `metadata`, the few fields that are read (the tool's output preview, file contents and
+    /// diagnostics are not).
+    pub metadata: Lenient<ToolMetadata>,
 }
 
 impl ToolState {
     /// True when the call was interrupted by an abort (`metadata.interrupted`).
     pub fn interrupted(&self) -> bool {
         self.metadata
-            .as_ref()
-            .and_then(|m| m.get("interrupted"))
-            .and_then(Value::as_bool)
+            .get()
+            .and_then(|m| m.interrupted.0)
             .unwrap_or(false)
     }
+
+    /// True when `error` is a permission/question rejection ([`is_rejection`]).
+    pub fn rejected(&self) -> bool {
+        self.error.get().is_some_and(|e| is_rejection(&e.0))
+    }
+}
+
+/// `state.input` of a tool part.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ToolInput {
+    /// `name` (the `skill` tool: the skill).
+    pub name: LenientStr,
+    /// `filePath` (`edit`, `multiedit`, `write`).
+    #[serde(rename = "filePath")]
+    pub file_path: LenientStr,
+    /// The lines of `content` (`write`); the content itself is not kept.
+    pub content: LenientStr<LineCount>,
+}
+
+/// `state.metadata` of a tool part: what the file-editing tools record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct ToolMetadata {
+    /// `interrupted` (aborted calls).
+    pub interrupted: LenientScalar<bool>,
+    /// `filediff {file, additions, deletions}` (`edit`).
+    pub filediff: Lenient<EditCounts>,
+    /// The `+`/`-` lines of `diff` (`edit` before `filediff` existed).
+    pub diff: LenientStr<DiffLines>,
+    /// `results[]` (`multiedit`): one `edit` metadata per edit.
+    pub results: LenientVec<EditMetadata>,
+    /// `files[]` (`apply_patch`).
+    pub files: LenientVec<PatchedFile>,
+    /// `exists` (`write`: false for a new file).
+    pub exists: LenientScalar<bool>,
+}
+
+/// One `edit`'s metadata (also each `results[]` entry of `multiedit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct EditMetadata {
+    /// `filediff`.
+    pub filediff: Lenient<EditCounts>,
+    /// The `+`/`-` lines of `diff`.
+    pub diff: LenientStr<DiffLines>,
+}
+
+/// `filediff` of an edit: the file and its line counts (its `before` / `after` contents are
+/// not read).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct EditCounts {
+    /// `file`.
+    pub file: LenientStr,
+    /// `additions`.
+    pub additions: LenientScalar<u64>,
+    /// `deletions`.
+    pub deletions: LenientScalar<u64>,
+}
+
+/// One `files[]` entry of `apply_patch`'s metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct PatchedFile {
+    /// `filePath`.
+    #[serde(rename = "filePath")]
+    pub file_path: LenientStr,
+    /// `movePath` (a rename's new path).
+    #[serde(rename = "movePath")]
+    pub move_path: LenientStr,
+    /// `additions`.
+    pub additions: LenientScalar<u64>,
+    /// `deletions`.
+    pub deletions: LenientScalar<u64>,
 }
 
 /// `state.time` of a tool part (ms).
@@ -301,11 +442,11 @@ pub struct TodoRow {
 #[serde(default)]
 pub struct FileDiff {
     /// `file`: path relative to the worktree.
-    pub file: Option<String>,
+    pub file: LenientStr,
     /// `additions`.
-    pub additions: u64,
+    pub additions: LenientScalar<u64>,
     /// `deletions`.
-    pub deletions: u64,
+    pub deletions: LenientScalar<u64>,
 }
 
 /// Texts OpenCode writes into a tool part's `state.error` when the user rejected a permission

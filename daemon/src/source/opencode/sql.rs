@@ -11,21 +11,48 @@
 //! - Columns are feature-detected with `PRAGMA table_info`; a column an older OpenCode lacks
 //!   reads as `NULL`. A row whose JSON `data` cannot be parsed is skipped with one warning (per
 //!   row, not per poll).
+//! - **Memory is independent of a row's size and a session's.** Rows are parsed one at a time
+//!   as the query steps, into the lean types of [`super::rows`]. A `data` value of at most
+//!   [`INLINE_DATA_BYTES`] is parsed from SQLite's own buffer, without a copy; a larger one is
+//!   not loaded by the query at all (`CASE WHEN octet_length(data) <= …`, and `octet_length`
+//!   reads only the record header) but streamed through SQLite's incremental blob I/O into the
+//!   parser, which skips what it does not keep. `json_extract` in the query would not do: it
+//!   parses the whole value in SQLite's memory (and SQLite caches the last few parses of a
+//!   statement), so a row of tool output would cost several times its size. Message texts are
+//!   read only when they are exported ([`Texts`]), and only up to the configured length.
 //! - A database file replaced by rename or deleted is detected by comparing `(dev, inode)` with
 //!   the values at open ([`OpenCodeDb::replaced`]); the caller then reopens.
 
 use std::cell::RefCell;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::types::ValueRef;
-use rusqlite::{Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, MAIN_DB};
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::rows::{
-    MessageInfo, MessageRow, PartInfo, PartRow, ProjectRow, Revert, SessionRow, TodoRow,
+    MessageInfo, MessageRow, PartData, PartRow, ProjectRow, Revert, SessionRow, TodoRow,
 };
-use crate::source::{ChangeMarker, SourceError};
+use crate::source::{ChangeMarker, MessageText, SourceError, Texts};
+
+/// Largest `data` value (bytes) a query returns with its row; larger ones are streamed from
+/// the row's blob handle (see the module docs). 1 MiB.
+pub const INLINE_DATA_BYTES: i64 = 1 << 20;
+
+/// The columns [`OpenCodeDb::parse_data`] reads, in this order: the rowid, the type and size
+/// of `data`, and `data` itself when it is at most [`INLINE_DATA_BYTES`] (1048576) bytes.
+macro_rules! data_columns {
+    () => {
+        "rowid, typeof(data), octet_length(data), \
+         CASE WHEN octet_length(data) <= 1048576 THEN data END"
+    };
+}
+
+/// Buffer of the reader a large `data` value is streamed through (bytes).
+const STREAM_BUFFER_BYTES: usize = 64 * 1024;
 
 /// The tables this reader reads, whether each may be absent (older OpenCode releases), and the
 /// columns it needs in each. A database that has a table without one of its columns (a newer
@@ -100,6 +127,8 @@ pub struct RowSnapshot {
     pub messages: Vec<MessageRow>,
     /// `part` rows ordered by `(message_id, id)`.
     pub parts: Vec<PartRow>,
+    /// Each message's text (its non-synthetic `text` parts), when texts were asked for.
+    pub texts: HashMap<String, MessageText>,
     /// `todo` rows ordered by `position`.
     pub todos: Vec<TodoRow>,
     /// Subagent sessions (`parent_id` = this id), recursively, each a full snapshot.
@@ -557,75 +586,128 @@ impl OpenCodeDb {
         }
     }
 
-    /// Parses a row's JSON `data`; a row that is not text or not valid JSON of the expected
-    /// shape is skipped with one warning.
-    fn parse<T: serde::de::DeserializeOwned>(
+    /// Parses a row's JSON `data` from the [`data_columns!`] starting at column `at`: from
+    /// the row when it came inline, else streamed from the row's blob handle. A row whose
+    /// `data` is not text, or not JSON of the expected shape, is skipped with one warning.
+    fn parse_data<T: DeserializeOwned>(
         &self,
-        table: &str,
+        table: &'static str,
         id: &str,
-        data: Option<String>,
+        row: &Row<'_>,
+        at: usize,
     ) -> Option<T> {
-        let Some(data) = data else {
+        let is_text = matches!(row.get_ref(at + 1), Ok(ValueRef::Text(b"text")));
+        if !is_text {
             self.warn_once(table, id, "data is not text");
             return None;
+        }
+        let parsed = match row.get_ref(at + 3) {
+            Ok(ValueRef::Text(inline)) => serde_json::from_slice(inline).map_err(|e| e.to_string()),
+            _ => self.stream_data(table, int(row, at)),
         };
-        serde_json::from_str(&data)
-            .map_err(|e| self.warn_once(table, id, &e.to_string()))
-            .ok()
+        parsed.map_err(|e| self.warn_once(table, id, &e)).ok()
     }
 
-    /// Messages of `sql` (columns: id, time_created, time_updated, data), malformed ones skipped.
+    /// Parses the `data` of row `rowid` of `table` through its blob handle, in
+    /// [`STREAM_BUFFER_BYTES`] reads.
+    fn stream_data<T: DeserializeOwned>(
+        &self,
+        table: &'static str,
+        rowid: Option<i64>,
+    ) -> Result<T, String> {
+        let rowid = rowid.ok_or("no rowid")?;
+        let blob = self
+            .conn
+            .blob_open(MAIN_DB, table, "data", rowid, true)
+            .map_err(|e| e.to_string())?;
+        serde_json::from_reader(BufReader::with_capacity(STREAM_BUFFER_BYTES, blob))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Steps `sql` and hands each row to `f`, which must not keep the row.
+    fn each<P: rusqlite::Params>(
+        &self,
+        sql: &str,
+        params: P,
+        mut f: impl FnMut(&Row<'_>),
+    ) -> Result<(), SourceError> {
+        let mut stmt = self.conn.prepare_cached(sql).map_err(|e| self.sql_err(e))?;
+        let mut rows = stmt.query(params).map_err(|e| self.sql_err(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.sql_err(e))? {
+            f(row);
+        }
+        Ok(())
+    }
+
+    /// Messages of `sql` (columns: id, time_created, time_updated, then [`data_columns!`]),
+    /// malformed ones skipped.
     fn message_rows<P: rusqlite::Params>(
         &self,
         sql: &str,
         params: P,
     ) -> Result<Vec<MessageRow>, SourceError> {
-        let raw = self.all(sql, params, |r| {
-            Ok((
-                text_id(r, 0),
-                (int(r, 1).unwrap_or(0), int(r, 2).unwrap_or(0), text(r, 3)),
-            ))
-        })?;
-        Ok(self
-            .readable("message", raw)
-            .into_iter()
-            .filter_map(|(id, (created, updated, data))| {
-                let info: MessageInfo = self.parse("message", &id, data)?;
-                Some(MessageRow {
+        let mut out = Vec::new();
+        self.each(sql, params, |r| {
+            let Some(id) = text_id(r, 0) else {
+                return self.warn_once("message", "<unreadable id>", "its id is not UTF-8 text");
+            };
+            if let Some(info) = self.parse_data::<MessageInfo>("message", &id, r, 3) {
+                out.push(MessageRow {
                     id,
-                    time_created: created,
-                    time_updated: updated,
+                    time_created: int(r, 1).unwrap_or(0),
+                    time_updated: int(r, 2).unwrap_or(0),
                     info,
-                })
-            })
-            .collect())
+                });
+            }
+        })?;
+        Ok(out)
     }
 
-    /// Parts of `sql` (columns: id, message_id, time_updated, data), malformed ones skipped.
-    fn part_rows(&self, sql: &str, key: &str) -> Result<Vec<PartRow>, SourceError> {
-        let raw = self.all(sql, [key], |r| {
-            Ok((
-                text_id(r, 0),
-                (
-                    text(r, 1).unwrap_or_default(),
-                    int(r, 2).unwrap_or(0),
-                    text(r, 3),
-                ),
-            ))
+    /// Parts of `sql` (columns: id, message_id, time_updated, then [`data_columns!`]),
+    /// malformed ones skipped, and the text of each message's non-synthetic `text` parts when
+    /// `texts` asks for it (at most its `chars` kept per message; the rest counted).
+    fn part_rows(
+        &self,
+        sql: &str,
+        key: &str,
+        texts: Texts,
+    ) -> Result<(Vec<PartRow>, HashMap<String, MessageText>), SourceError> {
+        let mut parts = Vec::new();
+        let mut joined: HashMap<String, MessageText> = HashMap::new();
+        self.each(sql, [key], |r| {
+            let Some(id) = text_id(r, 0) else {
+                return self.warn_once("part", "<unreadable id>", "its id is not UTF-8 text");
+            };
+            let message_id = text(r, 1).unwrap_or_default();
+            let (info, text) = match texts {
+                Texts::Skip => self
+                    .parse_data::<PartData<IgnoredAny>>("part", &id, r, 3)
+                    .map(|d| (d.split_text().0, None)),
+                Texts::UpTo { chars } => self
+                    .parse_data::<PartData<String>>("part", &id, r, 3)
+                    .map(|d| {
+                        let (info, text) = d.split_text();
+                        (info, text.map(|t| (t, chars)))
+                    }),
+            }
+            .unzip();
+            let Some(info) = info else { return };
+            if let Some((text, chars)) = text.flatten() {
+                if info.kind == "text" && !info.synthetic.unwrap_or(false) && !text.is_empty() {
+                    joined
+                        .entry(message_id.clone())
+                        .or_insert_with(|| MessageText::new(chars))
+                        .push(&text);
+                }
+            }
+            parts.push(PartRow {
+                id,
+                message_id,
+                time_updated: int(r, 2).unwrap_or(0),
+                info,
+            });
         })?;
-        Ok(self
-            .readable("part", raw)
-            .into_iter()
-            .filter_map(|(id, (message_id, updated, data))| {
-                let info: PartInfo = self.parse("part", &id, data)?;
-                Some(PartRow {
-                    id,
-                    message_id,
-                    time_updated: updated,
-                    info,
-                })
-            })
-            .collect())
+        Ok((parts, joined))
     }
 
     fn todos(&self, session_id: &str) -> Result<Vec<TodoRow>, SourceError> {
@@ -680,24 +762,39 @@ impl OpenCodeDb {
         Ok(out)
     }
 
-    fn snapshot_in_txn(&self, id: &str, depth: usize) -> Result<Option<RowSnapshot>, SourceError> {
+    fn snapshot_in_txn(
+        &self,
+        id: &str,
+        depth: usize,
+        texts: Texts,
+    ) -> Result<Option<RowSnapshot>, SourceError> {
         let Some(session) = self.session_row(id)? else {
             return Ok(None);
         };
         let project = self.project(&session.project_id)?;
         let sql = if written_in_order(&session.version) {
-            "SELECT id, time_created, time_updated, data FROM message \
-             WHERE session_id = ?1 ORDER BY rowid"
+            concat!(
+                "SELECT id, time_created, time_updated, ",
+                data_columns!(),
+                " FROM message WHERE session_id = ?1 ORDER BY rowid"
+            )
         } else {
-            "SELECT id, time_created, time_updated, data FROM message \
-             WHERE session_id = ?1 ORDER BY time_created, id"
+            concat!(
+                "SELECT id, time_created, time_updated, ",
+                data_columns!(),
+                " FROM message WHERE session_id = ?1 ORDER BY time_created, id"
+            )
         };
         let messages = self.message_rows(sql, [id])?;
         let known: HashSet<&str> = messages.iter().map(|m| m.id.as_str()).collect();
-        let mut parts = self.part_rows(
-            "SELECT id, message_id, time_updated, data FROM part \
-             WHERE session_id = ?1 ORDER BY message_id, id",
+        let (mut parts, texts_read) = self.part_rows(
+            concat!(
+                "SELECT id, message_id, time_updated, ",
+                data_columns!(),
+                " FROM part WHERE session_id = ?1 ORDER BY message_id, id"
+            ),
             id,
+            texts,
         )?;
         // Parts whose message row was skipped as malformed go too.
         parts.retain(|p| known.contains(p.message_id.as_str()));
@@ -719,7 +816,7 @@ impl OpenCodeDb {
                 |r| Ok((text_id(r, 0), ())),
             )?;
             for (child, ()) in self.readable("session", ids) {
-                if let Some(c) = self.snapshot_in_txn(&child, depth + 1)? {
+                if let Some(c) = self.snapshot_in_txn(&child, depth + 1, texts)? {
                     children.push(c);
                 }
             }
@@ -729,6 +826,7 @@ impl OpenCodeDb {
             project,
             messages,
             parts,
+            texts: texts_read,
             todos,
             children,
             forked_from,
@@ -736,12 +834,13 @@ impl OpenCodeDb {
     }
 
     /// Reads one session with its project, messages, parts, todos and (recursively) its
-    /// subagent sessions, in one read transaction. `None` when the session row is gone.
+    /// subagent sessions, in one read transaction, with message texts as `texts` asks. `None`
+    /// when the session row is gone.
     ///
     /// # Errors
     /// [`SourceError::Read`].
-    pub fn read_session(&self, id: &str) -> Result<Option<RowSnapshot>, SourceError> {
-        self.in_read_txn(|db| db.snapshot_in_txn(id, 0))
+    pub fn read_session(&self, id: &str, texts: Texts) -> Result<Option<RowSnapshot>, SourceError> {
+        self.in_read_txn(|db| db.snapshot_in_txn(id, 0, texts))
     }
 
     /// Reads the newest messages of a session and the parts of its newest assistant message.
@@ -761,20 +860,34 @@ impl OpenCodeDb {
             // The inner query reads index entries only; `+ 0` keeps the planner from walking
             // the whole table in rowid order to avoid the (small) sort.
             let sql = if written_in_order(&session.version) {
-                "SELECT id, time_created, time_updated, data FROM message WHERE rowid IN \
-                 (SELECT rowid FROM message WHERE session_id = ?1 ORDER BY rowid + 0 DESC LIMIT ?2) \
-                 ORDER BY rowid DESC"
+                concat!(
+                    "SELECT id, time_created, time_updated, ",
+                    data_columns!(),
+                    " FROM message WHERE rowid IN \
+                     (SELECT rowid FROM message WHERE session_id = ?1 ORDER BY rowid + 0 DESC LIMIT ?2) \
+                     ORDER BY rowid DESC"
+                )
             } else {
-                "SELECT id, time_created, time_updated, data FROM message \
-                 WHERE session_id = ?1 ORDER BY time_created DESC, id DESC LIMIT ?2"
+                concat!(
+                    "SELECT id, time_created, time_updated, ",
+                    data_columns!(),
+                    " FROM message WHERE session_id = ?1 ORDER BY time_created DESC, id DESC LIMIT ?2"
+                )
             };
             let recent = db.message_rows(sql, rusqlite::params![id, TAIL_MESSAGES as i64])?;
             let assistant_parts = match recent.iter().find(|m| m.info.is_assistant()) {
-                Some(m) => db.part_rows(
-                    "SELECT id, message_id, time_updated, data FROM part \
-                     WHERE message_id = ?1 ORDER BY id",
-                    &m.id,
-                )?,
+                Some(m) => {
+                    db.part_rows(
+                        concat!(
+                            "SELECT id, message_id, time_updated, ",
+                            data_columns!(),
+                            " FROM part WHERE message_id = ?1 ORDER BY id"
+                        ),
+                        &m.id,
+                        Texts::Skip,
+                    )?
+                    .0
+                }
                 None => Vec::new(),
             };
             let todo_statuses = db.todos(id)?.into_iter().map(|t| t.status).collect();

@@ -57,7 +57,8 @@ fn args() -> Args {
                 i += 1;
             }
             "--db" => {
-                a.db = PathBuf::from(&argv[i + 1]);
+                // Absolute: the children get it with a HOME of their own.
+                a.db = std::path::absolute(&argv[i + 1]).unwrap();
                 i += 1;
             }
             "--idle-secs" => {
@@ -289,7 +290,8 @@ fn processes(a: &Args, sessions: usize) {
     assert!(u.status.success(), "once failed: {:?}", u.status);
 
     let mut sql = Command::new("sqlite3");
-    sql.arg(format!("file:{}?mode=ro", a.db.display()))
+    sql.env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg(format!("file:{}?mode=ro", a.db.display()))
         .arg(AGGREGATES_SQL);
     quiet(&mut sql);
     let s = measure::run(&mut sql);

@@ -145,16 +145,25 @@ impl MessageText {
 
     /// Appends one piece (an OpenCode text part), after a blank line unless it is the first.
     pub fn push(&mut self, piece: &str) {
-        if self.chars > 0 {
-            self.append("\n\n");
-        }
-        self.append(piece);
+        self.push_prefix(piece, piece.chars().count());
     }
 
-    fn append(&mut self, s: &str) {
-        let n = s.chars().count();
-        self.chars += n;
+    /// Appends a piece of `total_chars` characters of which only the start `prefix` was read
+    /// (at least as many characters as this text keeps, or the whole piece).
+    pub fn push_prefix(&mut self, prefix: &str, total_chars: usize) {
+        if total_chars == 0 {
+            return;
+        }
+        if self.chars > 0 {
+            self.append("\n\n", 2);
+        }
+        self.append(prefix, total_chars);
+    }
+
+    fn append(&mut self, s: &str, total_chars: usize) {
+        self.chars += total_chars;
         let room = self.max_chars - self.kept_chars;
+        let n = s.chars().count();
         if n <= room {
             self.kept.push_str(s);
             self.kept_chars += n;
@@ -305,6 +314,13 @@ mod tests {
             let whole = pieces.join("\n\n");
             assert_eq!(whole.chars().count(), chars);
             assert!(whole.starts_with(t.kept()));
+            // The same pieces read as prefixes of at least `max` characters.
+            let mut p = MessageText::new(max);
+            for piece in &pieces {
+                let prefix: String = piece.chars().take(max).collect();
+                p.push_prefix(&prefix, piece.chars().count());
+            }
+            assert_eq!(p, t, "prefixes {max} {pieces:?}");
         }
     }
 }

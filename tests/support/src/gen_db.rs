@@ -327,4 +327,52 @@ impl GenDb {
         assert_eq!(n, 1, "no session {session_id}");
         tx.commit().unwrap();
     }
+
+    /// Adds `count` large parts of `each_bytes` bytes of content to the first assistant
+    /// message of `session_id`, in rotation: a `bash` call's output, a text part (mixed
+    /// multi-byte and escaped characters), a `file` attachment's data URL, and an `edit` call
+    /// whose `filediff` holds the file before and after (half each; `+7 -3`). Each part's
+    /// `time_updated` is the message's, so the session's ending does not move. Returns the
+    /// message id.
+    pub fn add_large_parts(&mut self, session_id: &str, each_bytes: usize, count: usize) -> String {
+        let (mid, at): (String, i64) = self
+            .conn
+            .query_row(
+                "SELECT id, time_created FROM message WHERE session_id = ?1 \
+                 AND json_extract(data, '$.role') = 'assistant' ORDER BY time_created, id LIMIT 1",
+                [session_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        // `é` is two bytes, `\n` in JSON two: 9 bytes of JSON, 7 characters, per repeat.
+        let text = "line é\\n".repeat(each_bytes / 9);
+        let blob = "QUJD".repeat(each_bytes / 4);
+        let half = "x".repeat(each_bytes / 2);
+        let tx = self.conn.unchecked_transaction().unwrap();
+        for j in 0..count {
+            let data = match j % 4 {
+                0 => format!(
+                    r#"{{"type":"tool","tool":"bash","callID":"call_big{j}","state":{{"status":"completed","input":{{"command":"cat big.log"}},"output":"{blob}","metadata":{{"exit":0,"truncated":false}},"title":"cat big.log","time":{{"start":{at},"end":{}}}}}}}"#,
+                    at + 5
+                ),
+                1 => format!(
+                    r#"{{"type":"text","text":"{text}","time":{{"start":{at},"end":{at}}}}}"#
+                ),
+                2 => format!(
+                    r#"{{"type":"file","mime":"image/png","filename":"big{j}.png","url":"data:image/png;base64,{blob}"}}"#
+                ),
+                _ => format!(
+                    r#"{{"type":"tool","tool":"edit","callID":"call_big{j}","state":{{"status":"completed","input":{{"filePath":"/r/big{j}.txt","oldString":"a","newString":"b"}},"output":"Edit applied successfully.","metadata":{{"diagnostics":{{}},"filediff":{{"file":"/r/big{j}.txt","before":"{half}","after":"{half}","additions":7,"deletions":3}}}},"time":{{"start":{at},"end":{}}}}}}}"#,
+                    at + 9
+                ),
+            };
+            tx.execute(
+                "INSERT INTO part VALUES (?1, ?2, ?3, ?4, ?4, ?5)",
+                params![format!("prt_zzBig{j:06}"), mid, session_id, at, data],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        mid
+    }
 }

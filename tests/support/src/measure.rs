@@ -4,6 +4,13 @@
 //!
 //! The one `unsafe` of the workspace is here, in a dev-only crate: std has no `wait4`, and a
 //! child's peak RSS can only be read from it (after exit `/proc` has nothing left).
+//!
+//! **A child's `ru_maxrss` includes its parent's resident set at the fork**: the kernel keeps
+//! the high-water mark of the image the child had before `execve` (a copy of the parent's,
+//! or the parent's own with `vfork`/`posix_spawn`). Spawned from a test harness that holds a
+//! few hundred MiB (other tests' data, in parallel), a program that never used more than
+//! 50 MiB reports 250. [`run`] therefore starts the measured program from a small launcher
+//! (`python3`, a few MiB), which forks it, waits for it and reports its `rusage`.
 #![allow(unsafe_code)]
 
 use std::process::{Child, Command, ExitStatus};
@@ -29,10 +36,70 @@ impl Usage {
     }
 }
 
-/// Runs `cmd` to its end and returns what it used (its own use, not its children's).
+/// The launcher [`run`] starts: forks `argv[2:]`, waits, writes `status maxrss utime stime`
+/// to the file `argv[1]`.
+const LAUNCHER: &str = r#"
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(f"{status} {ru.ru_maxrss} {ru.ru_utime} {ru.ru_stime}\n")
+"#;
+
+/// Runs `cmd` to its end and returns what it used (its own use, not its children's),
+/// started from a small launcher so that its peak RSS is its own (see the module docs).
+///
+/// `cmd` runs with only the environment variables it sets (as after `env_clear`) and in its
+/// current directory; its stdio settings cannot be read from a `Command`, so its stdin,
+/// stdout and stderr are null.
 pub fn run(cmd: &mut Command) -> Usage {
-    let child = cmd.spawn().expect("spawn the measured command");
-    wait(child)
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let report = std::env::temp_dir().join(format!(
+        "measure-{}-{}",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut launcher = Command::new("python3");
+    launcher
+        .arg("-c")
+        .arg(LAUNCHER)
+        .arg(&report)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            launcher.env(key, value);
+        }
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        launcher.current_dir(dir);
+    }
+    let status = launcher
+        .status()
+        .expect("run python3 (the measuring launcher)");
+    assert!(status.success(), "the measuring launcher failed: {status}");
+    let text = std::fs::read_to_string(&report).expect("the launcher's report");
+    let _ = std::fs::remove_file(&report);
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let secs = |s: &str| Duration::from_secs_f64(s.parse().expect("seconds"));
+    Usage {
+        status: ExitStatus::from_raw(fields[0].parse().expect("a wait status")),
+        max_rss_bytes: fields[1].parse::<u64>().expect("KiB") * 1024,
+        user: secs(fields[2]),
+        system: secs(fields[3]),
+    }
 }
 
 /// Waits for `child` (never call `Child::wait` on it as well) and returns what it used.

@@ -43,6 +43,7 @@
 //! | `reverted` | while `session.revert {messageID, partID?}` is set: messages with `id` > `messageID` (and `messageID` itself without `partID`), and the tokens and cost of the `step-finish` parts hidden with them (with `partID`: that message's parts from `partID` on) — what `SessionRevert.cleanup` would delete |
 
 pub mod activity;
+pub mod json_prefix;
 pub mod lenient;
 pub mod path;
 pub mod rows;

@@ -34,7 +34,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, MAIN_DB};
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use super::rows::{
-    MessageInfo, MessageRow, PartData, PartRow, ProjectRow, Revert, SessionRow, TodoRow,
+    MessageInfo, MessageRow, PartData, PartInfo, PartRow, ProjectRow, Revert, SessionRow, TodoRow,
 };
 use crate::source::{ChangeMarker, MessageText, SourceError, Texts};
 
@@ -49,6 +49,11 @@ macro_rules! data_columns {
         "rowid, typeof(data), octet_length(data), \
          CASE WHEN octet_length(data) <= 1048576 THEN data END"
     };
+}
+
+/// Whether the row's `data` came inline (see [`data_columns!`], from column 3 on).
+fn inline(row: &Row<'_>) -> bool {
+    matches!(row.get_ref(6), Ok(ValueRef::Text(_)))
 }
 
 /// Buffer of the reader a large `data` value is streamed through (bytes).
@@ -624,6 +629,24 @@ impl OpenCodeDb {
             .map_err(|e| e.to_string())
     }
 
+    /// The first `max_chars` characters of the `text` field of part `rowid`'s `data` and its
+    /// length in characters, streamed through the row's blob handle
+    /// ([`super::json_prefix`]).
+    fn stream_text_prefix(
+        &self,
+        rowid: Option<i64>,
+        max_chars: usize,
+    ) -> Result<Option<(String, usize)>, String> {
+        let rowid = rowid.ok_or("no rowid")?;
+        let blob = self
+            .conn
+            .blob_open(MAIN_DB, "part", "data", rowid, true)
+            .map_err(|e| e.to_string())?;
+        let reader = BufReader::with_capacity(STREAM_BUFFER_BYTES, blob);
+        super::json_prefix::string_field_prefix(reader, "text", max_chars)
+            .map_err(|e| e.to_string())
+    }
+
     /// Steps `sql` and hands each row to `f`, which must not keep the row.
     fn each<P: rusqlite::Params>(
         &self,
@@ -679,26 +702,51 @@ impl OpenCodeDb {
                 return self.warn_once("part", "<unreadable id>", "its id is not UTF-8 text");
             };
             let message_id = text(r, 1).unwrap_or_default();
-            let (info, text) = match texts {
-                Texts::Skip => self
-                    .parse_data::<PartData<IgnoredAny>>("part", &id, r, 3)
-                    .map(|d| (d.split_text().0, None)),
-                Texts::UpTo { chars } => self
-                    .parse_data::<PartData<String>>("part", &id, r, 3)
-                    .map(|d| {
-                        let (info, text) = d.split_text();
-                        (info, text.map(|t| (t, chars)))
-                    }),
-            }
-            .unzip();
-            let Some(info) = info else { return };
-            if let Some((text, chars)) = text.flatten() {
-                if info.kind == "text" && !info.synthetic.unwrap_or(false) && !text.is_empty() {
-                    joined
-                        .entry(message_id.clone())
-                        .or_insert_with(|| MessageText::new(chars))
-                        .push(&text);
+            let wants_text =
+                |info: &PartInfo| info.kind == "text" && !info.synthetic.unwrap_or(false);
+            let (info, piece) = match texts {
+                Texts::Skip => match self.parse_data::<PartData<IgnoredAny>>("part", &id, r, 3) {
+                    Some(d) => (d.split_text().0, None),
+                    None => return,
+                },
+                // Small enough to have come inline: the text is at most that long.
+                Texts::UpTo { .. } if inline(r) => {
+                    match self.parse_data::<PartData<String>>("part", &id, r, 3) {
+                        Some(d) => {
+                            let (info, text) = d.split_text();
+                            let piece = text.filter(|_| wants_text(&info)).map(|t| {
+                                let n = t.chars().count();
+                                (t, n)
+                            });
+                            (info, piece)
+                        }
+                        None => return,
+                    }
                 }
+                // Streamed: the text only up to `chars`, in a second bounded read.
+                Texts::UpTo { chars } => {
+                    match self.parse_data::<PartData<IgnoredAny>>("part", &id, r, 3) {
+                        Some(d) => {
+                            let info = d.split_text().0;
+                            let piece = if wants_text(&info) {
+                                self.stream_text_prefix(int(r, 3), chars)
+                                    .map_err(|e| self.warn_once("part", &id, &e))
+                                    .ok()
+                                    .flatten()
+                            } else {
+                                None
+                            };
+                            (info, piece)
+                        }
+                        None => return,
+                    }
+                }
+            };
+            if let (Some((prefix, total)), Texts::UpTo { chars }) = (piece, texts) {
+                joined
+                    .entry(message_id.clone())
+                    .or_insert_with(|| MessageText::new(chars))
+                    .push_prefix(&prefix, total);
             }
             parts.push(PartRow {
                 id,

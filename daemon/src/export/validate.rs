@@ -253,7 +253,11 @@ pub fn correct(record: &mut SessionExport) {
     f.id("contentHash", &mut r.content_hash);
     f.id_opt("primaryAgent", &mut r.primary_agent);
     f.text("title", &mut r.title, MAX_TITLE_CHARS);
-    f.text("projectDirectory", &mut r.project_directory, MAX_STRING_CHARS);
+    f.text(
+        "projectDirectory",
+        &mut r.project_directory,
+        MAX_STRING_CHARS,
+    );
     if let Some(w) = &mut r.project_worktree {
         f.text("projectWorktree", w, MAX_STRING_CHARS);
     }

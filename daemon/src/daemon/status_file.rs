@@ -79,7 +79,7 @@ pub struct DaemonInfo {
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_deletions: usize,
     /// Which device the deployment knows this machine as: its `GET /whoami` answer to the
-    /// daemon at start (Convex sink only; see [`super::ask_whoami`]). Kept in the file after
+    /// daemon at start (Convex sink only; see `daemon::ask_whoami`). Kept in the file after
     /// the daemon stops, so `status` shows it offline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<DeviceSeen>,

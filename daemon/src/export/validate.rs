@@ -689,17 +689,16 @@ mod tests {
         Index(usize),
     }
 
+    fn unchecked(at: &[Key]) -> bool {
+        matches!(at, [Key::Field(f)]
+            if f == "schemaVersion" || f == "revision" || f == "exportedAt")
+    }
+
     fn numbers(v: &Value, at: &mut Vec<Key>, out: &mut Vec<Vec<Key>>) {
         match v {
-            Value::Number(_) => {
-                // The schema version is a u32 (cannot exceed the limit); the revision is set by
-                // the tracker after correcting; `exportedAt` is "now" itself.
-                if !matches!(at.as_slice(), [Key::Field(f)]
-                    if f == "schemaVersion" || f == "revision" || f == "exportedAt")
-                {
-                    out.push(at.clone());
-                }
-            }
+            // The schema version is a u32 (cannot exceed the limit); the revision is set by the
+            // tracker after correcting; `exportedAt` is "now" itself.
+            Value::Number(_) if !unchecked(at) => out.push(at.clone()),
             Value::Array(items) => {
                 for (i, x) in items.iter().enumerate() {
                     at.push(Key::Index(i));

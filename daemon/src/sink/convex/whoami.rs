@@ -13,7 +13,7 @@
 //! | anything else | `Unexpected` |
 //!
 //! The token travels only in the `Authorization` header (marked sensitive) and is removed from
-//! every message kept ([`super::classify::sanitize`]).
+//! every message kept (`classify::sanitize`).
 
 use std::time::Duration;
 

@@ -178,8 +178,9 @@ pub struct ConvexConfig {
     /// origin as given. Records go to `POST <origin>/ingest`. Empty: use the local sink.
     /// Plain `http://` is accepted only for loopback hosts.
     pub url: String,
-    /// The ingest token the deployment's `INGEST_TOKEN` environment variable holds
-    /// (`npx convex env set INGEST_TOKEN …`). Prefer `OPENCODE_TELEMETRY_INGEST_TOKEN`.
+    /// This machine's device token (`npx convex run devices:create`), or the legacy shared
+    /// `INGEST_TOKEN`. Prefer `opencode-telemetry login`, which stores it in the credentials file
+    /// ([`credentials_path`]); that file and `OPENCODE_TELEMETRY_INGEST_TOKEN` win over this key.
     pub ingest_token: Secret,
     /// Most records per `POST /ingest` request (1..=500; a batch is also cut at 8 MiB of
     /// record JSON). One record due goes alone; more go together.

@@ -376,3 +376,77 @@ fn an_out_of_range_timestamp_gives_one_warning_and_blocks_nothing() {
         "{listed}"
     );
 }
+
+/// On a terminal `login` asks for the token and the terminal does not echo it: driven through a
+/// pseudo-terminal (util-linux `script`), the token typed after the prompt appears nowhere in
+/// the terminal's transcript, and is stored.
+#[test]
+fn on_a_terminal_the_token_is_asked_for_without_echo() {
+    if !cfg!(target_os = "linux") {
+        return; // BSD `script` takes other arguments.
+    }
+    let emu = Emulator::start_devices_only();
+    let created = emu.mutation("devices:create", json!({"name": "tty-laptop"}));
+    let token = created["token"].as_str().unwrap().to_string();
+    let scratch = Scratch::new();
+    let config = convex_config(&scratch, &emu.url);
+    let shell = format!("{} --config {} login", bin().display(), config.display());
+    let base = command(&scratch);
+    let mut script = Command::new("script");
+    script.env_clear();
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    let mut child = script
+        .env("TERM", "xterm")
+        .args(["-q", "-e", "-c", &shell, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let transcript = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut out = child.stdout.take().unwrap();
+    let sink = transcript.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let seen = || String::from_utf8_lossy(&transcript.lock().unwrap()).into_owned();
+    // Typed only once the prompt is shown, i.e. once echo is off.
+    wait_for(30, "the prompt", || {
+        seen().contains("device token (input hidden): ")
+    });
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(format!("{token}\r").as_bytes()).unwrap();
+    stdin.flush().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "login did not finish: {}",
+            seen()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    drop(stdin);
+    reader.join().unwrap();
+    let tty = seen();
+    assert!(status.success(), "{tty}");
+    assert!(tty.contains("this machine is device `tty-laptop`"), "{tty}");
+    assert!(!tty.contains(&token), "the token was echoed: {tty}");
+    assert_eq!(
+        std::fs::read_to_string(credentials(&scratch)).unwrap(),
+        format!("OPENCODE_TELEMETRY_INGEST_TOKEN={token}\n")
+    );
+}

@@ -450,13 +450,21 @@ pub async fn run(
     result
 }
 
-/// How long the daemon waits between `/whoami` attempts while the deployment is unreachable.
+/// How long the daemon waits between `/whoami` attempts while the deployment is unreachable or
+/// the device is not bound yet.
 const WHOAMI_RETRY: Duration = Duration::from_secs(60);
+
+/// Most `/whoami` attempts while the device is not bound yet (its first record binds it; a
+/// machine that exports nothing for an hour stops asking).
+const WHOAMI_UNBOUND_TRIES: u32 = 60;
 
 /// Asks the deployment's `GET /whoami` which device this machine is and records the answer in
 /// the status file ([`DaemonInfo::device`]) and the log (INFO; WARN when the token is
 /// rejected). Asked once at start; while the deployment is unreachable, again every
-/// [`WHOAMI_RETRY`] until it answers or `stop` is cancelled.
+/// [`WHOAMI_RETRY`] until it answers, and while the device is not bound to a device id yet
+/// (until its first record is delivered), again every [`WHOAMI_RETRY`] at most
+/// [`WHOAMI_UNBOUND_TRIES`] times, so `status` shows the bound id; never after `stop` is
+/// cancelled. The log gets a line only when the answer changes.
 pub(crate) async fn ask_whoami(
     convex: crate::config::ConvexConfig,
     status: StatusHandle,
@@ -464,6 +472,8 @@ pub(crate) async fn ask_whoami(
 ) {
     use crate::sink::convex::whoami::{whoami, WhoAmI};
     let timeout = Duration::from_secs(convex.request_timeout_secs.max(1));
+    let mut unbound_tries = 0;
+    let mut last_logged = String::new();
     loop {
         let answer = tokio::select! {
             _ = stop.cancelled() => return,
@@ -474,14 +484,24 @@ pub(crate) async fn ask_whoami(
             _ => (None, None),
         };
         let line = answer.describe();
-        match &answer {
-            WhoAmI::Device { .. } | WhoAmI::Legacy => {
-                tracing::info!(device = %line, "the deployment knows this machine")
+        if line != last_logged {
+            match &answer {
+                WhoAmI::Device { .. } | WhoAmI::Legacy => {
+                    tracing::info!(device = %line, "the deployment knows this machine")
+                }
+                _ => {
+                    tracing::warn!(answer = %line, "the deployment did not say which device this machine is")
+                }
             }
-            _ => {
-                tracing::warn!(answer = %line, "the deployment did not say which device this machine is")
-            }
+            last_logged = line.clone();
         }
+        let unbound = matches!(
+            answer,
+            WhoAmI::Device {
+                device_id: None,
+                ..
+            }
+        );
         status.update(|d| {
             d.device = Some(status_file::DeviceSeen {
                 at_ms: now_ms(),
@@ -490,7 +510,12 @@ pub(crate) async fn ask_whoami(
                 answer: line,
             })
         });
-        if !matches!(answer, WhoAmI::Unreachable { .. }) {
+        if unbound {
+            unbound_tries += 1;
+        }
+        let again = matches!(answer, WhoAmI::Unreachable { .. })
+            || (unbound && unbound_tries < WHOAMI_UNBOUND_TRIES);
+        if !again {
             return;
         }
         tokio::select! {

@@ -16,7 +16,7 @@
 // nothing is written. A device token writes only under its device's deviceId (bound at
 // `devices:create` or by its first record); the legacy token may write any deviceId.
 //
-// GET /whoami — the device name the bearer token belongs to (see `whoami` below).
+// GET /whoami — the device name (and bound deviceId) the bearer token belongs to (see `whoami`).
 import { httpRouter } from "convex/server";
 import { ConvexError } from "convex/values";
 import { internal } from "./_generated/api";
@@ -70,7 +70,9 @@ export function constantTimeEqual(a: string, b: string): boolean {
 }
 
 /** Who sent a request: a device (its `devices` row id and name), or the legacy shared token. */
-export type Sender = { kind: "device"; id: Id<"devices">; name: string } | { kind: "legacy" };
+export type Sender =
+  | { kind: "device"; id: Id<"devices">; name: string; deviceId: string | null }
+  | { kind: "legacy" };
 
 /** True when the owner opted in to the legacy single INGEST_TOKEN (`ALLOW_LEGACY_INGEST_TOKEN=1`). */
 export function legacyAllowed(): boolean {
@@ -92,7 +94,7 @@ async function authenticate(ctx: ActionCtx, request: Request): Promise<Sender | 
   const device = await ctx.runQuery(internal.devices.byTokenHash, { tokenHash: await sha256Hex(token) });
   if (device !== null) {
     if (device.revokedAt !== undefined) return unauthorized("this device's token was revoked");
-    return { kind: "device", id: device._id, name: device.name };
+    return { kind: "device", id: device._id, name: device.name, deviceId: device.deviceId ?? null };
   }
   const legacy = env.INGEST_TOKEN;
   if (legacyAllowed() && legacy !== undefined && legacy !== "" && constantTimeEqual(token, legacy)) {
@@ -238,7 +240,8 @@ const ingest = httpAction(async (ctx, request) => {
 });
 
 /**
- * GET /whoami with `Authorization: Bearer <token>`: 200 `{"device":"<name>"}` for a device token
+ * GET /whoami with `Authorization: Bearer <token>`: 200 `{"device":"<name>","deviceId":<the record
+ * deviceId it is bound to, or null before its first record>}` for a device token
  * (`{"device":null,"legacy":true}` for the legacy INGEST_TOKEN when allowed), else the same 401
  * as /ingest. Reads only; `opencode-telemetry login`, `check-config` and `status` ask it which
  * device the deployment knows this machine as.
@@ -246,7 +249,10 @@ const ingest = httpAction(async (ctx, request) => {
 const whoami = httpAction(async (ctx, request) => {
   const sender = await authenticate(ctx, request);
   if (sender instanceof Response) return sender;
-  return json(200, sender.kind === "device" ? { device: sender.name } : { device: null, legacy: true });
+  return json(
+    200,
+    sender.kind === "device" ? { device: sender.name, deviceId: sender.deviceId } : { device: null, legacy: true },
+  );
 });
 
 const http = httpRouter();

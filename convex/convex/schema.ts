@@ -200,6 +200,10 @@ export const sessionFields = {
   // absent when nothing was shortened. Shortened strings end with
   // "… [truncated by opencode-telemetry: N more chars]"; shortened arrays keep their first items.
   truncated: v.optional(v.array(v.string())),
+  // Names of the fields whose source value broke a content rule (validate.ts) and that the daemon
+  // clamped or dropped before queueing the record (e.g. ["createdAt","durationMs"]; paths without
+  // array indexes, sorted); absent when nothing was corrected. See daemon/src/export/validate.rs.
+  corrected: v.optional(v.array(v.string())),
 };
 
 export const sessionRecord = v.object(sessionFields);

@@ -1,9 +1,10 @@
 // Content rules for one SessionExport, checked by `sessions:upsertBatch` for every record after
 // Convex's schema validation (types, fields) and before anything is written. A record that
 // breaks one is answered `rejected` with the rule as a one-line reason; its batch neighbours are
-// stored. (The daemon does not yet apply the same rules before it queues a record — issue #14's
-// daemon side — so a source row with, say, a timestamp before 2000 gives that one record a
-// `rejected` answer, which the daemon dead-letters while the rest of its queue is delivered.)
+// stored. The daemon applies the same rules before it queues a record
+// (daemon/src/export/validate.rs, whose test checks these constants and key sets): a bad source
+// value is clamped or dropped there and named in the record's `corrected`, so only a record from
+// an older daemon, or one whose daemon clock runs over a day ahead, is rejected here.
 //
 // The rules:
 // - every number in the record (counts, token totals, costs, durations, timestamps, revision,

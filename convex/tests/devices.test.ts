@@ -230,10 +230,14 @@ describe("device tokens", () => {
     ]);
   });
 
-  test("GET /whoami names the device; an unknown token is 401", async () => {
+  test("GET /whoami names the device and the deviceId it is bound to; an unknown token is 401", async () => {
     const s = setup();
     const a = await s.create("work-laptop");
-    expect(await s.whoami(a.token)).toEqual({ status: 200, json: { device: "work-laptop" } });
+    expect(await s.whoami(a.token)).toEqual({ status: 200, json: { device: "work-laptop", deviceId: null } });
+    await s.ingest(a.token, rec("ses_who", DEV_A));
+    expect(await s.whoami(a.token)).toEqual({ status: 200, json: { device: "work-laptop", deviceId: DEV_A } });
+    const b = await s.create("home", DEV_B);
+    expect(await s.whoami(b.token)).toEqual({ status: 200, json: { device: "home", deviceId: DEV_B } });
     expect((await s.whoami("nope")).status).toBe(401);
   });
 });

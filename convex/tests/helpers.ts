@@ -26,6 +26,7 @@ export const OPTIONAL_FIELDS = [
   "todos",
   "messages",
   "truncated",
+  "corrected",
 ] as const;
 
 const clone = <T>(x: T): T => JSON.parse(JSON.stringify(x)) as T;

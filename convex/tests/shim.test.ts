@@ -104,7 +104,7 @@ describe("routes", () => {
     const res = await ingest([minimalRecord()], token);
     expect(res.json).toEqual({ results: [{ sessionId: FULL.sessionId, action: "inserted" }] });
     const who = await fetch(`${shim.url}/whoami`, { headers: { authorization: `Bearer ${token}` } });
-    expect(await who.json()).toEqual({ device: "e2e" });
+    expect(await who.json()).toEqual({ device: "e2e", deviceId: FULL.deviceId });
   });
 
   test("HTTP-action answers pass through unchanged: a wrong token is a 401 with WWW-Authenticate", async () => {

@@ -1,4 +1,5 @@
-//! The command line: `run`, `once`, `check-config`, `status`, `queue`, `install`, `uninstall`.
+//! The command line: `run`, `once`, `login`, `check-config`, `status`, `queue`, `install`,
+//! `uninstall`.
 //!
 //! Exit status: 0 success; 1 a runtime failure (cannot deliver, source unreadable, outbox
 //! locked by another instance, storage error); 2 a usage error (clap); 78 (`EX_CONFIG`) a
@@ -40,8 +41,13 @@ pub enum Command {
     /// One pass: read every session, build its record, enqueue, deliver; exit 0 when the outbox
     /// is drained.
     Once(OnceArgs),
-    /// Validate the configuration and print the effective config (secrets redacted).
-    CheckConfig,
+    /// Store this machine's device token (asked for without echo, or read from stdin with
+    /// --token-stdin) where the service reads it, after checking it against the deployment's
+    /// GET /whoami; a rejected token is not stored.
+    Login(LoginArgs),
+    /// Validate the configuration, print the effective config (secrets redacted) and which
+    /// device the deployment knows this machine as (one GET /whoami).
+    CheckConfig(CheckConfigArgs),
     /// Show what the daemon is doing without stopping it: outbox depth, last delivery, last
     /// error, last export per trigger, the database in use.
     Status(StatusArgs),
@@ -63,6 +69,25 @@ pub struct RunArgs {
     /// the export it caused) as a JSON line to this file.
     #[arg(long, value_name = "FILE")]
     pub transitions_log: Option<PathBuf>,
+}
+
+/// Arguments of `login`.
+#[derive(Debug, clap::Args)]
+pub struct LoginArgs {
+    /// Read the token from the first line of standard input instead of asking on the terminal
+    /// (e.g. `pbpaste | opencode-telemetry login --token-stdin`). The token is never taken as
+    /// an argument: it would land in the shell's history.
+    #[arg(long)]
+    pub token_stdin: bool,
+}
+
+/// Arguments of `check-config`.
+#[derive(Debug, clap::Args)]
+pub struct CheckConfigArgs {
+    /// Do not ask the deployment which device this machine is (no network; what the service's
+    /// ExecStartPre uses).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Arguments of `status`.
@@ -139,7 +164,7 @@ pub fn main() -> ExitCode {
     };
     if matches!(
         cli.command,
-        Command::Run(_) | Command::Once(_) | Command::CheckConfig
+        Command::Run(_) | Command::Once(_) | Command::CheckConfig(_)
     ) {
         if let Err(e) = loaded.check_delivery() {
             eprintln!("opencode-telemetry: {e}");
@@ -169,7 +194,8 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => daemon::run_daemon(loaded, overrides, args.transitions_log).await,
             Command::Once(args) => cmd::once(&loaded.config, args.timeout_secs).await,
-            Command::CheckConfig => cmd::check_config(&loaded),
+            Command::Login(args) => cmd::login(&loaded, args.token_stdin).await,
+            Command::CheckConfig(args) => cmd::check_config(&loaded, args.offline).await,
             Command::Status(args) => cmd::status(&loaded.config, args.json, args.check),
             Command::Queue(QueueCommand::List) => cmd::queue_list(&loaded.config).await,
             Command::Queue(QueueCommand::RetryDead) => cmd::queue_retry_dead(&loaded.config).await,

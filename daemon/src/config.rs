@@ -7,20 +7,32 @@
 //!    `<platform config dir>/opencode-telemetry/config.toml` (`~/.config/opencode-telemetry/config.toml`
 //!    on Linux, `~/Library/Application Support/opencode-telemetry/config.toml` on macOS). The
 //!    default file may be absent; an explicitly named one must exist;
-//! 3. environment overrides, only these: `OPENCODE_TELEMETRY_CONVEX_URL` (`convex.url`),
+//! 3. the **credentials file** `<platform config dir>/opencode-telemetry/env`
+//!    ([`credentials_path`]: `$XDG_CONFIG_HOME/opencode-telemetry/env`, default
+//!    `~/.config/opencode-telemetry/env`, on Linux — the file the systemd unit names in
+//!    `EnvironmentFile=`; `~/Library/Application Support/opencode-telemetry/env` on macOS, where
+//!    launchd has no such setting and the daemon reads it itself). `opencode-telemetry login`
+//!    writes the device token there (mode 0600, see [`store_ingest_token`]). It holds `KEY=VALUE`
+//!    lines as systemd reads them (blank lines and `#`/`;` comments skipped, one pair of
+//!    surrounding quotes removed); of its variables only the four below are read, each as if it
+//!    were set in the environment. The file may be absent; it is read whichever `--config` is
+//!    used, so every command (`run`, `once`, `check-config`, …) finds the token the service uses;
+//! 4. environment overrides, only these: `OPENCODE_TELEMETRY_CONVEX_URL` (`convex.url`),
 //!    `OPENCODE_TELEMETRY_INGEST_TOKEN` (`convex.ingest_token`), `OPENCODE_TELEMETRY_DATA_DIR`
 //!    (`data_dir`), `OPENCODE_TELEMETRY_LOG_FORMAT` (`service.log_format`). No general
 //!    `OPENCODE_TELEMETRY_*` mapping exists, so an unrelated variable with that prefix can never
-//!    break start-up;
-//! 4. `--db PATH` on the command line (`source.db_path`).
+//!    break start-up. A variable set (non-empty) in the environment wins over the credentials
+//!    file;
+//! 5. `--db PATH` on the command line (`source.db_path`).
 //!
 //! Unknown keys and bad values are errors that name the key and the file; the binary exits with
 //! status 78 (`EX_CONFIG`) on them, which the systemd unit lists in `RestartPreventExitStatus`.
 //! Error messages never contain the ingest token, even when the TOML around it is malformed
 //! (the parser quotes the offending line; the token's value is cut out of it).
 //!
-//! A file that holds the ingest token and can be read or written by group or others gets a
-//! warning, as ssh gives for private keys ([`Loaded::permission_warning`]).
+//! A file (the config file or the credentials file) that holds the ingest token and can be read
+//! or written by group or others gets a warning, as ssh gives for private keys
+//! ([`Loaded::permission_warning`]).
 //! `config.example.toml` next to this crate documents every key and is parsed by a test.
 
 use std::fmt;
@@ -39,6 +51,17 @@ pub const ENV_INGEST_TOKEN: &str = "OPENCODE_TELEMETRY_INGEST_TOKEN";
 pub const ENV_DATA_DIR: &str = "OPENCODE_TELEMETRY_DATA_DIR";
 /// Environment override of `service.log_format` (`auto`, `text` or `json`).
 pub const ENV_LOG_FORMAT: &str = "OPENCODE_TELEMETRY_LOG_FORMAT";
+
+/// File name of the credentials file inside the platform config dir (see [`credentials_path`]).
+pub const CREDENTIALS_FILE_NAME: &str = "env";
+
+/// The variables the credentials file and the environment may set.
+const ENV_KEYS: [&str; 4] = [
+    ENV_CONVEX_URL,
+    ENV_INGEST_TOKEN,
+    ENV_DATA_DIR,
+    ENV_LOG_FORMAT,
+];
 
 /// The example config shipped with the crate (every key, commented, with its default).
 pub const EXAMPLE_CONFIG: &str = include_str!("../config.example.toml");
@@ -155,8 +178,9 @@ pub struct ConvexConfig {
     /// origin as given. Records go to `POST <origin>/ingest`. Empty: use the local sink.
     /// Plain `http://` is accepted only for loopback hosts.
     pub url: String,
-    /// The ingest token the deployment's `INGEST_TOKEN` environment variable holds
-    /// (`npx convex env set INGEST_TOKEN …`). Prefer `OPENCODE_TELEMETRY_INGEST_TOKEN`.
+    /// This machine's device token (`npx convex run devices:create`), or the legacy shared
+    /// `INGEST_TOKEN`. Prefer `opencode-telemetry login`, which stores it in the credentials file
+    /// ([`credentials_path`]); that file and `OPENCODE_TELEMETRY_INGEST_TOKEN` win over this key.
     pub ingest_token: Secret,
     /// Most records per `POST /ingest` request (1..=500; a batch is also cut at 8 MiB of
     /// record JSON). One record due goes alone; more go together.
@@ -348,6 +372,102 @@ pub struct Loaded {
     pub path: Option<PathBuf>,
     /// True when the file itself sets `convex.ingest_token` (not only the environment).
     pub file_holds_secret: bool,
+    /// The credentials file, when it sets `OPENCODE_TELEMETRY_INGEST_TOKEN` (see
+    /// [`credentials_path`]; the environment may still override it).
+    pub credentials_file: Option<PathBuf>,
+}
+
+/// The credentials file: `<platform config dir>/opencode-telemetry/env` (see the module doc).
+/// `None` when the platform has no home directory.
+pub fn credentials_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("", "", "opencode-telemetry")
+        .map(|d| d.config_dir().join(CREDENTIALS_FILE_NAME))
+}
+
+/// The allow-listed `KEY=VALUE` pairs of a credentials file's text, in file order (a later line
+/// wins). Lines are read as systemd's `EnvironmentFile=` reads them: blank lines and lines
+/// starting with `#` or `;` are skipped, a line without `=` is ignored, key and value are
+/// trimmed and one pair of matching surrounding quotes is removed from the value.
+pub fn parse_credentials(text: &str) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let Some(key) = ENV_KEYS.iter().find(|k| **k == key.trim()) else {
+            continue;
+        };
+        let value = value.trim();
+        let unquoted = ['"', '\'']
+            .iter()
+            .find_map(|q| {
+                value
+                    .strip_prefix(*q)
+                    .and_then(|v| v.strip_suffix(*q))
+                    .filter(|_| value.len() >= 2)
+            })
+            .unwrap_or(value);
+        out.push((*key, unquoted.to_string()));
+    }
+    out
+}
+
+/// Characters a device token may have to be stored by [`store_ingest_token`]: those of a
+/// `devices:create` token (base64url) and of `openssl rand -hex`, plus `.~+/=`, none of which
+/// systemd's `EnvironmentFile=` parser treats specially.
+pub fn storable_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.~+/=".contains(&b))
+}
+
+/// Writes `token` into the credentials file `path` as `OPENCODE_TELEMETRY_INGEST_TOKEN=<token>`:
+/// the line replaces every earlier line setting that variable, every other line is kept, and
+/// the file is replaced atomically ([`crate::atomic_file`]) by one created with mode 0600 (so
+/// the token is never readable by others, not even for a moment). The directory is created
+/// (mode 0700) when missing.
+///
+/// # Errors
+/// IO errors reading the old file or writing the new one (they name no token); a token that
+/// [`storable_token`] refuses (`InvalidInput`).
+pub fn store_ingest_token(path: &Path, token: &str) -> std::io::Result<()> {
+    if !storable_token(token) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a device token has only letters, digits and -_.~+/=",
+        ));
+    }
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e),
+    };
+    let mut text = String::with_capacity(old.len() + token.len() + 40);
+    for line in old.lines() {
+        let sets_token = line
+            .split_once('=')
+            .is_some_and(|(k, _)| k.trim() == ENV_INGEST_TOKEN);
+        if !sets_token {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text.push_str(&format!("{ENV_INGEST_TOKEN}={token}\n"));
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.exists() {
+            let mut b = std::fs::DirBuilder::new();
+            b.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+            b.create(dir)?;
+        }
+    }
+    crate::atomic_file::write(path, text.as_bytes())
 }
 
 /// Where the config file is looked for when neither `--config` nor
@@ -383,6 +503,33 @@ pub struct Overrides {
 /// # Errors
 /// [`ConfigError`] naming the file and, where it applies, the key.
 pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
+    load_with(overrides, credentials_path().as_deref())
+}
+
+/// [`load`] with the credentials file at `credentials` (`None`: none).
+fn load_with(overrides: &Overrides, credentials: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let creds_text = match credentials {
+        Some(p) => match std::fs::read_to_string(p) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(source) => {
+                return Err(ConfigError::Unreadable {
+                    path: p.to_path_buf(),
+                    source,
+                })
+            }
+        },
+        None => None,
+    };
+    let creds = creds_text
+        .as_deref()
+        .map(parse_credentials)
+        .unwrap_or_default();
+    let credentials_file = creds
+        .iter()
+        .any(|(k, v)| *k == ENV_INGEST_TOKEN && !v.is_empty())
+        .then(|| credentials.map(Path::to_path_buf))
+        .flatten();
     let (path, explicit) = match &overrides.config_path {
         Some(p) => (Some(p.clone()), true),
         None => (default_config_path(), false),
@@ -405,11 +552,18 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
         .clone()
         .unwrap_or_else(|| PathBuf::from("<defaults>"));
     let text = file_text.as_deref().unwrap_or("");
-    let secrets = file_secrets(text);
+    let mut secrets = file_secrets(text);
+    secrets.extend(
+        creds
+            .iter()
+            .filter(|(k, v)| *k == ENV_INGEST_TOKEN && v.len() >= 4)
+            .map(|(_, v)| v.clone()),
+    );
+    secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     let scrub = |e: ConfigError| scrub_error(e, &secrets);
     let mut config = parse(text, &shown).map_err(scrub)?;
     let file_holds_secret = !config.convex.ingest_token.is_empty();
-    apply_env(&mut config).map_err(scrub)?;
+    apply_env(&mut config, &creds).map_err(scrub)?;
     paths(&mut config, &shown).map_err(scrub)?;
     if let Some(db) = &overrides.db_path {
         // A command-line path is the user's, relative to where they run the command.
@@ -420,6 +574,7 @@ pub fn load(overrides: &Overrides) -> Result<Loaded, ConfigError> {
         config,
         path: used_path,
         file_holds_secret,
+        credentials_file,
     })
 }
 
@@ -507,8 +662,22 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         })
 }
 
-fn apply_env(config: &mut Config) -> Result<(), ConfigError> {
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+/// Applies the allow-listed variables: from the environment when set there (non-empty), else
+/// from the credentials file's pairs `creds`.
+fn apply_env(config: &mut Config, creds: &[(&'static str, String)]) -> Result<(), ConfigError> {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .or_else(|| {
+                creds
+                    .iter()
+                    .rev()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.clone())
+                    .filter(|v| !v.is_empty())
+            })
+    };
     if let Some(url) = var(ENV_CONVEX_URL) {
         config.convex.url = url;
     }
@@ -714,10 +883,22 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
 }
 
 impl Loaded {
-    /// The ssh-style warning for a config file that holds the ingest token and whose mode lets
-    /// group or others read or write it (`mode & 0o077 != 0`); `None` when the file holds no
-    /// secret, is private, or there is no file (and always off Unix).
+    /// The ssh-style warning for the credentials file or a config file that holds the ingest
+    /// token and whose mode lets group or others read or write it (`mode & 0o077 != 0`); `None`
+    /// when no such file holds the secret, it is private, or there is no file (and always off
+    /// Unix).
     pub fn permission_warning(&self) -> Option<String> {
+        if let Some(creds) = &self.credentials_file {
+            if let Some(mode) = file_mode(creds).filter(|m| m & 0o077 != 0) {
+                return Some(format!(
+                    "credentials file {} holds {ENV_INGEST_TOKEN} and is accessible by group or \
+                     others (mode {:03o}); run `chmod 600 {}`",
+                    creds.display(),
+                    mode & 0o777,
+                    creds.display()
+                ));
+            }
+        }
         let path = self.path.as_ref()?;
         if !self.file_holds_secret {
             return None;
@@ -751,7 +932,7 @@ impl Loaded {
         let token = self.config.convex.ingest_token.expose();
         if self.config.uses_convex() && token.is_empty() {
             return Err(bad_token(format!(
-                "is required when convex.url is set (or set {ENV_INGEST_TOKEN})"
+                "is required when convex.url is set: run `opencode-telemetry login` with the device token (or set {ENV_INGEST_TOKEN})"
             )));
         }
         if !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -844,6 +1025,7 @@ mod tests {
             config,
             path: Some(PathBuf::from("/etc/x.toml")),
             file_holds_secret: false,
+            credentials_file: None,
         }
     }
 
@@ -901,11 +1083,150 @@ mod tests {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
         }
         let _ = mode;
-        let loaded = load(&Overrides {
-            config_path: Some(path),
-            db_path: Some(PathBuf::from("/tmp/oc.db")),
-        });
+        let loaded = load_with(
+            &Overrides {
+                config_path: Some(path),
+                db_path: Some(PathBuf::from("/tmp/oc.db")),
+            },
+            None,
+        );
         (dir, loaded)
+    }
+
+    /// Loads `config` (TOML) with the credentials file `creds` (text, mode) beside it.
+    fn load_with_credentials(
+        config: &str,
+        creds: &str,
+        mode: u32,
+    ) -> (tempfile::TempDir, Result<Loaded, ConfigError>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            format!("data_dir = \"{}\"\n{config}", dir.path().display()),
+        )
+        .unwrap();
+        let env = dir.path().join("env");
+        std::fs::write(&env, creds).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&env, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let _ = mode;
+        let loaded = load_with(
+            &Overrides {
+                config_path: Some(path),
+                db_path: Some(PathBuf::from("/tmp/oc.db")),
+            },
+            Some(&env),
+        );
+        (dir, loaded)
+    }
+
+    #[test]
+    fn the_credentials_file_supplies_the_token_over_the_config_file() {
+        if std::env::var_os(ENV_INGEST_TOKEN).is_some() {
+            return; // The environment would win; nothing to check here.
+        }
+        let (dir, loaded) = load_with_credentials(
+            WITH_TOKEN,
+            "# written by login\nOTHER=1\nOPENCODE_TELEMETRY_INGEST_TOKEN=\"tok-from-file-0001\"\n",
+            0o600,
+        );
+        let loaded = loaded.unwrap();
+        assert_eq!(
+            loaded.config.convex.ingest_token.expose(),
+            "tok-from-file-0001"
+        );
+        assert_eq!(loaded.credentials_file, Some(dir.path().join("env")));
+        // A file without the token names no credentials file.
+        let (_d, loaded) = load_with_credentials(WITH_TOKEN, "OTHER=1\n", 0o644);
+        let loaded = loaded.unwrap();
+        assert_eq!(loaded.credentials_file, None);
+        assert_eq!(
+            loaded.config.convex.ingest_token.expose(),
+            "tok-perm-0123456789"
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_readable_credentials_file_is_warned_about_and_its_token_never_shown() {
+        if std::env::var_os(ENV_INGEST_TOKEN).is_some() {
+            return;
+        }
+        let (dir, loaded) = load_with_credentials(
+            "",
+            "OPENCODE_TELEMETRY_INGEST_TOKEN=tok-creds-0002\n",
+            0o644,
+        );
+        let w = loaded.unwrap().permission_warning().unwrap();
+        assert!(
+            w.contains(&dir.path().join("env").display().to_string()),
+            "{w}"
+        );
+        assert!(w.contains("644") && !w.contains("tok-creds-0002"), "{w}");
+        // A broken config file next to it: the error does not quote the file's token.
+        let (_d, loaded) = load_with_credentials(
+            "[convex]\nurl = \"tok-creds-0002\" x\n",
+            "OPENCODE_TELEMETRY_INGEST_TOKEN=tok-creds-0002\n",
+            0o600,
+        );
+        let err = loaded.unwrap_err().to_string();
+        assert!(!err.contains("tok-creds-0002"), "{err}");
+    }
+
+    #[test]
+    fn credentials_lines_are_read_as_systemd_reads_them() {
+        let pairs = parse_credentials(
+            "; comment\n\n  OPENCODE_TELEMETRY_CONVEX_URL = 'https://a.convex.site'  \n\
+             RUST_LOG=debug\nnot a pair\nOPENCODE_TELEMETRY_INGEST_TOKEN=abc\n\
+             OPENCODE_TELEMETRY_INGEST_TOKEN=\"def\"\n",
+        );
+        assert_eq!(
+            pairs,
+            [
+                (ENV_CONVEX_URL, "https://a.convex.site".to_string()),
+                (ENV_INGEST_TOKEN, "abc".to_string()),
+                (ENV_INGEST_TOKEN, "def".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn storing_the_token_replaces_its_line_keeps_the_others_and_makes_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new/dir/env");
+        store_ingest_token(&path, "first-0001").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "OPENCODE_TELEMETRY_INGEST_TOKEN=first-0001\n"
+        );
+        std::fs::write(
+            &path,
+            "RUST_LOG=info\nOPENCODE_TELEMETRY_INGEST_TOKEN=first-0001\n# keep\n",
+        )
+        .unwrap();
+        store_ingest_token(&path, "second_0002-AZ").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "RUST_LOG=info\n# keep\nOPENCODE_TELEMETRY_INGEST_TOKEN=second_0002-AZ\n"
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&path), 0o600);
+            assert_eq!(mode(path.parent().unwrap()), 0o700);
+        }
+        for bad in ["", "has space", "quote\"", "new\nline", "dollar$"] {
+            let e = store_ingest_token(&path, bad).unwrap_err();
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+        }
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("second_0002-AZ"));
     }
 
     const WITH_TOKEN: &str =

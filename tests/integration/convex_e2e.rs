@@ -44,6 +44,21 @@ impl Emulator {
     /// (`ALLOW_LEGACY_INGEST_TOKEN=1`; device tokens are made through the shim's `/api/mutation`
     /// `devices:create`).
     pub fn start(ingest_token: &str) -> Emulator {
+        Emulator::start_with(&[
+            ("INGEST_TOKEN", ingest_token),
+            ("ALLOW_LEGACY_INGEST_TOKEN", "1"),
+        ])
+    }
+
+    /// Starts the shim as a new deployment is set up: no `INGEST_TOKEN`, the legacy shared
+    /// token not allowed; only device tokens (made with [`Emulator::mutation`]
+    /// `devices:create`) are accepted.
+    pub fn start_devices_only() -> Emulator {
+        Emulator::start_with(&[])
+    }
+
+    /// Starts the shim with these deployment environment variables.
+    fn start_with(deployment_env: &[(&str, &str)]) -> Emulator {
         let root = repo_root();
         let tsx = root.join("convex/node_modules/tsx");
         assert!(
@@ -59,8 +74,9 @@ impl Emulator {
             .current_dir(root.join("convex"))
             .env("SHIM_PORT", "0")
             .env("SHIM_LOG", &log)
-            .env("INGEST_TOKEN", ingest_token)
-            .env("ALLOW_LEGACY_INGEST_TOKEN", "1")
+            .env_remove("INGEST_TOKEN")
+            .env_remove("ALLOW_LEGACY_INGEST_TOKEN")
+            .envs(deployment_env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -92,6 +108,15 @@ impl Emulator {
     pub fn query(&self, path: &str, args: Value) -> Value {
         let body = json!({"path": path, "args": args});
         let v = post_json(&format!("{}/api/query", self.url), &body);
+        assert_eq!(v["status"], "success", "{v}");
+        v["value"].clone()
+    }
+
+    /// Runs a mutation (internal ones too) through the shim's `/api/mutation` and returns its
+    /// value: the owner's `npx convex run devices:create …`.
+    pub fn mutation(&self, path: &str, args: Value) -> Value {
+        let body = json!({"path": path, "args": args});
+        let v = post_json(&format!("{}/api/mutation", self.url), &body);
         assert_eq!(v["status"], "success", "{v}");
         v["value"].clone()
     }
@@ -301,7 +326,7 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
 
 /// "YYYY-MM-DD" (UTC) of an epoch-millisecond time (the civil-from-days algorithm of
 /// Howard Hinnant's date library).
-fn day(ms: i64) -> String {
+pub fn day(ms: i64) -> String {
     let z = ms.div_euclid(86_400_000) + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;

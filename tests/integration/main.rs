@@ -17,6 +17,9 @@ mod counting;
 /// Delivery under faults and crashes: the real daemon, SIGKILL/SIGTERM, and a fault-injecting
 /// HTTP server on 127.0.0.1.
 mod delivery_faults;
+/// Per-device credentials: `login` against the Convex functions, `run` delivering as that
+/// device, `check-config` / `status` naming it, out-of-range source values corrected.
+mod device_login;
 /// Every shape OpenCode treats as the end of a turn (shell commands, `noReply` prompts…) against its event log.
 mod endings;
 /// Real OpenCode 1.18.33, driven live: exports compared with its own event stream.

@@ -131,7 +131,10 @@ fn dry_run_prints_the_unit_for_this_binary_and_config_and_writes_nothing() {
         config.display().to_string().replace('%', "%%")
     );
     assert_eq!(one(&unit, "ExecStart"), format!("{cmd} run"));
-    assert_eq!(one(&unit, "ExecStartPre"), format!("{cmd} check-config"));
+    assert_eq!(
+        one(&unit, "ExecStartPre"),
+        format!("{cmd} check-config --offline")
+    );
     for (key, want) in [
         ("Type", "notify"),
         ("NotifyAccess", "main"),

@@ -1,11 +1,14 @@
-//! The one-shot commands: `once`, `check-config`, `status`, `queue`.
+//! The one-shot commands: `once`, `login`, `check-config`, `status`, `queue`.
 
+pub mod login;
 mod once;
 pub mod status;
 
+pub use login::login;
 pub use once::once;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use crate::clock::now_ms;
 use crate::config::{Config, Loaded};
@@ -13,11 +16,17 @@ use crate::export::SessionExport;
 
 use crate::daemon::*;
 
-/// `check-config`: prints the effective configuration with secrets redacted.
+/// How long `check-config` waits for the deployment's `/whoami` answer.
+pub const CHECK_WHOAMI_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `check-config`: prints the effective configuration with secrets redacted, where the ingest
+/// token comes from, and — unless `offline` — which device the deployment knows this machine
+/// as: one `GET /whoami` with a [`CHECK_WHOAMI_TIMEOUT`], whose failure (unreachable,
+/// rejected) is one `# device:` line and not an error: the daemon retries delivery by itself.
 ///
 /// # Errors
 /// None beyond what loading already reported; kept fallible for symmetry.
-pub fn check_config(loaded: &Loaded) -> anyhow::Result<ExitCode> {
+pub async fn check_config(loaded: &Loaded, offline: bool) -> anyhow::Result<ExitCode> {
     let c = &loaded.config;
     match &loaded.path {
         Some(p) => println!("# config file: {}", p.display()),
@@ -38,6 +47,10 @@ pub fn check_config(loaded: &Loaded) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+        println!("# ingest token: {}", token_source(loaded));
+        if !offline {
+            println!("# device: {}", device_line(c).await);
+        }
     }
     println!(
         "# opencode database: {} ({})",
@@ -51,6 +64,39 @@ pub fn check_config(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     print!("{}", c.to_redacted_toml());
     println!("# config ok");
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where `convex.ingest_token` came from (never its value).
+fn token_source(loaded: &Loaded) -> String {
+    use crate::config::ENV_INGEST_TOKEN;
+    if loaded.config.convex.ingest_token.is_empty() {
+        "none (run `opencode-telemetry login`)".into()
+    } else if std::env::var(ENV_INGEST_TOKEN).is_ok_and(|v| !v.is_empty()) {
+        format!("from the environment (${ENV_INGEST_TOKEN})")
+    } else if let Some(p) = &loaded.credentials_file {
+        format!("from the credentials file {}", p.display())
+    } else {
+        "from the config file (convex.ingest_token)".into()
+    }
+}
+
+/// The `# device:` line of `check-config`: what `/whoami` says about the token.
+async fn device_line(c: &Config) -> String {
+    use crate::sink::convex::whoami::{whoami, WhoAmI};
+    let answer = whoami(&c.convex, CHECK_WHOAMI_TIMEOUT).await;
+    match &answer {
+        WhoAmI::Device { device_id, .. } => {
+            let mine = crate::daemon::device_id(c).ok();
+            match (device_id, mine) {
+                (Some(bound), Some(mine)) if *bound != mine => format!(
+                    "{} — but this machine's device id is {mine}: its records will be rejected;                      use this machine's own token (`opencode-telemetry login`)",
+                    answer.describe()
+                ),
+                _ => format!("this machine is {}", answer.describe()),
+            }
+        }
+        _ => format!("unknown: {}", answer.describe()),
+    }
 }
 
 /// One line per exported session, as `once` prints it.

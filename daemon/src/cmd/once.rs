@@ -169,7 +169,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
             Step::Unauthorized { reason, .. } => {
                 outbox.flush().await?;
                 bail!(
-                    "{} refused the ingest token ({reason}); records stay queued. Check that convex.ingest_token / OPENCODE_TELEMETRY_INGEST_TOKEN is an unrevoked device token of the deployment (npx convex run devices:list), or the legacy INGEST_TOKEN with ALLOW_LEGACY_INGEST_TOKEN=1",
+                    "{} refused the ingest token ({reason}); records stay queued. The ingest token (stored by `opencode-telemetry login`, or OPENCODE_TELEMETRY_INGEST_TOKEN, or convex.ingest_token) must be an unrevoked device token of the deployment (npx convex run devices:list; devices:create makes one, `opencode-telemetry login` stores it), or the legacy INGEST_TOKEN with ALLOW_LEGACY_INGEST_TOKEN=1",
                     sender.describe()
                 );
             }

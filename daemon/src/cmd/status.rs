@@ -4,7 +4,9 @@
 //! its pid and start time, the config file and OpenCode database in use, the sink, the outbox
 //! depth (pending, dead letters), the last delivery, the last error, the last export per
 //! trigger (`session.idle`, `session.error`, `session.deleted`, `stale`) and the outcome of
-//! the last SIGHUP. `status` reads that file when its pid is alive (it never takes the outbox's
+//! the last SIGHUP, and which device the deployment's `GET /whoami` named this machine when the
+//! daemon started (`device`: status itself makes no request, so it stays offline and read-only;
+//! the answer stays in the file after the daemon stops). `status` reads that file when its pid is alive (it never takes the outbox's
 //! lock, so a daemon starting at that moment is not refused). When no daemon runs it says so
 //! and opens the outbox itself; the last exports then come from the outbox's `state` tree,
 //! where every commit records them.
@@ -16,6 +18,7 @@
 //!           | {"running":false},
 //!  "figuresFrom":"status file"|"outbox","figuresAt":<ms>,
 //!  "sink":…,"dbPath":…,"dataDir":…,
+//!  "device":{"at":<ms>,"name":…,"deviceId":…,"answer":…}|null,
 //!  "outbox":{"pendingCount":…,"pendingBytes":…,"maxBytes":…,"oldestEnqueuedAt":…|null,"deadCount":…},
 //!  "lastDeliveryAt":…|null,"lastError":{"message":…,"at":…}|null,
 //!  "lastExports":{"session.idle":{"sessionId":…,"at":…},…},"heldDeletions":…}
@@ -28,7 +31,7 @@ use serde_json::json;
 
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::daemon::status_file::{read_status, LastExport, StatusSnapshot};
+use crate::daemon::status_file::{read_status, DeviceSeen, LastExport, StatusSnapshot};
 use crate::daemon::{open_outbox, sink_description, LAST_EXPORT_PREFIX};
 use crate::queue::Outbox;
 
@@ -40,6 +43,9 @@ struct Gathered {
     last_exports: BTreeMap<String, LastExport>,
     /// Deletions held (see [`crate::track::rules::hold_deletions`]).
     held_deletions: usize,
+    /// The deployment's last `/whoami` answer to a daemon of this data dir (from the status
+    /// file, also after that daemon stopped).
+    device: Option<DeviceSeen>,
 }
 
 /// `status` (human-readable) or `status --json`.
@@ -76,8 +82,14 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
             .as_ref()
             .map(|d| d.last_exports.clone())
             .unwrap_or_default(),
+        device: s.daemon.as_ref().and_then(|d| d.device.clone()),
         snapshot: s,
         running: true,
+    };
+    let last_device = || {
+        read_status(&config.data_dir)
+            .and_then(|s| s.daemon)
+            .and_then(|d| d.device)
     };
     if let Some(s) = read_status(&config.data_dir).filter(|s| process_alive(s.pid)) {
         return Ok(from_file(s));
@@ -97,6 +109,7 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
             running: false,
             last_exports: BTreeMap::new(),
             held_deletions: 0,
+            device: last_device(),
         });
     }
     match open_outbox(config) {
@@ -105,6 +118,7 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
             running: false,
             last_exports: last_exports(&outbox),
             held_deletions: crate::daemon::held_deletions(&outbox)?,
+            device: last_device(),
         }),
         // Locked: a daemon runs (off Linux, where its pid cannot be checked cheaply).
         Err(e) => match read_status(&config.data_dir) {
@@ -203,6 +217,28 @@ fn render_text(config: &Config, g: &Gathered, now: i64) -> String {
             .to_string(),
     );
     line("data dir", config.data_dir.display().to_string());
+    if let Some(d) = &g.device {
+        line(
+            "device",
+            format!(
+                "{} (the deployment's answer {}{})",
+                d.answer,
+                ago(now, Some(d.at_ms)),
+                if g.running {
+                    ""
+                } else {
+                    ", when the daemon last ran"
+                }
+            ),
+        );
+    } else if config.uses_convex() {
+        line(
+            "device",
+            "not known yet (the daemon asks the deployment when it starts; \
+             `opencode-telemetry check-config` asks now)"
+                .to_string(),
+        );
+    }
     let age = (now - s.written_at_ms).max(0) / 1000;
     line(
         "daemon",
@@ -313,6 +349,7 @@ fn render_json(config: &Config, g: &Gathered) -> serde_json::Value {
         "sink": daemon.map_or_else(|| sink_description(config), |d| d.sink.clone()),
         "dbPath": daemon.map_or(&config.source.db_path, |d| &d.db_path),
         "dataDir": config.data_dir,
+        "device": g.device,
         "outbox": {
             "pendingCount": s.queue.pending_count,
             "pendingBytes": s.queue.pending_bytes,
@@ -376,12 +413,20 @@ mod tests {
             last_reload: None,
             source_problem: Some("/in/use/opencode.db: no `part` table".into()),
             held_deletions: 30,
+            device: None,
+        };
+        let device = DeviceSeen {
+            at_ms: 990_000,
+            name: Some("work-laptop".into()),
+            device_id: Some("abc".into()),
+            answer: "device `work-laptop` (device id abc)".into(),
         };
         let g = Gathered {
             snapshot: snapshot(Some(info)),
             running: true,
             last_exports,
             held_deletions: 30,
+            device: Some(device),
         };
         let text = render_text(&config, &g, 1_000_000);
         assert!(
@@ -417,6 +462,14 @@ mod tests {
             "{text}"
         );
         assert_eq!(v["heldDeletions"], 30);
+        assert!(
+            text.contains(
+                "device:          device `work-laptop` (device id abc) (the deployment's answer 10s ago)\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(v["device"]["name"], "work-laptop");
+        assert_eq!(v["device"]["deviceId"], "abc");
         assert_eq!(
             v["daemon"]["sourceProblem"],
             "/in/use/opencode.db: no `part` table"
@@ -432,6 +485,7 @@ mod tests {
             running: false,
             last_exports: BTreeMap::new(),
             held_deletions: 0,
+            device: None,
         };
         let text = render_text(&config, &g, 1_000_000);
         assert!(text.contains("daemon:          not running"), "{text}");
@@ -456,6 +510,7 @@ mod tests {
                 running: true,
                 last_exports: BTreeMap::new(),
                 held_deletions: 0,
+                device: None,
             }
         };
         let now = 1_000_000;

@@ -421,9 +421,10 @@ impl Sender {
                     if !logged_unauthorized {
                         tracing::error!(reason = %reason, retry_in_ms = wait.as_millis() as u64,
                             "the Convex deployment refused the ingest token; sending is paused and the queue is kept. \
-                             Check that convex.ingest_token (or OPENCODE_TELEMETRY_INGEST_TOKEN) is a device token of the \
-                             deployment that is not revoked (npx convex run devices:list; devices:create makes one), \
-                             or the legacy INGEST_TOKEN with ALLOW_LEGACY_INGEST_TOKEN=1 set there");
+                             The token (stored by `opencode-telemetry login`, or OPENCODE_TELEMETRY_INGEST_TOKEN, or \
+                             convex.ingest_token) must be a device token of the deployment that is not revoked \
+                             (npx convex run devices:list; devices:create makes one, then `opencode-telemetry login` \
+                             and a restart), or the legacy INGEST_TOKEN with ALLOW_LEGACY_INGEST_TOKEN=1 set there");
                         logged_unauthorized = true;
                     }
                 }

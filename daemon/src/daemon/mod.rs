@@ -344,6 +344,7 @@ pub async fn run(
             last_reload: None,
             source_problem: None,
             held_deletions,
+            device: None,
         },
     );
     let mut notifier = notify::Notifier::from_env();
@@ -352,6 +353,13 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
     let sender_task = tokio::spawn(sender.run(wake.clone(), cancel.clone(), reconfigure_rx));
+    if config.uses_convex() {
+        tokio::spawn(ask_whoami(
+            config.convex.clone(),
+            status.handle(),
+            cancel.clone(),
+        ));
+    }
     let mut poller = Poller {
         config: config.clone(),
         device,
@@ -440,6 +448,81 @@ pub async fn run(
     flushed.context("flushing the outbox")?;
     tracing::info!("shutdown complete");
     result
+}
+
+/// How long the daemon waits between `/whoami` attempts while the deployment is unreachable or
+/// the device is not bound yet.
+const WHOAMI_RETRY: Duration = Duration::from_secs(60);
+
+/// Most `/whoami` attempts while the device is not bound yet (its first record binds it; a
+/// machine that exports nothing for an hour stops asking).
+const WHOAMI_UNBOUND_TRIES: u32 = 60;
+
+/// Asks the deployment's `GET /whoami` which device this machine is and records the answer in
+/// the status file ([`DaemonInfo::device`]) and the log (INFO; WARN when the token is
+/// rejected). Asked once at start; while the deployment is unreachable, again every
+/// [`WHOAMI_RETRY`] until it answers, and while the device is not bound to a device id yet
+/// (until its first record is delivered), again every [`WHOAMI_RETRY`] at most
+/// [`WHOAMI_UNBOUND_TRIES`] times, so `status` shows the bound id; never after `stop` is
+/// cancelled. The log gets a line only when the answer changes.
+pub(crate) async fn ask_whoami(
+    convex: crate::config::ConvexConfig,
+    status: StatusHandle,
+    stop: CancellationToken,
+) {
+    use crate::sink::convex::whoami::{whoami, WhoAmI};
+    let timeout = Duration::from_secs(convex.request_timeout_secs.max(1));
+    let mut unbound_tries = 0;
+    let mut last_logged = String::new();
+    loop {
+        let answer = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = whoami(&convex, timeout) => a,
+        };
+        let (name, device_id) = match &answer {
+            WhoAmI::Device { name, device_id } => (Some(name.clone()), device_id.clone()),
+            _ => (None, None),
+        };
+        let line = answer.describe();
+        if line != last_logged {
+            match &answer {
+                WhoAmI::Device { .. } | WhoAmI::Legacy => {
+                    tracing::info!(device = %line, "the deployment knows this machine")
+                }
+                _ => {
+                    tracing::warn!(answer = %line, "the deployment did not say which device this machine is")
+                }
+            }
+            last_logged = line.clone();
+        }
+        let unbound = matches!(
+            answer,
+            WhoAmI::Device {
+                device_id: None,
+                ..
+            }
+        );
+        status.update(|d| {
+            d.device = Some(status_file::DeviceSeen {
+                at_ms: now_ms(),
+                name,
+                device_id,
+                answer: line,
+            })
+        });
+        if unbound {
+            unbound_tries += 1;
+        }
+        let again = matches!(answer, WhoAmI::Unreachable { .. })
+            || (unbound && unbound_tries < WHOAMI_UNBOUND_TRIES);
+        if !again {
+            return;
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(WHOAMI_RETRY) => {}
+        }
+    }
 }
 
 /// Applies a reloaded configuration (see [`reload`]); returns the config to run with, or

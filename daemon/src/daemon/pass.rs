@@ -269,6 +269,15 @@ pub fn pass(
         };
         out.snapshots_read += 1;
         let mut record = export::build(&snapshot, trigger, &ctx);
+        if !record.corrected.is_empty() {
+            // One line per record exported; the fields, never their values.
+            tracing::warn!(
+                session_id = %id,
+                fields = %record.corrected.join(","),
+                "the source has values outside the deployment's content rules; the record is \
+                 exported with them clamped or dropped and lists them in `corrected`"
+            );
+        }
         record.revision = tracker.next_revision(&id, now);
         let json = serde_json::to_vec(&record).expect("a record serializes");
         if tracker.exported(&id, now, mode, track::state::record_digest(&json)) {

@@ -22,7 +22,8 @@
 //!  "enqueuedTotal":…,"ackedTotal":…,"deadLetteredTotal":…,"diskBytes":…,
 //!  "daemon":{"startedAt":<ms>,"version":…,"configPath":…|null,"dbPath":…,"sink":…,
 //!            "lastExports":{"session.idle":{"sessionId":…,"at":<ms>},…},
-//!            "lastReload":{"at":<ms>,"applied":…,"message":…}}}
+//!            "lastReload":{"at":<ms>,"applied":…,"message":…},
+//!            "device":{"at":<ms>,"name":…,"deviceId":…,"answer":…}}}
 //! ```
 //! The members from `enqueuedTotal` on are absent in files of earlier builds (read as 0). The
 //! file is written atomically ([`crate::atomic_file`]), so a reader never sees a torn one. It
@@ -77,6 +78,29 @@ pub struct DaemonInfo {
     /// [`crate::track::rules::hold_deletions`]).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub held_deletions: usize,
+    /// Which device the deployment knows this machine as: its `GET /whoami` answer to the
+    /// daemon at start (Convex sink only; see `daemon::ask_whoami`). Kept in the file after
+    /// the daemon stops, so `status` shows it offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceSeen>,
+}
+
+/// The deployment's `GET /whoami` answer, as the daemon last got it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSeen {
+    /// When it was asked (ms).
+    #[serde(rename = "at")]
+    pub at_ms: i64,
+    /// The device's name, when the token is a device token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The record `deviceId` the device is bound to, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// The answer in one line (`device \`work-laptop\` (device id …)`, `the deployment
+    /// rejected the token (http 401: …)`, `the deployment is unreachable (…)`); no secret.
+    pub answer: String,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -389,6 +413,7 @@ mod tests {
             last_reload: None,
             source_problem: None,
             held_deletions: 0,
+            device: None,
         }
     }
 

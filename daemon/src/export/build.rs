@@ -74,7 +74,9 @@ impl Trigger {
 /// Builds the record of `snapshot` exported for `trigger`. With [`Trigger::Error`] the record's
 /// `error` is that of the terminal (last) assistant message.
 ///
-/// The record is fitted to Convex's limits ([`crate::export::fit()`]) and sealed with its content
+/// A value of the source that breaks a content rule the deployment enforces is clamped or
+/// dropped and named in `corrected` ([`crate::export::validate::correct`]). The record is then
+/// fitted to Convex's limits ([`crate::export::fit()`]) and sealed with its content
 /// hash ([`crate::export::seal`]) before it is returned.
 pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) -> SessionExport {
     let own = Own::of(snapshot);
@@ -207,7 +209,9 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
         } else {
             Vec::new()
         },
+        corrected: Vec::new(),
     };
+    crate::export::validate::correct(&mut record);
     crate::export::fit(&mut record);
     crate::export::seal(&mut record);
     record

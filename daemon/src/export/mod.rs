@@ -5,6 +5,8 @@
 //! - [`build`](build()): snapshot + trigger + context → record.
 //! - [`aggregate`]: one function per aggregate of a session's own rows.
 //! - [`fit`](mod@fit): shortening a record to Convex's document limits, visibly.
+//! - [`validate`]: the deployment's content rules (finite, non-negative numbers, timestamps in
+//!   2000-01-01..now + 1 day, string and array limits) and the corrections that keep them.
 //! - [`hash`]: the content hash a sink uses to see that a re-export changes nothing.
 
 pub mod aggregate;
@@ -12,6 +14,7 @@ mod build;
 pub mod fit;
 pub mod hash;
 mod record;
+pub mod validate;
 
 pub use build::*;
 pub use fit::fit;

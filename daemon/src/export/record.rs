@@ -175,6 +175,12 @@ pub struct SessionExport {
     /// was shortened.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub truncated: Vec<String>,
+    /// The fields whose value, as read from the source, broke a content rule the deployment
+    /// enforces and that the daemon clamped or dropped before queueing the record
+    /// (`"createdAt"`, `"durationMs"`, `"models.cost"`, …: paths without array indexes; sorted),
+    /// see [`crate::export::validate`]. Omitted when nothing was corrected.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrected: Vec<String>,
 }
 
 /// Todo counts by status. `total` counts every row, including statuses outside the four
@@ -446,6 +452,7 @@ mod tests {
             "todos",
             "messages",
             "truncated",
+            "corrected",
         ] {
             assert!(original.get(key).is_some(), "fixture lacks {key}");
         }

@@ -141,8 +141,21 @@ pub(super) fn render(
         writable.push(dir.to_path_buf());
     }
     let writable = outermost(writable);
-    Ok((systemd_unit(command, &writable)?, writable))
+    let mut unit = systemd_unit(command, &writable)?;
+    // The credentials file `login` writes and config loading reads: its real place.
+    if let Some(creds) = crate::config::credentials_path() {
+        if creds != home_dir()?.join(".config/opencode-telemetry/env") {
+            unit = unit.replace(
+                &format!("\n{TEMPLATE_ENV_FILE}\n"),
+                &format!("\nEnvironmentFile={}\n", path_word(&creds, "-")?),
+            );
+        }
+    }
+    Ok((unit, writable))
 }
+
+/// The template's `EnvironmentFile=` line (the default place of the credentials file).
+const TEMPLATE_ENV_FILE: &str = "EnvironmentFile=-%h/.config/opencode-telemetry/env";
 
 fn systemctl(args: &[&str]) -> Cmd {
     let mut all = vec!["--user"];
@@ -186,9 +199,9 @@ pub(super) fn activate(
     let env_file = xdg_config_home(&home_dir()?).join("opencode-telemetry/env");
     if c.uses_convex() && c.convex.ingest_token.is_empty() && !env_file.exists() {
         println!(
-            "note: convex.url is set but no ingest token is configured; put \
-             OPENCODE_TELEMETRY_INGEST_TOKEN=... into {} (mode 0600) or the config \
-             file, or the service stops at check-config (exit 78)",
+            "note: convex.url is set but no device token is configured; run \
+             `opencode-telemetry login` (it stores the token in {} with mode 0600), or the \
+             service stops at check-config (exit 78)",
             env_file.display()
         );
     }
@@ -258,7 +271,7 @@ mod tests {
             "\nExecStart=/opt/bin/opencode-telemetry --config \"/home/u/my 100%% $$cfg.toml\" run\n"
         ));
         assert!(unit.contains(
-            "\nExecStartPre=/opt/bin/opencode-telemetry --config \"/home/u/my 100%% $$cfg.toml\" check-config\n"
+            "\nExecStartPre=/opt/bin/opencode-telemetry --config \"/home/u/my 100%% $$cfg.toml\" check-config --offline\n"
         ));
         let rw: Vec<&str> = unit
             .lines()

@@ -24,6 +24,11 @@
 //!   (each gets a `rejected` result, the rest of its batch is stored).
 //!   [`FaultHandle::script`] queues one-shot answers consumed by the next requests, in order,
 //!   before the standing [`FaultHandle::set_mode`].
+//! - **`GET /whoami`** (which device a token is; the daemon asks it once at start, `login` and
+//!   `check-config` too) is answered outside the fault model: `200
+//!   {"device":"fault-server","deviceId":null}` for the expected token, else the 401, never
+//!   scripted, delayed or logged as a request (so a script and the request log stay about
+//!   ingest); [`FaultHandle::whoami_count`] counts them.
 //! - **Records**: every request ([`RequestLog`]: arrival time, headers of interest, the body,
 //!   session ids, the mode applied, the status sent), every upsert ([`Upsert`]: session id,
 //!   `updatedAt`, `exportedAt`, the record, the action, arrival time), and the latest stored
@@ -247,6 +252,7 @@ struct State {
     rejected: HashSet<String>,
     poisoned: HashSet<String>,
     requests: Vec<RequestLog>,
+    whoami_count: usize,
     upserts: Vec<Upsert>,
     latest: BTreeMap<String, Stored>,
 }
@@ -276,6 +282,7 @@ impl FaultServer {
                 rejected: HashSet::new(),
                 poisoned: HashSet::new(),
                 requests: Vec::new(),
+                whoami_count: 0,
                 upserts: Vec::new(),
                 latest: BTreeMap::new(),
             }),
@@ -388,6 +395,11 @@ impl FaultHandle {
     /// Every request received so far, in arrival order.
     pub fn requests(&self) -> Vec<RequestLog> {
         self.state().requests.clone()
+    }
+
+    /// How many `GET /whoami` requests were answered (they are not in [`FaultHandle::requests`]).
+    pub fn whoami_count(&self) -> usize {
+        self.state().whoami_count
     }
 
     /// How many requests arrived so far.
@@ -528,6 +540,28 @@ async fn handle_request(
     req: Request<Incoming>,
 ) -> Result<Answer, std::io::Error> {
     let at = Instant::now();
+    if req.method() == hyper::Method::GET && req.uri().path() == "/whoami" {
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(|t| t.trim().to_string());
+        let mut st = lock(&shared);
+        st.whoami_count += 1;
+        return Ok(match &st.token {
+            Some(expected) if given.as_deref() != Some(expected.as_str()) => request_error(
+                401,
+                "UNAUTHORIZED",
+                "the bearer token is not a device token of this deployment",
+            ),
+            _ => respond(
+                200,
+                json!({"device": "fault-server", "deviceId": null}).to_string(),
+                None,
+            ),
+        });
+    }
     let mode = {
         let mut st = lock(&shared);
         let standing = st.mode.clone();

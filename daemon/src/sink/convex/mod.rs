@@ -6,6 +6,7 @@
 //! - [`classify`](mod@classify): the one decision about an HTTP answer.
 //! - [`url`]: which `convex.url` values are accepted, and the `.convex.cloud` → `.convex.site`
 //!   rule.
+//! - [`whoami`](mod@whoami): `GET /whoami`, which device the deployment knows the token as.
 //! - here: the HTTP client and the batch limits ([`MAX_BATCH_RECORDS`], [`MAX_BATCH_BYTES`]).
 //!
 //! The token travels only in the `Authorization` header (marked sensitive). The client uses
@@ -16,6 +17,7 @@
 
 pub mod classify;
 pub mod url;
+pub mod whoami;
 pub mod wire;
 
 use std::fmt;

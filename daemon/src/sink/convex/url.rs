@@ -88,13 +88,26 @@ pub fn site_url(url: &url::Url) -> url::Url {
 /// # Errors
 /// A message when the URL cannot take the route (a URL that cannot be a base).
 pub fn ingest_endpoint(url: &url::Url) -> Result<url::Url, String> {
+    route(url, super::INGEST_ROUTE)
+}
+
+/// The URL `login`, `check-config` and the daemon ask which device a token is:
+/// `<site_url>/whoami`.
+///
+/// # Errors
+/// As [`ingest_endpoint`].
+pub fn whoami_endpoint(url: &url::Url) -> Result<url::Url, String> {
+    route(url, super::whoami::WHOAMI_ROUTE)
+}
+
+fn route(url: &url::Url, route: &str) -> Result<url::Url, String> {
     let mut base = site_url(url);
     if !base.path().ends_with('/') {
         let path = format!("{}/", base.path());
         base.set_path(&path);
     }
-    base.join(super::INGEST_ROUTE)
-        .map_err(|e| format!("cannot derive the ingest url: {e}"))
+    base.join(route)
+        .map_err(|e| format!("cannot derive the {route} url: {e}"))
 }
 
 /// `scheme://host[:port][/path]` without credentials, query or trailing slash (for logs and

@@ -389,7 +389,9 @@ fn log_formats_journald_text_and_json() {
     let scratch = Scratch::new();
     let db = scratch.copy_fixture_db();
     let config = scratch.write_config("[source]\npoll_interval_ms = 50\n");
-    let start = |env: &[(&str, &str)], log: &str| {
+    // Stops the daemon once its output holds `until` (the first pass, which meets the bad row,
+    // may come after "running" on a loaded machine).
+    let start = |env: &[(&str, &str)], log: &str, until: &str| {
         let mut cmd = command(&scratch);
         cmd.env("RUST_LOG", "info");
         for (k, v) in env {
@@ -401,7 +403,7 @@ fn log_formats_journald_text_and_json() {
             .arg(&db)
             .arg("run");
         let mut d = Daemon::spawn(cmd, &scratch.path(log));
-        wait_for(20, "the daemon running", || d.output().contains("running"));
+        wait_for(20, until, || d.output().contains(until));
         let (exit, _) = d.terminate(Duration::from_secs(10));
         assert!(exit.success(), "{}", d.output());
         d.output()
@@ -413,7 +415,11 @@ fn log_formats_journald_text_and_json() {
             "UPDATE message SET data = '{bad' WHERE rowid = (SELECT MIN(rowid) FROM message)",
         )
         .unwrap();
-    let journald = start(&[("JOURNAL_STREAM", "8:12345")], "journald.log");
+    let journald = start(
+        &[("JOURNAL_STREAM", "8:12345")],
+        "journald.log",
+        "skipping malformed opencode row",
+    );
     // sd-daemon(3) priority prefixes, which journald reads off every line of the stream.
     let first = journald.lines().next().unwrap();
     assert!(
@@ -435,7 +441,7 @@ fn log_formats_journald_text_and_json() {
     }
     assert!(!journald.contains('\u{1b}'), "{journald}");
 
-    let text = start(&[], "text.log");
+    let text = start(&[], "text.log", "running");
     let first = text.lines().next().unwrap();
     assert!(
         first.len() > 20 && first.as_bytes()[4] == b'-' && first.as_bytes()[10] == b'T',
@@ -447,7 +453,11 @@ fn log_formats_journald_text_and_json() {
     );
     assert!(!text.contains('\u{1b}'), "colour codes in a file: {text}");
 
-    let json = start(&[("OPENCODE_TELEMETRY_LOG_FORMAT", "json")], "json.log");
+    let json = start(
+        &[("OPENCODE_TELEMETRY_LOG_FORMAT", "json")],
+        "json.log",
+        "running",
+    );
     let lines: Vec<Value> = json
         .lines()
         .filter(|l| !l.trim().is_empty())

@@ -182,6 +182,13 @@ use store::Trees;
 /// Name of the outbox directory inside the data dir (`<data_dir>/queue`).
 pub const QUEUE_DIR_NAME: &str = "queue";
 
+/// Keys of the `state` tree that [`Outbox::open`] does not read while it verifies the outbox:
+/// the service's last records (`record/<id>`), large and read only when a session is deleted.
+/// Reading them all at every start would cost memory in proportion to the history (see
+/// `touch_every_page` in `open.rs`); a damaged one is found when it is read, as an error for
+/// that read alone.
+pub const LAZY_STATE_PREFIX: &[u8] = b"record/";
+
 /// The outbox was found corrupt at open and rebuilt empty.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rebuild {

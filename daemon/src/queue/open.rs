@@ -312,10 +312,10 @@ fn verify(
         let (key, _) = kv.map_err(classify)?;
         max_seq = max_seq.max(format::dead_key_seq(&key).unwrap_or(0));
     }
-    // Touch every page of the remaining trees too.
-    for kv in trees.state.iter().chain(trees.meta.iter()) {
-        kv.map_err(classify)?;
-    }
+    // Touch every page of the remaining trees too, but the service's large last records
+    // (see `LAZY_STATE_PREFIX`).
+    touch_every_page(&trees.state, Some(super::LAZY_STATE_PREFIX))?;
+    touch_every_page(&trees.meta, None)?;
 
     let run = |f: &dyn Fn(&Tx<'_>) -> TxResult<Delta>| trees.tx(f).map_err(tx_failure);
     let mut repaired = false;
@@ -364,6 +364,45 @@ fn verify(
     }
     Ok(counts)
 }
+
+/// Reads every entry of `tree` (sled detects many corrupt pages only when they are read), but
+/// those under `skip`, a range of [`TOUCH_PAGE`] keys at a time.
+///
+/// What a read costs in memory: sled 0.34 records page accesses in 256 queues of 64 and evicts
+/// only when a queue is full, so up to 16,384 pages stay in memory whatever `cache_capacity`
+/// says — about the whole tree, for a tree of fewer pages (measured: 86 MB of RSS for the
+/// `state` tree of 50,000 sessions, 102 MB for `status` in all). Leaving out the last records,
+/// four fifths of that tree, keeps the open's cost to the small entries.
+fn touch_every_page(tree: &sled::Tree, skip: Option<&[u8]>) -> Result<(), Failure> {
+    use std::ops::Bound;
+    let mut from: Bound<IVec> = Bound::Unbounded;
+    loop {
+        let mut next = None;
+        let mut n = 0;
+        for kv in tree.range::<IVec, _>((from.clone(), Bound::Unbounded)) {
+            let (key, _) = kv.map_err(classify)?;
+            if let Some(prefix) = skip.filter(|p| key.starts_with(p)) {
+                // On past every key with the prefix (a non-empty prefix below 0xff).
+                let mut end = prefix.to_vec();
+                *end.last_mut().expect("a non-empty prefix") += 1;
+                next = Some(Bound::Included(IVec::from(end)));
+                break;
+            }
+            n += 1;
+            if n == TOUCH_PAGE {
+                next = Some(Bound::Excluded(key));
+                break;
+            }
+        }
+        match next {
+            Some(bound) => from = bound,
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Keys [`touch_every_page`] reads per range.
+const TOUCH_PAGE: usize = 512;
 
 /// Gives the outbox entry of `sid` its missing `order` key; if its sequence number is taken by
 /// another session, rewrites the entry under a fresh one.

@@ -109,6 +109,39 @@ impl Outbox {
             .map_err(self.inner.storage("state_scan"))
     }
 
+    /// Up to `limit` `state` entries whose key starts with `prefix` and sorts after `after`
+    /// (from the first with `None`; `after` includes the prefix), in key order: one page of a
+    /// scan that holds one page in memory.
+    ///
+    /// # Errors
+    /// [`QueueError::Storage`].
+    pub fn state_after(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<StateEntry>, QueueError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let mut out = Vec::new();
+        for kv in self
+            .inner
+            .trees
+            .state
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            let (k, v) = kv.map_err(self.inner.storage("state_after"))?;
+            if !k.starts_with(prefix) || out.len() == limit {
+                break;
+            }
+            out.push((k.to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// The first `limit` `state` entries whose key starts with `prefix`, in key order.
     ///
     /// # Errors

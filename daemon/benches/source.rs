@@ -135,9 +135,10 @@ fn main() {
     };
     let mut source = OpenCodeSource::new(&a.db, Duration::from_secs(5));
     let now = 4_000_000_000_000i64;
-    let no_store = |_: &[u8]| None;
+    // The committed state, as the daemon's outbox holds it.
+    let store = std::cell::RefCell::new(std::collections::BTreeMap::<Vec<u8>, Vec<u8>>::new());
     let tick = |source: &mut OpenCodeSource, tracker: &mut Tracker, at: i64| -> PassOutput {
-        pass(
+        let out = pass(
             source,
             tracker,
             &ctx,
@@ -146,12 +147,20 @@ fn main() {
                 chunk_sessions: opencode_telemetry::daemon::pass::CHUNK_SESSIONS,
                 mode: Mode::Live,
                 budget_bytes: u64::MAX,
-                stored_record: &no_store,
+                store: &*store.borrow(),
                 progress: None,
                 held_deletions: false,
             },
         )
-        .unwrap()
+        .unwrap();
+        let mut committed = store.borrow_mut();
+        for (k, v) in &out.state_puts {
+            committed.insert(k.clone(), v.clone());
+        }
+        for k in &out.state_removes {
+            committed.remove(k);
+        }
+        out
     };
 
     // Full first pass: chunk after chunk, as the daemon runs it.

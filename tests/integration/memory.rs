@@ -51,6 +51,15 @@ fn once_and_run_stay_under_64_mib_on_a_history_of_4000_sessions() {
         delivered >= roots,
         "once delivered {delivered} of {roots} sessions"
     );
+    // Again, on the same data directory: the outbox's verification at open and the listing
+    // read every stored state, which must not cost memory in proportion to it either.
+    let again = measure::run(&mut once);
+    assert!(again.status.success(), "once failed: {:?}", again.status);
+    assert_eq!(
+        read_ndjson(&scratch.local_sink()).len(),
+        delivered,
+        "nothing new"
+    );
 
     // run, on a fresh data directory: the first pass and delivery.
     let fresh = Scratch::new();
@@ -72,6 +81,12 @@ fn once_and_run_stay_under_64_mib_on_a_history_of_4000_sessions() {
         used.max_rss_bytes <= limit,
         "once peaked at {} MiB on {SESSIONS} sessions (limit 64 MiB + {} MiB of mapped code)",
         mib(used.max_rss_bytes),
+        mib(code)
+    );
+    assert!(
+        again.max_rss_bytes <= limit,
+        "once over the stored state of {SESSIONS} sessions peaked at {} MiB (limit 64 MiB + {} MiB of mapped code)",
+        mib(again.max_rss_bytes),
         mib(code)
     );
     assert!(

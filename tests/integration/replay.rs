@@ -165,10 +165,23 @@ fn apply(conn: &Connection, ts: i64, write: &Write) {
                 other => panic!("unexpected sync event {other}"),
             }
             if kind != "session.deleted.1" {
+                // The event log, as OpenCode's projector appends it in the same transaction
+                // (the deletion's own event goes with the session's others, by cascade).
                 tx.execute(
                     "INSERT INTO event_sequence (aggregate_id, seq) VALUES (?1, ?2) \
                      ON CONFLICT(aggregate_id) DO UPDATE SET seq = excluded.seq",
                     params![sid, ev["seq"].as_i64().unwrap()],
+                )
+                .unwrap();
+                tx.execute(
+                    "INSERT INTO event (id, aggregate_id, seq, type, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![
+                        ev["id"].as_str().unwrap(),
+                        sid,
+                        ev["seq"].as_i64().unwrap(),
+                        kind,
+                        data.to_string()
+                    ],
                 )
                 .unwrap();
             }
@@ -355,7 +368,6 @@ fn replay(debounce_ms: i64) {
             apply(writer, writes[next].0, &writes[next].1);
             next += 1;
         }
-        let stored = |key: &[u8]| state.get(key).cloned();
         let out = pass(
             &mut source,
             &mut tracker,
@@ -365,7 +377,7 @@ fn replay(debounce_ms: i64) {
                 chunk_sessions: opencode_telemetry::daemon::pass::CHUNK_SESSIONS,
                 mode: Mode::Live,
                 budget_bytes: u64::MAX,
-                stored_record: &stored,
+                store: &state,
                 progress: None,
                 held_deletions: false,
             },

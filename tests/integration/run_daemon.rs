@@ -10,6 +10,7 @@ use rusqlite::params;
 use serde_json::Value;
 
 use crate::support::daemon::Daemon;
+use crate::support::gen_db::log_events;
 use crate::support::*;
 
 const FAST: &str = "[source]\npoll_interval_ms = 100\n[export]\ndebounce_ms = 0\n";
@@ -199,8 +200,8 @@ fn a_turn_that_never_completed_is_exported_once_as_incomplete_after_stale_after_
 }
 
 /// Appends a new turn (user prompt + completed assistant answer) to a session, as OpenCode's
-/// projector writes it: message rows, parts, and the bumped `event_sequence` (when the database
-/// has one).
+/// projector writes it: message rows, parts, and the events it logs (when the database has the
+/// live event log: [`log_events`]).
 fn add_turn(db: &Path, session_id: &str, at_ms: i64) {
     let w = writer(db);
     let tx = w.unchecked_transaction().unwrap();
@@ -234,20 +235,7 @@ fn add_turn(db: &Path, session_id: &str, at_ms: i64) {
         )
         .unwrap();
     }
-    let has_sequence: bool = tx
-        .query_row(
-            "SELECT COUNT(*) > 0 FROM sqlite_master WHERE name = 'event_sequence'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    if has_sequence {
-        tx.execute(
-            "UPDATE event_sequence SET seq = seq + 5 WHERE aggregate_id = ?1",
-            [session_id],
-        )
-        .unwrap();
-    }
+    log_events(&tx, session_id, "message.part.updated.1", 5);
     tx.execute(
         "UPDATE session SET time_updated = ?2 WHERE id = ?1",
         params![session_id, at_ms],
@@ -273,6 +261,8 @@ fn after_a_restart_only_changed_and_deleted_sessions_are_exported() {
         w.execute("DELETE FROM session WHERE parent_id = ?1", [deleted])
             .unwrap();
         w.execute("DELETE FROM session WHERE id = ?1", [deleted])
+            .unwrap();
+        w.execute("DELETE FROM event WHERE aggregate_id = ?1", [deleted])
             .unwrap();
         w.execute(
             "DELETE FROM event_sequence WHERE aggregate_id = ?1",
@@ -497,10 +487,10 @@ fn a_turn_with_backwards_timestamps_is_exported() {
              UPDATE m SET data = json_set(data, '$.parentID', 'msg_0a0000000001BackwardsUser')
                WHERE json_extract(data, '$.role') = 'assistant';
              INSERT INTO message SELECT * FROM m;
-             UPDATE session SET time_updated = time_updated - 3600000 WHERE id = '{sid}';
-             UPDATE event_sequence SET seq = seq + 2 WHERE aggregate_id = '{sid}';"
+             UPDATE session SET time_updated = time_updated - 3600000 WHERE id = '{sid}';"
         ))
         .unwrap();
+    log_events(&writer(&db), sid, "message.updated.1", 2);
     wait_for(30, "the session exported again", || {
         ndjson_if_any(&scratch.local_sink())
             .iter()
@@ -857,19 +847,7 @@ fn once_then_run_re_exports_nothing_unchanged() {
             params![format!("{msg}z"), id, created.max(now), data],
         )
         .unwrap();
-    if writer
-        .prepare("SELECT 1 FROM sqlite_master WHERE name = 'event_sequence'")
-        .unwrap()
-        .exists([])
-        .unwrap()
-    {
-        writer
-            .execute(
-                "UPDATE event_sequence SET seq = seq + 1 WHERE aggregate_id = ?1",
-                params![id],
-            )
-            .unwrap();
-    }
+    log_events(&writer, &id, "message.updated.1", 1);
     settle(&scratch.local_sink(), 26, "the changed session's export");
     let status = daemon.terminate(Duration::from_secs(15)).0;
     assert!(status.success(), "{status:?}\n{}", daemon.output());

@@ -13,7 +13,7 @@ use crate::daemon::logging::ProgressGuard;
 use crate::daemon::pass::{self, PassOptions, Waiting};
 use crate::queue::Commit;
 use crate::source::opencode::OpenCodeSource;
-use crate::track::{Mode, Rules, Tracker, STATE_PREFIX};
+use crate::track::{Mode, Rules, Tracker};
 
 use crate::cmd::summary_line;
 use crate::daemon::*;
@@ -38,7 +38,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     let mut tracker = if outbox.was_rebuilt() {
         Tracker::new(rules)
     } else {
-        Tracker::resume(rules, outbox.state_scan(STATE_PREFIX)?)
+        Tracker::resume(rules, outbox.as_ref())?
     };
     let mut source = OpenCodeSource::from(&config.source);
     let reading = ProgressGuard::new(0, "reading sessions");
@@ -54,7 +54,6 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
         let store = outbox.clone();
         let progress = bar.clone();
         let (back, out) = tokio::task::spawn_blocking(move || {
-            let stored = |key: &[u8]| store.state_get(key).ok().flatten();
             let out = pass::pass(
                 &mut source,
                 &mut tracker,
@@ -64,7 +63,7 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
                     chunk_sessions: pass::CHUNK_SESSIONS,
                     mode: Mode::Flush,
                     budget_bytes: budget,
-                    stored_record: &stored,
+                    store: store.as_ref(),
                     progress: Some(&progress),
                     held_deletions: held_before > 0,
                 },

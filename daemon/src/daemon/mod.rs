@@ -310,10 +310,7 @@ pub async fn run(
         tracing::info!("the outbox was rebuilt; re-reading every session from the source");
         Tracker::new(Rules::from(&config.export))
     } else {
-        Tracker::resume(
-            Rules::from(&config.export),
-            outbox.state_scan(crate::track::STATE_PREFIX)?,
-        )
+        Tracker::resume(Rules::from(&config.export), outbox.as_ref())?
     };
     let mut grace = Duration::from_secs(config.service.shutdown_grace_secs);
     let sender =

@@ -2,26 +2,31 @@
 //! `run` calls it every tick ([`Mode::Live`]) and `once` once ([`Mode::Flush`]), so both decide
 //! endings by the same rules and persist the same state.
 //!
-//! 1. `source.changes()` — then the clock is read, so a deletion is never stamped before the
-//!    read that saw it;
-//! 2. the tracker's plan: each changed session is observed (a bounded read), then
+//! 1. `source.changes()`, when the tracker has nothing left of the last ones — then the clock is
+//!    read, so a deletion is never stamped before the read that saw it;
+//! 2. while a listing is on ([`crate::track`], "Listings"), the next pages of the source's
+//!    sessions, until the backlog holds a chunk;
+//! 3. sessions gone from the source are exported as deleted, from their stored record (or held);
+//! 4. the tracker's backlog: each changed session is observed (a bounded read), then
 //!    snapshotted when it is due or a record of it must be kept;
-//! 3. sessions gone from the source are exported as deleted, from their stored record;
-//! 4. every due session is snapshotted and exported, until `budget_bytes` of records (the
+//! 5. every due session is snapshotted and exported, until `budget_bytes` of records (the
 //!    outbox's free space) is spent — the rest stay due for a later pass;
-//! 5. the records and the tracker's state come back in one [`PassOutput`], which the caller
-//!    commits to the outbox in one transaction.
+//! 6. the records and the tracker's state come back in one [`PassOutput`], which the caller
+//!    commits to the outbox in one transaction before the next pass.
 //!
 //! # Chunks
-//! A pass does a bounded amount of work: it observes at most [`PassOptions::chunk_sessions`]
-//! sessions of the tracker's backlog and exports at most that many records, or
-//! [`CHUNK_BYTES`] of them. When work is left it says so ([`PassOutput::more`]) and the caller
-//! commits, then runs the next pass at once. So the first pass over a history of 50,000
-//! sessions is about a hundred passes, each committed with its tracker state: memory does not
-//! grow with the history (one big outbox transaction held every version of sled's nodes it
-//! touched), and a kill mid-way loses or repeats at most the chunk being built, never a
-//! committed one (a restart re-reads the source; sessions whose persisted marker matches are
-//! not observed again, sessions whose ending is persisted but not exported are still due).
+//! A pass does a bounded amount of work: it lists at most [`MAX_PAGES`] pages of
+//! [`LIST_PAGE`] sessions, observes at most [`PassOptions::chunk_sessions`] sessions of the
+//! tracker's backlog (fewer while exports are due: a chunk minus those, so sessions waiting to
+//! be exported never pile up) and exports at most that many records, or [`CHUNK_BYTES`] of
+//! them. When work is left it says so ([`PassOutput::more`]) and the caller commits, then runs
+//! the next pass at once. So the first pass over a history of 50,000 sessions is a few hundred
+//! passes, each committed with its tracker state: memory does not grow with the history (one
+//! big outbox transaction held every version of sled's nodes it touched, and the tracker keeps
+//! only active sessions in memory), and a kill mid-way loses or repeats at most the chunk being
+//! built, never a committed one (a restart lists the source again; sessions whose persisted
+//! marker matches are not observed again, sessions whose ending is persisted but not exported
+//! are still due).
 //!
 //! A session whose data cannot be read ([`SourceError::BadRow`], which the source warns about
 //! once) is skipped in steps 2 and 4, and the pass goes on with the others; any other source
@@ -30,8 +35,44 @@
 //! Blocking IO: run it on a blocking thread.
 
 use crate::export::{self, ExportContext, SessionExport};
+use crate::queue::Outbox;
 use crate::source::{Activity, SessionId, SessionSnapshot, SessionSource, SourceError};
-use crate::track::{self, rules, Mode, Need, Tracker, Trigger};
+use crate::track::{self, Mode, Need, StateStore, StoreError, Tracker, Trigger};
+
+/// Why a pass failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    /// Reading the source failed (see [`SourceError`] for what the caller does).
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// Reading the tracker's committed state failed: fatal (the outbox's storage errors are
+    /// sticky).
+    #[error(transparent)]
+    State(#[from] StoreError),
+}
+
+/// The outbox's `state` tree is the tracker's store.
+impl StateStore for Outbox {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.state_get(key).map_err(|e| StoreError(e.to_string()))
+    }
+
+    fn after(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<track::store::Entry>, StoreError> {
+        self.state_after(prefix, after, limit)
+            .map_err(|e| StoreError(e.to_string()))
+    }
+}
+
+/// Sessions one listing page asks the source for.
+pub const LIST_PAGE: usize = 1000;
+
+/// Listing pages one pass reads at most.
+pub const MAX_PAGES: usize = 20;
 
 /// One record decided by a pass.
 #[derive(Debug, Clone)]
@@ -79,7 +120,7 @@ pub struct PassOutput {
     pub waiting: Vec<(SessionId, Waiting)>,
     /// The clock reading the pass used (ms).
     pub now_ms: i64,
-    /// Deletions held by this pass instead of exported (see [`rules::hold_deletions`]): the
+    /// Deletions held by this pass instead of exported (see [`crate::track::rules::hold_deletions`]): the
     /// sessions' last records moved to `held-deletion/<id>`.
     pub held: usize,
     /// Held deletions released by this pass: their sessions are back in the source.
@@ -122,61 +163,80 @@ pub struct PassOptions<'a> {
     pub mode: Mode,
     /// Stop exporting once the records reach this many bytes (deletions always go out).
     pub budget_bytes: u64,
-    /// Reads a stored last record (`record/<id>` of the outbox's `state` tree).
-    pub stored_record: &'a dyn Fn(&[u8]) -> Option<Vec<u8>>,
-    /// Advanced once per session head on a pass that lists every session.
+    /// The committed state (the outbox's `state` tree): the tracker's states and the stored
+    /// last records (`record/<id>`).
+    pub store: &'a dyn StateStore,
+    /// Advanced once per session head a listing compares.
     pub progress: Option<&'a indicatif::ProgressBar>,
     /// Whether held deletions exist: then a session new to the tracker is looked up under
-    /// `held-deletion/<id>` (through `stored_record`), and released when found.
+    /// `held-deletion/<id>` (in `store`), and released when found.
     pub held_deletions: bool,
 }
 
 /// One pass; see the module docs.
 ///
 /// # Errors
-/// [`SourceError`] from the source. The tracker may then hold uncommitted changes: the caller
-/// resumes it from the persisted state and calls [`SessionSource::rescan`].
+/// [`PassError`]. The tracker may then hold uncommitted changes: the caller resumes it from
+/// the persisted state and calls [`SessionSource::rescan`].
 pub fn pass(
     source: &mut dyn SessionSource,
     tracker: &mut Tracker,
     ctx: &ExportContext,
     clock: impl Fn() -> i64,
     options: PassOptions<'_>,
-) -> Result<PassOutput, SourceError> {
-    let changes = source.changes()?;
-    let now = clock();
+) -> Result<PassOutput, PassError> {
+    let store = options.store;
+    let mut plan = track::Plan::default();
+    let was_listing = tracker.listing_after().is_some();
+    let now = if tracker.idle() {
+        let changes = source.changes()?;
+        let now = clock();
+        plan = tracker.changes(changes, now, store)?;
+        now
+    } else {
+        clock()
+    };
     let mut ctx = ctx.clone();
     ctx.exported_at = now;
     let mut out = PassOutput {
         now_ms: now,
+        heads_read: plan.heads,
         ..PassOutput::default()
     };
     let mode = options.mode;
-    let tracked_before = tracker.len();
-    let plan = tracker.changes(changes, now);
-    let deleting = plan
-        .gone
-        .iter()
-        .filter(|g| g.trigger == Some(Trigger::Deleted))
-        .count();
-    let hold = rules::hold_deletions(tracked_before, deleting);
-    out.heads_read = plan.heads;
     let chunk = options.chunk_sessions.max(1);
-    let observe = tracker.to_observe(chunk);
-    let progress = options.progress.filter(|_| !observe.is_empty());
-    if let Some(bar) = progress {
-        // Across the chunks of one first pass: done so far + this chunk + the rest.
-        bar.set_length(bar.position() + observe.len() as u64 + tracker.backlog() as u64);
+    let progress = options.progress;
+    if let (Some(bar), Some(total), false) = (progress, tracker.listing_total(), was_listing) {
+        // A listing starts: the bar counts the sessions it compares.
+        bar.set_length(bar.position() + total);
     }
+    let mut pages = 0;
+    while let Some(after) = tracker.listing_after() {
+        if tracker.backlog() >= chunk || pages == MAX_PAGES {
+            break;
+        }
+        pages += 1;
+        let page = source.heads_after(after.as_ref(), LIST_PAGE)?;
+        let compared = tracker.listed(page, now, store)?;
+        out.heads_read += compared;
+        if let Some(bar) = progress {
+            bar.inc(compared as u64);
+        }
+    }
+    if plan.gone.is_empty() {
+        plan = tracker.drain_gone(chunk, store)?;
+    }
+    let hold = plan.hold;
 
     for gone in plan.gone {
         if gone.trigger != Some(Trigger::Deleted) {
             continue;
         }
         let key = track::record_key(&gone.id);
-        let stored = gone
-            .unstored_record
-            .or_else(|| (options.stored_record)(&key));
+        let stored = match gone.unstored_record {
+            Some(json) => Some(json),
+            None => stored_last_record(store, &key, &gone.id),
+        };
         if hold {
             if let Some(json) = stored {
                 out.state_puts.push((track::held_key(&gone.id), json));
@@ -197,13 +257,15 @@ pub fn pass(
         }
     }
 
+    // Sessions waiting to be exported count against the chunk, so they never pile up in
+    // memory (a quarter of it is always observed, so sessions stuck due cannot stop the rest).
+    let due_now = tracker.due(now, mode).len();
+    let observe_n = chunk.saturating_sub(due_now).max(chunk / 4);
+    let observe = tracker.to_observe(observe_n);
     for (id, marker) in observe {
-        if let Some(bar) = progress {
-            bar.inc(1);
-        }
-        if options.held_deletions && !tracker.tracks(&id) {
+        if options.held_deletions && tracker.is_new(&id, store)? {
             let key = track::held_key(&id);
-            if (options.stored_record)(&key).is_some() {
+            if store.get(&key)?.is_some() {
                 out.state_removes.push(key);
                 out.released += 1;
             }
@@ -212,10 +274,10 @@ pub fn pass(
             Ok(o) => o,
             // One session's unreadable data never stops the others (the source warned).
             Err(e) if e.is_bad_row() => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         out.observed += usize::from(observation.is_some());
-        let need = tracker.observed(&id, marker, observation.as_ref(), now, mode);
+        let need = tracker.observed(&id, marker, observation.as_ref(), now, mode, store)?;
         match need {
             Need::Nothing => {}
             Need::Record(trigger) => {
@@ -265,7 +327,7 @@ pub fn pass(
             }
             // Stays due: read again next pass (the source warned once).
             Err(e) if e.is_bad_row() => continue,
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         };
         out.snapshots_read += 1;
         let mut record = export::build(&snapshot, trigger, &ctx);
@@ -286,11 +348,28 @@ pub fn pass(
         out.push(trigger, record, json);
     }
 
-    out.more |= tracker.backlog() > 0;
+    out.more |= !tracker.idle();
     let writes = tracker.take_writes();
     out.state_puts.extend(writes.puts);
     out.state_removes.extend(writes.removes);
     Ok(out)
+}
+
+/// A deleted session's stored last record. The outbox does not read these at open
+/// ([`crate::queue::LAZY_STATE_PREFIX`]), so a damaged one shows here first: its read failing
+/// (an error, or a panic in sled) costs that one deletion, with a warning, and nothing else.
+fn stored_last_record(store: &dyn StateStore, key: &[u8], id: &SessionId) -> Option<Vec<u8>> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.get(key))) {
+        Ok(Ok(record)) => record,
+        Ok(Err(e)) => {
+            tracing::warn!(session_id = %id, error = %e, "cannot read a deleted session's last record");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(session_id = %id, "reading a deleted session's last record panicked (a damaged outbox page)");
+            None
+        }
+    }
 }
 
 /// A snapshot read, with a session whose data cannot be read turned into "skip it".
@@ -305,33 +384,48 @@ fn skip_bad_row(
 
 #[cfg(test)]
 mod tests {
-    //! The pass against a scripted in-memory source: what it asks the source, and when it reads
-    //! the clock. (The real OpenCode source goes through the same pass in the integration
-    //! tests; these pin the ordering rules, which a real database cannot time exactly.)
+    //! The pass against a scripted in-memory source and a `BTreeMap` store that each pass's
+    //! output is committed to (as the daemon commits to the outbox): what it asks the source,
+    //! when it reads the clock, and what it keeps. (The real OpenCode source goes through the
+    //! same pass in the integration tests; these pin the ordering rules, which a real database
+    //! cannot time exactly.)
 
-    use std::cell::Cell;
-    use std::collections::VecDeque;
-    use std::rc::Rc;
+    use std::collections::{BTreeMap, VecDeque};
     use std::sync::{Arc, Mutex};
 
     use super::*;
     use crate::export::ExportOptions;
     use crate::source::{
-        ChangeMarker, Changes, Observation, SessionHead, SessionSnapshot, TurnEnd,
+        ChangeMarker, Changes, HeadsPage, Observation, SessionHead, SessionSnapshot, TurnEnd,
     };
     use crate::track::Rules;
 
     /// Answers `changes` from a script; when an answer is taken, the shared clock jumps to the
-    /// time the script gives for it (as if the source's read took that long).
+    /// time the script gives for it (as if the source's read took that long). Listings page
+    /// through `sessions` (their heads at `counter`), and count the pages asked for.
     struct Scripted {
         changes: VecDeque<(Changes, i64)>,
         clock: Arc<Mutex<i64>>,
         sessions: Vec<SessionSnapshot>,
+        /// Heads' change counters and parents, by id (1 and none when not set).
+        counters: BTreeMap<String, (i64, Option<String>)>,
         /// Sessions whose observe (`Some(true)`) or snapshot (`Some(false)`) is a bad row.
         bad: Vec<(SessionId, bool)>,
+        pages: usize,
     }
 
     impl Scripted {
+        fn new(clock: &Arc<Mutex<i64>>, sessions: Vec<SessionSnapshot>) -> Scripted {
+            Scripted {
+                changes: VecDeque::new(),
+                clock: clock.clone(),
+                sessions,
+                counters: BTreeMap::new(),
+                bad: Vec::new(),
+                pages: 0,
+            }
+        }
+
         fn bad_row(&self, id: &SessionId, observing: bool) -> Result<(), SourceError> {
             if self.bad.iter().any(|(b, o)| b == id && *o == observing) {
                 return Err(SourceError::BadRow {
@@ -340,6 +434,18 @@ mod tests {
                 });
             }
             Ok(())
+        }
+
+        fn head_of(&self, s: &SessionSnapshot) -> SessionHead {
+            let (counter, parent) = self
+                .counters
+                .get(s.id.as_str())
+                .cloned()
+                .unwrap_or((1, None));
+            SessionHead {
+                parent_id: parent.map(SessionId::from),
+                ..head(s.id.as_str(), counter)
+            }
         }
     }
 
@@ -356,6 +462,23 @@ mod tests {
                 *self.clock.lock().unwrap() = at;
             }
             Ok(c)
+        }
+        fn heads_after(
+            &mut self,
+            after: Option<&SessionId>,
+            limit: usize,
+        ) -> Result<HeadsPage, SourceError> {
+            self.pages += 1;
+            let mut heads: Vec<SessionHead> = self
+                .sessions
+                .iter()
+                .filter(|s| after.is_none_or(|a| s.id.as_str() > a.as_str()))
+                .map(|s| self.head_of(s))
+                .collect();
+            heads.sort_by(|a, b| a.id.cmp(&b.id));
+            let end = heads.len() <= limit;
+            heads.truncate(limit);
+            Ok(HeadsPage { heads, end })
         }
         fn observe(&mut self, id: &SessionId) -> Result<Option<Observation>, SourceError> {
             self.bad_row(id, true)?;
@@ -418,6 +541,13 @@ mod tests {
         }
     }
 
+    fn rescan() -> Changes {
+        Changes::Rescan {
+            fresh: true,
+            sessions: None,
+        }
+    }
+
     /// Rules that export an ended turn at once.
     fn immediate_rules() -> Rules {
         Rules {
@@ -443,63 +573,110 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_deletion_is_stamped_with_the_clock_read_after_the_read_that_saw_it() {
-        let clock = Arc::new(Mutex::new(1_000));
-        let mut source = Scripted {
-            changes: VecDeque::from([
-                (
-                    Changes::Full {
-                        heads: vec![head("ses_a", 1)],
-                        fresh: true,
-                    },
-                    0,
-                ),
-                (
-                    Changes::Delta {
-                        heads: Vec::new(),
-                        gone: vec!["ses_a".into()],
-                    },
-                    // The read that sees the deletion finishes at 50_000.
-                    50_000,
-                ),
-            ]),
-            clock: clock.clone(),
-            sessions: vec![session("ses_a", 900)],
-            bad: Vec::new(),
-        };
-        let mut tracker = Tracker::new(immediate_rules());
-        let stored: Rc<Cell<Option<Vec<u8>>>> = Rc::default();
-        let run = |source: &mut Scripted, tracker: &mut Tracker| {
-            let lookup = |_: &[u8]| {
-                let v = stored.take();
-                stored.set(v.clone());
-                v
-            };
+    /// The committed `state` tree, and a pass that commits into it.
+    #[derive(Default)]
+    struct Store(BTreeMap<Vec<u8>, Vec<u8>>);
+
+    impl Store {
+        fn run(
+            &mut self,
+            source: &mut Scripted,
+            tracker: &mut Tracker,
+            chunk: usize,
+            mode: Mode,
+        ) -> PassOutput {
+            let clock = source.clock.clone();
             let out = pass(
                 source,
                 tracker,
                 &ctx(),
                 || *clock.lock().unwrap(),
                 PassOptions {
-                    chunk_sessions: CHUNK_SESSIONS,
-                    mode: Mode::Live,
+                    chunk_sessions: chunk,
+                    mode,
                     budget_bytes: u64::MAX,
-                    stored_record: &lookup,
+                    store: &self.0,
                     progress: None,
                     held_deletions: false,
                 },
             )
             .unwrap();
             for (k, v) in &out.state_puts {
-                if k.starts_with(track::RECORD_PREFIX) {
-                    stored.set(Some(v.clone()));
-                }
+                self.0.insert(k.clone(), v.clone());
+            }
+            for k in &out.state_removes {
+                self.0.remove(k);
             }
             out
-        };
+        }
 
-        let first = run(&mut source, &mut tracker);
+        /// Passes until one says no work is left; the ids exported, in order.
+        fn drain(
+            &mut self,
+            source: &mut Scripted,
+            tracker: &mut Tracker,
+            chunk: usize,
+        ) -> Vec<(Trigger, String)> {
+            let mut exported = Vec::new();
+            for _ in 0..1000 {
+                let out = self.run(source, tracker, chunk, Mode::Flush);
+                exported.extend(
+                    out.exported
+                        .iter()
+                        .map(|e| (e.trigger, e.record.session_id.clone())),
+                );
+                if !out.more {
+                    return exported;
+                }
+            }
+            panic!("the passes never finished");
+        }
+
+        fn keys(&self, prefix: &[u8]) -> Vec<String> {
+            self.0
+                .keys()
+                .filter_map(|k| k.strip_prefix(prefix))
+                .map(|k| String::from_utf8(k.to_vec()).unwrap())
+                .collect()
+        }
+    }
+
+    fn ids(exported: &[(Trigger, String)]) -> Vec<&str> {
+        exported.iter().map(|(_, id)| id.as_str()).collect()
+    }
+
+    /// The keys the outbox leaves unread at open are exactly the tracker's last records.
+    #[test]
+    fn the_outbox_leaves_unread_at_open_exactly_the_last_records() {
+        assert_eq!(track::RECORD_PREFIX, crate::queue::LAZY_STATE_PREFIX);
+        for other in [
+            track::STATE_PREFIX,
+            track::CHILD_PREFIX,
+            track::GONE_PREFIX,
+            track::HELD_PREFIX,
+        ] {
+            assert!(!other.starts_with(crate::queue::LAZY_STATE_PREFIX));
+        }
+    }
+
+    #[test]
+    fn a_deletion_is_stamped_with_the_clock_read_after_the_read_that_saw_it() {
+        let clock = Arc::new(Mutex::new(1_000));
+        let mut source = Scripted::new(&clock, vec![session("ses_a", 900)]);
+        source.changes = VecDeque::from([
+            (rescan(), 0),
+            (
+                Changes::Delta {
+                    heads: Vec::new(),
+                    gone: vec!["ses_a".into()],
+                },
+                // The read that sees the deletion finishes at 50_000.
+                50_000,
+            ),
+        ]);
+        let mut tracker = Tracker::new(immediate_rules());
+        let mut store = Store::default();
+        let first = store.run(&mut source, &mut tracker, CHUNK_SESSIONS, Mode::Live);
         assert_eq!(
             first
                 .exported
@@ -509,13 +686,14 @@ mod tests {
             [(Trigger::Idle, "ses_a")]
         );
         source.sessions.clear();
-        let second = run(&mut source, &mut tracker);
+        let second = store.run(&mut source, &mut tracker, CHUNK_SESSIONS, Mode::Live);
         assert_eq!(second.exported.len(), 1, "{:?}", second.exported);
         let deleted = &second.exported[0];
         assert_eq!(deleted.trigger, Trigger::Deleted);
         assert_eq!(deleted.record.deleted_at, Some(50_000));
         assert_eq!(deleted.record.exported_at, 50_000);
         assert_eq!(second.now_ms, 50_000);
+        assert!(store.keys(b"").is_empty(), "{:?}", store.keys(b""));
     }
 
     /// One session's data that cannot be read (at observe or at snapshot) never stops the pass:
@@ -523,38 +701,18 @@ mod tests {
     #[test]
     fn a_session_whose_rows_cannot_be_read_is_skipped_and_the_others_exported() {
         let clock = Arc::new(Mutex::new(1_000));
-        let mut source = Scripted {
-            changes: VecDeque::from([(
-                Changes::Full {
-                    heads: vec![head("ses_a", 1), head("ses_b", 1), head("ses_c", 1)],
-                    fresh: true,
-                },
-                0,
-            )]),
-            clock: clock.clone(),
-            sessions: vec![
+        let mut source = Scripted::new(
+            &clock,
+            vec![
                 session("ses_a", 900),
                 session("ses_b", 900),
                 session("ses_c", 900),
             ],
-            bad: vec![("ses_a".into(), true), ("ses_c".into(), false)],
-        };
+        );
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        source.bad = vec![("ses_a".into(), true), ("ses_c".into(), false)];
         let mut tracker = Tracker::new(immediate_rules());
-        let out = pass(
-            &mut source,
-            &mut tracker,
-            &ctx(),
-            || *clock.lock().unwrap(),
-            PassOptions {
-                chunk_sessions: CHUNK_SESSIONS,
-                mode: Mode::Live,
-                budget_bytes: u64::MAX,
-                stored_record: &|_: &[u8]| None,
-                progress: None,
-                held_deletions: false,
-            },
-        )
-        .expect("one session's bad rows do not fail the pass");
+        let out = Store::default().run(&mut source, &mut tracker, CHUNK_SESSIONS, Mode::Live);
         let exported: Vec<&str> = out
             .exported
             .iter()
@@ -566,38 +724,14 @@ mod tests {
     /// A long history is read a chunk at a time: each pass observes and exports at most
     /// `chunk_sessions`, says `more` while work is left, and every session is exported exactly
     /// once over the passes; a pass after a fresh tracker resumed from the committed state of
-    /// the first chunks (a kill mid-way) exports exactly the sessions not committed yet.
+    /// the first chunks (a kill mid-way) exports exactly the sessions not committed yet. Between
+    /// passes the tracker keeps no settled session in memory.
     #[test]
     fn a_long_history_is_exported_in_chunks_each_session_once() {
-        let ids: Vec<String> = (0..7).map(|i| format!("ses_{i}")).collect();
-        let full = || Changes::Full {
-            heads: ids.iter().map(|id| head(id, 1)).collect(),
-            fresh: true,
-        };
+        let ids_: Vec<String> = (0..7).map(|i| format!("ses_{i}")).collect();
         let clock = Arc::new(Mutex::new(1_000));
-        let mut source = Scripted {
-            changes: VecDeque::from([(full(), 0)]),
-            clock: clock.clone(),
-            sessions: ids.iter().map(|id| session(id, 900)).collect(),
-            bad: Vec::new(),
-        };
-        let run = |source: &mut Scripted, tracker: &mut Tracker| {
-            pass(
-                source,
-                tracker,
-                &ctx(),
-                || *clock.lock().unwrap(),
-                PassOptions {
-                    chunk_sessions: 3,
-                    mode: Mode::Flush,
-                    budget_bytes: u64::MAX,
-                    stored_record: &|_: &[u8]| None,
-                    progress: None,
-                    held_deletions: false,
-                },
-            )
-            .unwrap()
-        };
+        let mut source = Scripted::new(&clock, ids_.iter().map(|id| session(id, 900)).collect());
+        source.changes = VecDeque::from([(rescan(), 0)]);
         let exported_ids = |out: &PassOutput| -> Vec<String> {
             out.exported
                 .iter()
@@ -607,32 +741,170 @@ mod tests {
 
         // Chunks of 3 sessions: 3 + 3 + 1, in id order.
         let mut tracker = Tracker::new(immediate_rules());
-        let mut committed: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let first = run(&mut source, &mut tracker);
+        let mut store = Store::default();
+        let first = store.run(&mut source, &mut tracker, 3, Mode::Flush);
         assert_eq!(exported_ids(&first), ["ses_0", "ses_1", "ses_2"]);
         assert_eq!(first.observed, 3);
         assert!(first.more);
-        committed.extend(first.state_puts);
-        let second = run(&mut source, &mut tracker);
+        assert_eq!(tracker.in_memory(), 0, "settled sessions leave memory");
+        let committed = Store(store.0.clone());
+        let second = store.run(&mut source, &mut tracker, 3, Mode::Flush);
         assert_eq!(exported_ids(&second), ["ses_3", "ses_4", "ses_5"]);
         assert!(second.more);
-        let third = run(&mut source, &mut tracker);
+        let third = store.run(&mut source, &mut tracker, 3, Mode::Flush);
         assert_eq!(exported_ids(&third), ["ses_6"]);
         assert!(!third.more, "nothing is left");
-        assert!(run(&mut source, &mut tracker).is_empty());
+        assert!(store
+            .run(&mut source, &mut tracker, 3, Mode::Flush)
+            .is_empty());
+        assert_eq!(tracker.len(), 7);
+        assert_eq!(tracker.in_memory(), 0);
 
-        // Killed after the first chunk's commit: the restarted daemon resumes from it, reads
-        // every session again (a full read), and exports only the 4 not committed.
-        let mut resumed = Tracker::resume(immediate_rules(), committed);
-        source.changes = VecDeque::from([(full(), 0)]);
-        let mut again = Vec::new();
-        loop {
-            let out = run(&mut source, &mut resumed);
-            again.extend(exported_ids(&out));
+        // Killed after the first chunk's commit: the restarted daemon resumes from it, lists
+        // every session again, and exports only the 4 not committed.
+        let mut store = committed;
+        let mut resumed = Tracker::resume(immediate_rules(), &store.0).unwrap();
+        assert_eq!(resumed.len(), 3);
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        let again = store.drain(&mut source, &mut resumed, 3);
+        assert_eq!(ids(&again), ["ses_3", "ses_4", "ses_5", "ses_6"]);
+    }
+
+    /// A listing over more sessions than a page reads many pages, compares each session once,
+    /// and finds the ones that vanished anywhere in the id range, the last page's tail included.
+    #[test]
+    fn a_listing_pages_through_every_session_and_finds_the_gone_ones() {
+        let n = LIST_PAGE * 2 + 7;
+        let all: Vec<String> = (0..n).map(|i| format!("ses_{i:05}")).collect();
+        let clock = Arc::new(Mutex::new(1_000));
+        let mut source = Scripted::new(&clock, all.iter().map(|id| session(id, 900)).collect());
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        let mut tracker = Tracker::new(immediate_rules());
+        let mut store = Store::default();
+        let first = store.drain(&mut source, &mut tracker, CHUNK_SESSIONS);
+        assert_eq!(first.len(), n);
+        assert_eq!(store.keys(track::STATE_PREFIX).len(), n);
+
+        // Gone: one in the first page, one in the middle, the last two (after the last page's
+        // last id). Nothing else changed: a listing observes nothing.
+        let gone = [&all[3], &all[LIST_PAGE + 1], &all[n - 2], &all[n - 1]];
+        source
+            .sessions
+            .retain(|s| !gone.iter().any(|g| g.as_str() == s.id.as_str()));
+        source.changes = VecDeque::from([(
+            Changes::Rescan {
+                fresh: false,
+                sessions: None,
+            },
+            0,
+        )]);
+        source.pages = 0;
+        let second = store.drain(&mut source, &mut tracker, CHUNK_SESSIONS);
+        let mut deleted: Vec<&str> = ids(&second);
+        deleted.sort();
+        assert_eq!(deleted, gone.map(String::as_str));
+        assert!(second.iter().all(|(t, _)| *t == Trigger::Deleted));
+        assert_eq!(source.pages, 3, "one page per {LIST_PAGE} sessions");
+        assert_eq!(store.keys(track::STATE_PREFIX).len(), n - 4);
+        assert!(store.keys(track::GONE_PREFIX).is_empty());
+        assert_eq!(tracker.len(), n - 4);
+    }
+
+    /// Deletions found over a whole listing are held when they look like a replaced database
+    /// (more than half of what was tracked), though every page alone holds few of them.
+    #[test]
+    fn deletions_over_a_whole_listing_are_held_together() {
+        let n = LIST_PAGE * 3;
+        let all: Vec<String> = (0..n).map(|i| format!("ses_{i:05}")).collect();
+        let clock = Arc::new(Mutex::new(1_000));
+        let mut source = Scripted::new(&clock, all.iter().map(|id| session(id, 900)).collect());
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        let mut tracker = Tracker::new(immediate_rules());
+        let mut store = Store::default();
+        store.drain(&mut source, &mut tracker, CHUNK_SESSIONS);
+
+        // Two of every three sessions vanish, spread over every page.
+        source.sessions.retain(|s| s.id.as_str().ends_with('0'));
+        let kept = source.sessions.len();
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        let mut held = 0;
+        for _ in 0..1000 {
+            let out = store.run(&mut source, &mut tracker, CHUNK_SESSIONS, Mode::Flush);
+            assert!(out.exported.is_empty(), "no deletion is exported");
+            held += out.held;
             if !out.more {
                 break;
             }
         }
-        assert_eq!(again, ["ses_3", "ses_4", "ses_5", "ses_6"]);
+        assert_eq!(held, n - kept);
+        assert_eq!(store.keys(track::HELD_PREFIX).len(), n - kept);
+        assert_eq!(store.keys(track::STATE_PREFIX).len(), kept);
+    }
+
+    /// With `skip_subagent_sessions`, a child's marker is kept in the store (not in memory), so
+    /// a child that changed while the daemon was stopped re-exports its parent after a restart.
+    #[test]
+    fn a_child_that_changed_while_stopped_re_exports_its_parent() {
+        let clock = Arc::new(Mutex::new(1_000));
+        let mut source = Scripted::new(&clock, vec![session("ses_p", 900), session("ses_q", 900)]);
+        source
+            .counters
+            .insert("ses_q".into(), (1, Some("ses_p".into())));
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        let mut tracker = Tracker::new(immediate_rules());
+        let mut store = Store::default();
+        let first = store.drain(&mut source, &mut tracker, CHUNK_SESSIONS);
+        assert_eq!(
+            ids(&first),
+            ["ses_p"],
+            "the child is not exported on its own"
+        );
+        assert_eq!(store.keys(track::CHILD_PREFIX), ["ses_q"]);
+
+        // Stopped; the child moves; a restarted tracker lists it and re-exports the parent.
+        source
+            .counters
+            .insert("ses_q".into(), (2, Some("ses_p".into())));
+        let mut resumed = Tracker::resume(immediate_rules(), &store.0).unwrap();
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        *clock.lock().unwrap() = 2_000;
+        let again = store.drain(&mut source, &mut resumed, CHUNK_SESSIONS);
+        assert_eq!(ids(&again), ["ses_p"]);
+        // Unchanged since: nothing more.
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        assert!(store
+            .drain(&mut source, &mut resumed, CHUNK_SESSIONS)
+            .is_empty());
+    }
+
+    /// A range of stored sessions longer than the tracker reads at once (every session gone at
+    /// once, as when the database is emptied) is split over passes, and all of it is found.
+    #[test]
+    fn an_emptied_source_is_found_gone_in_bounded_steps() {
+        let n = track::LIST_BUDGET * 2 + 5;
+        let all: Vec<String> = (0..n).map(|i| format!("ses_{i:05}")).collect();
+        let clock = Arc::new(Mutex::new(1_000));
+        let mut source = Scripted::new(&clock, all.iter().map(|id| session(id, 900)).collect());
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        let mut tracker = Tracker::new(immediate_rules());
+        let mut store = Store::default();
+        store.drain(&mut source, &mut tracker, CHUNK_SESSIONS);
+        source.sessions.clear();
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        let mut biggest = 0;
+        let mut held = 0;
+        for _ in 0..1000 {
+            let out = store.run(&mut source, &mut tracker, CHUNK_SESSIONS, Mode::Flush);
+            biggest = biggest.max(out.state_puts.len() + out.state_removes.len());
+            held += out.held;
+            if !out.more {
+                break;
+            }
+        }
+        assert_eq!(held, n, "a wholesale disappearance is held");
+        assert!(
+            biggest <= track::LIST_BUDGET * 3,
+            "one pass wrote {biggest} keys"
+        );
     }
 }

@@ -88,7 +88,6 @@ impl Poller {
         let store = outbox.clone();
         let held_deletions = self.held_deletions > 0;
         let joined = tokio::task::spawn_blocking(move || {
-            let stored = |key: &[u8]| store.state_get(key).ok().flatten();
             let result = pass::pass(
                 source.as_mut(),
                 &mut tracker,
@@ -98,7 +97,7 @@ impl Poller {
                     chunk_sessions: pass::CHUNK_SESSIONS,
                     mode: Mode::Live,
                     budget_bytes: budget,
-                    stored_record: &stored,
+                    store: store.as_ref(),
                     progress: bar.as_ref(),
                     held_deletions,
                 },
@@ -112,6 +111,12 @@ impl Poller {
             // The bar starts again with the pass that succeeds.
             self.progress = None;
         }
+        let result = match result {
+            Ok(out) => Ok(out),
+            Err(pass::PassError::Source(e)) => Err(e),
+            // The outbox cannot be read: fatal, like its write errors.
+            Err(e @ pass::PassError::State(_)) => return Err(e.into()),
+        };
         let out = match result {
             Ok(out) => out,
             // Not there yet, or the agent is still creating it: wait quietly.
@@ -167,8 +172,8 @@ impl Poller {
                 self.source = Some(source);
                 self.tracker = Some(Tracker::resume(
                     Rules::from(&self.config.export),
-                    outbox.state_scan(crate::track::STATE_PREFIX)?,
-                ));
+                    outbox.as_ref(),
+                )?);
                 return Ok(false);
             }
         };
@@ -176,6 +181,10 @@ impl Poller {
         self.more = out.more;
         if !out.more {
             // The first pass over the history is done (all its chunks).
+            if !self.scanned_once {
+                tracing::info!("the first pass is done: every session was read");
+                crate::cli::release_free_memory();
+            }
             self.scanned_once = true;
             self.progress = None;
         }

@@ -4,9 +4,12 @@
 //! Claude Code's transcripts later) and answers three questions in source-neutral types:
 //!
 //! 1. **What changed** since its cursor ([`SessionSource::changes`]): nothing (an O(1) check on
-//!    an idle tick), a [`Changes::Full`] list of every session (the first look, or after the
-//!    storage was replaced), or a [`Changes::Delta`] of the sessions whose [`ChangeMarker`]
-//!    moved and of those that are gone. The cursor lives inside the source.
+//!    an idle tick), a bounded [`Changes::Delta`] of the sessions whose [`ChangeMarker`] moved
+//!    (and of those that are gone), or [`Changes::Rescan`] when the source cannot tell (the
+//!    first look, or after the storage was replaced or sessions vanished): the caller then lists
+//!    every session a page at a time with [`SessionSource::heads_after`], in id order, and
+//!    compares with what it knows. The cursor lives inside the source and takes memory
+//!    independent of the number of sessions.
 //! 2. **Busy or ended** ([`SessionSource::observe`]): a bounded read of a session's newest
 //!    rows, classified into an [`Observation`] — the source's own rule for the moment the agent
 //!    announces (`session.idle` / `session.error` for OpenCode).
@@ -116,16 +119,19 @@ pub struct SessionHead {
 pub enum Changes {
     /// Nothing was written since the last call.
     None,
-    /// Every session there is: sessions the caller knows and that are not listed are gone.
-    Full {
-        /// Every session (subagent sessions included).
-        heads: Vec<SessionHead>,
+    /// The source cannot tell what changed: list every session with
+    /// [`SessionSource::heads_after`] (a page at a time, in id order); a session the caller
+    /// knows and that is not listed is gone.
+    Rescan {
         /// True when the cursor was (re)started — the first look since the source was created,
         /// reopened or rescanned — so there is no earlier look to compare with; false when
-        /// the source only had to read everything this time.
+        /// the source only lost track this time (sessions vanished unseen).
         fresh: bool,
+        /// How many sessions there are, as far as the source can tell cheaply (for progress).
+        sessions: Option<u64>,
     },
-    /// Only what moved.
+    /// Only what moved, at most [`MAX_DELTA_SESSIONS`] sessions: when more moved, the next call
+    /// returns the rest at once (without waiting for a new write).
     Delta {
         /// Sessions whose marker moved (or that are new).
         heads: Vec<SessionHead>,
@@ -133,6 +139,18 @@ pub enum Changes {
         gone: Vec<SessionId>,
     },
 }
+
+/// One page of a listing ([`SessionSource::heads_after`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HeadsPage {
+    /// Heads in id order, at most the `limit` asked for.
+    pub heads: Vec<SessionHead>,
+    /// No session sorts after the last one (the listing is complete).
+    pub end: bool,
+}
+
+/// Most sessions one [`Changes::Delta`] names (heads and gone together).
+pub const MAX_DELTA_SESSIONS: usize = 200;
 
 /// The error that ended a turn, as the source stores it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -274,11 +292,24 @@ pub trait SessionSource: Send {
     fn describe(&self) -> String;
 
     /// What changed since the last call (see [`Changes`]). The first call returns
-    /// [`Changes::Full`].
+    /// [`Changes::Rescan`] with `fresh`.
     ///
     /// # Errors
     /// [`SourceError`]; [`SourceError::is_missing`] while the storage does not exist.
     fn changes(&mut self) -> Result<Changes, SourceError>;
+
+    /// Up to `limit` session heads (subagent sessions included) whose id sorts after `after`
+    /// (from the first with `None`), in id order ([`SessionId`]'s `Ord`), and whether the
+    /// listing reached the end. Each call is one bounded read; a listing over many calls may
+    /// see writes made in between, which the next [`SessionSource::changes`] reports.
+    ///
+    /// # Errors
+    /// [`SourceError`].
+    fn heads_after(
+        &mut self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<HeadsPage, SourceError>;
 
     /// Busy or ended, from a bounded read of the session's newest rows. `None` when the
     /// session is gone.
@@ -299,6 +330,6 @@ pub trait SessionSource: Send {
         texts: Texts,
     ) -> Result<Option<SessionSnapshot>, SourceError>;
 
-    /// Forgets the cursor: the next [`SessionSource::changes`] returns [`Changes::Full`].
+    /// Forgets the cursor: the next [`SessionSource::changes`] returns [`Changes::Rescan`].
     fn rescan(&mut self);
 }

@@ -4,6 +4,9 @@
 //! |---|---|
 //! | `session/<id>` | [`SessionState`] as JSON, versioned by `v` (`"2"`; `"1"` is read and migrated) |
 //! | `record/<id>` | the last record built for the session (the [`crate::export::SessionExport`] JSON, as the outbox stores records) |
+//! | `child/<id>` | a subagent session's [`ChangeMarker`] as JSON (with `export.skip_subagent_sessions`, whose children are not tracked on their own): a child whose marker moved re-exports its parent |
+//! | `gone/<id>` | empty: a session a listing found gone, until the listing ends and its deletion is exported or held (see [`crate::track`], "Listings") |
+//! | `held-deletion/<id>` | the last record of a session whose deletion is held ([`crate::track::rules::hold_deletions`]) |
 //!
 //! The state is small and rewritten whenever the session changes; the record is large and
 //! rewritten only when its content (everything but `exportedAt`) changes, which
@@ -24,6 +27,28 @@ pub const STATE_PREFIX: &[u8] = b"session/";
 
 /// Key prefix of per-session last records.
 pub const RECORD_PREFIX: &[u8] = b"record/";
+
+/// Key prefix of subagent sessions' markers.
+pub const CHILD_PREFIX: &[u8] = b"child/";
+
+/// Key prefix of sessions a listing found gone.
+pub const GONE_PREFIX: &[u8] = b"gone/";
+
+/// The child-marker key of a session.
+pub fn child_key(id: &SessionId) -> Vec<u8> {
+    [CHILD_PREFIX, id.as_str().as_bytes()].concat()
+}
+
+/// The gone key of a session.
+pub fn gone_key(id: &SessionId) -> Vec<u8> {
+    [GONE_PREFIX, id.as_str().as_bytes()].concat()
+}
+
+/// The session a key under `prefix` names (`None`: another prefix, or not UTF-8).
+pub fn key_session(key: &[u8], prefix: &[u8]) -> Option<SessionId> {
+    let id = key.strip_prefix(prefix)?;
+    std::str::from_utf8(id).ok().map(SessionId::from)
+}
 
 /// Key prefix of held deletions: the last record of a session whose deletion is held (see
 /// [`crate::track::rules::hold_deletions`]).

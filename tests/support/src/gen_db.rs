@@ -30,6 +30,39 @@ struct FixtureSession {
     todos: Vec<(String, String, String, i64, i64, i64)>,
 }
 
+/// Logs `n` durable events of `kind` (`message.updated.1`, …) for `session_id`, as OpenCode's
+/// projector does in the transaction of every write (≥ 1.16): the session's `event_sequence.seq`
+/// goes up by `n` and each event is appended to `event`. Does nothing on a database without the
+/// live event log (no `event` or `migration` table: OpenCode before 1.16).
+pub fn log_events(conn: &Connection, session_id: &str, kind: &str, n: i64) {
+    let live: bool = conn
+        .query_row(
+            "SELECT COUNT(*) = 3 FROM sqlite_master WHERE type = 'table' \
+             AND name IN ('event', 'event_sequence', 'migration')",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    if !live {
+        return;
+    }
+    for _ in 0..n {
+        conn.execute(
+            "INSERT INTO event_sequence (aggregate_id, seq) VALUES (?1, 0) \
+             ON CONFLICT(aggregate_id) DO UPDATE SET seq = seq + 1",
+            [session_id],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO event (id, aggregate_id, seq, type, data) \
+             SELECT 'evt_' || lower(hex(randomblob(12))), aggregate_id, seq, ?2, '{}' \
+             FROM event_sequence WHERE aggregate_id = ?1",
+            params![session_id, kind],
+        )
+        .unwrap();
+    }
+}
+
 /// A generated database and its writer.
 pub struct GenDb {
     /// The database file.
@@ -262,7 +295,7 @@ impl GenDb {
 
     /// Writes one new completed assistant step into `session_id` (an assistant message with
     /// `finish: "stop"`, a step-start, a text and a step-finish part) and bumps its
-    /// `event_sequence`, in one transaction. The turn ends at the new message, so the daemon
+    /// `event_sequence` and logs the events ([`log_events`]), in one transaction. The turn ends at the new message, so the daemon
     /// exports a new version (its `updatedAt` is the step's time, newer than any before).
     /// Returns the step's time (ms).
     pub fn write_step(&mut self, session_id: &str) -> i64 {
@@ -296,17 +329,13 @@ impl GenDb {
             )
             .unwrap();
         }
-        tx.execute(
-            "UPDATE event_sequence SET seq = seq + 4 WHERE aggregate_id = ?1",
-            [session_id],
-        )
-        .unwrap();
+        log_events(&tx, session_id, "message.part.updated.1", 4);
         tx.commit().unwrap();
         stamp
     }
 
     /// Deletes a session as OpenCode does (`session.deleted`): its row, and by cascade its
-    /// messages, parts and todos, and its `event_sequence` row.
+    /// messages, parts and todos, and its `event_sequence` and `event` rows.
     pub fn delete_session(&mut self, session_id: &str) {
         let tx = self.conn.unchecked_transaction().unwrap();
         for table in ["part", "message", "todo"] {
@@ -316,6 +345,8 @@ impl GenDb {
             )
             .unwrap();
         }
+        tx.execute("DELETE FROM event WHERE aggregate_id = ?1", [session_id])
+            .unwrap();
         tx.execute(
             "DELETE FROM event_sequence WHERE aggregate_id = ?1",
             [session_id],

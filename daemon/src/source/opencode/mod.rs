@@ -12,13 +12,21 @@
 //!
 //! # Change detection (the cursor)
 //! An idle tick costs one `PRAGMA data_version` (per connection: it changes whenever another
-//! connection commits). When it moved, with `event_sequence` (OpenCode ≥ 1.16) the source reads
-//! only that table's small rows, the session rows of sessions whose `seq` moved (by primary key)
-//! and `COUNT(*)` of `session`: every write to a session bumps its `seq`, and deleting a session
-//! removes its row. A session without a sequence row (older than the last log wipe) can still
-//! be deleted unseen by the sequence table; the count catches that and the source reads every
-//! session row instead ([`Changes::Full`]). Without the table, on the first look, and after the
-//! file was replaced (new inode) or reopened, every session row is read.
+//! connection commits). When it moved, with OpenCode's live event log (≥ 1.16,
+//! [`OpenCodeDb::has_event_log`]) the source reads only the `event` rows appended since its
+//! cursor — a rowid and the `(rowid, event.id)` of the newest row seen, so the cursor's memory
+//! is independent of the history — and the head of each session they name (by primary key):
+//! every durable write to a session appends an event in the same transaction. Deleting a
+//! session deletes its events, so a deletion leaves no row to read; `COUNT(*)` of `session`
+//! catches it: the count must equal the count at the cursor plus the `session.created` events
+//! since. When it does not (a session deleted, or one created without an event), or when the
+//! row at the cursor is gone (its session was deleted, and SQLite may reuse its rowid), the
+//! source answers [`Changes::Rescan`] and the caller lists every session a page at a time
+//! ([`SessionSource::heads_after`], keyset pages of the primary key). One call reads at most
+//! [`EVENTS_PER_READ`] event rows and names at most [`MAX_DELTA_SESSIONS`] sessions; the rest
+//! comes with the next call. Without the live log (older releases, whose `event` tables, from
+//! 1.3.3 on, are written only with experimental workspaces), on the first look, and after the
+//! file was replaced (new inode) or reopened, the answer is [`Changes::Rescan`].
 //!
 //! # Where each snapshot field comes from
 //! | [`SessionSnapshot`] field | OpenCode |
@@ -49,18 +57,21 @@ pub mod path;
 pub mod rows;
 pub mod sql;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::source::{
-    Changes, CodeChangeFacts, FileDiff, FileEdit, Fork, Message, Observation, Reverted, Role,
-    SessionHead, SessionId, SessionSnapshot, SessionSource, SourceError, Texts, TodoItem, Tokens,
-    ToolCall, TurnError,
+    Changes, CodeChangeFacts, FileDiff, FileEdit, Fork, HeadsPage, Message, Observation, Reverted,
+    Role, SessionHead, SessionId, SessionSnapshot, SessionSource, SourceError, Texts, TodoItem,
+    Tokens, ToolCall, TurnError, MAX_DELTA_SESSIONS,
 };
 use lenient::{DiffLines, Lenient, LenientStr};
 pub use sql::OpenCodeDb;
-use sql::{HeadRow, RowSnapshot};
+use sql::{EventMark, HeadRow, RowSnapshot};
+
+/// Most `event` rows one [`SessionSource::changes`] reads (small rows: the payload is not read).
+pub const EVENTS_PER_READ: usize = 4096;
 
 /// [`SessionSource`] over `opencode.db`; see the module docs.
 #[derive(Debug)]
@@ -70,21 +81,25 @@ pub struct OpenCodeSource {
     db: Option<OpenCodeDb>,
     /// `PRAGMA data_version` at the last [`SessionSource::changes`] (per connection).
     data_version: Option<i64>,
-    /// What the last look saw; `None` until the first one, which reads every session row.
-    index: Option<SeqIndex>,
+    /// Where the last look stopped; `None` until the first one, which asks for a rescan.
+    cursor: Option<Cursor>,
+    /// A change read was cut short ([`EVENTS_PER_READ`], [`MAX_DELTA_SESSIONS`]): the next
+    /// call goes on even though `data_version` did not move.
+    more: bool,
+    /// Whether the next rescan is the first look since the connection was opened.
+    fresh: bool,
     /// Sessions already warned about as unreadable ([`SourceError::BadRow`]).
     bad_sessions: HashSet<String>,
 }
 
-/// The last look's view of `event_sequence` and `session`.
-#[derive(Debug, Default)]
-struct SeqIndex {
-    /// `event_sequence.seq` per session id.
-    seqs: HashMap<String, i64>,
-    /// Every session id (children included).
-    known: HashSet<String>,
-    /// `COUNT(*)` of `session`.
-    total: i64,
+/// The change cursor: what the last look had seen. Constant size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursor {
+    /// The newest event row read (`None`: the log was empty, or there is no live log).
+    event: Option<EventMark>,
+    /// `COUNT(*)` of `session` when the cursor was set, plus the `session.created` events
+    /// read since.
+    sessions: i64,
 }
 
 impl From<&crate::config::SourceConfig> for OpenCodeSource {
@@ -102,7 +117,9 @@ impl OpenCodeSource {
             busy_timeout,
             db: None,
             data_version: None,
-            index: None,
+            cursor: None,
+            more: false,
+            fresh: true,
             bad_sessions: HashSet::new(),
         }
     }
@@ -123,7 +140,9 @@ impl OpenCodeSource {
             tracing::info!(db = %self.path.display(), "opened the opencode database (read-only)");
             // `data_version` is per connection, and the file may be another one.
             self.data_version = None;
-            self.index = None;
+            self.cursor = None;
+            self.more = false;
+            self.fresh = true;
             self.db = Some(db);
         }
         Ok(self.db.as_ref().expect("opened above"))
@@ -144,48 +163,64 @@ impl OpenCodeSource {
         read
     }
 
-    /// The delta since `index`, or `None` when only a full read can tell.
-    fn delta(db: &OpenCodeDb, index: &mut SeqIndex) -> Result<Option<Changes>, SourceError> {
-        let Some(seqs) = db.sequences()? else {
-            return Ok(None);
-        };
-        let seqs: HashMap<String, i64> = seqs.into_iter().collect();
-        let mut heads = Vec::new();
-        let mut new_ids = Vec::new();
-        for (id, seq) in &seqs {
-            if index.seqs.get(id) == Some(seq) {
-                continue;
-            }
-            if let Some(head) = db.session_head(id)? {
-                if !index.known.contains(id) {
-                    new_ids.push(id.clone());
+    /// The cursor as of now, for a rescan that starts now: the newest event row and the
+    /// session count, read together.
+    fn cursor_now(db: &OpenCodeDb) -> Result<Cursor, SourceError> {
+        db.consistent(|db| {
+            Ok(Cursor {
+                event: db.last_event()?,
+                sessions: db.session_count()?,
+            })
+        })
+    }
+
+    /// The changes after `cursor` (advanced in place) from the event log, or `None` when only
+    /// a rescan can tell; and whether more are left for the next call.
+    fn delta(
+        db: &OpenCodeDb,
+        cursor: &mut Cursor,
+    ) -> Result<Option<(Vec<SessionHead>, bool)>, SourceError> {
+        db.consistent(|db| {
+            if let Some(mark) = &cursor.event {
+                if !db.event_still_at(mark)? {
+                    return Ok(None);
                 }
-                heads.push(neutral_head(head));
             }
-        }
-        let mut gone = Vec::new();
-        for id in index.seqs.keys().filter(|id| !seqs.contains_key(*id)) {
-            if db.session_head(id)?.is_none() {
-                gone.push(id.clone());
+            let from = cursor.event.as_ref().map_or(0, |m| m.rowid);
+            let events = db.events_after(from, EVENTS_PER_READ)?;
+            let mut ids = BTreeSet::new();
+            let mut created = 0i64;
+            let mut last = None;
+            let mut cut = events.len() == EVENTS_PER_READ;
+            for event in events {
+                if let Some(id) = event.aggregate_id {
+                    if !ids.contains(&id) && ids.len() == MAX_DELTA_SESSIONS {
+                        cut = true;
+                        break;
+                    }
+                    ids.insert(id);
+                }
+                created += i64::from(event.session_created);
+                last = Some(event.mark);
             }
-        }
-        let total = db.session_count()?;
-        let expected = index.total + new_ids.len() as i64
-            - gone.iter().filter(|id| index.known.contains(*id)).count() as i64;
-        if total != expected {
-            // A session appeared or vanished without a sequence row: look at everything.
-            return Ok(None);
-        }
-        index.seqs = seqs;
-        index.total = total;
-        index.known.extend(new_ids);
-        for id in &gone {
-            index.known.remove(id);
-        }
-        Ok(Some(Changes::Delta {
-            heads,
-            gone: gone.into_iter().map(SessionId::from).collect(),
-        }))
+            let mut heads = Vec::with_capacity(ids.len());
+            for id in &ids {
+                // An aggregate that is not a session (or a session deleted since: the count
+                // below tells) has no head.
+                if let Some(head) = db.session_head(id)? {
+                    heads.push(neutral_head(head));
+                }
+            }
+            let sessions = cursor.sessions + created;
+            if !cut && db.session_count()? != sessions {
+                return Ok(None);
+            }
+            if last.is_some() {
+                cursor.event = last;
+            }
+            cursor.sessions = sessions;
+            Ok(Some((heads, cut)))
+        })
     }
 }
 
@@ -209,28 +244,52 @@ impl SessionSource for OpenCodeSource {
     fn changes(&mut self) -> Result<Changes, SourceError> {
         let db = self.db()?;
         let dv = db.data_version()?;
-        if self.index.is_some() && self.data_version == Some(dv) {
+        if self.cursor.is_some() && self.data_version == Some(dv) && !self.more {
             return Ok(Changes::None);
         }
         let db = self.db.as_ref().expect("opened above");
-        if let Some(index) = self.index.as_mut() {
-            if let Some(delta) = Self::delta(db, index)? {
-                self.data_version = Some(dv);
-                return Ok(delta);
+        if db.has_event_log() {
+            if let Some(cursor) = self.cursor.as_mut() {
+                let mut next = cursor.clone();
+                if let Some((heads, more)) = Self::delta(db, &mut next)? {
+                    *cursor = next;
+                    self.more = more;
+                    self.data_version = Some(dv);
+                    return Ok(Changes::Delta {
+                        heads,
+                        gone: Vec::new(),
+                    });
+                }
             }
         }
-        let fresh = self.index.is_none();
-        let heads = db.session_heads()?;
-        let seqs = db.sequences()?.unwrap_or_default();
-        self.index = Some(SeqIndex {
-            seqs: seqs.into_iter().collect(),
-            total: heads.len() as i64,
-            known: heads.iter().map(|h| h.id.clone()).collect(),
-        });
+        // The first look, no live event log, or a session vanished unseen: list everything,
+        // and go on from the log's end as of now (writes during the listing come next).
+        let cursor = Self::cursor_now(db)?;
+        let sessions = u64::try_from(cursor.sessions).ok();
+        self.cursor = Some(cursor);
+        self.more = false;
         self.data_version = Some(dv);
-        Ok(Changes::Full {
+        Ok(Changes::Rescan {
+            fresh: std::mem::replace(&mut self.fresh, false),
+            sessions,
+        })
+    }
+
+    fn heads_after(
+        &mut self,
+        after: Option<&SessionId>,
+        limit: usize,
+    ) -> Result<HeadsPage, SourceError> {
+        let limit = limit.max(1);
+        let (heads, rows) = self
+            .db()?
+            .heads_after(after.map(SessionId::as_str), limit)?;
+        // A page of only unreadable ids (warned about once) ends the listing: the next page
+        // would start at the same place.
+        let end = rows < limit || heads.is_empty();
+        Ok(HeadsPage {
             heads: heads.into_iter().map(neutral_head).collect(),
-            fresh,
+            end,
         })
     }
 
@@ -262,7 +321,8 @@ impl SessionSource for OpenCodeSource {
         // The connection goes too: the next look opens the file again and reads it in full.
         self.db = None;
         self.data_version = None;
-        self.index = None;
+        self.cursor = None;
+        self.more = false;
     }
 }
 

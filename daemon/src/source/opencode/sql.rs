@@ -96,13 +96,15 @@ const REQUIRED_COLUMNS: &[(&str, bool, &[&str])] = &[
     ),
     ("project", true, &["id", "worktree"]),
     ("event_sequence", true, &["aggregate_id", "seq"]),
+    ("event", true, &["id", "aggregate_id", "type"]),
 ];
 
 /// Which optional tables and columns the database has.
 #[derive(Debug, Clone, Default)]
 struct Schema {
     session_cols: HashSet<String>,
-    has_event_sequence: bool,
+    /// The durable event log is written on every change (see [`OpenCodeDb::has_event_log`]).
+    event_log: bool,
     has_project: bool,
     has_todo: bool,
 }
@@ -116,9 +118,29 @@ pub struct HeadRow {
     pub parent_id: Option<String>,
     /// A value that changes whenever anything of the session is written: `event_sequence.seq`
     /// (OpenCode ≥ 1.16, bumped by every durable session event) combined with
-    /// `session.time_updated` and `time_archived`. On databases without `event_sequence` it is
-    /// the newest `message.time_updated` of the session.
+    /// `session.time_updated` and `time_archived`. On databases without a live event log
+    /// ([`OpenCodeDb::has_event_log`]) it is the newest `message.time_updated` of the session.
     pub marker: ChangeMarker,
+}
+
+/// A row of the event log, to tell later whether it is still there ([`OpenCodeDb::event_still_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventMark {
+    /// `event.rowid`.
+    pub rowid: i64,
+    /// `event.id` (`evt_…`).
+    pub id: String,
+}
+
+/// One row of the event log, as [`OpenCodeDb::events_after`] reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRow {
+    /// Where it is.
+    pub mark: EventMark,
+    /// `event.aggregate_id`: the session, for session events (`None` when not UTF-8 text).
+    pub aggregate_id: Option<String>,
+    /// Whether `event.type` is `session.created.<version>`.
+    pub session_created: bool,
 }
 
 /// Everything the database holds about one session, read in one read transaction.
@@ -377,7 +399,11 @@ impl OpenCodeDb {
         }
         Ok(Schema {
             session_cols,
-            has_event_sequence: tables.contains("event_sequence"),
+            // `migration` replaced `__drizzle_migrations` in 1.16.0, the release from which on
+            // every durable event is logged (before, only with experimental workspaces on).
+            event_log: ["event_sequence", "event", "migration"]
+                .iter()
+                .all(|t| tables.contains(*t)),
             has_project: tables.contains("project"),
             has_todo: tables.contains("todo"),
         })
@@ -407,9 +433,12 @@ impl OpenCodeDb {
             .unwrap_or(0))
     }
 
-    /// Whether change markers come from `event_sequence` (OpenCode ≥ 1.16).
-    pub fn has_event_sequence(&self) -> bool {
-        self.schema.has_event_sequence
+    /// Whether the database has OpenCode's live durable event log (≥ 1.16.0: the `event`,
+    /// `event_sequence` and `migration` tables): every write to a session then appends an
+    /// `event` row and bumps the session's `event_sequence.seq` in the same transaction. Earlier
+    /// releases have the tables from 1.3.3 on but write them only with experimental workspaces.
+    pub fn has_event_log(&self) -> bool {
+        self.schema.event_log
     }
 
     fn session_col(&self, name: &str) -> String {
@@ -420,11 +449,11 @@ impl OpenCodeDb {
         }
     }
 
-    /// The select list shared by [`Self::session_heads`] and [`Self::session_head`]: id,
+    /// The select list shared by [`Self::heads_after`] and [`Self::session_head`]: id,
     /// parent id, `time_updated`, `time_archived`, and the change counter (`event_sequence.seq`,
     /// or the newest `message.time_updated` without that table).
     fn head_columns(&self) -> String {
-        let counter = if self.schema.has_event_sequence {
+        let counter = if self.schema.event_log {
             "(SELECT seq FROM event_sequence WHERE aggregate_id = s.id)"
         } else {
             "(SELECT MAX(time_updated) FROM message WHERE session_id = s.id)"
@@ -457,16 +486,39 @@ impl OpenCodeDb {
             .collect()
     }
 
-    /// One row per session with its change marker: a pass over `session`, with one indexed
-    /// lookup per session into `event_sequence` (OpenCode ≥ 1.16) or, on older databases, into
-    /// `message` by `(session_id, …)`. Never reads `part` or `event`.
+    /// Up to `limit` session heads with an id after `after` (from the first with `None`), in id
+    /// order (SQLite's BINARY collation: byte order of the UTF-8 text, as [`String`]'s `Ord`),
+    /// each with its change marker: keyset pagination over the primary key index, with one
+    /// indexed lookup per session into `event_sequence` (with the event log) or, on older
+    /// databases, into `message` by `(session_id, …)`. Never reads `part` or `event`. Also
+    /// returns how many rows the query returned, readable or not (fewer than `limit`: the end).
     ///
     /// # Errors
     /// [`SourceError::Read`].
-    pub fn session_heads(&self) -> Result<Vec<HeadRow>, SourceError> {
-        let sql = format!("SELECT {} FROM session s", self.head_columns());
-        let rows = self.all(&sql, [], Self::head)?;
-        Ok(self.heads(rows))
+    pub fn heads_after(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<HeadRow>, usize), SourceError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = match after {
+            Some(after) => {
+                let sql = format!(
+                    "SELECT {} FROM session s WHERE s.id > ?1 ORDER BY s.id LIMIT ?2",
+                    self.head_columns()
+                );
+                self.all(&sql, rusqlite::params![after, limit], Self::head)?
+            }
+            None => {
+                let sql = format!(
+                    "SELECT {} FROM session s ORDER BY s.id LIMIT ?1",
+                    self.head_columns()
+                );
+                self.all(&sql, [limit], Self::head)?
+            }
+        };
+        let raw = rows.len();
+        Ok((self.heads(rows), raw))
     }
 
     /// The head of one session, read by primary key; `None` when the row is gone.
@@ -482,20 +534,71 @@ impl OpenCodeDb {
         Ok(row.and_then(|r| self.heads(vec![r]).pop()))
     }
 
-    /// `(aggregate_id, seq)` of every `event_sequence` row (OpenCode ≥ 1.16): one small row per
-    /// session that had a durable event since the table was last wiped; every write to a session
-    /// bumps its `seq`. `None` when the table does not exist.
+    /// The newest row of the event log: `(rowid, event.id)`; `None` when the log is empty or
+    /// the database has none ([`Self::has_event_log`]).
     ///
     /// # Errors
     /// [`SourceError::Read`].
-    pub fn sequences(&self) -> Result<Option<Vec<(String, i64)>>, SourceError> {
-        if !self.schema.has_event_sequence {
+    pub fn last_event(&self) -> Result<Option<EventMark>, SourceError> {
+        if !self.schema.event_log {
             return Ok(None);
         }
-        let rows = self.all("SELECT aggregate_id, seq FROM event_sequence", [], |r| {
-            Ok((text_id(r, 0), int(r, 1).unwrap_or(0)))
+        let row = self.one(
+            "SELECT rowid, id FROM event ORDER BY rowid DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, text(r, 1))),
+        )?;
+        Ok(row.map(|(rowid, id)| EventMark {
+            rowid,
+            id: id.unwrap_or_default(),
+        }))
+    }
+
+    /// Whether the event row `mark` names is still there with the same id: false once it was
+    /// deleted (with its session) and its rowid possibly reused.
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn event_still_at(&self, mark: &EventMark) -> Result<bool, SourceError> {
+        let id = self.one("SELECT id FROM event WHERE rowid = ?1", [mark.rowid], |r| {
+            Ok(text(r, 0))
         })?;
-        Ok(Some(self.readable("event_sequence", rows)))
+        Ok(id.flatten().as_deref() == Some(mark.id.as_str()))
+    }
+
+    /// Up to `limit` event rows after rowid `after`, in rowid (append) order. Reads only the
+    /// start of each row (the `data` payload, last, is not loaded).
+    ///
+    /// # Errors
+    /// [`SourceError::Read`].
+    pub fn events_after(&self, after: i64, limit: usize) -> Result<Vec<EventRow>, SourceError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.all(
+            "SELECT rowid, id, aggregate_id, type LIKE 'session.created.%' FROM event \
+             WHERE rowid > ?1 ORDER BY rowid LIMIT ?2",
+            [after, limit],
+            |r| {
+                Ok(EventRow {
+                    mark: EventMark {
+                        rowid: r.get(0)?,
+                        id: text(r, 1).unwrap_or_default(),
+                    },
+                    aggregate_id: text_id(r, 2),
+                    session_created: int(r, 3) == Some(1),
+                })
+            },
+        )
+    }
+
+    /// Runs `f` in one read transaction (one consistent snapshot of the database).
+    ///
+    /// # Errors
+    /// `f`'s, and [`SourceError::Read`].
+    pub fn consistent<T>(
+        &self,
+        f: impl FnOnce(&Self) -> Result<T, SourceError>,
+    ) -> Result<T, SourceError> {
+        self.in_read_txn(f)
     }
 
     /// `SELECT COUNT(*) FROM session` (answered from the smallest index, not the wide rows).

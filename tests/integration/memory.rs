@@ -26,11 +26,12 @@ use crate::support::{command, read_ndjson, Scratch};
 /// The bound the issue sets and the README states (the unit's `MemoryMax` leaves room above).
 const LIMIT_BYTES: u64 = 64 << 20;
 
-/// Sessions in the generated history: 20 chunks of the first pass.
-const SESSIONS: usize = 4_000;
+/// Sessions in the generated history: 25 chunks of the first pass, and the backlog of queued
+/// records the issue names.
+const SESSIONS: usize = 5_000;
 
 #[test]
-fn once_and_run_stay_under_64_mib_on_a_history_of_4000_sessions() {
+fn once_run_and_a_drain_stay_under_64_mib_on_a_history_of_5000_sessions() {
     let scratch = Scratch::new();
     let db = scratch.path("oc/opencode.db");
     let roots = GenDb::create(&db, SESSIONS).session_ids().len();
@@ -61,6 +62,42 @@ fn once_and_run_stay_under_64_mib_on_a_history_of_4000_sessions() {
         "nothing new"
     );
 
+    // A backlog: every record queued while the deployment is unreachable (`once` gives up
+    // after its timeout, exit 1, everything kept), then drained into the local file.
+    let offline = Scratch::new();
+    let down = offline.write_config("[convex]\nurl = \"http://127.0.0.1:9/\"\n");
+    let queued = measure::run(
+        command(&offline)
+            .env("OPENCODE_TELEMETRY_INGEST_TOKEN", "memory-test")
+            .arg("--config")
+            .arg(&down)
+            .arg("--db")
+            .arg(&db)
+            .arg("once")
+            .arg("--timeout-secs")
+            .arg("1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    assert_eq!(queued.status.code(), Some(1), "nothing could be delivered");
+    let local = offline.write_config("");
+    let drained = measure::run(
+        command(&offline)
+            .arg("--config")
+            .arg(&local)
+            .arg("--db")
+            .arg(&db)
+            .arg("once")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    assert!(
+        drained.status.success(),
+        "drain failed: {:?}",
+        drained.status
+    );
+    assert_eq!(read_ndjson(&offline.local_sink()).len(), delivered);
+
     // run, on a fresh data directory: the first pass and delivery.
     let fresh = Scratch::new();
     // Open todos wait final_after_secs in run (once flushes them): export at once here.
@@ -81,6 +118,12 @@ fn once_and_run_stay_under_64_mib_on_a_history_of_4000_sessions() {
         used.max_rss_bytes <= limit,
         "once peaked at {} MiB on {SESSIONS} sessions (limit 64 MiB + {} MiB of mapped code)",
         mib(used.max_rss_bytes),
+        mib(code)
+    );
+    assert!(
+        drained.max_rss_bytes <= limit,
+        "draining {delivered} queued records peaked at {} MiB (limit 64 MiB + {} MiB of mapped code)",
+        mib(drained.max_rss_bytes),
         mib(code)
     );
     assert!(

@@ -262,30 +262,49 @@ pub fn pass(
     let due_now = tracker.due(now, mode).len();
     let observe_n = chunk.saturating_sub(due_now).max(chunk / 4);
     let observe = tracker.to_observe(observe_n);
+    let texts = ctx.options.texts();
+    let mut exports = 0;
     for (id, marker) in observe {
-        if options.held_deletions && tracker.is_new(&id, store)? {
+        let new = tracker.is_new(&id, store)?;
+        if options.held_deletions && new {
             let key = track::held_key(&id);
             if store.get(&key)?.is_some() {
                 out.state_removes.push(key);
                 out.released += 1;
             }
         }
-        let observation = match source.observe(&id) {
-            Ok(o) => o,
+        // A session new to the tracker is read whole anyway (its record is kept, or it is
+        // exported): one read gives both the observation and the snapshot.
+        let read = if new {
+            source
+                .observe_whole(&id, texts)
+                .map(|r| r.map(|(o, s)| (o, Some(s))))
+        } else {
+            source.observe(&id).map(|r| r.map(|o| (o, None)))
+        };
+        let (observation, mut whole) = match read {
+            Ok(Some((o, s))) => (Some(o), s),
+            Ok(None) => (None, None),
             // One session's unreadable data never stops the others (the source warned).
             Err(e) if e.is_bad_row() => continue,
             Err(e) => return Err(e.into()),
         };
         out.observed += usize::from(observation.is_some());
+        out.snapshots_read += usize::from(whole.is_some());
         let need = tracker.observed(&id, marker, observation.as_ref(), now, mode, store)?;
         match need {
             Need::Nothing => {}
             Need::Record(trigger) => {
-                let Some(snapshot) = skip_bad_row(source.snapshot(&id, ctx.options.texts()))?
-                else {
-                    continue;
+                let snapshot = match whole.take() {
+                    Some(s) => s,
+                    None => {
+                        let Some(s) = skip_bad_row(source.snapshot(&id, texts))? else {
+                            continue;
+                        };
+                        out.snapshots_read += 1;
+                        s
+                    }
                 };
-                out.snapshots_read += 1;
                 let mut record = export::build(&snapshot, trigger, &ctx);
                 // Kept for a later deletion, which gets the next revision.
                 record.revision = tracker.revision(&id);
@@ -294,7 +313,19 @@ pub fn pass(
                     out.state_puts.push((track::record_key(&id), json));
                 }
             }
-            Need::Export(_) => {} // Exported below with every other due session.
+            Need::Export(trigger) => {
+                // Exported now when it was read whole and the chunk has room; otherwise below
+                // with every other due session (or by a later pass).
+                if let Some(snapshot) = whole.take() {
+                    if exports < chunk
+                        && out.bytes < CHUNK_BYTES
+                        && out.bytes < options.budget_bytes
+                    {
+                        exports += 1;
+                        export_one(&mut out, tracker, &ctx, &id, trigger, &snapshot, mode);
+                    }
+                }
+            }
         }
         if let (Some(o), Need::Nothing | Need::Record(_)) = (&observation, need) {
             match o.activity {
@@ -308,7 +339,6 @@ pub fn pass(
         }
     }
 
-    let mut exports = 0;
     for (id, trigger) in tracker.due(now, mode) {
         if out.bytes >= options.budget_bytes {
             out.deferred += 1;
@@ -319,7 +349,7 @@ pub fn pass(
             break;
         }
         exports += 1;
-        let snapshot = match source.snapshot(&id, ctx.options.texts()) {
+        let snapshot = match source.snapshot(&id, texts) {
             Ok(Some(s)) => s,
             Ok(None) => {
                 tracker.vanished(&id);
@@ -330,22 +360,7 @@ pub fn pass(
             Err(e) => return Err(e.into()),
         };
         out.snapshots_read += 1;
-        let mut record = export::build(&snapshot, trigger, &ctx);
-        if !record.corrected.is_empty() {
-            // One line per record exported; the fields, never their values.
-            tracing::warn!(
-                session_id = %id,
-                fields = %record.corrected.join(","),
-                "the source has values outside the deployment's content rules; the record is \
-                 exported with them clamped or dropped and lists them in `corrected`"
-            );
-        }
-        record.revision = tracker.next_revision(&id, now);
-        let json = serde_json::to_vec(&record).expect("a record serializes");
-        if tracker.exported(&id, now, mode, track::state::record_digest(&json)) {
-            out.state_puts.push((track::record_key(&id), json.clone()));
-        }
-        out.push(trigger, record, json);
+        export_one(&mut out, tracker, &ctx, &id, trigger, &snapshot, mode);
     }
 
     out.more |= !tracker.idle();
@@ -353,6 +368,35 @@ pub fn pass(
     out.state_puts.extend(writes.puts);
     out.state_removes.extend(writes.removes);
     Ok(out)
+}
+
+/// Builds and exports a due session's record from its snapshot (at `ctx.exported_at`).
+fn export_one(
+    out: &mut PassOutput,
+    tracker: &mut Tracker,
+    ctx: &ExportContext,
+    id: &SessionId,
+    trigger: Trigger,
+    snapshot: &SessionSnapshot,
+    mode: Mode,
+) {
+    let now = ctx.exported_at;
+    let mut record = export::build(snapshot, trigger, ctx);
+    if !record.corrected.is_empty() {
+        // One line per record exported; the fields, never their values.
+        tracing::warn!(
+            session_id = %id,
+            fields = %record.corrected.join(","),
+            "the source has values outside the deployment's content rules; the record is \
+             exported with them clamped or dropped and lists them in `corrected`"
+        );
+    }
+    record.revision = tracker.next_revision(id, now);
+    let json = serde_json::to_vec(&record).expect("a record serializes");
+    if tracker.exported(id, now, mode, track::state::record_digest(&json)) {
+        out.state_puts.push((track::record_key(id), json.clone()));
+    }
+    out.push(trigger, record, json);
 }
 
 /// A deleted session's stored last record. The outbox does not read these at open

@@ -330,6 +330,23 @@ pub trait SessionSource: Send {
         texts: Texts,
     ) -> Result<Option<SessionSnapshot>, SourceError>;
 
+    /// [`SessionSource::observe`] and [`SessionSource::snapshot`] of one session from one
+    /// read, for a session the caller will read whole anyway (one new to it). The observation
+    /// is the one `observe` would give in the same read. `None` when the session is gone.
+    ///
+    /// # Errors
+    /// [`SourceError`].
+    fn observe_whole(
+        &mut self,
+        id: &SessionId,
+        texts: Texts,
+    ) -> Result<Option<(Observation, SessionSnapshot)>, SourceError> {
+        let Some(observation) = self.observe(id)? else {
+            return Ok(None);
+        };
+        Ok(self.snapshot(id, texts)?.map(|s| (observation, s)))
+    }
+
     /// Forgets the cursor: the next [`SessionSource::changes`] returns [`Changes::Rescan`].
     fn rescan(&mut self);
 }

@@ -224,6 +224,18 @@ impl OpenCodeSource {
     }
 }
 
+/// Busy or ended, from a session's newest rows (OpenCode's rule: [`activity::classify`]).
+fn observation(tail: &sql::SessionTail) -> Observation {
+    Observation {
+        activity: activity::classify(&tail.recent, &tail.assistant_parts),
+        last_write_ms: tail.last_write_ms(),
+        todos_open: tail
+            .todo_statuses
+            .iter()
+            .any(|s| s != "completed" && s != "cancelled"),
+    }
+}
+
 fn neutral_head(h: HeadRow) -> SessionHead {
     SessionHead {
         id: SessionId::from(h.id),
@@ -295,17 +307,18 @@ impl SessionSource for OpenCodeSource {
 
     fn observe(&mut self, id: &SessionId) -> Result<Option<Observation>, SourceError> {
         let tail = self.db()?.read_tail(id.as_str());
-        let Some(tail) = self.warn_bad_row(id, tail)? else {
-            return Ok(None);
-        };
-        Ok(Some(Observation {
-            activity: activity::classify(&tail.recent, &tail.assistant_parts),
-            last_write_ms: tail.last_write_ms(),
-            todos_open: tail
-                .todo_statuses
-                .iter()
-                .any(|s| s != "completed" && s != "cancelled"),
-        }))
+        Ok(self.warn_bad_row(id, tail)?.map(|t| observation(&t)))
+    }
+
+    fn observe_whole(
+        &mut self,
+        id: &SessionId,
+        texts: Texts,
+    ) -> Result<Option<(Observation, SessionSnapshot)>, SourceError> {
+        let read = self.db()?.read_session(id.as_str(), texts);
+        Ok(self
+            .warn_bad_row(id, read)?
+            .map(|rows| (observation(&rows.tail()), neutral_snapshot(rows))))
     }
 
     fn snapshot(

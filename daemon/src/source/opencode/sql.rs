@@ -171,6 +171,35 @@ impl RowSnapshot {
     pub fn last_write_ms(&self) -> i64 {
         newest_write(&self.session, &self.messages, &self.parts)
     }
+
+    /// The tail [`OpenCodeDb::read_tail`] reads, taken from this snapshot's rows (same orders:
+    /// messages by insertion or `(time_created, id)`, parts by id): the newest
+    /// [`TAIL_MESSAGES`] messages, the parts of the newest assistant message among them, and
+    /// the todo statuses. Equal to a `read_tail` in the same read transaction.
+    pub fn tail(&self) -> SessionTail {
+        let recent: Vec<MessageRow> = self
+            .messages
+            .iter()
+            .rev()
+            .take(TAIL_MESSAGES)
+            .cloned()
+            .collect();
+        let assistant_parts = match recent.iter().find(|m| m.info.is_assistant()) {
+            Some(m) => self
+                .parts
+                .iter()
+                .filter(|p| p.message_id == m.id)
+                .cloned()
+                .collect(),
+            None => Vec::new(),
+        };
+        SessionTail {
+            session: self.session.clone(),
+            recent,
+            assistant_parts,
+            todo_statuses: self.todos.iter().map(|t| t.status.clone()).collect(),
+        }
+    }
 }
 
 /// The few newest rows of a session: enough to tell busy from ended (see
@@ -1091,7 +1120,42 @@ pub const MAX_CHILD_DEPTH: usize = 4;
 
 #[cfg(test)]
 mod tests {
-    use super::{forked_title, written_in_order};
+    use super::{forked_title, written_in_order, OpenCodeDb};
+    use crate::source::Texts;
+
+    /// On every session of the real databases in the fixtures, the tail taken from a whole
+    /// read (what `observe_whole` classifies) is the tail `read_tail` reads. (Copies: opening
+    /// a WAL database creates its `-shm` beside it.)
+    #[test]
+    fn the_tail_of_a_whole_read_is_the_tail_read_on_its_own() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures");
+        let scratch = tempfile::tempdir().unwrap();
+        let mut checked = 0;
+        for dir in [
+            "opencode-1.18.33",
+            "opencode-1.18.33-kinds",
+            "opencode-1.18.33-apply-patch",
+        ] {
+            let copy = scratch.path().join(dir);
+            std::fs::create_dir_all(&copy).unwrap();
+            for f in ["opencode.db", "opencode.db-wal", "opencode.db-shm"] {
+                let from = fixtures.join(dir).join(f);
+                if from.exists() {
+                    std::fs::copy(&from, copy.join(f)).unwrap();
+                }
+            }
+            let db = OpenCodeDb::open(&copy.join("opencode.db"), std::time::Duration::from_secs(5))
+                .unwrap();
+            let (heads, _) = db.heads_after(None, 10_000).unwrap();
+            for head in heads {
+                let tail = db.read_tail(&head.id).unwrap().unwrap();
+                let whole = db.read_session(&head.id, Texts::Skip).unwrap().unwrap();
+                assert_eq!(whole.tail(), tail, "{dir} {}", head.id);
+                checked += 1;
+            }
+        }
+        assert!(checked >= 50, "{checked} sessions");
+    }
 
     /// Which `session.version`s were written row by row (OpenCode ≥ 1.2).
     #[test]

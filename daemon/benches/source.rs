@@ -369,4 +369,63 @@ fn processes(a: &Args, sessions: usize) {
         mib(steady),
         mib(peak_after)
     );
+
+    // A backlog: every session queued while the deployment is unreachable (`once` gives up
+    // after 1 s, exit 1), then drained into the local file by a second `once`.
+    let h = home("drain");
+    let config = h.join("down.toml");
+    std::fs::write(&config, "[convex]\nurl = \"http://127.0.0.1:9/\"\n").unwrap();
+    let mut queue = Command::new(bin);
+    queue
+        .arg("--config")
+        .arg(&config)
+        .args(["once", "--timeout-secs", "1", "--db"])
+        .arg(&a.db)
+        .env("HOME", &h)
+        .env("OPENCODE_TELEMETRY_INGEST_TOKEN", "bench");
+    quiet(&mut queue);
+    let q = measure::run(&mut queue);
+    assert_eq!(q.status.code(), Some(1), "nothing could be delivered");
+    std::fs::write(&config, "").unwrap();
+    let mut drain = Command::new(bin);
+    drain
+        .arg("--config")
+        .arg(&config)
+        .args(["once", "--db"])
+        .arg(&a.db)
+        .env("HOME", &h);
+    quiet(&mut drain);
+    let d = measure::run(&mut drain);
+    assert!(d.status.success(), "drain failed: {:?}", d.status);
+    println!(
+        "| `once` draining the {sessions} records queued while the deployment was down | {:.1} s CPU, peak RSS {} |",
+        d.cpu().as_secs_f64(),
+        mib(d.max_rss_bytes)
+    );
+
+    // One session of 500 MiB of content (a bash output, a text, a file attachment and an
+    // edit's before and after, 125 MiB each), with message texts on.
+    let big = a.db.with_file_name("opencode-500mib.db");
+    if !big.exists() {
+        let mut g = GenDb::create(&big, 3);
+        let id = g.session_ids()[1].clone();
+        g.add_large_parts(&id, 125 << 20, 4);
+    }
+    let h = home("big");
+    let config = h.join("texts.toml");
+    std::fs::write(&config, "[export]\ninclude_messages = true\n").unwrap();
+    let mut once = Command::new(bin);
+    once.arg("--config")
+        .arg(&config)
+        .args(["once", "--db"])
+        .arg(&big)
+        .env("HOME", &h);
+    quiet(&mut once);
+    let b = measure::run(&mut once);
+    assert!(b.status.success(), "once failed: {:?}", b.status);
+    println!(
+        "| `once` on a session whose parts hold 500 MiB (message texts on) | {:.1} s CPU, peak RSS {} |",
+        b.cpu().as_secs_f64(),
+        mib(b.max_rss_bytes)
+    );
 }

@@ -122,6 +122,8 @@ pub struct Config {
     pub source: SourceConfig,
     /// What goes into each record and when it is exported.
     pub export: ExportConfig,
+    /// What of a record may leave the machine (see [`crate::export::privacy`]).
+    pub privacy: crate::export::privacy::PrivacyConfig,
     /// The Convex deployment (the sink when `convex.url` is set).
     pub convex: ConvexConfig,
     /// The embedded local sink (used when `convex.url` is not set).
@@ -259,6 +261,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             source: SourceConfig::default(),
             export: ExportConfig::default(),
+            privacy: crate::export::privacy::PrivacyConfig::default(),
             convex: ConvexConfig::default(),
             local: LocalConfig::default(),
             queue: QueueConfig::default(),

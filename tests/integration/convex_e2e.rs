@@ -200,7 +200,9 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
     let db = scratch.copy_fixture_db();
 
     // The same pass to the local sink gives the reference records.
-    let local_cfg = scratch.write_config("[export]\ninclude_messages = true\n");
+    // Every field the daemon can send (level "content"), so every one is round-tripped.
+    let local_cfg =
+        scratch.write_config("[export]\ninclude_messages = true\n[privacy]\nlevel = \"content\"\n");
     run_once(&scratch, &local_cfg, &db);
     let reference = read_ndjson(&scratch.local_sink());
     assert_eq!(reference.len(), 25);
@@ -209,7 +211,7 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
     std::fs::write(
         &convex_cfg,
         format!(
-            "data_dir = \"{}\"\n[export]\ninclude_messages = true\n[convex]\nurl = \"{}\"\nbatch_size = 10\n",
+            "data_dir = \"{}\"\n[export]\ninclude_messages = true\n[privacy]\nlevel = \"content\"\n[convex]\nurl = \"{}\"\nbatch_size = 10\n",
             scratch.path("data-convex").display(),
             emu.url
         ),

@@ -189,7 +189,7 @@ pub async fn queue_confirm_deletions(config: &Config) -> anyhow::Result<ExitCode
         for (key, json) in held {
             match serde_json::from_slice::<crate::export::SessionExport>(&json) {
                 Ok(last) => {
-                    let record = crate::export::mark_deleted(&last, now);
+                    let record = crate::export::mark_deleted(&last, now, config.privacy.on_delete);
                     let json = serde_json::to_vec(&record).expect("a record serializes");
                     records.push(crate::daemon::new_record(&record, json));
                 }

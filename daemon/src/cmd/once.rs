@@ -33,7 +33,7 @@ use crate::daemon::*;
 pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode> {
     let outbox = Arc::new(open_outbox(config)?);
     let device = device_id(config)?;
-    let mut ctx = export_context(config, &device);
+    let mut ctx = export_context(config, &device, path_key(config)?);
     let rules = Rules::from(&config.export);
     let mut tracker = if outbox.was_rebuilt() {
         Tracker::new(rules)

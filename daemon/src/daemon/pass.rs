@@ -187,7 +187,7 @@ pub fn pass(
         let last = stored.and_then(|json| serde_json::from_slice::<SessionExport>(&json).ok());
         match last {
             Some(last) => {
-                let record = export::mark_deleted(&last, now);
+                let record = export::mark_deleted(&last, now, ctx.privacy.on_delete);
                 let json = serde_json::to_vec(&record).expect("a record serializes");
                 out.push(Trigger::Deleted, record, json);
             }
@@ -440,6 +440,10 @@ mod tests {
                 include_messages: false,
                 max_message_chars: 100,
             },
+            privacy: export::Privacy::of_level(
+                export::privacy::Level::Content,
+                export::PathKey::new([0; 32]),
+            ),
         }
     }
 

@@ -1,0 +1,467 @@
+//! `[privacy]` end to end: what each level lets reach the sink, field by field, and a corpus
+//! of planted secrets that reaches no sink, log, outbox file or status file.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::support::daemon::Daemon;
+use crate::support::*;
+
+/// Every leaf path of a record (object keys joined by `.`, array items as `[]`; an array of
+/// scalars is its key; an empty array holds nothing and has none), walked here independently of
+/// the daemon's code.
+fn leaves(v: &Value) -> BTreeSet<String> {
+    fn walk(v: &Value, path: String, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(v, p, out);
+                }
+            }
+            Value::Array(a) if a.is_empty() => {}
+            Value::Array(a) if a.iter().any(Value::is_object) => {
+                for i in a {
+                    walk(i, format!("{path}[]"), out);
+                }
+            }
+            _ => {
+                out.insert(path);
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    walk(v, String::new(), &mut out);
+    out
+}
+
+/// What the `counts` level lets leave (the README's table, first row): numbers, times, ids,
+/// versions and the names of models, agents, tools, skills and error kinds.
+const COUNTS: &[&str] = &[
+    "schemaVersion",
+    "sessionId",
+    "deviceId",
+    "opencodeVersion",
+    "daemonVersion",
+    "projectId",
+    "parentSessionId",
+    "forkedFrom",
+    "createdAt",
+    "updatedAt",
+    "exportedAt",
+    "revision",
+    "contentHash",
+    "archivedAt",
+    "deletedAt",
+    "durationMs",
+    "messageCount",
+    "userMessageCount",
+    "assistantMessageCount",
+    "agentsUsed",
+    "primaryAgent",
+    "todoStats.total",
+    "todoStats.completed",
+    "todoStats.cancelled",
+    "todoStats.pending",
+    "todoStats.inProgress",
+    "codeChanges.additions",
+    "codeChanges.deletions",
+    "codeChanges.filesChanged",
+    "worktreeChanges.additions",
+    "worktreeChanges.deletions",
+    "worktreeChanges.filesChanged",
+    "tokens.input",
+    "tokens.output",
+    "tokens.reasoning",
+    "tokens.cacheRead",
+    "tokens.cacheWrite",
+    "cost",
+    "models[].providerId",
+    "models[].modelId",
+    "models[].messages",
+    "models[].tokens.input",
+    "models[].tokens.output",
+    "models[].tokens.reasoning",
+    "models[].tokens.cacheRead",
+    "models[].tokens.cacheWrite",
+    "models[].cost",
+    "tools[].name",
+    "tools[].calls",
+    "tools[].errors",
+    "tools[].durationMs",
+    "skills[].name",
+    "skills[].calls",
+    "skills[].errors",
+    "skills[].durationMs",
+    "inherited.messageCount",
+    "inherited.tokens.input",
+    "inherited.tokens.output",
+    "inherited.tokens.reasoning",
+    "inherited.tokens.cacheRead",
+    "inherited.tokens.cacheWrite",
+    "inherited.cost",
+    "inherited.models[].providerId",
+    "inherited.models[].modelId",
+    "inherited.models[].messages",
+    "inherited.models[].tokens.input",
+    "inherited.models[].tokens.output",
+    "inherited.models[].tokens.reasoning",
+    "inherited.models[].tokens.cacheRead",
+    "inherited.models[].tokens.cacheWrite",
+    "inherited.models[].cost",
+    "reverted.messageCount",
+    "reverted.tokens.input",
+    "reverted.tokens.output",
+    "reverted.tokens.reasoning",
+    "reverted.tokens.cacheRead",
+    "reverted.tokens.cacheWrite",
+    "reverted.cost",
+    "endReason",
+    "error.name",
+    "incomplete",
+    "children[].sessionId",
+    "children[].agent",
+    "children[].messageCount",
+    "children[].tokens.input",
+    "children[].tokens.output",
+    "children[].tokens.reasoning",
+    "children[].tokens.cacheRead",
+    "children[].tokens.cacheWrite",
+    "children[].cost",
+    "children[].models[].providerId",
+    "children[].models[].modelId",
+    "children[].models[].messages",
+    "children[].models[].tokens.input",
+    "children[].models[].tokens.output",
+    "children[].models[].tokens.reasoning",
+    "children[].models[].tokens.cacheRead",
+    "children[].models[].tokens.cacheWrite",
+    "children[].models[].cost",
+    "children[].error.name",
+    "children[].models",
+    "rollup.sessions",
+    "rollup.messageCount",
+    "rollup.tokens.input",
+    "rollup.tokens.output",
+    "rollup.tokens.reasoning",
+    "rollup.tokens.cacheRead",
+    "rollup.tokens.cacheWrite",
+    "rollup.cost",
+    "rollup.models[].providerId",
+    "rollup.models[].modelId",
+    "rollup.models[].messages",
+    "rollup.models[].tokens.input",
+    "rollup.models[].tokens.output",
+    "rollup.models[].tokens.reasoning",
+    "rollup.models[].tokens.cacheRead",
+    "rollup.models[].tokens.cacheWrite",
+    "rollup.models[].cost",
+    "rollup.tools[].name",
+    "rollup.tools[].calls",
+    "rollup.tools[].errors",
+    "rollup.tools[].durationMs",
+    "rollup.skills[].name",
+    "rollup.skills[].calls",
+    "rollup.skills[].errors",
+    "rollup.skills[].durationMs",
+    "truncated",
+    "corrected",
+    "redactions",
+    "deletion",
+];
+/// Added by `metadata`: the todo and message items without text, and (hashed) paths.
+const METADATA: &[&str] = &[
+    "todos[].status",
+    "todos[].priority",
+    "messages[].id",
+    "messages[].role",
+    "messages[].agent",
+    "messages[].providerId",
+    "messages[].modelId",
+    "messages[].createdAt",
+    "messages[].completedAt",
+    "messages[].finish",
+    "messages[].error",
+    "projectDirectory",
+    "projectWorktree",
+];
+/// Added by `content`: the host name and every free text.
+const CONTENT: &[&str] = &[
+    "hostname",
+    "title",
+    "children[].title",
+    "todos[].content",
+    "error.message",
+    "children[].error.message",
+    "messages[].text",
+];
+
+fn allowed(level: &str) -> BTreeSet<String> {
+    let mut set: BTreeSet<String> = COUNTS.iter().map(|s| s.to_string()).collect();
+    if level != "counts" {
+        set.extend(METADATA.iter().map(|s| s.to_string()));
+    }
+    if level == "content" {
+        set.extend(CONTENT.iter().map(|s| s.to_string()));
+    }
+    set
+}
+
+/// `once` on the bundled database at each level (todos and messages included): every field of
+/// every record is one the level allows, and the fields that mark the level are there.
+#[test]
+fn each_level_sends_exactly_the_fields_it_allows() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let conn = sql(&db);
+    let dirs: BTreeSet<String> = conn
+        .prepare("SELECT directory FROM session")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for level in ["counts", "metadata", "content"] {
+        let data = scratch.path(&format!("data-{level}"));
+        let config = scratch.path(&format!("{level}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = \"{}\"\n[export]\ninclude_messages = true\n[privacy]\nlevel = \"{level}\"\n",
+                data.display()
+            ),
+        )
+        .unwrap();
+        let out = run_once(&scratch, &config, &db);
+        assert!(out.status.success(), "{level}: {out:?}");
+        let records = read_ndjson(&data.join("sessions.ndjson"));
+        assert_eq!(records.len(), 25, "{level}");
+        let allowed = allowed(level);
+        let mut seen = BTreeSet::new();
+        for r in &records {
+            let paths = leaves(r);
+            let extra: Vec<&String> = paths.difference(&allowed).collect();
+            assert!(
+                extra.is_empty(),
+                "{level}: {} sent {extra:?}",
+                r["sessionId"]
+            );
+            seen.extend(paths);
+        }
+        let has = |p: &str| seen.contains(p);
+        match level {
+            "counts" => {
+                assert!(!has("todos[].status") && !has("projectDirectory"));
+            }
+            "metadata" => {
+                assert!(has("todos[].status") && has("messages[].role"));
+                assert!(!has("title") && !has("hostname"));
+                for r in &records {
+                    let d = r["projectDirectory"].as_str().unwrap();
+                    assert!(
+                        d.len() == 37 && d.starts_with("hmac:"),
+                        "{d}: not a keyed hash"
+                    );
+                }
+            }
+            _ => {
+                for p in ["title", "hostname", "todos[].content", "messages[].text"] {
+                    assert!(has(p), "content without {p}");
+                }
+                for r in &records {
+                    assert!(dirs.contains(r["projectDirectory"].as_str().unwrap()));
+                }
+            }
+        }
+    }
+}
+
+/// Real-shaped secrets (generated, none real) and where they are planted.
+fn secrets() -> Vec<(&'static str, String)> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut pick = |alphabet: &str, n: usize| -> String {
+        let a: Vec<char> = alphabet.chars().collect();
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                a[(x % a.len() as u64) as usize]
+            })
+            .collect()
+    };
+    let alnum = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    let b64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    vec![
+        (
+            "title",
+            format!("AKIA{}", pick("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 16)),
+        ),
+        ("todo", format!("ghp_{}", pick(alnum, 36))),
+        ("error", format!("sk-proj-{}", pick(alnum, 48))),
+        (
+            "child title",
+            format!(
+                "xoxb-{}-{}-{}",
+                pick("0123456789", 12),
+                pick("0123456789", 13),
+                pick(alnum, 24)
+            ),
+        ),
+        ("directory", format!("glpat-{}", pick(alnum, 20))),
+        ("message pem", format!("{}{}", pick(b64, 64), pick(b64, 40))),
+        ("message aws", pick(&format!("{alnum}/+"), 40)),
+        ("message url", pick(alnum, 18)),
+    ]
+}
+
+/// The secret corpus planted into a generated database (title, todo text, error message, a
+/// subagent's title, the directory, message texts) never reaches the sink, the daemon's log,
+/// the outbox's files or `status.json`, at level `content` (everything leaves, redacted) with
+/// message texts included.
+#[test]
+fn planted_secrets_reach_no_sink_log_outbox_or_status_file() {
+    let scratch = Scratch::new();
+    // The real fixture database (it has subagent sessions and failed turns), written to.
+    let db_path = scratch.copy_fixture_db();
+    let s = secrets();
+    let get = |k: &str| s.iter().find(|(w, _)| *w == k).unwrap().1.clone();
+    let conn = rusqlite::Connection::open(&db_path).unwrap();
+    conn.execute(
+        "UPDATE session SET title = 'fix login ' || ?1",
+        [get("title")],
+    )
+    .unwrap();
+    conn.execute("UPDATE todo SET content = 'rotate ' || ?1", [get("todo")])
+        .unwrap();
+    conn.execute(
+        "UPDATE message SET data = json_set(data, '$.error.data.message', 'invalid key ' || ?1)
+         WHERE json_extract(data, '$.error') IS NOT NULL",
+        [get("error")],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE session SET title = 'check (@general subagent) ' || ?1 WHERE parent_id IS NOT NULL",
+        [get("child title")],
+    )
+    .unwrap();
+    conn.execute(
+        "UPDATE session SET directory = '/home/dev/' || ?1",
+        [get("directory")],
+    )
+    .unwrap();
+    let text = format!(
+        "here is the key:\n-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----\n         AWS_SECRET_ACCESS_KEY={} and postgres://admin:{}@db:5432/app",
+        get("message pem"),
+        get("message aws"),
+        get("message url")
+    );
+    let texts = conn
+        .execute(
+            "UPDATE part SET data = json_set(data, '$.text', ?1) WHERE json_extract(data, '$.type') = 'text'",
+            [&text],
+        )
+        .unwrap();
+    assert!(texts > 0);
+    let errors: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM message WHERE json_extract(data, '$.error') IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        errors > 0,
+        "the generated database has no error message to plant into"
+    );
+    conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
+    let roots = root_sessions(&conn).len();
+    let children: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM session WHERE parent_id IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(children > 0);
+    drop(conn);
+
+    let config = scratch.write_config(
+        "[source]\npoll_interval_ms = 100\n[export]\ndebounce_ms = 0\nfinal_after_secs = 0\n         include_messages = true\n[privacy]\nlevel = \"content\"\n",
+    );
+    let mut daemon = Daemon::start_local(&scratch, &config, &db_path);
+    wait_for(60, "every session exported", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= roots
+    });
+    // The status file is written after the delivery it reports.
+    wait_for(30, "a status file", || {
+        scratch.path("data/status.json").exists()
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let status = daemon.terminate(Duration::from_secs(15)).0;
+    assert!(status.success(), "{status:?}\n{}", daemon.output());
+
+    let records = read_ndjson(&scratch.local_sink());
+    for r in &records {
+        // At least the title and the directory.
+        assert!(r["redactions"].as_u64().unwrap_or(0) >= 2, "{r}");
+    }
+    let sink = std::fs::read(scratch.local_sink()).unwrap();
+    let sink_text = String::from_utf8_lossy(&sink);
+    for kind in [
+        "aws-access-token",
+        "github-pat",
+        "private-key",
+        "url-credentials",
+        "secret-assignment",
+        "sk-api-key",
+        "gitlab-pat",
+        "slack-bot-token",
+    ] {
+        assert!(
+            sink_text.contains(&format!("[redacted:{kind}]")),
+            "no {kind} redaction"
+        );
+    }
+    let mut files = vec![
+        ("the sink", sink),
+        ("the log", daemon.output().into_bytes()),
+        (
+            "status.json",
+            std::fs::read(scratch.path("data/status.json")).unwrap(),
+        ),
+    ];
+    collect_files(&scratch.path("data/queue"), &mut files);
+    assert!(files.len() > 4, "no outbox files read");
+    for (what, secret) in &s {
+        for (name, bytes) in &files {
+            assert!(
+                !contains(bytes, secret.as_bytes()),
+                "the {what} secret is in {name}"
+            );
+        }
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<(&'static str, Vec<u8>)>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            collect_files(&p, out);
+        } else {
+            out.push(("an outbox file", std::fs::read(&p).unwrap()));
+        }
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}

@@ -465,3 +465,68 @@ fn collect_files(dir: &Path, out: &mut Vec<(&'static str, Vec<u8>)>) {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// `preview` prints exactly the records `once` then delivers (but for `exportedAt` and
+/// `revision`, the moment of sending), and leaves nothing behind but the install's path key:
+/// no outbox, no sink file, no status file.
+#[test]
+fn preview_prints_what_once_then_sends_and_creates_no_state() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config("[export]\ninclude_messages = true\n");
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .arg("preview"));
+    assert!(out.status.success(), "{out:?}");
+    let names: Vec<String> = std::fs::read_dir(scratch.path("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["path.key"], "preview left state behind");
+    let strip = |mut v: Value| {
+        let o = v.as_object_mut().unwrap();
+        o.remove("exportedAt");
+        o.remove("revision");
+        v
+    };
+    let previewed: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| strip(serde_json::from_str(l).unwrap()))
+        .collect();
+    assert_eq!(previewed.len(), 25);
+
+    let out = run_once(&scratch, &config, &db);
+    assert!(out.status.success(), "{out:?}");
+    let mut sent: Vec<Value> = read_ndjson(&scratch.local_sink())
+        .into_iter()
+        .map(strip)
+        .collect();
+    let mut previewed = previewed;
+    let key = |v: &Value| v["sessionId"].as_str().unwrap().to_string();
+    sent.sort_by_key(key);
+    previewed.sort_by_key(key);
+    assert_eq!(previewed, sent);
+
+    // One session by id: only its record; an unknown id is named and exits 1.
+    let id = key(&sent[3]);
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .arg("preview")
+        .arg(&id)
+        .arg("ses_unknown"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| strip(serde_json::from_str(l).unwrap()))
+        .collect();
+    assert_eq!(lines, [sent[3].clone()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ses_unknown: no such session"));
+}

@@ -1,11 +1,17 @@
-//! The one-shot commands: `once`, `login`, `check-config`, `status`, `queue`.
+//! The one-shot commands: `once`, `preview`, `login`, `check-config`, `status`, `queue`.
+//!
+//! Every human-readable line that shows a value from a source or a record (a title, a session
+//! id, an error) goes through [`escape`], so a title holding terminal control sequences cannot
+//! rewrite the user's terminal or forge lines.
 
 pub mod login;
 mod once;
+mod preview;
 pub mod status;
 
 pub use login::login;
 pub use once::once;
+pub use preview::preview;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -99,17 +105,38 @@ async fn device_line(c: &Config) -> String {
     }
 }
 
-/// One line per exported session, as `once` prints it.
+/// `text` with every control character (C0, DEL, C1) and every bidirectional-override
+/// character (U+202A–U+202E, U+2066–U+2069) written as a Rust-style escape (`\n`, `\u{1b}`),
+/// for human-readable output. Borrows when there is nothing to escape.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if bad(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// One line per exported session, as `once` prints it: id, end reason, messages, todos done /
+/// total, cost, and the title when the record has one (`[privacy] titles`), escaped.
 pub fn summary_line(r: &SessionExport) -> String {
     format!(
         "{}  {:<7}  msgs {:>3}  todos {}/{}  ${:.4}  {}",
-        r.session_id,
+        escape(&r.session_id),
         r.end_reason.as_str(),
         r.message_count,
         r.todo_stats.completed,
         r.todo_stats.total,
         r.cost,
-        r.title
+        escape(&r.title)
     )
 }
 
@@ -133,7 +160,7 @@ pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
     for p in &pending {
         println!(
             "  {}  queued {}s ago  {} bytes  attempts {}",
-            p.session_id(),
+            escape(p.session_id()),
             (now - p.enqueued_at_ms()).max(0) / 1000,
             p.record_json().len(),
             p.attempts()
@@ -144,12 +171,12 @@ pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
     for d in &dead {
         println!(
             "  {}  dead {}  updatedAt {}  reason: {}",
-            d.session_id,
+            escape(&d.session_id),
             status::ago(now, d.dead_at_ms),
             d.updated_at_ms
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "?".into()),
-            d.reason
+            escape(&d.reason)
         );
     }
     Ok(ExitCode::SUCCESS)

@@ -61,7 +61,7 @@ pub fn status(config: &Config, as_json: bool, check: bool) -> anyhow::Result<Exi
             println!("ok");
             return Ok(ExitCode::SUCCESS);
         }
-        println!("unhealthy: {}", problems.join("; "));
+        println!("unhealthy: {}", crate::cmd::escape(&problems.join("; ")));
         return Ok(ExitCode::FAILURE);
     }
     if as_json {
@@ -202,8 +202,14 @@ fn render_text(config: &Config, g: &Gathered, now: i64) -> String {
     let s = &g.snapshot;
     let daemon = s.daemon.as_ref().filter(|_| g.running);
     let mut out = String::new();
+    // Every value is escaped: the status file's strings (errors, session ids, paths) come from
+    // outside.
     let mut line = |label: &str, value: String| {
-        out.push_str(&format!("{:<16} {value}\n", format!("{label}:")));
+        out.push_str(&format!(
+            "{:<16} {}\n",
+            format!("{label}:"),
+            crate::cmd::escape(&value)
+        ));
     };
     line(
         "sink",

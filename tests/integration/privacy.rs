@@ -530,3 +530,98 @@ fn preview_prints_what_once_then_sends_and_creates_no_state() {
     assert_eq!(lines, [sent[3].clone()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("ses_unknown: no such session"));
 }
+
+/// Deletes a session and its subagent sessions as OpenCode does (rows cascade away).
+fn delete_session(db: &Path, id: &str) {
+    let w = rusqlite::Connection::open(db).unwrap();
+    w.busy_timeout(Duration::from_secs(10)).unwrap();
+    for sql in [
+        "DELETE FROM session WHERE parent_id = ?1",
+        "DELETE FROM session WHERE id = ?1",
+        "DELETE FROM event_sequence WHERE aggregate_id = ?1",
+    ] {
+        w.execute(sql, [id]).unwrap();
+    }
+}
+
+/// With the default `on_delete = "tombstone"`, at level `content`: a deleted session that was
+/// exported is exported again as a tombstone (counts and names only, `deletion: "tombstone"`),
+/// and one deleted before its first export (held back by open todos) is exported once, as
+/// nothing but the tombstone.
+#[test]
+fn a_deleted_session_is_exported_as_a_tombstone_only() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let open: Vec<String> = sql(&db)
+        .prepare(
+            "SELECT DISTINCT session_id FROM todo WHERE status NOT IN ('completed', 'cancelled') ORDER BY session_id",
+        )
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(open.len(), 3);
+    let config = scratch.write_config(
+        "[source]\npoll_interval_ms = 100\n[export]\ndebounce_ms = 0\nfinal_after_secs = 1000000000\n\
+         include_messages = true\n[privacy]\nlevel = \"content\"\n",
+    );
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
+    wait_for(60, "22 exports", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 22
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let first = read_ndjson(&scratch.local_sink());
+    assert_eq!(first.len(), 22);
+    let exported = first
+        .iter()
+        .find(|r| r["title"].is_string() && r["todos"].is_array())
+        .unwrap()["sessionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let never = open[0].clone();
+    assert!(first.iter().all(|r| r["sessionId"] != never.as_str()));
+    delete_session(&db, &exported);
+    delete_session(&db, &never);
+    wait_for(60, "2 deletions", || {
+        ndjson_if_any(&scratch.local_sink()).len() >= 24
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let status = daemon.terminate(Duration::from_secs(15)).0;
+    assert!(status.success(), "{status:?}\n{}", daemon.output());
+    let all = read_ndjson(&scratch.local_sink());
+    assert_eq!(all.len(), 24, "one record per deletion, nothing else");
+    let counts = allowed("counts");
+    for id in [&exported, &never] {
+        let records: Vec<&Value> = all
+            .iter()
+            .filter(|r| r["sessionId"] == id.as_str())
+            .collect();
+        let t = records.last().unwrap();
+        assert_eq!(t["endReason"], "deleted");
+        assert_eq!(t["deletion"], "tombstone");
+        assert!(t["deletedAt"].is_i64());
+        let extra: Vec<String> = leaves(t).difference(&counts).cloned().collect();
+        assert!(extra.is_empty(), "{id}: the tombstone carries {extra:?}");
+        if *id == never {
+            assert_eq!(
+                records.len(),
+                1,
+                "only the tombstone of a never-exported session"
+            );
+        } else {
+            let before = records[0];
+            for key in [
+                "messageCount",
+                "tokens",
+                "cost",
+                "todoStats",
+                "models",
+                "createdAt",
+            ] {
+                assert_eq!(t[key], before[key], "{key}");
+            }
+        }
+    }
+}

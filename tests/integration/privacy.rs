@@ -625,3 +625,59 @@ fn a_deleted_session_is_exported_as_a_tombstone_only() {
         }
     }
 }
+
+/// A loopback deployment is never reached through a proxy from the environment: with
+/// `HTTP_PROXY`/`ALL_PROXY` (both cases) naming a listener, `once` and `check-config` go
+/// straight to the deployment and the listener is never connected to (it would have received the
+/// bearer token in clear).
+#[test]
+fn an_environment_proxy_never_sees_a_loopback_deployments_requests() {
+    use test_support::fault_server::{FaultServer, TOKEN};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (_owner, server) = rt.block_on(FaultServer::start());
+    let proxy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config(&format!("[convex]\nurl = \"{}\"\n", server.url()));
+    let with_proxy = |cmd: &mut std::process::Command| {
+        for var in [
+            "HTTP_PROXY",
+            "http_proxy",
+            "HTTPS_PROXY",
+            "https_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            cmd.env(var, &proxy_url);
+        }
+        cmd.env("OPENCODE_TELEMETRY_INGEST_TOKEN", TOKEN)
+            .arg("--config")
+            .arg(&config)
+            .arg("--db")
+            .arg(&db);
+    };
+    let mut once = command(&scratch);
+    with_proxy(&mut once);
+    let out = run(once.arg("once"));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        server.latest().len(),
+        25,
+        "delivered straight to the deployment"
+    );
+    let mut check = command(&scratch);
+    with_proxy(&mut check);
+    let out = run(check.arg("check-config"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(server.whoami_count() >= 1);
+    match proxy.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the proxy was connected to: {other:?}"),
+    }
+}

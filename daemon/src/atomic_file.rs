@@ -83,4 +83,35 @@ mod tests {
         // A missing directory is an error, not a panic.
         assert!(write(&dir.path().join("no/such/f.json"), b"x").is_err());
     }
+
+    /// A symlink planted where a temporary file or the target would be redirects nothing: the
+    /// files it points to keep their bytes, and the target ends up a regular file.
+    #[cfg(unix)]
+    #[test]
+    fn planted_symlinks_redirect_no_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"keep").unwrap();
+        let path = dir.path().join("status.json");
+        for name in ["status.json.tmp", ".tmp", "status.json.new"] {
+            std::os::unix::fs::symlink(&victim, dir.path().join(name)).unwrap();
+        }
+        write(&path, b"{}").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        // The target itself a symlink: replaced, not written through.
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write(&path, b"{\"a\":1}").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+        assert!(!std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}");
+        // create_new_private refuses to follow one.
+        let key = dir.path().join("path.key");
+        std::os::unix::fs::symlink(&victim, &key).unwrap();
+        assert!(create_new_private(&key, b"x").is_err());
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    }
 }

@@ -185,7 +185,7 @@ pub fn main() -> ExitCode {
     }
     daemon::init_tracing(&loaded.config.service);
     if matches!(cli.command, Command::Once(_)) {
-        if let Some(warning) = loaded.permission_warning() {
+        for warning in loaded.warnings() {
             tracing::warn!("{warning}");
         }
     }

@@ -681,3 +681,91 @@ fn an_environment_proxy_never_sees_a_loopback_deployments_requests() {
         other => panic!("the proxy was connected to: {other:?}"),
     }
 }
+
+/// The daemon's own files: `data_dir` is created 0700 and the sink file 0600; a symlinked
+/// `status.json.tmp` (or `status.json`) redirects no write of `run`; a symlink at the sink's
+/// path is refused, never written through; a config file others may write, or another user
+/// owns, is warned about.
+#[cfg(unix)]
+#[test]
+fn the_daemons_files_are_private_and_planted_symlinks_redirect_nothing() {
+    use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let data = scratch.path("data");
+    let victim = scratch.path("victim");
+    std::fs::write(&victim, b"keep").unwrap();
+    let config = scratch.write_config(
+        "[source]\npoll_interval_ms = 100\n[export]\ndebounce_ms = 0\nfinal_after_secs = 0\n",
+    );
+    let out = run_once(&scratch, &config, &db);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(std::fs::metadata(&data).unwrap().mode() & 0o777, 0o700);
+    assert_eq!(
+        std::fs::metadata(scratch.local_sink()).unwrap().mode() & 0o777,
+        0o600
+    );
+
+    symlink(&victim, data.join("status.json.tmp")).unwrap();
+    symlink(&victim, data.join("status.json")).unwrap();
+    let mut daemon = Daemon::start_local(&scratch, &config, &db);
+    wait_for(30, "a status file", || {
+        std::fs::symlink_metadata(data.join("status.json")).is_ok_and(|m| m.file_type().is_file())
+    });
+    let status = daemon.terminate(Duration::from_secs(15)).0;
+    assert!(status.success(), "{status:?}\n{}", daemon.output());
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+    let json: Value =
+        serde_json::from_slice(&std::fs::read(data.join("status.json")).unwrap()).unwrap();
+    assert!(json.is_object());
+
+    // A sink path that is a symlink: refused with an error, the file it points to untouched.
+    std::fs::remove_file(scratch.local_sink()).unwrap();
+    symlink(&victim, scratch.local_sink()).unwrap();
+    std::fs::remove_dir_all(data.join("queue")).unwrap();
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .arg("once")
+        .arg("--timeout-secs")
+        .arg("1"));
+    assert!(
+        !out.status.success(),
+        "wrote through a symlinked sink: {out:?}"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"keep");
+
+    // A config file others may write: warned about, naming it.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = run(command(&scratch)
+        .arg("--config")
+        .arg(&config)
+        .arg("check-config")
+        .arg("--offline"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "config file {} is writable by group or others",
+            config.display()
+        )),
+        "{err}"
+    );
+    // Owned by someone else (only root can arrange that).
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    if std::process::Command::new("chown")
+        .arg("12345")
+        .arg(&config)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let out = run(command(&scratch)
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .arg("--offline"));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("belongs to another user (uid 12345"), "{err}");
+    }
+}

@@ -38,7 +38,7 @@ pub async fn check_config(loaded: &Loaded, offline: bool) -> anyhow::Result<Exit
         Some(p) => println!("# config file: {}", p.display()),
         None => println!("# config file: none (built-in defaults)"),
     }
-    if let Some(warning) = loaded.permission_warning() {
+    for warning in loaded.warnings() {
         eprintln!("opencode-telemetry: warning: {warning}");
         println!("# warning: {warning}");
     }

@@ -139,7 +139,7 @@ pub fn device_id(config: &Config) -> anyhow::Result<String> {
                 }
             }
             tracing::warn!(error = %e, path = %path.display(), "no machine id; using a random device id kept in the data dir");
-            std::fs::create_dir_all(&config.data_dir)
+            crate::atomic_file::create_private_dir(&config.data_dir)
                 .with_context(|| format!("creating {}", config.data_dir.display()))?;
             let id = hex::encode(rand::random::<[u8; 16]>());
             std::fs::write(&path, format!("{id}\n"))
@@ -222,6 +222,10 @@ pub(crate) fn held_deletions(outbox: &Outbox) -> anyhow::Result<usize> {
 }
 
 pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
+    // Made private (0700) when missing: it holds the records, the tracker's copies and the
+    // path key.
+    crate::atomic_file::create_private_dir(&config.data_dir)
+        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
     let outbox = Outbox::open(&config.data_dir, &config.queue).map_err(|e| match e {
         QueueError::Locked { .. } => anyhow::anyhow!(
             "{e} (another opencode-telemetry is running with data_dir {}; stop it, or point this one at another data_dir)",
@@ -274,7 +278,7 @@ pub async fn run_daemon(
         config = %loaded.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into()),
         "starting"
     );
-    if let Some(warning) = loaded.permission_warning() {
+    for warning in loaded.warnings() {
         tracing::warn!("{warning}");
     }
     let (hup_tx, hup_rx) = mpsc::unbounded_channel();
@@ -595,7 +599,7 @@ pub(crate) fn apply_reload(
             return None;
         }
     };
-    if let Some(warning) = loaded.permission_warning() {
+    for warning in loaded.warnings() {
         tracing::warn!("{warning}");
     }
     let plan = reload::plan(running, loaded.config);

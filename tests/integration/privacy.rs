@@ -769,3 +769,28 @@ fn the_daemons_files_are_private_and_planted_symlinks_redirect_nothing() {
         assert!(err.contains("belongs to another user (uid 12345"), "{err}");
     }
 }
+
+/// A title holding terminal control sequences is printed escaped by `once`: no control byte
+/// reaches the terminal, the title is still recognisable.
+#[test]
+fn once_prints_control_characters_of_a_title_escaped() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let w = rusqlite::Connection::open(&db).unwrap();
+    w.execute(
+        "UPDATE session SET title = 'red' || char(27) || '[31m' || char(27) || ']0;pwned' || char(7) || char(10) || 'forged line'",
+        [],
+    )
+    .unwrap();
+    drop(w);
+    let config = scratch.write_config("[privacy]\nlevel = \"content\"\n");
+    let out = run_once(&scratch, &config, &db);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !stdout.bytes().any(|b| b == 0x1b || b == 0x07),
+        "a control byte was printed"
+    );
+    let shown = r"red\u{1b}[31m\u{1b}]0;pwned\u{7}\nforged line";
+    assert_eq!(stdout.matches(shown).count(), 25, "{stdout}");
+    assert!(!stdout.lines().any(|l| l.starts_with("forged line")));
+}

@@ -43,6 +43,9 @@ pub async fn check_config(loaded: &Loaded, offline: bool) -> anyhow::Result<Exit
         println!("# warning: {warning}");
     }
     println!("# sink: {}", sink_description(c));
+    // The key does not matter for the description.
+    let privacy = crate::export::Privacy::new(&c.privacy, crate::export::PathKey::new([0; 32]));
+    println!("# leaves the machine: {}", privacy.describe());
     if c.uses_convex() {
         // Checked at load time; here only to show where batches go.
         if let Ok(url) = crate::sink::convex::url::check(&c.convex.url) {
@@ -129,13 +132,14 @@ pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
 /// total, cost, and the title when the record has one (`[privacy] titles`), escaped.
 pub fn summary_line(r: &SessionExport) -> String {
     format!(
-        "{}  {:<7}  msgs {:>3}  todos {}/{}  ${:.4}  {}",
+        "{}  {:<7}  msgs {:>3}  todos {}/{}  ${:.4}{}{}",
         escape(&r.session_id),
         r.end_reason.as_str(),
         r.message_count,
         r.todo_stats.completed,
         r.todo_stats.total,
         r.cost,
+        if r.title.is_empty() { "" } else { "  " },
         escape(&r.title)
     )
 }
@@ -237,4 +241,27 @@ pub async fn queue_confirm_deletions(config: &Config) -> anyhow::Result<ExitCode
     }
     println!("exported {confirmed} held deletion(s); the daemon delivers them when it runs");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped_and_the_rest_kept() {
+        for (raw, shown) in [
+            ("plain title — ünïcode ✓", "plain title — ünïcode ✓"),
+            (
+                "\u{1b}[2J\u{1b}]0;pwned\u{7}",
+                "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}",
+            ),
+            ("line\nforged: ok\r", "line\\nforged: ok\\r"),
+            ("tab\there", "tab\\there"),
+            ("del\u{7f} c1\u{9b}", "del\\u{7f} c1\\u{9b}"),
+            ("evil\u{202e}txt.exe", "evil\\u{202e}txt.exe"),
+            ("iso\u{2066}late", "iso\\u{2066}late"),
+        ] {
+            assert_eq!(escape(raw), shown, "{raw:?}");
+        }
+    }
 }

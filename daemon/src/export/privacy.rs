@@ -236,6 +236,34 @@ impl Privacy {
         )
     }
 
+    /// One line saying what leaves, switch by switch (for `check-config`).
+    pub fn describe(&self) -> String {
+        let yn = |b: bool| if b { "yes" } else { "no" };
+        format!(
+            "level {}: titles {}, project paths {}, hostname {}, todo list {}, todo texts {}, \
+             error messages {}, message list {}, message texts {}; deleted sessions: {}",
+            self.level.as_str(),
+            yn(self.titles),
+            match self.project_paths {
+                PathMode::Off => "off",
+                PathMode::Hashed => "hashed",
+                PathMode::Name => "name",
+                PathMode::Plain => "plain",
+            },
+            yn(self.hostname),
+            yn(self.todo_items),
+            yn(self.todo_texts),
+            yn(self.error_messages),
+            yn(self.message_items),
+            yn(self.message_texts),
+            match self.on_delete {
+                OnDelete::Tombstone => "tombstone",
+                OnDelete::Keep => "keep",
+                OnDelete::Delete => "delete",
+            }
+        )
+    }
+
     /// Whether the source must read message texts at all.
     pub fn reads_message_texts(&self) -> bool {
         self.message_items && self.message_texts

@@ -30,12 +30,18 @@
 //! (on a tie the longer hit, then the rule first in file order: gitleaks' specific rules name a
 //! token before this project's generic ones).
 //!
+//! The regexes run on the text's bytes with Unicode off, as RE2 runs gitleaks' rules (`\w`,
+//! `\s`, `\d` and `(?i)` are ASCII), and a hit is widened to whole characters; non-ASCII text
+//! around or inside a secret is kept intact.
+//!
 //! Cost: one `RegexSet` scan per text; the per-rule regexes run only for the rules that matched.
+//! `cargo bench --bench redact` prints the figures: compiling the 104 rules takes about 17 ms
+//! (once per process), scanning prose about 300 MB/s (a 4 KB message text: ~12 µs).
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use regex::{Regex, RegexSet};
+use regex::bytes::{Regex, RegexSet};
 use serde::Deserialize;
 
 /// The vendored gitleaks rules (see the module docs).
@@ -123,7 +129,10 @@ impl Redactor {
             let file: RuleFile = toml::from_str(text)?;
             for spec in file.rules {
                 let compile = |re: &str| {
-                    regex::RegexBuilder::new(re)
+                    regex::bytes::RegexBuilder::new(re)
+                        // As in Go's RE2, which gitleaks' rules are written for: `\w`, `\s`, `\d`
+                        // and case folding are ASCII. It also keeps the automata small.
+                        .unicode(false)
                         .size_limit(64 << 20)
                         .build()
                         .map_err(|error| RuleError::Regex {
@@ -145,7 +154,8 @@ impl Redactor {
                 });
             }
         }
-        let set = regex::RegexSetBuilder::new(rules.iter().map(|r| r.regex.as_str()))
+        let set = regex::bytes::RegexSetBuilder::new(rules.iter().map(|r| r.regex.as_str()))
+            .unicode(false)
             .size_limit(256 << 20)
             .dfa_size_limit(64 << 20)
             .build()
@@ -164,7 +174,8 @@ impl Redactor {
     /// `text` with every secret replaced by `[redacted:<rule id>]`, and the number of
     /// replacements. Borrows `text` when nothing was found.
     pub fn redact<'t>(&self, text: &'t str) -> (Cow<'t, str>, usize) {
-        let matched = self.set.matches(text);
+        let bytes = text.as_bytes();
+        let matched = self.set.matches(bytes);
         if !matched.matched_any() {
             return (Cow::Borrowed(text), 0);
         }
@@ -176,7 +187,7 @@ impl Redactor {
             if !rule.keywords.is_empty() && !rule.keywords.iter().any(|k| lower.contains(k)) {
                 continue;
             }
-            for caps in rule.regex.captures_iter(text) {
+            for caps in rule.regex.captures_iter(bytes) {
                 let secret = match rule.secret_group {
                     Some(g) => caps.get(g),
                     None => caps
@@ -189,16 +200,22 @@ impl Redactor {
                 let Some(secret) = secret.filter(|m| !m.is_empty()) else {
                     continue;
                 };
-                if rule
-                    .entropy
-                    .is_some_and(|min| shannon_entropy(secret.as_str()) < min)
-                {
+                // The regexes work on bytes (ASCII classes): widen a hit to whole characters.
+                let (mut start, mut end) = (secret.start(), secret.end());
+                while !text.is_char_boundary(start) {
+                    start -= 1;
+                }
+                while !text.is_char_boundary(end) {
+                    end += 1;
+                }
+                let value = &text[start..end];
+                if rule.entropy.is_some_and(|min| shannon_entropy(value) < min) {
                     continue;
                 }
-                if rule.allow.iter().any(|a| a.is_match(secret.as_str())) {
+                if rule.allow.iter().any(|a| a.is_match(value.as_bytes())) {
                     continue;
                 }
-                hits.push((secret.start(), secret.end(), i));
+                hits.push((start, end, i));
             }
         }
         if hits.is_empty() {

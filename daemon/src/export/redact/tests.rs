@@ -258,3 +258,31 @@ fn entropy_is_shannons_in_bits_per_character() {
     assert!((shannon_entropy("abab") - 1.0).abs() < 1e-12);
     assert!((shannon_entropy("abcdefgh") - 3.0).abs() < 1e-12);
 }
+
+#[test]
+fn text_around_and_inside_a_secret_may_be_any_unicode() {
+    // The rules match bytes with ASCII classes (as RE2 does); hits are widened to whole
+    // characters, so multi-byte text never splits and the rest survives as it was.
+    let (out, n) = redactor().redact("mot de passe: password=sécrét-ünïcødé ✓ — fini");
+    assert_eq!(
+        out,
+        "mot de passe: password=[redacted:secret-assignment] ✓ — fini"
+    );
+    assert_eq!(n, 1);
+    for (kind, secret) in secret_corpus(3) {
+        for around in ["日本語", "ü", "🦀", "\u{301}"] {
+            let text = format!("{around} {secret}\n{around} ok");
+            let (out, _) = redactor().redact(&text);
+            assert!(
+                !out.contains(secret_part(&secret)),
+                "{kind} next to {around:?}: {out}"
+            );
+            // Glued to the secret (some rules then see no token boundary, as in gitleaks; a
+            // `NAME=value` value runs to the next space): whatever is found, the replacement
+            // falls on whole characters (slicing elsewhere would panic).
+            let glued = format!("{around}{secret}{around}");
+            let (out, _) = redactor().redact(&glued);
+            assert!(out.starts_with(around), "{out}");
+        }
+    }
+}

@@ -42,7 +42,7 @@ pub enum Command {
     /// is drained.
     Once(OnceArgs),
     /// Print the records `once` would send now (all ended sessions, or the ones named), one
-    /// JSON object per line, after [privacy], redaction and the content rules; sends, queues
+    /// JSON object per line, after the privacy settings, redaction and the content rules; sends, queues
     /// and writes nothing.
     Preview(PreviewArgs),
     /// Store this machine's device token (asked for without echo, or read from stdin with

@@ -224,8 +224,10 @@ pub(crate) fn held_deletions(outbox: &Outbox) -> anyhow::Result<usize> {
 pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     // Made private (0700) when missing: it holds the records, the tracker's copies and the
     // path key.
-    crate::atomic_file::create_private_dir(&config.data_dir)
-        .with_context(|| format!("creating data_dir {}", config.data_dir.display()))?;
+    // A failure is left to `Outbox::open`, which names it (a file in the way: exit 78).
+    if !config.data_dir.exists() {
+        let _ = crate::atomic_file::create_private_dir(&config.data_dir);
+    }
     let outbox = Outbox::open(&config.data_dir, &config.queue).map_err(|e| match e {
         QueueError::Locked { .. } => anyhow::anyhow!(
             "{e} (another opencode-telemetry is running with data_dir {}; stop it, or point this one at another data_dir)",

@@ -219,8 +219,7 @@ pub fn pass(
         match need {
             Need::Nothing => {}
             Need::Record(trigger) => {
-                let Some(snapshot) = skip_bad_row(source.snapshot(&id, ctx.options.texts()))?
-                else {
+                let Some(snapshot) = skip_bad_row(source.snapshot(&id, ctx.texts()))? else {
                     continue;
                 };
                 out.snapshots_read += 1;
@@ -257,7 +256,7 @@ pub fn pass(
             break;
         }
         exports += 1;
-        let snapshot = match source.snapshot(&id, ctx.options.texts()) {
+        let snapshot = match source.snapshot(&id, ctx.texts()) {
             Ok(Some(s)) => s,
             Ok(None) => {
                 tracker.vanished(&id);

@@ -25,6 +25,19 @@ pub struct ExportContext {
     pub privacy: Privacy,
 }
 
+impl ExportContext {
+    /// What the source must read of the message texts: nothing unless `export.include_messages`
+    /// is on and `[privacy]` lets message texts leave ([`Privacy::reads_message_texts`]), else
+    /// up to `export.max_message_chars` per message. A text that may not leave is never read.
+    pub fn texts(&self) -> crate::source::Texts {
+        if self.privacy.reads_message_texts() {
+            self.options.texts()
+        } else {
+            crate::source::Texts::Skip
+        }
+    }
+}
+
 /// What a record includes: built from `[export]` ([`ExportOptions::from`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExportOptions {

@@ -39,7 +39,8 @@
 //! pseudonymous `deviceId`, so it is off below `content`.
 //!
 //! A withheld field is absent from the record (the JSON has no key), never an empty placeholder;
-//! a withheld list (`todos`, `messages`) is absent as a whole.
+//! a withheld list (`todos`, `messages`) is absent as a whole. Message texts that may not leave are not
+//! even read from the source ([`crate::export::ExportContext::texts`]).
 //!
 //! **Paths** (`project_paths`): `plain` sends them as they are (redacted like free text);
 //! `name` only the last component (`/home/ada/src/acme-api` → `acme-api`, redacted too);

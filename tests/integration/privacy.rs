@@ -319,6 +319,7 @@ fn secrets() -> Vec<(&'static str, String)> {
         ("message pem", format!("{}{}", pick(b64, 64), pick(b64, 40))),
         ("message aws", pick(&format!("{alnum}/+"), 40)),
         ("message url", pick(alnum, 18)),
+        ("malformed row", format!("sk-proj-{}", pick(alnum, 40))),
     ]
 }
 
@@ -381,6 +382,13 @@ fn planted_secrets_reach_no_sink_log_outbox_or_status_file() {
         errors > 0,
         "the generated database has no error message to plant into"
     );
+    // A malformed row (a message whose data is a bare JSON string): skipped with one warning
+    // that must not quote it.
+    conn.execute(
+        "UPDATE message SET data = json_quote(?1) WHERE id = (SELECT id FROM message ORDER BY id LIMIT 1)",
+        [get("malformed row")],
+    )
+    .unwrap();
     conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
         .unwrap();
     let roots = root_sessions(&conn).len();
@@ -409,6 +417,11 @@ fn planted_secrets_reach_no_sink_log_outbox_or_status_file() {
     let status = daemon.terminate(Duration::from_secs(15)).0;
     assert!(status.success(), "{status:?}\n{}", daemon.output());
 
+    assert!(
+        daemon.output().contains("skipping malformed opencode row"),
+        "the malformed row was not met: {}",
+        daemon.output()
+    );
     let records = read_ndjson(&scratch.local_sink());
     for r in &records {
         // At least the title and the directory.

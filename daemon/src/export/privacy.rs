@@ -320,7 +320,8 @@ pub fn apply(record: &mut SessionExport, p: &Privacy) {
     record.project_worktree = record
         .project_worktree
         .as_deref()
-        .and_then(|w| p.path(w, &mut n));
+        .and_then(|w| p.path(w, &mut n))
+        .filter(|w| !w.is_empty());
     text(p.titles, &mut record.title, &mut n);
     if let Some(e) = &mut record.error {
         text(p.error_messages, &mut e.message, &mut n);

@@ -104,6 +104,19 @@ fn paths_are_hashed_under_the_key_named_or_kept() {
         (dir.to_string(), Some(format!("{dir}/")))
     );
     assert_eq!(with(PathMode::Off, [7; 32]), (String::new(), None));
+    // The root has no last component: no name is sent.
+    let mut r = full();
+    r.project_directory = "/".into();
+    r.project_worktree = Some("/".into());
+    let config = PrivacyConfig {
+        project_paths: Some(PathMode::Name),
+        ..PrivacyConfig::default()
+    };
+    apply(&mut r, &Privacy::new(&config, key()));
+    assert_eq!(
+        (r.project_directory.as_str(), r.project_worktree),
+        ("", None)
+    );
     assert!(
         format!("{:?}", key()).contains('…'),
         "a key is never printed"

@@ -1,5 +1,13 @@
-import tomllib, sys
-src = tomllib.load(open('/tmp/gitleaks.toml','rb'))
+"""Re-makes gitleaks.toml (next to this script) from gitleaks' config/gitleaks.toml.
+
+Usage: python3 select.py <path of gitleaks' config/gitleaks.toml> <its commit>
+
+Keeps the rules named in `want` below, with the fields the daemon reads (id, description,
+regex, secretGroup, entropy, keywords); the daemon's tests then check that every rule compiles
+and that the secret corpus is still caught.
+"""
+import os, tomllib, sys
+src = tomllib.load(open(sys.argv[1], 'rb'))
 want = """anthropic-admin-api-key anthropic-api-key openai-api-key perplexity-api-key huggingface-access-token
 huggingface-organization-api-token aws-access-token aws-amazon-bedrock-api-key-long-lived aws-amazon-bedrock-api-key-short-lived
 gcp-api-key github-app-token github-fine-grained-pat github-oauth github-pat github-refresh-token
@@ -26,7 +34,7 @@ def q(s):
     assert "'''" not in s
     return "'''" + s + "'''"
 out = []
-commit = sys.argv[1]
+commit = sys.argv[2]
 out.append(f"""# A subset of gitleaks' default rules (config/gitleaks.toml), vendored unchanged but for the
 # fields kept: id, description, regex, secretGroup, entropy, keywords. Per-rule allowlists and
 # the global allowlist are not kept (a redaction errs on the side of hiding a look-alike).
@@ -39,7 +47,7 @@ out.append(f"""# A subset of gitleaks' default rules (config/gitleaks.toml), ven
 # GitLab, Slack, cloud and package-registry tokens, JWTs, PEM private keys, credentials in curl
 # commands). Rules that only match by a nearby keyword and a generic alphabet (generic-api-key
 # and most "<vendor>-client-secret" rules) are left out: `rules.toml` has this project's own
-# `NAME=value` rule for them. Regenerate with the script in this directory's README.
+# `NAME=value` rule for them. Regenerate with select.py next to this file.
 """)
 for w in want:
     r = rules[w]
@@ -51,7 +59,7 @@ for w in want:
     if 'entropy' in r: out.append(f'entropy = {r["entropy"]}')
     if 'keywords' in r: out.append('keywords = [' + ', '.join('"%s"' % k for k in r['keywords']) + ']')
     out.append("")
-open('/work/wt-privacy/daemon/src/export/redact/gitleaks.toml','w').write("\n".join(out))
+open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'gitleaks.toml'), 'w').write("\n".join(out))
 print(len(want))
 for w in want:
     r=rules[w]['regex']

@@ -504,6 +504,43 @@ mod tests {
         assert_eq!(v["figuresFrom"], "outbox");
     }
 
+    #[test]
+    fn values_from_outside_are_printed_with_control_characters_escaped() {
+        let config = Config::default();
+        let mut snap = snapshot(None);
+        snap.queue.last_error = Some(LastError {
+            message: "HTTP 500: \u{1b}[2J\u{1b}]0;owned\u{7}\nlast delivery: just now".into(),
+            at_ms: 998_000,
+        });
+        let mut last_exports = BTreeMap::new();
+        last_exports.insert(
+            "session.idle".to_string(),
+            LastExport {
+                session_id: "ses_\u{1b}[31mx".into(),
+                at_ms: 990_000,
+            },
+        );
+        let g = Gathered {
+            snapshot: snap,
+            running: false,
+            last_exports,
+            held_deletions: 0,
+            device: None,
+        };
+        let text = render_text(&config, &g, 1_000_000);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(r"HTTP 500: \u{1b}[2J\u{1b}]0;owned\u{7}\nlast delivery: just now"),
+            "{text}"
+        );
+        assert!(text.contains(r"ses_\u{1b}[31mx"), "{text}");
+        // Each label still starts its own line: the forged one does not.
+        assert_eq!(text.matches("\nlast delivery:").count(), 1, "{text}");
+    }
+
     /// `status --check`'s reasons, case by case: (what, change to a healthy state) → reasons.
     #[test]
     fn check_reports_each_problem_and_nothing_when_healthy() {

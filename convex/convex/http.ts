@@ -9,7 +9,7 @@
 //   {"sessions":[<SessionExport>, ...]}                 1..=MAX_BATCH records
 //
 // 200 {"results":[...]} one result per record in input order ("inserted" | "updated" | "unchanged"
-//     | "stale" | "rejected" + error: a content rule of validate.ts, a record claiming another
+//     | "stale" | "deleted" (a `deletion: "delete"` record: the document removed) | "rejected" + error: a content rule of validate.ts, a record claiming another
 //     device's deviceId, or a sessionId stored under another device — which one is never said);
 // 400 BAD_REQUEST, 401 UNAUTHORIZED (+ WWW-Authenticate: Bearer), 413 BATCH_TOO_LARGE,
 // 500 INTERNAL — all `{"code","message"}` JSON bodies. On 401 (no/unknown/revoked token)

@@ -65,13 +65,15 @@ export const toolUsage = v.object({
 /** `ErrorInfo`: the error that ended a turn. */
 export const errorInfo = v.object({
   name: v.string(),
-  message: v.string(),
+  // Absent when OpenCode stored none or the daemon's [privacy] withholds error messages.
+  message: v.optional(v.string()),
 });
 
 /** `ChildSummary`: one subagent session inside its parent's record. */
 export const childSummary = v.object({
   sessionId: v.string(),
-  title: v.string(),
+  // Absent unless the daemon's [privacy] sends titles.
+  title: v.optional(v.string()),
   agent: v.optional(v.string()),
   messageCount: v.number(),
   tokens: tokenUsage,
@@ -116,7 +118,8 @@ export const reverted = v.object({
 
 /** `Todo`: one todo row. */
 export const todo = v.object({
-  content: v.string(),
+  // Absent unless the daemon's [privacy] sends todo texts.
+  content: v.optional(v.string()),
   status: v.string(),
   priority: v.string(),
 });
@@ -132,8 +135,16 @@ export const messageSummary = v.object({
   completedAt: v.optional(v.number()),
   finish: v.optional(v.string()),
   error: v.optional(v.string()),
-  text: v.string(),
+  // Absent unless the daemon's [privacy] sends message texts.
+  text: v.optional(v.string()),
 });
+
+/**
+ * `deletion` of an endReason "deleted" record (the daemon's `privacy.on_delete`): "tombstone"
+ * (the content is gone, ids, times and counts stay), "keep" (the last record, marked deleted),
+ * "delete" (the upsert removes the session's document and its share of the totals).
+ */
+export const deletion = v.union(v.literal("tombstone"), v.literal("keep"), v.literal("delete"));
 
 /** `EndReason`. */
 export const endReason = v.union(v.literal("idle"), v.literal("error"), v.literal("deleted"));
@@ -146,16 +157,19 @@ export const sessionFields = {
   schemaVersion: v.number(),
   sessionId: v.string(),
   deviceId: v.string(),
-  hostname: v.string(),
+  // Free text, paths and the host name are sent only as the daemon's [privacy] allows
+  // (daemon/src/export/privacy.rs); absent otherwise. Free text is redacted by the daemon.
+  hostname: v.optional(v.string()),
   opencodeVersion: v.string(),
   daemonVersion: v.string(),
   projectId: v.string(),
-  projectDirectory: v.string(),
+  // Plain, the last path component, or "hmac:" + a keyed hash (the daemon's privacy.project_paths).
+  projectDirectory: v.optional(v.string()),
   projectWorktree: v.optional(v.string()),
   parentSessionId: v.optional(v.string()),
   // The session a fork was made from (a fork has no parentSessionId).
   forkedFrom: v.optional(v.string()),
-  title: v.string(),
+  title: v.optional(v.string()),
   // Epoch milliseconds.
   createdAt: v.number(),
   updatedAt: v.number(),
@@ -204,6 +218,12 @@ export const sessionFields = {
   // clamped or dropped before queueing the record (e.g. ["createdAt","durationMs"]; paths without
   // array indexes, sorted); absent when nothing was corrected. See daemon/src/export/validate.rs.
   corrected: v.optional(v.array(v.string())),
+  // How many secrets the daemon replaced by "[redacted:<kind>]" in the record's free text;
+  // absent when none.
+  redactions: v.optional(v.number()),
+  // With endReason "deleted": what the record is (see `deletion` above); absent from older
+  // daemons (then "keep").
+  deletion: v.optional(deletion),
 };
 
 export const sessionRecord = v.object(sessionFields);

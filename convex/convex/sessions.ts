@@ -37,6 +37,9 @@ const upsertResult = v.union(
       v.literal("updated"),
       v.literal("unchanged"),
       v.literal("stale"),
+      // A "delete" deletion (`deletion: "delete"`): the session's document is removed (or was
+      // not stored).
+      v.literal("deleted"),
     ),
   }),
   // The record broke a content rule (validate.ts), claimed another device's deviceId, or names a
@@ -63,6 +66,8 @@ export type UpsertResult = Infer<typeof upsertResult>;
  * - same non-empty contentHash as stored      -> no write, "unchanged": a re-export of the same
  *                                                content (only exportedAt differs); the stored
  *                                                document keeps its exportedAt
+ * - `deletion: "delete"`                      -> remove the stored document (if any) and its
+ *                                                share of the totals, "deleted"
  * - otherwise                                 -> replace the whole document, "updated"
  * Fields absent from the record are removed from the stored document on "updated".
  * Aggregate changes are recorded in `delta` (written by the caller).
@@ -91,7 +96,10 @@ async function upsertOne(ctx: MutationCtx, record: SessionRecord, delta: Aggrega
     .query("sessions")
     .withIndex("by_sessionId", (q) => q.eq("sessionId", sessionId))
     .unique();
+  const remove = record.endReason === "deleted" && record.deletion === "delete";
   if (existing === null) {
+    // Nothing stored to remove (deleted before its first export, or removed already).
+    if (remove) return { sessionId, action: "deleted" };
     await ctx.db.insert("sessions", record);
     delta.add(record, 1);
     return { sessionId, action: "inserted" };
@@ -105,6 +113,11 @@ async function upsertOne(ctx: MutationCtx, record: SessionRecord, delta: Aggrega
   }
   if (order === 0) {
     return { sessionId, action: "unchanged" };
+  }
+  if (remove) {
+    await ctx.db.delete("sessions", existing._id);
+    delta.add(existing, -1);
+    return { sessionId, action: "deleted" };
   }
   if (record.contentHash && existing.contentHash === record.contentHash) {
     return { sessionId, action: "unchanged" };

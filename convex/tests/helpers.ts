@@ -27,6 +27,8 @@ export const OPTIONAL_FIELDS = [
   "messages",
   "truncated",
   "corrected",
+  "redactions",
+  "deletion",
 ] as const;
 
 const clone = <T>(x: T): T => JSON.parse(JSON.stringify(x)) as T;

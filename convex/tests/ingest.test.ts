@@ -392,6 +392,89 @@ describe("upsert through POST /ingest", () => {
   });
 });
 
+describe("deleted sessions (the daemon's privacy.on_delete)", () => {
+  // A top-level session that ended idle, as stored before its deletion.
+  const stored = () => {
+    const { parentSessionId: _p, deletion: _d, deletedAt: _a, ...r } = fullRecord({ endReason: "idle" });
+    return { ...r, revision: FULL.exportedAt };
+  };
+  // What the daemon sends for it by default: ids, times, counts and names; no title, host name,
+  // paths, todos, messages, error message or child titles (daemon/src/export/build.rs
+  // `mark_deleted`), written out here field by field.
+  const tombstone = (deletion: "tombstone" | "delete", revisionDelta = 1) => {
+    const {
+      title: _t,
+      hostname: _h,
+      projectDirectory: _pd,
+      projectWorktree: _pw,
+      todos: _todos,
+      messages: _m,
+      redactions: _r,
+      ...rest
+    } = stored();
+    return {
+      ...rest,
+      error: { name: rest.error!.name },
+      children: rest.children!.map(({ title: _ct, error, ...c }) => (error ? { ...c, error: { name: error.name } } : c)),
+      truncated: [],
+      endReason: "deleted" as const,
+      deletedAt: FULL.exportedAt + 5_000,
+      exportedAt: FULL.exportedAt + 5_000,
+      revision: stored().revision + revisionDelta * 5_000,
+      contentHash: "e".repeat(32),
+      deletion,
+    };
+  };
+
+  test("a tombstone replaces the stored content; the totals keep the session's counts", async () => {
+    const s = setup();
+    const first = stored();
+    expect(await s.ingest(first)).toEqual([{ sessionId: first.sessionId, action: "inserted" }]);
+    const totalsBefore = await s.aggregates();
+    const t = tombstone("tombstone");
+    expect(await s.ingest(t)).toEqual([{ sessionId: first.sessionId, action: "updated" }]);
+    const doc = withoutSystemFields((await s.get(first.sessionId))!);
+    expect(doc).toEqual(t);
+    for (const gone of ["title", "hostname", "projectDirectory", "projectWorktree", "todos", "messages"]) {
+      expect(doc, gone).not.toHaveProperty(gone);
+    }
+    expect(JSON.stringify(doc)).not.toContain(FULL.title!);
+    const strip = (rows: Array<Record<string, unknown>>) => rows.map(({ _id, _creationTime, ...r }) => r);
+    const totalsAfter = await s.aggregates();
+    expect(strip(totalsAfter.daily)).toEqual(strip(totalsBefore.daily));
+    expect(strip(totalsAfter.models)).toEqual(strip(totalsBefore.models));
+  });
+
+  test('"delete" removes the document and its share of the totals; an older one is stale; an unknown one writes nothing', async () => {
+    const s = setup();
+    const first = stored();
+    const other = { ...stored(), sessionId: "ses_e035b4a1effeOtherSession01" };
+    await s.ingest(first, other);
+    const both = await s.aggregates();
+    const s2 = setup();
+    await s2.ingest(other);
+    const onlyOther = await s2.aggregates();
+    expect(both.daily[0].sessions).toBe(2);
+
+    // A delete older than the stored revision is stale: nothing removed.
+    const old = tombstone("delete", -1);
+    expect(await s.ingest(old)).toEqual([{ sessionId: first.sessionId, action: "stale" }]);
+    expect(await s.get(first.sessionId)).not.toBeNull();
+
+    expect(await s.ingest(tombstone("delete"))).toEqual([{ sessionId: first.sessionId, action: "deleted" }]);
+    expect(await s.get(first.sessionId)).toBeNull();
+    const strip = (rows: Array<Record<string, unknown>>) => rows.map(({ _id, _creationTime, ...r }) => r);
+    const after = await s.aggregates();
+    // Exactly what a deployment that only ever stored the other session holds.
+    expect(strip(after.daily)).toEqual(strip(onlyOther.daily));
+    expect(strip(after.models)).toEqual(strip(onlyOther.models));
+
+    // Again (a retry), or for a session never stored: "deleted", nothing inserted.
+    expect(await s.ingest(tombstone("delete"))).toEqual([{ sessionId: first.sessionId, action: "deleted" }]);
+    expect(await s.all()).toHaveLength(1);
+  });
+});
+
 describe("malformed records", () => {
   // Each case is the second record of a batch whose first and third records are valid.
   const broken: Array<[string, () => Record<string, unknown>, RegExp]> = [
@@ -405,9 +488,9 @@ describe("malformed records", () => {
     ["an unknown endReason", () => ({ ...fullRecord(), endReason: "crashed" }), /crashed|Validator|match/],
     ["null for an optional field", () => ({ ...fullRecord(), archivedAt: null }), /number|null/],
     ["a missing required field", () => {
-      const { hostname: _h, ...rest } = fullRecord();
+      const { opencodeVersion: _v, ...rest } = fullRecord();
       return rest;
-    }, /hostname/],
+    }, /opencodeVersion/],
     ["truncated not an array of strings", () => ({ ...fullRecord(), truncated: "title" }), /array|Validator|match/],
   ];
 

@@ -125,6 +125,10 @@ fn main() {
             include_messages: false,
             max_message_chars: 4000,
         },
+        privacy: opencode_telemetry::export::Privacy::of_level(
+            opencode_telemetry::export::privacy::Level::Content,
+            opencode_telemetry::export::PathKey::new([0; 32]),
+        ),
     };
     let rules = Rules {
         debounce_ms: 0,

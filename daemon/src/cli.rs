@@ -1,4 +1,4 @@
-//! The command line: `run`, `once`, `login`, `check-config`, `status`, `queue`, `install`,
+//! The command line: `run`, `once`, `preview`, `login`, `check-config`, `status`, `queue`, `install`,
 //! `uninstall`.
 //!
 //! Exit status: 0 success; 1 a runtime failure (cannot deliver, source unreadable, outbox
@@ -41,6 +41,10 @@ pub enum Command {
     /// One pass: read every session, build its record, enqueue, deliver; exit 0 when the outbox
     /// is drained.
     Once(OnceArgs),
+    /// Print the records `once` would send now (all ended sessions, or the ones named), one
+    /// JSON object per line, after the privacy settings, redaction and the content rules; sends, queues
+    /// and writes nothing.
+    Preview(PreviewArgs),
     /// Store this machine's device token (asked for without echo, or read from stdin with
     /// --token-stdin) where the service reads it, after checking it against the deployment's
     /// GET /whoami; a rejected token is not stored.
@@ -110,6 +114,14 @@ pub struct OnceArgs {
     pub timeout_secs: u64,
 }
 
+/// Arguments of `preview`.
+#[derive(Debug, clap::Args)]
+pub struct PreviewArgs {
+    /// Session ids (`ses_…`) to show; none: every session whose turn has ended.
+    #[arg(value_name = "SESSION")]
+    pub sessions: Vec<String>,
+}
+
 /// `queue` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
@@ -173,7 +185,7 @@ pub fn main() -> ExitCode {
     }
     daemon::init_tracing(&loaded.config.service);
     if matches!(cli.command, Command::Once(_)) {
-        if let Some(warning) = loaded.permission_warning() {
+        for warning in loaded.warnings() {
             tracing::warn!("{warning}");
         }
     }
@@ -194,6 +206,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => daemon::run_daemon(loaded, overrides, args.transitions_log).await,
             Command::Once(args) => cmd::once(&loaded.config, args.timeout_secs).await,
+            Command::Preview(args) => cmd::preview(&loaded.config, &args.sessions).await,
             Command::Login(args) => cmd::login(&loaded, args.token_stdin).await,
             Command::CheckConfig(args) => cmd::check_config(&loaded, args.offline).await,
             Command::Status(args) => cmd::status(&loaded.config, args.json, args.check),

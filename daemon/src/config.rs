@@ -122,6 +122,8 @@ pub struct Config {
     pub source: SourceConfig,
     /// What goes into each record and when it is exported.
     pub export: ExportConfig,
+    /// What of a record may leave the machine (see [`crate::export::privacy`]).
+    pub privacy: crate::export::privacy::PrivacyConfig,
     /// The Convex deployment (the sink when `convex.url` is set).
     pub convex: ConvexConfig,
     /// The embedded local sink (used when `convex.url` is not set).
@@ -259,6 +261,7 @@ impl Default for Config {
             data_dir: default_data_dir(),
             source: SourceConfig::default(),
             export: ExportConfig::default(),
+            privacy: crate::export::privacy::PrivacyConfig::default(),
             convex: ConvexConfig::default(),
             local: LocalConfig::default(),
             queue: QueueConfig::default(),
@@ -915,6 +918,28 @@ impl Loaded {
         })
     }
 
+    /// Every warning about the files the daemon trusts: [`Loaded::permission_warning`], then,
+    /// for the config file, the credentials file and `data_dir` (those that exist), one when
+    /// group or others may write it (`mode & 0o022 != 0`) or another user owns it — whoever can
+    /// write them decides what is exported and where to (a `convex.url` of theirs, a `[privacy]`
+    /// level of `content`). Empty off Unix.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.permission_warning().into_iter().collect();
+        let mut check = |what: &str, path: &Path| {
+            if let Some(w) = foreign_or_writable(what, path) {
+                out.push(w);
+            }
+        };
+        if let Some(p) = &self.path {
+            check("config file", p);
+        }
+        if let Some(p) = &self.credentials_file {
+            check("credentials file", p);
+        }
+        check("data_dir", &self.config.data_dir);
+        out
+    }
+
     /// Checks what only delivering needs: the ingest token when `convex.url` is set. `run`,
     /// `once` and `check-config` call it; `status` and `queue` work without the secret.
     ///
@@ -955,6 +980,38 @@ fn file_mode(path: &Path) -> Option<u32> {
 
 #[cfg(not(unix))]
 fn file_mode(_path: &Path) -> Option<u32> {
+    None
+}
+
+/// The warning for `path` (`what`: "config file", …) when group or others may write it or it
+/// belongs to another user; `None` when it is fine or does not exist.
+#[cfg(unix)]
+fn foreign_or_writable(what: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    let me = rustix::process::getuid().as_raw();
+    if meta.uid() != me {
+        return Some(format!(
+            "{what} {} belongs to another user (uid {}, you are {me}): they decide what is \
+             exported and where; use one of your own",
+            path.display(),
+            meta.uid()
+        ));
+    }
+    let mode = meta.mode();
+    (mode & 0o022 != 0).then(|| {
+        format!(
+            "{what} {} is writable by group or others (mode {:03o}): they could change what is \
+             exported and where; run `chmod go-w {}`",
+            path.display(),
+            mode & 0o777,
+            path.display()
+        )
+    })
+}
+
+#[cfg(not(unix))]
+fn foreign_or_writable(_what: &str, _path: &Path) -> Option<String> {
     None
 }
 

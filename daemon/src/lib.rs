@@ -16,7 +16,7 @@
 //!   the local file in [`sink::local`].
 //! - [`daemon`]: the service: the run loop, [`daemon::pass`] (the one pass `run` and `once`
 //!   share), the sender, reload, signals, sd_notify.
-//! - [`cmd`]: the one-shot commands (`once`, `login`, `status`, `check-config`, `queue`).
+//! - [`cmd`]: the one-shot commands (`once`, `preview`, `login`, `status`, `check-config`, `queue`).
 //! - [`install`]: `install` / `uninstall` for systemd and launchd.
 //! - [`cli`]: the command line.
 

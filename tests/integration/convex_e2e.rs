@@ -200,7 +200,9 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
     let db = scratch.copy_fixture_db();
 
     // The same pass to the local sink gives the reference records.
-    let local_cfg = scratch.write_config("[export]\ninclude_messages = true\n");
+    // Every field the daemon can send (level "content"), so every one is round-tripped.
+    let local_cfg =
+        scratch.write_config("[export]\ninclude_messages = true\n[privacy]\nlevel = \"content\"\n");
     run_once(&scratch, &local_cfg, &db);
     let reference = read_ndjson(&scratch.local_sink());
     assert_eq!(reference.len(), 25);
@@ -209,7 +211,7 @@ fn records_reach_the_convex_functions_in_batches_and_read_back_equal() {
     std::fs::write(
         &convex_cfg,
         format!(
-            "data_dir = \"{}\"\n[export]\ninclude_messages = true\n[convex]\nurl = \"{}\"\nbatch_size = 10\n",
+            "data_dir = \"{}\"\n[export]\ninclude_messages = true\n[privacy]\nlevel = \"content\"\n[convex]\nurl = \"{}\"\nbatch_size = 10\n",
             scratch.path("data-convex").display(),
             emu.url
         ),
@@ -439,4 +441,119 @@ fn an_oversized_session_is_stored_shortened_not_refused() {
             "{key}"
         );
     }
+}
+
+/// A session deleted in OpenCode, through the real binary and the real Convex functions: by
+/// default its stored document's content is replaced by the tombstone (no title, paths, todos
+/// or messages) and the totals keep its spend; with `on_delete = "delete"` the document is
+/// removed and the totals lose exactly its spend (OpenCode's `session.cost` of it and its
+/// subagents, read from the database before the deletion).
+#[test]
+fn a_deletion_replaces_the_stored_content_with_the_tombstone_or_removes_it() {
+    let emu = Emulator::start(TOKEN);
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let write_config = |on_delete: &str| {
+        scratch.write_config(&format!(
+            "[export]\ninclude_messages = true\n[privacy]\nlevel = \"content\"\non_delete = \"{on_delete}\"\n[convex]\nurl = \"{}\"\n",
+            emu.url
+        ))
+    };
+    let once = |config: &std::path::Path| {
+        let out = run(command(&scratch)
+            .env("OPENCODE_TELEMETRY_INGEST_TOKEN", TOKEN)
+            .arg("--config")
+            .arg(config)
+            .arg("--db")
+            .arg(&db)
+            .arg("once"));
+        assert!(out.status.success(), "{out:?}");
+    };
+    let config = write_config("tombstone");
+    once(&config);
+    let conn = sql(&db);
+    let (opencode_cost, first_ms, last_ms): (f64, i64, i64) = conn
+        .query_row(
+            "SELECT SUM(cost), MIN(time_created), MAX(time_created) FROM session",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    let range = json!({"from": day(first_ms), "to": day(last_ms)});
+    let total = || emu.query("totals:daily", range.clone())["total"].clone();
+    assert!((total()["cost"].as_f64().unwrap() - opencode_cost).abs() < 1e-9);
+    // Two top-level sessions with a title and todos; the cost of each with its subagents.
+    let picked: Vec<(String, f64)> = conn
+        .prepare(
+            "SELECT s.id, s.cost + COALESCE((SELECT SUM(c.cost) FROM session c WHERE c.parent_id = s.id), 0)
+             FROM session s WHERE s.parent_id IS NULL AND s.title != ''
+             AND EXISTS (SELECT 1 FROM todo t WHERE t.session_id = s.id) ORDER BY s.id LIMIT 2",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    drop(conn);
+    assert_eq!(picked.len(), 2);
+    let delete = |id: &str| {
+        let w = rusqlite::Connection::open(&db).unwrap();
+        for sql in [
+            "DELETE FROM session WHERE parent_id = ?1",
+            "DELETE FROM session WHERE id = ?1",
+            "DELETE FROM event_sequence WHERE aggregate_id = ?1",
+        ] {
+            w.execute(sql, [id]).unwrap();
+        }
+    };
+
+    let (kept, _) = &picked[0];
+    let before = emu.query("sessions:get", json!({"sessionId": kept}));
+    assert!(before["title"].is_string() && before["todos"].is_array());
+    delete(kept);
+    once(&config);
+    let doc = emu.query("sessions:get", json!({"sessionId": kept}));
+    assert_eq!(doc["endReason"], "deleted");
+    assert_eq!(doc["deletion"], "tombstone");
+    for gone in [
+        "title",
+        "hostname",
+        "projectDirectory",
+        "projectWorktree",
+        "todos",
+        "messages",
+    ] {
+        assert!(
+            doc.get(gone).is_none(),
+            "the stored tombstone still has {gone}"
+        );
+    }
+    for key in [
+        "messageCount",
+        "tokens",
+        "cost",
+        "todoStats",
+        "models",
+        "createdAt",
+    ] {
+        assert_eq!(normalize(&doc[key]), normalize(&before[key]), "{key}");
+    }
+    assert!((total()["cost"].as_f64().unwrap() - opencode_cost).abs() < 1e-9);
+    assert_eq!(total()["sessions"], 25);
+
+    let (removed, removed_cost) = &picked[1];
+    let config = write_config("delete");
+    delete(removed);
+    once(&config);
+    assert_eq!(
+        emu.query("sessions:get", json!({"sessionId": removed})),
+        Value::Null
+    );
+    let after = total()["cost"].as_f64().unwrap();
+    assert!(
+        (after - (opencode_cost - removed_cost)).abs() < 1e-9,
+        "{after} vs {opencode_cost} - {removed_cost}"
+    );
+    assert_eq!(total()["sessions"], 24);
+    assert_eq!(emu.all_sessions().len(), 24);
 }

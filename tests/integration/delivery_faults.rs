@@ -239,9 +239,18 @@ impl Rig {
         self.refs.set(n);
         let data = self.scratch.path(&format!("ref-{n}"));
         std::fs::create_dir_all(&data).unwrap();
-        // Same device id as the daemon when the machine has none (fallback file).
-        if let Ok(id) = std::fs::read(self.data().join("device-id")) {
-            std::fs::write(data.join("device-id"), id).unwrap();
+        // Same device id as the daemon when the machine has none (fallback file), and the
+        // same key for hashed paths (one per data_dir; made here when the daemon has not run
+        // yet: it then uses this one).
+        let key = self.data().join("path.key");
+        if !key.exists() {
+            std::fs::create_dir_all(self.data()).unwrap();
+            std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+        }
+        for file in ["device-id", "path.key"] {
+            if let Ok(bytes) = std::fs::read(self.data().join(file)) {
+                std::fs::write(data.join(file), bytes).unwrap();
+            }
         }
         let config = self.scratch.path(&format!("ref-{n}.toml"));
         std::fs::write(

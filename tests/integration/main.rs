@@ -28,6 +28,8 @@ mod live_opencode;
 mod memory;
 /// `once` on the bundled OpenCode 1.18.33 database, checked against independent SQL.
 mod once_fixture;
+/// \`[privacy]\`: the fields each level sends, planted secrets found nowhere, \`preview\`.
+mod privacy;
 /// Replaying OpenCode's own event log into a database: the tracker's exports agree with the
 /// moments OpenCode published.
 mod replay;

@@ -199,7 +199,7 @@ fn a_session_of_240_mib_of_content_is_exported_in_64_mib() {
         whole.chars().count() - max
     );
     drop(whole);
-    let extra = format!("[export]\ninclude_messages = true\nmax_message_chars = {max}\ndebounce_ms = 0\nfinal_after_secs = 0\n");
+    let extra = format!("[export]\ninclude_messages = true\nmax_message_chars = {max}\ndebounce_ms = 0\nfinal_after_secs = 0\n[privacy]\nlevel = \"content\"\n");
 
     let check_record = |sink: &std::path::Path, who: &str| {
         let records = read_ndjson(sink);

@@ -353,6 +353,10 @@ fn replay(debounce_ms: i64) {
             include_messages: false,
             max_message_chars: 100,
         },
+        privacy: opencode_telemetry::export::Privacy::of_level(
+            opencode_telemetry::export::privacy::Level::Content,
+            opencode_telemetry::export::PathKey::new([0; 32]),
+        ),
     };
     let mut source = OpenCodeSource::new(&db_path, std::time::Duration::from_secs(5));
     // The outbox's `state` tree, as the daemon commits it.

@@ -13,6 +13,9 @@ use crate::support::daemon::Daemon;
 use crate::support::gen_db::log_events;
 use crate::support::*;
 
+/// `[privacy]` letting every value leave, for tests that compare records with the database's
+/// values or across data dirs (each has its own key for hashed paths).
+const CONTENT: &str = "[privacy]\nlevel = \"content\"\n";
 const FAST: &str = "[source]\npoll_interval_ms = 100\n[export]\ndebounce_ms = 0\n";
 
 /// Waits until `sink` holds `n` records, then one more second, so that an export too many would
@@ -515,7 +518,8 @@ fn a_turn_with_backwards_timestamps_is_exported() {
 fn rows_with_unreadable_ids_are_skipped_and_every_other_session_is_exported() {
     let scratch = Scratch::new();
     let clean = scratch.copy_fixture_db();
-    let reference_config = scratch.write_config("");
+    // Every value leaves (plain paths, texts), so they compare across data dirs.
+    let reference_config = scratch.write_config(CONTENT);
     let reference: std::collections::BTreeMap<String, Value> = {
         run_once(&scratch, &reference_config, &clean);
         let records = read_ndjson(&scratch.local_sink());
@@ -551,7 +555,7 @@ fn rows_with_unreadable_ids_are_skipped_and_every_other_session_is_exported() {
             s2 = ids[2],
         ))
         .unwrap();
-    let config = scratch.write_config("");
+    let config = scratch.write_config(CONTENT);
     let out = run_once(&scratch, &config, &db);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let got: std::collections::BTreeMap<String, Value> = read_ndjson(&scratch.local_sink())
@@ -748,7 +752,8 @@ fn downgrade_to_v1_2_schema(db: &Path) {
 fn an_older_opencode_schema_is_read_through_feature_detection() {
     let scratch = Scratch::new();
     let reference_db = scratch.copy_fixture_db();
-    let config = scratch.write_config("");
+    // Every value leaves (plain paths, texts), so they compare across data dirs.
+    let config = scratch.write_config(CONTENT);
     run_once(&scratch, &config, &reference_db);
     let reference = read_ndjson(&scratch.local_sink());
 
@@ -761,7 +766,10 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
     let config = scratch.path("old.toml");
     std::fs::write(
         &config,
-        format!("data_dir = \"{}\"\n", scratch.path("data-old").display()),
+        format!(
+            "data_dir = \"{}\"\n{CONTENT}",
+            scratch.path("data-old").display()
+        ),
     )
     .unwrap();
     run_once(&scratch, &config, &old);

@@ -146,9 +146,15 @@ fn dry_run_prints_the_unit_for_this_binary_and_config_and_writes_nothing() {
         ("StandardOutput", "journal"),
         ("StandardError", "journal"),
         ("WantedBy", "default.target"),
+        // No core dump holds the token (#15).
+        ("LimitCORE", "0"),
     ] {
         assert_eq!(one(&unit, key), want, "{key}");
     }
+    assert_eq!(
+        unit["SystemCallFilter"],
+        ["@system-service", "~@privileged @resources"]
+    );
     assert!(one(&unit, "WatchdogSec").ends_with('s'));
     assert!(one(&unit, "MemoryMax").ends_with('M'));
     // The config's data_dir and OpenCode's data dir ($XDG_DATA_HOME/opencode) are writable.
@@ -450,6 +456,9 @@ fn the_rendered_plist_parses_with_the_launchagent_keys() {
     assert!(plist["ThrottleInterval"].as_u64().is_some_and(|s| s >= 10));
     assert_eq!(plist["ProcessType"], "Background");
     assert_eq!(plist["LowPriorityIO"], true);
+    for key in ["SoftResourceLimits", "HardResourceLimits"] {
+        assert_eq!(plist[key], serde_json::json!({"Core": 0}), "{key}");
+    }
     for (key, file) in [
         ("StandardOutPath", "out.log"),
         ("StandardErrorPath", "err.log"),

@@ -1073,6 +1073,7 @@ def main():
                 f.write(
                     "data_dir = %s\n\n[source]\ndb_path = %s\npoll_interval_ms = %d\n\n"
                     "[export]\ndebounce_ms = %d\nfinal_after_secs = %d\n\n[local]\npath = %s\n\n"
+                    "[privacy]\nlevel = \"content\"\n\n"
                     "[service]\nshutdown_grace_secs = 5\nlog_level = \"info\"\n"
                     % (json.dumps(os.path.join(daemon_dir, "data")), json.dumps(db_path), a.poll_ms,
                        a.daemon_debounce_ms or a.debounce_ms, a.final_after_secs, json.dumps(sink_path)))
@@ -1323,7 +1324,13 @@ def main():
                 rec = r["record"]
                 if rec.get("opencodeVersion") != version:
                     sp.append("opencodeVersion %r, want %r" % (rec.get("opencodeVersion"), version))
-                if rec.get("projectDirectory") != j["repo"]:
+                # A deleted session's tombstone (privacy.on_delete, the default) has no path.
+                tombstone = rec.get("endReason") == "deleted" and rec.get("deletion") == "tombstone"
+                if tombstone:
+                    for gone in ("title", "projectDirectory", "projectWorktree", "hostname", "todos", "messages"):
+                        if gone in rec:
+                            sp.append("the tombstone has %s" % gone)
+                elif rec.get("projectDirectory") != j["repo"]:
                     sp.append("projectDirectory %r, want %r" % (rec.get("projectDirectory"), j["repo"]))
                 if not rec.get("createdAt") or not rec.get("updatedAt") or rec["updatedAt"] > rec.get("exportedAt", 0):
                     sp.append("createdAt/updatedAt/exportedAt out of order: %s/%s/%s" % (

@@ -1,11 +1,17 @@
-//! The one-shot commands: `once`, `login`, `check-config`, `status`, `queue`.
+//! The one-shot commands: `once`, `preview`, `login`, `check-config`, `status`, `queue`.
+//!
+//! Every human-readable line that shows a value from a source or a record (a title, a session
+//! id, an error) goes through [`escape`], so a title holding terminal control sequences cannot
+//! rewrite the user's terminal or forge lines.
 
 pub mod login;
 mod once;
+mod preview;
 pub mod status;
 
 pub use login::login;
 pub use once::once;
+pub use preview::preview;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -32,11 +38,14 @@ pub async fn check_config(loaded: &Loaded, offline: bool) -> anyhow::Result<Exit
         Some(p) => println!("# config file: {}", p.display()),
         None => println!("# config file: none (built-in defaults)"),
     }
-    if let Some(warning) = loaded.permission_warning() {
+    for warning in loaded.warnings() {
         eprintln!("opencode-telemetry: warning: {warning}");
         println!("# warning: {warning}");
     }
     println!("# sink: {}", sink_description(c));
+    // The key does not matter for the description.
+    let privacy = crate::export::Privacy::new(&c.privacy, crate::export::PathKey::new([0; 32]));
+    println!("# leaves the machine: {}", privacy.describe());
     if c.uses_convex() {
         // Checked at load time; here only to show where batches go.
         if let Ok(url) = crate::sink::convex::url::check(&c.convex.url) {
@@ -99,17 +108,39 @@ async fn device_line(c: &Config) -> String {
     }
 }
 
-/// One line per exported session, as `once` prints it.
+/// `text` with every control character (C0, DEL, C1) and every bidirectional-override
+/// character (U+202A–U+202E, U+2066–U+2069) written as a Rust-style escape (`\n`, `\u{1b}`),
+/// for human-readable output. Borrows when there is nothing to escape.
+pub fn escape(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if bad(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// One line per exported session, as `once` prints it: id, end reason, messages, todos done /
+/// total, cost, and the title when the record has one (`[privacy] titles`), escaped.
 pub fn summary_line(r: &SessionExport) -> String {
     format!(
-        "{}  {:<7}  msgs {:>3}  todos {}/{}  ${:.4}  {}",
-        r.session_id,
+        "{}  {:<7}  msgs {:>3}  todos {}/{}  ${:.4}{}{}",
+        escape(&r.session_id),
         r.end_reason.as_str(),
         r.message_count,
         r.todo_stats.completed,
         r.todo_stats.total,
         r.cost,
-        r.title
+        if r.title.is_empty() { "" } else { "  " },
+        escape(&r.title)
     )
 }
 
@@ -133,7 +164,7 @@ pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
     for p in &pending {
         println!(
             "  {}  queued {}s ago  {} bytes  attempts {}",
-            p.session_id(),
+            escape(p.session_id()),
             (now - p.enqueued_at_ms()).max(0) / 1000,
             p.record_json().len(),
             p.attempts()
@@ -144,12 +175,12 @@ pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
     for d in &dead {
         println!(
             "  {}  dead {}  updatedAt {}  reason: {}",
-            d.session_id,
+            escape(&d.session_id),
             status::ago(now, d.dead_at_ms),
             d.updated_at_ms
                 .map(|t| t.to_string())
                 .unwrap_or_else(|| "?".into()),
-            d.reason
+            escape(&d.reason)
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -189,7 +220,7 @@ pub async fn queue_confirm_deletions(config: &Config) -> anyhow::Result<ExitCode
         for (key, json) in held {
             match serde_json::from_slice::<crate::export::SessionExport>(&json) {
                 Ok(last) => {
-                    let record = crate::export::mark_deleted(&last, now);
+                    let record = crate::export::mark_deleted(&last, now, config.privacy.on_delete);
                     let json = serde_json::to_vec(&record).expect("a record serializes");
                     records.push(crate::daemon::new_record(&record, json));
                 }
@@ -210,4 +241,27 @@ pub async fn queue_confirm_deletions(config: &Config) -> anyhow::Result<ExitCode
     }
     println!("exported {confirmed} held deletion(s); the daemon delivers them when it runs");
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn control_and_bidi_characters_are_escaped_and_the_rest_kept() {
+        for (raw, shown) in [
+            ("plain title — ünïcode ✓", "plain title — ünïcode ✓"),
+            (
+                "\u{1b}[2J\u{1b}]0;pwned\u{7}",
+                "\\u{1b}[2J\\u{1b}]0;pwned\\u{7}",
+            ),
+            ("line\nforged: ok\r", "line\\nforged: ok\\r"),
+            ("tab\there", "tab\\there"),
+            ("del\u{7f} c1\u{9b}", "del\\u{7f} c1\\u{9b}"),
+            ("evil\u{202e}txt.exe", "evil\\u{202e}txt.exe"),
+            ("iso\u{2066}late", "iso\\u{2066}late"),
+        ] {
+            assert_eq!(escape(raw), shown, "{raw:?}");
+        }
+    }
 }

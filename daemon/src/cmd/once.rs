@@ -15,7 +15,7 @@ use crate::queue::Commit;
 use crate::source::opencode::OpenCodeSource;
 use crate::track::{Mode, Rules, Tracker};
 
-use crate::cmd::summary_line;
+use crate::cmd::{escape, summary_line};
 use crate::daemon::*;
 
 /// `once`: one pass over the source, then delivery. Exit 0 when the outbox is drained; 1 when
@@ -33,7 +33,7 @@ use crate::daemon::*;
 pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode> {
     let outbox = Arc::new(open_outbox(config)?);
     let device = device_id(config)?;
-    let mut ctx = export_context(config, &device);
+    let mut ctx = export_context(config, &device, path_key(config)?);
     let rules = Rules::from(&config.export);
     let mut tracker = if outbox.was_rebuilt() {
         Tracker::new(rules)
@@ -117,10 +117,20 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
     waiting.sort_by(|a, b| b.0.cmp(&a.0));
     for (id, why) in &waiting {
         match why {
-            Waiting::NoMessages => println!("{id}  (no messages; not exported)"),
-            Waiting::TurnInProgress => println!("{id}  (turn in progress; not exported)"),
+            Waiting::NoMessages => {
+                println!("{}  (no messages; not exported)", escape(&id.to_string()))
+            }
+            Waiting::TurnInProgress => {
+                println!(
+                    "{}  (turn in progress; not exported)",
+                    escape(&id.to_string())
+                )
+            }
             Waiting::ReplyPending => {
-                println!("{id}  (prompt just sent, no reply yet; not exported)")
+                println!(
+                    "{}  (prompt just sent, no reply yet; not exported)",
+                    escape(&id.to_string())
+                )
             }
         }
     }

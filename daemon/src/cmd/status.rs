@@ -61,7 +61,7 @@ pub fn status(config: &Config, as_json: bool, check: bool) -> anyhow::Result<Exi
             println!("ok");
             return Ok(ExitCode::SUCCESS);
         }
-        println!("unhealthy: {}", problems.join("; "));
+        println!("unhealthy: {}", crate::cmd::escape(&problems.join("; ")));
         return Ok(ExitCode::FAILURE);
     }
     if as_json {
@@ -202,8 +202,14 @@ fn render_text(config: &Config, g: &Gathered, now: i64) -> String {
     let s = &g.snapshot;
     let daemon = s.daemon.as_ref().filter(|_| g.running);
     let mut out = String::new();
+    // Every value is escaped: the status file's strings (errors, session ids, paths) come from
+    // outside.
     let mut line = |label: &str, value: String| {
-        out.push_str(&format!("{:<16} {value}\n", format!("{label}:")));
+        out.push_str(&format!(
+            "{:<16} {}\n",
+            format!("{label}:"),
+            crate::cmd::escape(&value)
+        ));
     };
     line(
         "sink",
@@ -496,6 +502,43 @@ mod tests {
         let v = render_json(&config, &g);
         assert_eq!(v["daemon"]["running"], false);
         assert_eq!(v["figuresFrom"], "outbox");
+    }
+
+    #[test]
+    fn values_from_outside_are_printed_with_control_characters_escaped() {
+        let config = Config::default();
+        let mut snap = snapshot(None);
+        snap.queue.last_error = Some(LastError {
+            message: "HTTP 500: \u{1b}[2J\u{1b}]0;owned\u{7}\nlast delivery: just now".into(),
+            at_ms: 998_000,
+        });
+        let mut last_exports = BTreeMap::new();
+        last_exports.insert(
+            "session.idle".to_string(),
+            LastExport {
+                session_id: "ses_\u{1b}[31mx".into(),
+                at_ms: 990_000,
+            },
+        );
+        let g = Gathered {
+            snapshot: snap,
+            running: false,
+            last_exports,
+            held_deletions: 0,
+            device: None,
+        };
+        let text = render_text(&config, &g, 1_000_000);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(r"HTTP 500: \u{1b}[2J\u{1b}]0;owned\u{7}\nlast delivery: just now"),
+            "{text}"
+        );
+        assert!(text.contains(r"ses_\u{1b}[31mx"), "{text}");
+        // Each label still starts its own line: the forged one does not.
+        assert_eq!(text.matches("\nlast delivery:").count(), 1, "{text}");
     }
 
     /// `status --check`'s reasons, case by case: (what, change to a healthy state) → reasons.

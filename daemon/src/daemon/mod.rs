@@ -139,7 +139,7 @@ pub fn device_id(config: &Config) -> anyhow::Result<String> {
                 }
             }
             tracing::warn!(error = %e, path = %path.display(), "no machine id; using a random device id kept in the data dir");
-            std::fs::create_dir_all(&config.data_dir)
+            crate::atomic_file::create_private_dir(&config.data_dir)
                 .with_context(|| format!("creating {}", config.data_dir.display()))?;
             let id = hex::encode(rand::random::<[u8; 16]>());
             std::fs::write(&path, format!("{id}\n"))
@@ -149,13 +149,57 @@ pub fn device_id(config: &Config) -> anyhow::Result<String> {
     }
 }
 
-pub(crate) fn export_context(config: &Config, device_id: &str) -> ExportContext {
+pub(crate) fn export_context(
+    config: &Config,
+    device_id: &str,
+    path_key: crate::export::PathKey,
+) -> ExportContext {
     ExportContext {
         device_id: device_id.to_string(),
         hostname: identity::hostname(),
         daemon_version: env!("CARGO_PKG_VERSION").to_string(),
         exported_at: 0,
         options: ExportOptions::from(&config.export),
+        privacy: crate::export::Privacy::new(&config.privacy, path_key),
+    }
+}
+
+/// The install's key for hashed project paths ([`crate::export::privacy`]):
+/// `<data_dir>/path.key`, 64 hex digits, created once (32 random bytes, mode 0600, never
+/// replaced: a new key would change every hash) with `data_dir` made 0700 when missing.
+///
+/// # Errors
+/// The file cannot be created or read, or holds something other than a key (it is then left
+/// alone and named).
+pub fn path_key(config: &Config) -> anyhow::Result<crate::export::PathKey> {
+    let path = config.data_dir.join("path.key");
+    let parse = |text: &str| -> Option<crate::export::PathKey> {
+        let bytes: [u8; 32] = hex::decode(text.trim()).ok()?.try_into().ok()?;
+        Some(crate::export::PathKey::new(bytes))
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => parse(&text).with_context(|| {
+            format!(
+                "{} is not a path key (64 hex digits); move it away to make a new one (hashed \
+                 project paths then change)",
+                path.display()
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::atomic_file::create_private_dir(&config.data_dir)
+                .with_context(|| format!("creating {}", config.data_dir.display()))?;
+            let key = crate::export::PathKey::new(rand::random());
+            match crate::atomic_file::create_new_private(
+                &path,
+                format!("{}\n", hex::encode(key.bytes())).as_bytes(),
+            ) {
+                Ok(()) => Ok(key),
+                // Another process made it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => path_key(config),
+                Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
+            }
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
     }
 }
 
@@ -178,6 +222,12 @@ pub(crate) fn held_deletions(outbox: &Outbox) -> anyhow::Result<usize> {
 }
 
 pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
+    // Made private (0700) when missing: it holds the records, the tracker's copies and the
+    // path key.
+    // A failure is left to `Outbox::open`, which names it (a file in the way: exit 78).
+    if !config.data_dir.exists() {
+        let _ = crate::atomic_file::create_private_dir(&config.data_dir);
+    }
     let outbox = Outbox::open(&config.data_dir, &config.queue).map_err(|e| match e {
         QueueError::Locked { .. } => anyhow::anyhow!(
             "{e} (another opencode-telemetry is running with data_dir {}; stop it, or point this one at another data_dir)",
@@ -230,7 +280,7 @@ pub async fn run_daemon(
         config = %loaded.path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "defaults".into()),
         "starting"
     );
-    if let Some(warning) = loaded.permission_warning() {
+    for warning in loaded.warnings() {
         tracing::warn!("{warning}");
     }
     let (hup_tx, hup_rx) = mpsc::unbounded_channel();
@@ -305,7 +355,7 @@ pub async fn run(
     let mut config = loaded.config;
     let outbox = Arc::new(open_outbox(&config)?);
     let device = device_id(&config)?;
-    let ctx = export_context(&config, &device);
+    let ctx = export_context(&config, &device, path_key(&config)?);
     let tracker = if outbox.was_rebuilt() {
         tracing::info!("the outbox was rebuilt; re-reading every session from the source");
         Tracker::new(Rules::from(&config.export))
@@ -548,7 +598,7 @@ pub(crate) fn apply_reload(
             return None;
         }
     };
-    if let Some(warning) = loaded.permission_warning() {
+    for warning in loaded.warnings() {
         tracing::warn!("{warning}");
     }
     let plan = reload::plan(running, loaded.config);

@@ -247,7 +247,7 @@ pub fn pass(
         let last = stored.and_then(|json| serde_json::from_slice::<SessionExport>(&json).ok());
         match last {
             Some(last) => {
-                let record = export::mark_deleted(&last, now);
+                let record = export::mark_deleted(&last, now, ctx.privacy.on_delete);
                 let json = serde_json::to_vec(&record).expect("a record serializes");
                 out.push(Trigger::Deleted, record, json);
             }
@@ -262,7 +262,7 @@ pub fn pass(
     let due_now = tracker.due(now, mode).len();
     let observe_n = chunk.saturating_sub(due_now).max(chunk / 4);
     let observe = tracker.to_observe(observe_n);
-    let texts = ctx.options.texts();
+    let texts = ctx.texts();
     let mut exports = 0;
     for (id, marker) in observe {
         let new = tracker.is_new(&id, store)?;
@@ -614,6 +614,10 @@ mod tests {
                 include_messages: false,
                 max_message_chars: 100,
             },
+            privacy: export::Privacy::of_level(
+                export::privacy::Level::Content,
+                export::PathKey::new([0; 32]),
+            ),
         }
     }
 

@@ -56,7 +56,7 @@ impl Poller {
     /// Takes the live settings of a reloaded config: export rules and record contents.
     pub(crate) fn reconfigure(&mut self, config: &Config) {
         self.config = config.clone();
-        self.ctx = export_context(config, &self.device);
+        self.ctx = export_context(config, &self.device, self.ctx.privacy.path_key.clone());
         if let Some(t) = self.tracker.as_mut() {
             t.set_rules(Rules::from(&config.export));
         }

@@ -3,6 +3,7 @@
 //! ending through the tracker's [`Trigger`].
 
 use crate::export::aggregate::{self as agg};
+use crate::export::privacy::{self, Level, OnDelete, PathKey, Privacy};
 use crate::export::record::*;
 use crate::source::SessionSnapshot;
 use crate::track::Trigger;
@@ -20,6 +21,21 @@ pub struct ExportContext {
     pub exported_at: i64,
     /// What the record includes (from `[export]`).
     pub options: ExportOptions,
+    /// What of it may leave the machine (from `[privacy]`, with the install's path key).
+    pub privacy: Privacy,
+}
+
+impl ExportContext {
+    /// What the source must read of the message texts: nothing unless `export.include_messages`
+    /// is on and `[privacy]` lets message texts leave ([`Privacy::reads_message_texts`]), else
+    /// up to `export.max_message_chars` per message. A text that may not leave is never read.
+    pub fn texts(&self) -> crate::source::Texts {
+        if self.privacy.reads_message_texts() {
+            self.options.texts()
+        } else {
+            crate::source::Texts::Skip
+        }
+    }
 }
 
 /// What a record includes: built from `[export]` ([`ExportOptions::from`]).
@@ -74,8 +90,9 @@ impl Trigger {
 /// Builds the record of `snapshot` exported for `trigger`. With [`Trigger::Error`] the record's
 /// `error` is that of the terminal (last) assistant message.
 ///
-/// A value of the source that breaks a content rule the deployment enforces is clamped or
-/// dropped and named in `corrected` ([`crate::export::validate::correct`]). The record is then
+/// The record is first cut to what `ctx.privacy` lets leave the machine, its free text redacted
+/// ([`crate::export::privacy::apply`]). A value of the source that breaks a content rule the
+/// deployment enforces is then clamped or dropped and named in `corrected` ([`crate::export::validate::correct`]). The record is then
 /// fitted to Convex's limits ([`crate::export::fit()`]) and sealed with its content
 /// hash ([`crate::export::seal`]) before it is returned.
 pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) -> SessionExport {
@@ -210,16 +227,38 @@ pub fn build(snapshot: &SessionSnapshot, trigger: Trigger, ctx: &ExportContext) 
             Vec::new()
         },
         corrected: Vec::new(),
+        redactions: 0,
+        deletion: None,
     };
+    privacy::apply(&mut record, &ctx.privacy);
     crate::export::validate::correct(&mut record);
     crate::export::fit(&mut record);
     crate::export::seal(&mut record);
     record
 }
 
-/// The record of a session whose rows disappeared: its last record, marked deleted at `at_ms`.
-pub fn mark_deleted(last: &SessionExport, at_ms: i64) -> SessionExport {
+/// The record of a session whose rows disappeared, from its last record, marked deleted at
+/// `at_ms` (`endReason: "deleted"`, `deletedAt`, `deletion`). By `on_delete`:
+/// - [`OnDelete::Tombstone`] and [`OnDelete::Delete`]: only what the `counts` level lets leave —
+///   ids, times, counts, totals and the names of models, agents and tools (what the
+///   deployment's totals are made of) — no title, host name, paths, todos, messages or error
+///   message; `truncated` keeps only the lists still there;
+/// - [`OnDelete::Keep`]: the last record as it was.
+///
+/// The last record is the one the daemon built and stored (it already kept `[privacy]`), also
+/// for a session deleted before its first export, which so exports nothing but the tombstone.
+pub fn mark_deleted(last: &SessionExport, at_ms: i64, on_delete: OnDelete) -> SessionExport {
     let mut r = last.clone();
+    if on_delete != OnDelete::Keep {
+        // The key is unused: the counts level sends no path.
+        privacy::apply(
+            &mut r,
+            &Privacy::of_level(Level::Counts, PathKey::new([0; 32])),
+        );
+        r.truncated
+            .retain(|f| !matches!(f.as_str(), "title" | "error" | "todos" | "messages"));
+    }
+    r.deletion = Some(on_delete);
     r.end_reason = EndReason::Deleted;
     r.deleted_at = Some(at_ms);
     r.exported_at = at_ms;

@@ -51,7 +51,9 @@ pub struct SessionExport {
     /// Pseudonymous machine id: hex HMAC-SHA256 of the OS machine id (machine-uid) under an
     /// app-specific key, truncated to 128 bits. The raw machine id never leaves the machine.
     pub device_id: String,
-    /// Host name of the machine (`hostname::get`).
+    /// Host name of the machine (`hostname::get`); absent unless `privacy.hostname` allows it
+    /// ([`crate::export::privacy`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
     /// `session.version`: the OpenCode version that created the session (e.g. `1.18.33`).
     pub opencode_version: String,
@@ -59,9 +61,13 @@ pub struct SessionExport {
     pub daemon_version: String,
     /// `session.project_id` (a hash of the git remote or root commit; `global` outside git).
     pub project_id: String,
-    /// `session.directory`: the absolute working directory OpenCode ran in.
+    /// `session.directory`: the absolute working directory OpenCode ran in, shaped by
+    /// `privacy.project_paths` (plain, its last component, or `hmac:` + a keyed hash; absent when
+    /// `off`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub project_directory: String,
-    /// `project.worktree` of the session's project, when the project row exists.
+    /// `project.worktree` of the session's project, when the project row exists; shaped like
+    /// `projectDirectory`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub project_worktree: Option<String>,
     /// `session.parent_id`: set for subagent (child) sessions made by the `task` tool.
@@ -71,7 +77,8 @@ pub struct SessionExport {
     /// [`crate::source::Fork`]). A fork has no `parentSessionId`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forked_from: Option<String>,
-    /// `session.title`.
+    /// `session.title` (redacted); absent unless `privacy.titles` allows it, and in tombstones.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub title: String,
     /// `session.time_created` (ms).
     pub created_at: i64,
@@ -181,6 +188,20 @@ pub struct SessionExport {
     /// see [`crate::export::validate`]. Omitted when nothing was corrected.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub corrected: Vec<String>,
+    /// How many secrets [`crate::export::redact`] replaced in the record's free text (each by
+    /// `[redacted:<kind>]`). Omitted when 0.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub redactions: u64,
+    /// What a record with `endReason: "deleted"` is, by `privacy.on_delete`: `tombstone` (the
+    /// content is gone, counts and times stay), `keep` (the last record, marked deleted) or
+    /// `delete` (a tombstone asking the deployment to remove the session's document). Absent in
+    /// other records and in deletions of daemons before it (which are `keep`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion: Option<crate::export::privacy::OnDelete>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Todo counts by status. `total` counts every row, including statuses outside the four
@@ -291,7 +312,9 @@ pub struct ToolUsage {
 pub struct ErrorInfo {
     /// `data.error.name`, e.g. `APIError`, `MessageAbortedError`, `UnknownError`.
     pub name: String,
-    /// `data.error.data.message` (empty when OpenCode stored none).
+    /// `data.error.data.message` (redacted); absent when OpenCode stored none or
+    /// `privacy.error_messages` withholds it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
 }
 
@@ -301,7 +324,9 @@ pub struct ErrorInfo {
 pub struct ChildSummary {
     /// The child's `session.id`.
     pub session_id: String,
-    /// The child's title (OpenCode: `"<description> (@<agent> subagent)"`).
+    /// The child's title (OpenCode: `"<description> (@<agent> subagent)"`; redacted); absent
+    /// unless `privacy.titles` allows it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub title: String,
     /// The agent that ran the child (its primary agent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -374,7 +399,8 @@ pub struct RevertedUsage {
 /// One todo item (`todo` row).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Todo {
-    /// `todo.content`.
+    /// `todo.content` (redacted); absent unless `privacy.todo_texts` allows it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub content: String,
     /// `todo.status`: `pending`, `in_progress`, `completed`, `cancelled` (free string).
     pub status: String,
@@ -413,7 +439,9 @@ pub struct MessageSummary {
     /// The message's non-synthetic `text` parts joined by blank lines, cut to
     /// `export.max_message_chars` characters followed by [`crate::export::fit::marker`] (the
     /// record then lists `"messages"` in `truncated`); or only that marker when the record
-    /// had to give up this text to stay under its size limit.
+    /// had to give up this text to stay under its size limit. Redacted; absent unless
+    /// `privacy.message_texts` allows it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub text: String,
 }
 
@@ -453,6 +481,8 @@ mod tests {
             "messages",
             "truncated",
             "corrected",
+            "redactions",
+            "deletion",
         ] {
             assert!(original.get(key).is_some(), "fixture lacks {key}");
         }

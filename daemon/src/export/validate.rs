@@ -279,6 +279,7 @@ pub fn correct(record: &mut SessionExport) {
     f.count("messageCount", &mut r.message_count);
     f.count("userMessageCount", &mut r.user_message_count);
     f.count("assistantMessageCount", &mut r.assistant_message_count);
+    f.count("redactions", &mut r.redactions);
     let t = &mut r.todo_stats;
     for (name, v) in [
         ("total", &mut t.total),

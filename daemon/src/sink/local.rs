@@ -193,7 +193,11 @@ fn open_repaired(path: &Path, max_torn: u64) -> io::Result<File> {
     let mut options = OpenOptions::new();
     options.read(true).append(true).create(true);
     #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    {
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        // A symlink planted at the sink's path is refused, not written through (#15).
+        std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NOFOLLOW);
+    }
     let mut file = options
         .open(path)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open: {e}")))?;

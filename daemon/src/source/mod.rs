@@ -190,7 +190,9 @@ pub struct TurnEnd {
     pub message_id: String,
     /// When it completed (ms).
     pub completed_at: i64,
-    /// Its error, when it carries one (the turn ended in `session.error`).
+    /// Its error, when it carries one (the turn ended in `session.error`): its name only (the
+    /// `message` is empty), since the tracker persists it and provider messages can quote
+    /// secrets; the record's message comes from the snapshot.
     pub error: Option<TurnError>,
 }
 

@@ -111,16 +111,19 @@ impl ConvexSink {
         let origin = url::display(&url::site_url(&parsed));
         let endpoint =
             url::ingest_endpoint(&parsed).map_err(|message| SinkError::ConvexUrl { message })?;
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(request_timeout)
             .connect_timeout(connect_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .min_tls_version(reqwest::tls::Version::TLS_1_2)
-            .user_agent(USER_AGENT)
-            .build()
-            .map_err(|e| SinkError::Client {
-                message: sanitize(&e.to_string(), None),
-            })?;
+            .user_agent(USER_AGENT);
+        if url::is_loopback(&parsed) {
+            // Never through an environment proxy (see `url::is_loopback`).
+            builder = builder.no_proxy();
+        }
+        let client = builder.build().map_err(|e| SinkError::Client {
+            message: sanitize(&e.to_string(), None),
+        })?;
         Ok(ConvexSink {
             client,
             limits: Limits {

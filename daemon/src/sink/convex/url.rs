@@ -53,6 +53,14 @@ pub fn check(raw: &str) -> Result<url::Url, String> {
     }
 }
 
+/// True when `url`'s host is a loopback one (`127.0.0.0/8`, `::1`, `localhost`). Requests to it
+/// never go through a proxy from the environment (`HTTP_PROXY`, `ALL_PROXY`, …): a proxy for a
+/// loopback deployment is never what was meant, and over plain `http://` it would receive the
+/// bearer token in clear.
+pub fn is_loopback(url: &url::Url) -> bool {
+    is_loopback_host(url)
+}
+
 fn is_loopback_host(url: &url::Url) -> bool {
     match url.host() {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),

@@ -110,7 +110,12 @@ struct Body {
 /// (the connect timeout is at most that too). Never retries.
 pub async fn whoami(cfg: &ConvexConfig, timeout: Duration) -> WhoAmI {
     let secret = Some(cfg.ingest_token.expose());
-    let endpoint = match super::url::check(&cfg.url).and_then(|u| super::url::whoami_endpoint(&u)) {
+    let (endpoint, loopback) = match super::url::check(&cfg.url).and_then(|u| {
+        Ok((
+            super::url::whoami_endpoint(&u)?,
+            super::url::is_loopback(&u),
+        ))
+    }) {
         Ok(e) => e,
         Err(reason) => return WhoAmI::Unexpected { reason },
     };
@@ -121,14 +126,17 @@ pub async fn whoami(cfg: &ConvexConfig, timeout: Duration) -> WhoAmI {
         };
     };
     bearer.set_sensitive(true);
-    let client = match reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout.min(super::MAX_CONNECT_TIMEOUT))
         .redirect(reqwest::redirect::Policy::none())
         .min_tls_version(reqwest::tls::Version::TLS_1_2)
-        .user_agent(super::USER_AGENT)
-        .build()
-    {
+        .user_agent(super::USER_AGENT);
+    if loopback {
+        // Never through an environment proxy (see `url::is_loopback`).
+        builder = builder.no_proxy();
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             return WhoAmI::Unexpected {

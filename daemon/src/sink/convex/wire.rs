@@ -42,6 +42,8 @@ pub enum Action {
     Unchanged,
     /// A newer `(updatedAt, exportedAt)` is stored: this older record is ignored.
     Stale,
+    /// A `deletion: "delete"` record: the session's document was removed (or was not stored).
+    Deleted,
     /// The session is stored under another `deviceId`: not written, and never will be. Only
     /// deployments before device credentials answer it (today's answer `rejected`, without
     /// naming the other device).
@@ -96,6 +98,7 @@ impl IngestResult {
             | Action::Updated
             | Action::Unchanged
             | Action::Stale
+            | Action::Deleted
             | Action::Unknown => RecordOutcome::Accepted,
         }
     }
@@ -150,6 +153,7 @@ mod tests {
             ("updated", Action::Updated, false),
             ("unchanged", Action::Unchanged, false),
             ("stale", Action::Stale, false),
+            ("deleted", Action::Deleted, false),
             ("conflict", Action::Conflict, true),
             ("rejected", Action::Rejected, true),
             ("merged", Action::Unknown, false),

@@ -63,9 +63,12 @@ pub fn classify(recent: &[MessageRow], assistant_parts: &[PartRow]) -> Activity 
         })
     };
     if let Some(e) = &info.error {
+        // The name only: the tracker persists the observation in the outbox's state tree, and a
+        // provider's error message can quote a key or a prompt (#15). A record's
+        // `error.message` comes from the snapshot, through `[privacy]` and redaction.
         return ended(Some(TurnError {
             name: e.name.clone(),
-            message: e.message(),
+            message: String::new(),
         }));
     }
     if info.structured.is_some() {
@@ -179,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn an_error_ends_the_turn_with_its_name_and_message() {
+    fn an_error_ends_the_turn_with_its_name_and_no_message() {
         let a = msg(
             "msg_2",
             r#"{"role":"assistant","time":{"created":2,"completed":3},"error":{"name":"MessageAbortedError","data":{"message":"Aborted"}}}"#,
@@ -189,7 +192,7 @@ mod tests {
                 e.error,
                 Some(TurnError {
                     name: "MessageAbortedError".into(),
-                    message: "Aborted".into()
+                    message: String::new()
                 })
             ),
             other => panic!("{other:?}"),

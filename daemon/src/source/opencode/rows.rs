@@ -461,3 +461,44 @@ pub const REJECTION_PREFIXES: [&str; 3] = [
 pub fn is_rejection(error: &str) -> bool {
     REJECTION_PREFIXES.iter().any(|p| error.starts_with(p))
 }
+
+/// What is wrong with a row's JSON, for the one warning a malformed row gets: the kind of error
+/// and where, never the text `serde_json` would quote (its messages include the offending
+/// string value, which may be a prompt or a key).
+pub(crate) fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let what = match e.classify() {
+        Category::Io => return format!("reading it failed: {e}"),
+        Category::Syntax => "not valid JSON",
+        Category::Data => "JSON of an unexpected shape",
+        Category::Eof => "JSON cut short",
+    };
+    format!("{what} at line {} column {}", e.line(), e.column())
+}
+
+#[cfg(test)]
+mod json_error_tests {
+    #[test]
+    fn a_malformed_rows_error_never_quotes_its_content() {
+        for (data, want) in [
+            (
+                r#""sk-proj-SECRET0123456789""#,
+                "JSON of an unexpected shape at line 1 column 26",
+            ),
+            (
+                r#"{"role": "sk-proj-SECRET"#,
+                "JSON cut short at line 1 column 24",
+            ),
+            (
+                r#"{"role" sk-proj-SECRET}"#,
+                "not valid JSON at line 1 column 9",
+            ),
+        ] {
+            let e = serde_json::from_str::<super::MessageInfo>(data).unwrap_err();
+            assert_eq!(super::json_error(&e), want, "{data}");
+        }
+        // What it replaces: serde_json's own message quotes the value.
+        let e = serde_json::from_str::<super::MessageInfo>(r#""sk-proj-SECRET""#).unwrap_err();
+        assert!(e.to_string().contains("sk-proj-SECRET"));
+    }
+}

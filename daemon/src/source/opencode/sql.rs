@@ -739,7 +739,9 @@ impl OpenCodeDb {
             return None;
         }
         let parsed = match row.get_ref(at + 3) {
-            Ok(ValueRef::Text(inline)) => serde_json::from_slice(inline).map_err(|e| e.to_string()),
+            Ok(ValueRef::Text(inline)) => {
+                serde_json::from_slice(inline).map_err(|e| super::rows::json_error(&e))
+            }
             _ => self.stream_data(table, int(row, at)),
         };
         parsed.map_err(|e| self.warn_once(table, id, &e)).ok()
@@ -758,7 +760,7 @@ impl OpenCodeDb {
             .blob_open(MAIN_DB, table, "data", rowid, true)
             .map_err(|e| e.to_string())?;
         serde_json::from_reader(BufReader::with_capacity(STREAM_BUFFER_BYTES, blob))
-            .map_err(|e| e.to_string())
+            .map_err(|e| super::rows::json_error(&e))
     }
 
     /// The first `max_chars` characters of the `text` field of part `rowid`'s `data` and its

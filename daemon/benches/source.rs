@@ -408,7 +408,8 @@ fn processes(a: &Args, sessions: usize) {
     );
 
     // One session of 500 MiB of content (a bash output, a text, a file attachment and an
-    // edit's before and after, 125 MiB each), with message texts on.
+    // edit's before and after, 125 MiB each), with message texts on (privacy level `content`,
+    // which lets them leave).
     let big = a.db.with_file_name("opencode-500mib.db");
     if !big.exists() {
         let mut g = GenDb::create(&big, 3);
@@ -417,7 +418,11 @@ fn processes(a: &Args, sessions: usize) {
     }
     let h = home("big");
     let config = h.join("texts.toml");
-    std::fs::write(&config, "[export]\ninclude_messages = true\n").unwrap();
+    std::fs::write(
+        &config,
+        "[export]\ninclude_messages = true\n[privacy]\nlevel = \"content\"\n",
+    )
+    .unwrap();
     let mut once = Command::new(bin);
     once.arg("--config")
         .arg(&config)

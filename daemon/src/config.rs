@@ -208,7 +208,9 @@ pub struct LocalConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct QueueConfig {
     /// Upper bound of the pending records' bytes. When reached the daemon stops reading the
-    /// source (it can be re-read later) instead of dropping anything.
+    /// source (it can be re-read later) instead of dropping anything. Default 64 MiB (about
+    /// 40,000 sessions' records): it also bounds the memory of opening a full outbox, about
+    /// 1.2 × this plus 20 MiB (README "Speed"), which the unit's `MemoryMax` allows for.
     pub max_bytes: u64,
     /// sled page cache (bytes). sled's own default is 1 GiB, far too much for a background service.
     pub cache_capacity_bytes: u64,
@@ -318,7 +320,7 @@ impl Default for LocalConfig {
 impl Default for QueueConfig {
     fn default() -> Self {
         QueueConfig {
-            max_bytes: 256 * 1024 * 1024,
+            max_bytes: 64 * 1024 * 1024,
             cache_capacity_bytes: 8 * 1024 * 1024,
         }
     }

@@ -309,7 +309,10 @@ pub fn pass(
                 // Kept for a later deletion, which gets the next revision.
                 record.revision = tracker.revision(&id);
                 let json = serde_json::to_vec(&record).expect("a record serializes");
-                if tracker.recorded(&id, track::state::record_digest(&json)) {
+                if tracker.recorded(
+                    &id,
+                    track::state::record_digest_of(&record.content_hash, record.revision),
+                ) {
                     out.state_puts.push((track::record_key(&id), json));
                 }
             }
@@ -393,7 +396,8 @@ fn export_one(
     }
     record.revision = tracker.next_revision(id, now);
     let json = serde_json::to_vec(&record).expect("a record serializes");
-    if tracker.exported(id, now, mode, track::state::record_digest(&json)) {
+    let digest = track::state::record_digest_of(&record.content_hash, record.revision);
+    if tracker.exported(id, now, mode, digest) {
         out.state_puts.push((track::record_key(id), json.clone()));
     }
     out.push(trigger, record, json);

@@ -261,18 +261,31 @@ pub fn decode(value: &[u8]) -> Result<Decoded, serde_json::Error> {
     })
 }
 
-/// A digest of a record's JSON ignoring `exportedAt` (the only field that changes when nothing
-/// else did): hex SHA-256 of the JSON with `exportedAt` set to 0, first 16 bytes.
+/// The digest of a record ([`crate::export::SessionExport`]) that differs whenever anything
+/// but `exportedAt` does: its `contentHash` (a hash of everything but `exportedAt` and
+/// `revision`, see [`crate::export::hash`]) and its `revision`. Costs nothing: both are in the
+/// record already.
+pub fn record_digest_of(content_hash: &str, revision: i64) -> String {
+    format!("{content_hash}.{revision}")
+}
+
+/// [`record_digest_of`] from a record's JSON (a migrated version-1 state's record). A record
+/// without `contentHash` (daemon 0.1) gets a hex SHA-256 of its JSON with `exportedAt` set to
+/// 0 (first 16 bytes) instead.
 pub fn record_digest(record_json: &[u8]) -> String {
     use sha2::{Digest, Sha256};
-    let canonical = match serde_json::from_slice::<serde_json::Value>(record_json) {
+    match serde_json::from_slice::<serde_json::Value>(record_json) {
         Ok(serde_json::Value::Object(mut map)) => {
+            if let Some(hash) = map.get("contentHash").and_then(|h| h.as_str()) {
+                let revision = map.get("revision").and_then(|r| r.as_i64()).unwrap_or(0);
+                return record_digest_of(hash, revision);
+            }
             map.insert("exportedAt".into(), 0.into());
-            serde_json::to_vec(&map).expect("a json map serializes")
+            let canonical = serde_json::to_vec(&map).expect("a json map serializes");
+            hex::encode(&Sha256::digest(&canonical)[..16])
         }
-        _ => record_json.to_vec(),
-    };
-    hex::encode(&Sha256::digest(&canonical)[..16])
+        _ => hex::encode(&Sha256::digest(record_json)[..16]),
+    }
 }
 
 #[cfg(test)]
@@ -328,5 +341,14 @@ mod tests {
         let c = record_digest(br#"{"sessionId":"s","exportedAt":1,"cost":1.25}"#);
         assert_eq!(a, b);
         assert_ne!(a, c);
+        // A record with its content hash: the hash and the revision, whatever `exportedAt`.
+        let h = record_digest(br#"{"contentHash":"ab","revision":3,"exportedAt":1}"#);
+        assert_eq!(h, record_digest_of("ab", 3));
+        assert_eq!(
+            h,
+            record_digest(br#"{"contentHash":"ab","revision":3,"exportedAt":9}"#)
+        );
+        assert_ne!(h, record_digest_of("ab", 4));
+        assert_ne!(h, record_digest_of("ac", 3));
     }
 }

@@ -33,6 +33,7 @@
 pub mod convex;
 pub mod local;
 pub mod retry;
+pub mod store;
 
 use std::fmt;
 use std::future::Future;

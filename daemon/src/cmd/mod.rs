@@ -128,23 +128,28 @@ pub fn status(config: &Config, as_json: bool, check: bool) -> anyhow::Result<Exi
 pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
     let outbox = open_outbox(config)?;
     let now = now_ms();
-    let pending = outbox.pending(usize::MAX)?;
-    println!("pending: {}", pending.len());
-    for p in &pending {
-        println!(
-            "  {}  queued {}s ago  {} bytes  attempts {}",
-            p.session_id(),
-            (now - p.enqueued_at_ms()).max(0) / 1000,
-            p.record_json().len(),
-            p.attempts()
-        );
+    // `pending:` counts the records held by at least one lane; each lane lists its own.
+    println!("pending: {}", outbox.stats()?.pending_count);
+    for &lane in outbox.lanes() {
+        let pending = outbox.pending(lane, usize::MAX)?;
+        println!("  {lane}: {}", pending.len());
+        for p in &pending {
+            println!(
+                "    {}  queued {}s ago  {} bytes  attempts {}",
+                p.session_id(),
+                (now - p.enqueued_at_ms()).max(0) / 1000,
+                p.record_json().len(),
+                p.attempts()
+            );
+        }
     }
     let dead = outbox.dead_entries()?;
     println!("dead letters: {}", dead.len());
     for d in &dead {
         println!(
-            "  {}  dead {}  updatedAt {}  reason: {}",
+            "  {}  {}  dead {}  updatedAt {}  reason: {}",
             d.session_id,
+            d.lane.map_or("every sink", |l| l.as_str()),
             status::ago(now, d.dead_at_ms),
             d.updated_at_ms
                 .map(|t| t.to_string())

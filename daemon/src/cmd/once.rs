@@ -141,46 +141,68 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
         );
     }
 
-    let mut sender = sender_for(config, outbox.clone())?;
+    // Each lane drains on its own: a sink that cannot be reached before the deadline leaves its
+    // records queued for the next `once` or `run`, and never keeps the others from theirs.
+    let senders = senders_for(config, outbox.clone())?;
     let deadline = Instant::now() + Duration::from_secs(timeout_secs);
     let mut dead_total = 0;
-    let mut delivered_total = 0;
-    let delivering = ProgressGuard::new(outbox.stats()?.pending_count, "delivering");
-    loop {
-        match sender.step().await? {
-            Step::Idle => break,
-            Step::Progress { delivered, dead } => {
-                delivered_total += delivered;
-                dead_total += dead;
-                delivering.bar().inc((delivered + dead) as u64);
-            }
-            Step::Backoff { wait, reason } => {
-                if Instant::now() + wait > deadline {
-                    outbox.flush().await?;
-                    let left = outbox.stats()?.pending_count;
-                    bail!(
-                        "cannot deliver to {}: {reason}; {left} record(s) stay queued and will be sent by the next `once` or by `run`",
-                        sender.describe()
-                    );
+    let mut failures: Vec<String> = Vec::new();
+    let mut delivered_to: Vec<String> = Vec::new();
+    let delivering = ProgressGuard::new(
+        outbox.stats()?.lanes.iter().map(|l| l.pending_count).sum(),
+        "delivering",
+    );
+    for mut sender in senders {
+        let mut delivered_total = 0;
+        let failed = loop {
+            match sender.step().await? {
+                Step::Idle => break None,
+                Step::Progress { delivered, dead } => {
+                    delivered_total += delivered;
+                    dead_total += dead;
+                    delivering.bar().inc((delivered + dead) as u64);
                 }
-                tracing::warn!(reason = %reason, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
-                tokio::time::sleep(wait).await;
+                Step::Backoff { wait, reason } => {
+                    if Instant::now() + wait > deadline {
+                        break Some(format!("cannot deliver to {}: {reason}", sender.describe()));
+                    }
+                    tracing::warn!(lane = %sender.lane(), reason = %reason, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+                    tokio::time::sleep(wait).await;
+                }
+                Step::Unauthorized { reason, .. } => {
+                    break Some(format!(
+                        "{} refused the ingest token ({reason}); records stay queued. The ingest token (stored by `opencode-telemetry login`, or OPENCODE_TELEMETRY_INGEST_TOKEN, or convex.ingest_token) must be an unrevoked device token of the deployment (npx convex run devices:list; devices:create makes one, `opencode-telemetry login` stores it), or the legacy INGEST_TOKEN with ALLOW_LEGACY_INGEST_TOKEN=1",
+                        sender.describe()
+                    ));
+                }
             }
-            Step::Unauthorized { reason, .. } => {
-                outbox.flush().await?;
-                bail!(
-                    "{} refused the ingest token ({reason}); records stay queued. The ingest token (stored by `opencode-telemetry login`, or OPENCODE_TELEMETRY_INGEST_TOKEN, or convex.ingest_token) must be an unrevoked device token of the deployment (npx convex run devices:list; devices:create makes one, `opencode-telemetry login` stores it), or the legacy INGEST_TOKEN with ALLOW_LEGACY_INGEST_TOKEN=1",
-                    sender.describe()
-                );
+        };
+        match failed {
+            None => delivered_to.push(format!("{delivered_total} to {}", sender.describe())),
+            Some(why) => {
+                let left = outbox
+                    .stats()?
+                    .lanes
+                    .iter()
+                    .find(|l| l.lane == sender.lane())
+                    .map_or(0, |l| l.pending_count);
+                failures.push(format!(
+                    "{why}; {left} record(s) stay queued for it and will be sent by the next `once` or by `run`"
+                ));
             }
         }
     }
     drop(delivering);
     outbox.flush().await?;
-    eprintln!(
-        "exported {exported} session(s); delivered {delivered_total} to {}",
-        sender.describe()
-    );
+    if !delivered_to.is_empty() {
+        eprintln!(
+            "exported {exported} session(s); delivered {}",
+            delivered_to.join(", ")
+        );
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
     if dead_total > 0 {
         eprintln!(
             "opencode-telemetry: {dead_total} record(s) were rejected and kept in the dead-letter tree; see `opencode-telemetry queue list`"

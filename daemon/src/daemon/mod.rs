@@ -60,7 +60,7 @@ use crate::config::{Config, ConfigError, Loaded};
 use crate::daemon::deliver::{Reconfigure, Sender};
 use crate::export::{ExportContext, ExportOptions, SessionExport};
 use crate::identity;
-use crate::queue::{NewRecord, Outbox, QueueError};
+use crate::queue::{Lane, NewRecord, Outbox, QueueError};
 use crate::sink::{self, AnySink};
 use crate::source::opencode::OpenCodeSource;
 use crate::track::{Rules, Tracker};
@@ -80,12 +80,39 @@ pub fn init_tracing(service: &crate::config::ServiceConfig) {
     logging::init(service);
 }
 
-/// `convex <url>` or `local file <path>`: where records go (no secret).
+/// Where records go, one sink after the other (`local store <path>`, then `convex <url>` and
+/// `local file <path>` when configured; no secret).
 pub(crate) fn sink_description(config: &Config) -> String {
+    configured_lanes(config)
+        .into_iter()
+        .map(|lane| match lane {
+            Lane::Store => format!("local store {}", config.store_path().display()),
+            Lane::Convex => format!("convex {}", config.convex.url),
+            Lane::Ndjson => format!("local file {}", config.local.path.display()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The outbox lanes `config` configures: the local store always, Convex when `convex.url` is
+/// set, the deprecated NDJSON file while `local.path` is set.
+pub(crate) fn configured_lanes(config: &Config) -> Vec<Lane> {
+    let mut lanes = vec![Lane::Store];
     if config.uses_convex() {
-        format!("convex {}", config.convex.url)
-    } else {
-        format!("local file {}", config.local.path.display())
+        lanes.push(Lane::Convex);
+    }
+    if config.uses_ndjson() {
+        lanes.push(Lane::Ndjson);
+    }
+    lanes
+}
+
+/// The sink of `lane` as `config` sets it up.
+pub(crate) fn sink_for(config: &Config, lane: Lane) -> Result<AnySink, sink::SinkError> {
+    match lane {
+        Lane::Store => AnySink::store(config),
+        Lane::Convex => AnySink::convex(config),
+        Lane::Ndjson => AnySink::ndjson(config),
     }
 }
 
@@ -178,7 +205,8 @@ pub(crate) fn held_deletions(outbox: &Outbox) -> anyhow::Result<usize> {
 }
 
 pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
-    let outbox = Outbox::open(&config.data_dir, &config.queue).map_err(|e| match e {
+    let outbox = Outbox::open_lanes(&config.data_dir, &config.queue, &configured_lanes(config))
+        .map_err(|e| match e {
         QueueError::Locked { .. } => anyhow::anyhow!(
             "{e} (another opencode-telemetry is running with data_dir {}; stop it, or point this one at another data_dir)",
             config.data_dir.display()
@@ -202,10 +230,24 @@ pub(crate) fn new_record(record: &SessionExport, json: Vec<u8>) -> NewRecord {
     }
 }
 
-pub(crate) fn sender_for(config: &Config, outbox: Arc<Outbox>) -> anyhow::Result<Sender> {
-    let sink = AnySink::from_config(config).context("setting up the sink")?;
-    let pacer = sink::Pacer::new(sink::RetryPolicy::from(&config.convex));
-    Ok(Sender::new(outbox, sink, pacer))
+/// One sender per lane of `outbox` (see [`deliver`]), each with its own sink and pacer. Warns
+/// once that `local.path` is deprecated when it is set.
+pub(crate) fn senders_for(config: &Config, outbox: Arc<Outbox>) -> anyhow::Result<Vec<Sender>> {
+    if config.uses_ndjson() {
+        tracing::warn!(path = %config.local.path.display(),
+            "`[local] path` is deprecated: the local store is {} (read it with `opencode-telemetry report`);              the NDJSON file still receives every record while the key is set;              `opencode-telemetry export --format ndjson` gives the same lines",
+            config.store_path().display());
+    }
+    outbox
+        .lanes()
+        .iter()
+        .map(|&lane| {
+            let sink =
+                sink_for(config, lane).with_context(|| format!("setting up the {lane} sink"))?;
+            let pacer = sink::Pacer::new(sink::RetryPolicy::from(&config.convex));
+            Ok(Sender::new(outbox.clone(), lane, sink, pacer))
+        })
+        .collect()
 }
 
 /// How long the sender lets a request in flight finish on shutdown: the grace period minus
@@ -316,10 +358,12 @@ pub async fn run(
         )
     };
     let mut grace = Duration::from_secs(config.service.shutdown_grace_secs);
-    let sender =
-        sender_for(&config, outbox.clone())?.with_in_flight_limit(in_flight_limit(&config));
+    let senders: Vec<Sender> = senders_for(&config, outbox.clone())?
+        .into_iter()
+        .map(|s| s.with_in_flight_limit(in_flight_limit(&config)))
+        .collect();
     tracing::info!(
-        sink = %sender.describe(),
+        sink = %senders.iter().map(Sender::describe).collect::<Vec<_>>().join(", "),
         db = %config.source.db_path.display(),
         tracked_sessions = tracker.len(),
         "running"
@@ -350,9 +394,20 @@ pub async fn run(
     let mut notifier = notify::Notifier::from_env();
     notifier.ready(&format!("polling {}", config.source.db_path.display()));
     let cancel = CancellationToken::new();
-    let wake = Arc::new(Notify::new());
-    let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
-    let sender_task = tokio::spawn(sender.run(wake.clone(), cancel.clone(), reconfigure_rx));
+    // One wake-up and one reconfigure channel per sender: each lane sleeps and wakes on its own.
+    let mut wakes: Vec<Arc<Notify>> = Vec::new();
+    let mut reconfigure_tx: Vec<(Lane, mpsc::UnboundedSender<Reconfigure>)> = Vec::new();
+    let mut sender_tasks = Vec::new();
+    for sender in senders {
+        let wake = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::unbounded_channel();
+        reconfigure_tx.push((sender.lane(), tx));
+        wakes.push(wake.clone());
+        sender_tasks.push((
+            sender.lane(),
+            tokio::spawn(sender.run(wake, cancel.clone(), rx)),
+        ));
+    }
     if config.uses_convex() {
         tokio::spawn(ask_whoami(
             config.convex.clone(),
@@ -430,18 +485,24 @@ pub async fn run(
         };
         match ticked {
             None => break Ok(()),
-            Some(Ok(true)) => wake.notify_one(),
+            Some(Ok(true)) => wakes.iter().for_each(|w| w.notify_one()),
             Some(Ok(false)) => {}
             Some(Err(e)) => break Err(e),
         }
     };
     notifier.stopping("stopping: flushing the outbox");
     cancel.cancel();
-    match tokio::time::timeout(grace, sender_task).await {
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "sender failed"),
-        Ok(Err(e)) => tracing::error!(error = %e, "sender task panicked"),
-        Ok(Ok(Ok(()))) => {}
-        Err(_) => tracing::warn!("the sender did not stop within the grace period"),
+    // The senders stop together, within one grace period.
+    let deadline = tokio::time::Instant::now() + grace;
+    for (lane, task) in sender_tasks {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Err(e))) => tracing::error!(lane = %lane, error = %e, "sender failed"),
+            Ok(Err(e)) => tracing::error!(lane = %lane, error = %e, "sender task panicked"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!(lane = %lane, "the sender did not stop within the grace period")
+            }
+        }
     }
     let flushed = outbox.flush().await;
     status.finish().await;
@@ -531,7 +592,7 @@ pub(crate) fn apply_reload(
     running: &Config,
     loaded: Result<Loaded, ConfigError>,
     status: &StatusHandle,
-    reconfigure: &mpsc::UnboundedSender<Reconfigure>,
+    reconfigure: &[(Lane, mpsc::UnboundedSender<Reconfigure>)],
 ) -> Option<Config> {
     tracing::info!(signal = "SIGHUP", "reloading the configuration");
     let record = |applied: bool, message: String| {
@@ -558,22 +619,49 @@ pub(crate) fn apply_reload(
     for change in &plan.need_restart {
         tracing::warn!(change = %change, "this setting needs a restart to take effect; keeping the running value");
     }
-    if plan.rebuild_sink {
-        let sink = match AnySink::from_config(&plan.effective) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "the reloaded sink settings cannot be used; keeping the running configuration");
-                record(false, format!("sink: {e}"));
-                return None;
-            }
-        };
-        let _ = reconfigure.send(Reconfigure {
-            sink,
-            pacer: sink::Pacer::new(sink::RetryPolicy::from(&plan.effective.convex)),
-            in_flight_limit: in_flight_limit(&plan.effective),
-        });
+    // The set of sinks (lanes) is fixed at start: adding or removing `[convex]` or
+    // `[local] path` needs a restart, which keeps the running set meanwhile.
+    let mut effective = plan.effective;
+    let running_lanes = configured_lanes(running);
+    if configured_lanes(&effective) != running_lanes {
+        tracing::warn!(
+            change = "the set of sinks (convex.url or local.path set or unset)",
+            "this setting needs a restart to take effect; keeping the running value"
+        );
+        if !running_lanes.contains(&Lane::Convex) {
+            effective.convex = running.convex.clone();
+        }
+        if !running_lanes.contains(&Lane::Ndjson) {
+            effective.local = running.local.clone();
+        }
+        if running_lanes.contains(&Lane::Convex) && !effective.uses_convex() {
+            effective.convex = running.convex.clone();
+        }
+        if running_lanes.contains(&Lane::Ndjson) && !effective.uses_ndjson() {
+            effective.local = running.local.clone();
+        }
     }
-    if let Err(e) = logging::reload(&running.service, &plan.effective.service) {
+    if plan.rebuild_sink {
+        let mut sinks = Vec::new();
+        for (lane, _) in reconfigure {
+            match sink_for(&effective, *lane) {
+                Ok(s) => sinks.push(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "the reloaded sink settings cannot be used; keeping the running configuration");
+                    record(false, format!("sink: {e}"));
+                    return None;
+                }
+            }
+        }
+        for ((_, tx), sink) in reconfigure.iter().zip(sinks) {
+            let _ = tx.send(Reconfigure {
+                sink,
+                pacer: sink::Pacer::new(sink::RetryPolicy::from(&effective.convex)),
+                in_flight_limit: in_flight_limit(&effective),
+            });
+        }
+    }
+    if let Err(e) = logging::reload(&running.service, &effective.service) {
         tracing::warn!(error = %e, "cannot apply the new log settings");
     }
     let summary = if plan.applied.is_empty() {
@@ -589,7 +677,6 @@ pub(crate) fn apply_reload(
         changes = plan.applied.len(),
         "configuration reloaded"
     );
-    let effective = plan.effective;
     let sink = sink_description(&effective);
     status.update(|d| d.sink = sink);
     record(true, summary);

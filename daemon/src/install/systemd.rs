@@ -132,7 +132,8 @@ pub(super) fn render(
 ) -> anyhow::Result<(String, Vec<PathBuf>)> {
     let c = &loaded.config;
     let mut writable = vec![absolute(&c.data_dir)?];
-    if !c.uses_convex() {
+    // The local store lives in `data_dir`; the deprecated NDJSON file wherever `local.path` says.
+    if c.uses_ndjson() {
         if let Some(dir) = absolute(&c.local.path)?.parent() {
             writable.push(dir.to_path_buf());
         }

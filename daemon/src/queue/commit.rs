@@ -40,8 +40,8 @@ impl Outbox {
     /// Enqueues the records and applies the state changes in one transaction, then flushes to
     /// disk. When it returns `Ok`, everything in `c` survives a crash or power loss.
     ///
-    /// Each record replaces any pending version of its session and goes to the back of the
-    /// FIFO with attempts 0. Never refuses because the outbox is full (see [`Outbox::is_full`]).
+    /// Each record replaces any pending version of its session and goes to the back of every
+    /// configured lane's FIFO with attempts 0 (its bytes stored once). Never refuses because the outbox is full (see [`Outbox::is_full`]).
     ///
     /// # Errors
     /// [`QueueError::InvalidRecord`] (nothing written) for an empty session id or record;
@@ -83,7 +83,13 @@ impl Outbox {
                         source,
                     })
                 })?;
-                t.put_pending(r.session_id.as_bytes(), seq, stored, &mut delta)?;
+                t.put_pending(
+                    r.session_id.as_bytes(),
+                    seq,
+                    stored,
+                    &self.inner.lanes,
+                    &mut delta,
+                )?;
             }
             for (k, v) in &c.state_puts {
                 t.state.insert(k.as_slice(), v.as_slice())?;

@@ -100,7 +100,7 @@ pub enum StoreError {
     },
 }
 
-/// Opens the store read-only (see [`schema::open_read`]).
+/// Opens the store read-only (`schema::open_read`: the schema must be this build's).
 ///
 /// # Errors
 /// See [`StoreError`].
@@ -210,9 +210,9 @@ struct Version {
     content_hash: String,
 }
 
-/// > 0 when `a` is newer than `b`, 0 when they are the same version (`compareVersions` of
-/// `convex/convex/sessions.ts`): by `revision` when both have one (> 0), else by
-/// `(updatedAt, exportedAt)`.
+/// `Greater` when `a` is newer than `b`, `Equal` when they are the same version
+/// (`compareVersions` of `convex/convex/sessions.ts`): by `revision` when both have one (a
+/// positive one), else by `(updatedAt, exportedAt)`.
 fn compare_versions(a: &Version, b: &Version) -> std::cmp::Ordering {
     if a.revision > 0 && b.revision > 0 {
         return a.revision.cmp(&b.revision);

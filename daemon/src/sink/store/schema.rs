@@ -1,5 +1,5 @@
 //! The store's SQLite schema, its version (`PRAGMA user_version`) and the migrations between
-//! versions; opening a connection for writing ([`open_write`]) or reading ([`open_read`]).
+//! versions; opening a connection for writing (`open_write`) or reading (`open_read`).
 //!
 //! # Versions and migration policy
 //! `user_version` is 0 in a file the store never initialised, else [`SCHEMA_VERSION`] of the

@@ -232,7 +232,7 @@ impl Rig {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// What `once` builds from the database now, into the local sink of a fresh data dir,
+    /// What `once` builds from the database now, into the local store of a fresh data dir,
     /// by session id. The reference for the conservation check.
     fn reference(&self) -> BTreeMap<String, Value> {
         let n = self.refs.get() + 1;
@@ -262,7 +262,7 @@ impl Rig {
             "reference once failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        read_ndjson(&data.join("sessions.ndjson"))
+        read_store_records(&data.join("sessions.db"))
             .into_iter()
             .map(|r| (r["sessionId"].as_str().unwrap().to_string(), r))
             .collect()

@@ -771,7 +771,10 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
     let config = scratch.path("old.toml");
     std::fs::write(
         &config,
-        format!("data_dir = \"{}\"\n", scratch.path("data-old").display()),
+        format!(
+            "data_dir = \"{0}\"\n[local]\npath = \"{0}/sessions.ndjson\"\n",
+            scratch.path("data-old").display()
+        ),
     )
     .unwrap();
     run_once(&scratch, &config, &old);
@@ -792,7 +795,7 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n{FAST}final_after_secs = 0\n",
+            "data_dir = \"{0}\"\n{FAST}final_after_secs = 0\n[local]\npath = \"{0}/sessions.ndjson\"\n",
             scratch.path("data-old-run").display()
         ),
     )

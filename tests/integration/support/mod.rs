@@ -168,6 +168,23 @@ pub fn run_once(scratch: &Scratch, config: &Path, db: &Path) -> Output {
     out
 }
 
+/// The records of a local store (`<data_dir>/sessions.db`), one per session, oldest first,
+/// read with plain SQL (not through the daemon's reader).
+pub fn read_store_records(path: &Path) -> Vec<serde_json::Value> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT record FROM stored_session ORDER BY created_at, session_id")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| serde_json::from_str(&r.unwrap()).unwrap())
+        .collect();
+    rows
+}
+
 /// Reads an NDJSON file into JSON values: every complete (newline-terminated) line.
 ///
 /// A test that polls the file while the daemon appends to it can catch a record

@@ -234,7 +234,7 @@ fn upsert(tx: &Transaction<'_>, r: &SessionExport, json: &str) -> Result<Upsert,
     let source = SOURCE_OPENCODE;
     let stored: Option<Version> = tx
         .query_row(
-            "SELECT revision, updated_at, exported_at, content_hash FROM session
+            "SELECT revision, updated_at, exported_at, content_hash FROM stored_session
              WHERE source = ?1 AND session_id = ?2",
             params![source, r.session_id],
             |row| {
@@ -278,10 +278,10 @@ fn write_row(
 ) -> Result<(), rusqlite::Error> {
     let sid = r.session_id.as_str();
     for table in [
-        "session_model",
-        "session_agent",
-        "session_tool",
-        "session_error",
+        "stored_model",
+        "stored_agent",
+        "stored_tool",
+        "stored_error",
     ] {
         tx.execute(
             &format!("DELETE FROM {table} WHERE source = ?1 AND session_id = ?2"),
@@ -292,7 +292,7 @@ fn write_row(
     let figures = c.as_ref().map(|c| c.figures).unwrap_or_default();
     let t = figures.tokens;
     tx.execute(
-        "INSERT OR REPLACE INTO session (source, session_id, device_id, hostname, project_id,
+        "INSERT OR REPLACE INTO stored_session (source, session_id, device_id, hostname, project_id,
            project_directory, parent_session_id, forked_from, title, created_at, updated_at,
            exported_at, revision, content_hash, archived_at, deleted_at, duration_ms, end_reason,
            error_name, incomplete, primary_agent, counted, sessions, messages, cost, input,
@@ -344,7 +344,7 @@ fn write_row(
         return Ok(());
     };
     let mut model = tx.prepare_cached(
-        "INSERT INTO session_model VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT INTO stored_model VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?;
     for ((provider, m), f) in &c.models {
         let t = f.tokens;
@@ -363,7 +363,7 @@ fn write_row(
         ])?;
     }
     let mut agent = tx.prepare_cached(
-        "INSERT INTO session_agent VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO stored_agent VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?;
     for (name, f) in &c.agents {
         let t = f.tokens;
@@ -381,8 +381,8 @@ fn write_row(
         ])?;
     }
     let mut tool =
-        tx.prepare_cached("INSERT INTO session_tool VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
-    for (kind, list) in [("tool", &c.tools), ("skill", &c.skills)] {
+        tx.prepare_cached("INSERT INTO stored_tool VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)")?;
+    for (kind, list) in [("tools", &c.tools), ("skills", &c.skills)] {
         for (name, f) in list {
             tool.execute(params![
                 source,
@@ -395,7 +395,7 @@ fn write_row(
             ])?;
         }
     }
-    let mut error = tx.prepare_cached("INSERT INTO session_error VALUES (?1, ?2, ?3, ?4)")?;
+    let mut error = tx.prepare_cached("INSERT INTO stored_error VALUES (?1, ?2, ?3, ?4)")?;
     for (name, n) in &c.errors {
         error.execute(params![source, sid, name, n])?;
     }

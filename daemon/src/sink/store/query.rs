@@ -167,9 +167,9 @@ impl Reader {
                     s.device_id, s.sessions, s.messages, s.cost, s.input, s.output, s.reasoning,
                     s.cache_read, s.cache_write, s.todos_total, s.todos_completed,
                     s.code_additions, s.code_deletions, s.duration_ms,
-                    (SELECT COALESCE(SUM(e.turns), 0) FROM session_error e
+                    (SELECT COALESCE(SUM(e.turns), 0) FROM stored_error e
                       WHERE e.source = s.source AND e.session_id = s.session_id)
-             FROM session s WHERE {clause} ORDER BY s.created_at, s.source, s.session_id"
+             FROM stored_session s WHERE {clause} ORDER BY s.created_at, s.source, s.session_id"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
         let mut rows = stmt.query(params_from_iter(args)).map_err(self.err())?;
@@ -209,7 +209,7 @@ impl Reader {
     pub fn models(&self, f: &Filter, each: impl FnMut(DimensionRow)) -> Result<(), StoreError> {
         self.dimension(
             f,
-            "session_model",
+            "stored_model",
             "d.provider_id || '/' || d.model_id",
             each,
         )
@@ -220,7 +220,7 @@ impl Reader {
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn agents(&self, f: &Filter, each: impl FnMut(DimensionRow)) -> Result<(), StoreError> {
-        self.dimension(f, "session_agent", "d.agent", each)
+        self.dimension(f, "stored_agent", "d.agent", each)
     }
 
     fn dimension(
@@ -234,7 +234,7 @@ impl Reader {
         let sql = format!(
             "SELECT s.created_at, {key}, d.messages, d.cost, d.input, d.output, d.reasoning,
                     d.cache_read, d.cache_write
-             FROM session s JOIN {table} d ON d.source = s.source AND d.session_id = s.session_id
+             FROM stored_session s JOIN {table} d ON d.source = s.source AND d.session_id = s.session_id
              WHERE {clause}"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
@@ -269,13 +269,13 @@ impl Reader {
         let (clause, mut args) = f.clause();
         let sql = format!(
             "SELECT s.created_at, d.name, d.calls, d.errors, d.duration_ms
-             FROM session s JOIN session_tool d ON d.source = s.source AND d.session_id = s.session_id
+             FROM stored_session s JOIN stored_tool d ON d.source = s.source AND d.session_id = s.session_id
              WHERE {clause} AND d.kind = ?"
         );
         args.push(Value::Text(
             match kind {
-                ToolKind::Tool => "tool",
-                ToolKind::Skill => "skill",
+                ToolKind::Tool => "tools",
+                ToolKind::Skill => "skills",
             }
             .into(),
         ));
@@ -305,7 +305,7 @@ impl Reader {
         let (clause, args) = f.clause();
         let clause = clause.replacen("s.counted = 1", "1 = 1", 1);
         let sql = format!(
-            "SELECT s.record FROM session s WHERE {clause} ORDER BY s.created_at, s.source, s.session_id"
+            "SELECT s.record FROM stored_session s WHERE {clause} ORDER BY s.created_at, s.source, s.session_id"
         );
         let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
         let mut rows = stmt.query(params_from_iter(args)).map_err(self.err())?;
@@ -316,13 +316,13 @@ impl Reader {
         Ok(())
     }
 
-    /// Rows in `session` (every session, subagent rows included).
+    /// Rows in `stored_session` (every session, subagent rows included).
     ///
     /// # Errors
     /// [`StoreError::Sql`].
     pub fn row_count(&self) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT COUNT(*) FROM session", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM stored_session", [], |r| r.get(0))
             .map_err(self.err())
     }
 }

@@ -11,13 +11,13 @@
 //! - higher: refused ([`StoreError::Newer`]): a newer build made it, and an older one must not
 //!   write rows the newer reader would misread. Reading (`report`, `export`) refuses the same.
 //!
-//! Every row keeps its record's JSON (`session.record`), so a migration that changes derived
+//! Every row keeps its record's JSON (`stored_session.record`), so a migration that changes derived
 //! columns or child tables may rebuild them from it rather than convert them, and a new derived
 //! column costs a rebuild, never the history. A migration never drops `record`.
 //!
 //! # Tables (version 1)
 //! ```text
-//! session        (source, session_id) primary key; the record and its queryable columns:
+//! stored_session (source, session_id) primary key; the record and its queryable columns:
 //!                dates (created_at, updated_at, exported_at, archived_at, deleted_at, ms),
 //!                the version the upsert compares (revision, updated_at, exported_at,
 //!                content_hash), dimensions (device_id, hostname, project_id,
@@ -26,14 +26,14 @@
 //!                0/1, sessions, messages, cost, input, output, reasoning, cache_read,
 //!                cache_write: see `counted.rs`), todos_total/todos_completed, code_additions/
 //!                code_deletions/code_files (the session's own edits), duration_ms, record
-//! session_model  (source, session_id, provider_id, model_id): counted per-model figures
-//! session_agent  (source, session_id, agent): counted per-agent figures
-//! session_tool   (source, session_id, kind 'tool'|'skill', name): calls, errors, duration_ms
-//! session_error  (source, session_id, name): turns ended in that error
+//! stored_model   (source, session_id, provider_id, model_id): counted per-model figures
+//! stored_agent   (source, session_id, agent): counted per-agent figures
+//! stored_tool    (source, session_id, kind 'tools'|'skills', name): calls, errors, duration_ms
+//! stored_error   (source, session_id, name): turns ended in that error
 //! ```
 //! Child tables hold rows only for counted sessions; all of a session's child rows are
-//! rewritten with its row, in the same transaction. Indexes: `session(created_at)`,
-//! `session(project_directory, created_at)`.
+//! rewritten with its row, in the same transaction. Indexes: `stored_session(created_at)`,
+//! `stored_session(project_directory, created_at)`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -50,7 +50,7 @@ pub const SCHEMA_VERSION: i64 = 1;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 const V1: &str = "
-CREATE TABLE session (
+CREATE TABLE stored_session (
   source TEXT NOT NULL,
   session_id TEXT NOT NULL,
   device_id TEXT NOT NULL,
@@ -89,9 +89,9 @@ CREATE TABLE session (
   record TEXT NOT NULL,
   PRIMARY KEY (source, session_id)
 );
-CREATE INDEX session_by_created ON session (created_at);
-CREATE INDEX session_by_project ON session (project_directory, created_at);
-CREATE TABLE session_model (
+CREATE INDEX stored_session_by_created ON stored_session (created_at);
+CREATE INDEX stored_session_by_project ON stored_session (project_directory, created_at);
+CREATE TABLE stored_model (
   source TEXT NOT NULL,
   session_id TEXT NOT NULL,
   provider_id TEXT NOT NULL,
@@ -105,7 +105,7 @@ CREATE TABLE session_model (
   cache_write INTEGER NOT NULL,
   PRIMARY KEY (source, session_id, provider_id, model_id)
 ) WITHOUT ROWID;
-CREATE TABLE session_agent (
+CREATE TABLE stored_agent (
   source TEXT NOT NULL,
   session_id TEXT NOT NULL,
   agent TEXT NOT NULL,
@@ -118,17 +118,17 @@ CREATE TABLE session_agent (
   cache_write INTEGER NOT NULL,
   PRIMARY KEY (source, session_id, agent)
 ) WITHOUT ROWID;
-CREATE TABLE session_tool (
+CREATE TABLE stored_tool (
   source TEXT NOT NULL,
   session_id TEXT NOT NULL,
-  kind TEXT NOT NULL CHECK (kind IN ('tool', 'skill')),
+  kind TEXT NOT NULL CHECK (kind IN ('tools', 'skills')),
   name TEXT NOT NULL,
   calls INTEGER NOT NULL,
   errors INTEGER NOT NULL,
   duration_ms INTEGER NOT NULL,
   PRIMARY KEY (source, session_id, kind, name)
 ) WITHOUT ROWID;
-CREATE TABLE session_error (
+CREATE TABLE stored_error (
   source TEXT NOT NULL,
   session_id TEXT NOT NULL,
   name TEXT NOT NULL,

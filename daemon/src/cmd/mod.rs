@@ -2,6 +2,7 @@
 
 pub mod login;
 mod once;
+pub mod report;
 pub mod status;
 
 pub use login::login;

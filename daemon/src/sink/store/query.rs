@@ -57,24 +57,46 @@ impl Filter {
     }
 }
 
-/// One counted session (a top-level session with its subagents; see
-/// [`super::counted`]), as the report reads it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SessionRow {
+/// Which session a row belongs to, with the dimensions a report groups by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRef {
     /// `opencode`.
     pub source: String,
     /// The session id.
     pub session_id: String,
     /// `createdAt` (epoch ms).
     pub created_at: i64,
-    /// The title.
-    pub title: String,
     /// The working directory.
     pub project_directory: String,
     /// The host name of the machine that exported it.
     pub hostname: String,
     /// The pseudonymous device id.
     pub device_id: String,
+}
+
+/// The `SessionRef` columns of `stored_session s`, in [`session_ref`]'s order.
+const REF_COLUMNS: &str =
+    "s.source, s.session_id, s.created_at, s.project_directory, s.hostname, s.device_id";
+
+fn session_ref(row: &Row<'_>) -> rusqlite::Result<SessionRef> {
+    Ok(SessionRef {
+        source: row.get(0)?,
+        session_id: row.get(1)?,
+        created_at: row.get(2)?,
+        project_directory: row.get(3)?,
+        hostname: row.get(4)?,
+        device_id: row.get(5)?,
+    })
+}
+
+/// One counted session (a top-level session with its subagents; see
+/// [`super::counted`]), as the report reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionRow {
+    /// The session and its dimensions.
+    pub at: SessionRef,
+    /// The title.
+    pub title: String,
     /// Sessions counted (1 + subagents).
     pub sessions: i64,
     /// Messages, tokens, cost (counted).
@@ -96,8 +118,8 @@ pub struct SessionRow {
 /// One per-dimension row of a counted session (model, agent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct DimensionRow {
-    /// The session's `createdAt` (epoch ms).
-    pub created_at: i64,
+    /// The session.
+    pub at: SessionRef,
     /// The dimension's key (`provider/model`, the agent name).
     pub key: String,
     /// Figures under that key.
@@ -107,8 +129,8 @@ pub struct DimensionRow {
 /// One tool or skill row of a counted session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolRow {
-    /// The session's `createdAt` (epoch ms).
-    pub created_at: i64,
+    /// The session.
+    pub at: SessionRef,
     /// Tool or skill name.
     pub name: String,
     /// Calls.
@@ -117,6 +139,17 @@ pub struct ToolRow {
     pub errors: i64,
     /// Time in finished calls (ms).
     pub duration_ms: i64,
+}
+
+/// Turns of a counted session that ended in one error name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorRow {
+    /// The session.
+    pub at: SessionRef,
+    /// `error.name` (`APIError`, …).
+    pub name: String,
+    /// Turns (the session's own and its subagents') that ended in it.
+    pub turns: i64,
 }
 
 /// Tool or skill.
@@ -163,9 +196,8 @@ impl Reader {
     pub fn sessions(&self, f: &Filter, mut each: impl FnMut(SessionRow)) -> Result<(), StoreError> {
         let (clause, args) = f.clause();
         let sql = format!(
-            "SELECT s.source, s.session_id, s.created_at, s.title, s.project_directory, s.hostname,
-                    s.device_id, s.sessions, s.messages, s.cost, s.input, s.output, s.reasoning,
-                    s.cache_read, s.cache_write, s.todos_total, s.todos_completed,
+            "SELECT {REF_COLUMNS}, s.title, s.sessions, s.messages, s.cost, s.input, s.output,
+                    s.reasoning, s.cache_read, s.cache_write, s.todos_total, s.todos_completed,
                     s.code_additions, s.code_deletions, s.duration_ms,
                     (SELECT COALESCE(SUM(e.turns), 0) FROM stored_error e
                       WHERE e.source = s.source AND e.session_id = s.session_id)
@@ -176,13 +208,8 @@ impl Reader {
         while let Some(row) = rows.next().map_err(self.err())? {
             let read = || -> rusqlite::Result<SessionRow> {
                 Ok(SessionRow {
-                    source: row.get(0)?,
-                    session_id: row.get(1)?,
-                    created_at: row.get(2)?,
-                    title: row.get(3)?,
-                    project_directory: row.get(4)?,
-                    hostname: row.get(5)?,
-                    device_id: row.get(6)?,
+                    at: session_ref(row)?,
+                    title: row.get(6)?,
                     sessions: row.get(7)?,
                     figures: Figures {
                         messages: row.get(8)?,
@@ -232,7 +259,7 @@ impl Reader {
     ) -> Result<(), StoreError> {
         let (clause, args) = f.clause();
         let sql = format!(
-            "SELECT s.created_at, {key}, d.messages, d.cost, d.input, d.output, d.reasoning,
+            "SELECT {REF_COLUMNS}, {key}, d.messages, d.cost, d.input, d.output, d.reasoning,
                     d.cache_read, d.cache_write
              FROM stored_session s JOIN {table} d ON d.source = s.source AND d.session_id = s.session_id
              WHERE {clause}"
@@ -242,12 +269,12 @@ impl Reader {
         while let Some(row) = rows.next().map_err(self.err())? {
             let read = || -> rusqlite::Result<DimensionRow> {
                 Ok(DimensionRow {
-                    created_at: row.get(0)?,
-                    key: row.get(1)?,
+                    at: session_ref(row)?,
+                    key: row.get(6)?,
                     figures: Figures {
-                        messages: row.get(2)?,
-                        cost: row.get(3)?,
-                        tokens: tokens(row, 4)?,
+                        messages: row.get(7)?,
+                        cost: row.get(8)?,
+                        tokens: tokens(row, 9)?,
                     },
                 })
             };
@@ -268,7 +295,7 @@ impl Reader {
     ) -> Result<(), StoreError> {
         let (clause, mut args) = f.clause();
         let sql = format!(
-            "SELECT s.created_at, d.name, d.calls, d.errors, d.duration_ms
+            "SELECT {REF_COLUMNS}, d.name, d.calls, d.errors, d.duration_ms
              FROM stored_session s JOIN stored_tool d ON d.source = s.source AND d.session_id = s.session_id
              WHERE {clause} AND d.kind = ?"
         );
@@ -284,16 +311,57 @@ impl Reader {
         while let Some(row) = rows.next().map_err(self.err())? {
             let read = || -> rusqlite::Result<ToolRow> {
                 Ok(ToolRow {
-                    created_at: row.get(0)?,
-                    name: row.get(1)?,
-                    calls: row.get(2)?,
-                    errors: row.get(3)?,
-                    duration_ms: row.get(4)?,
+                    at: session_ref(row)?,
+                    name: row.get(6)?,
+                    calls: row.get(7)?,
+                    errors: row.get(8)?,
+                    duration_ms: row.get(9)?,
                 })
             };
             each(read().map_err(self.err())?);
         }
         Ok(())
+    }
+
+    /// The error names of every counted session matching `f`.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn errors(&self, f: &Filter, mut each: impl FnMut(ErrorRow)) -> Result<(), StoreError> {
+        let (clause, args) = f.clause();
+        let sql = format!(
+            "SELECT {REF_COLUMNS}, d.name, d.turns
+             FROM stored_session s JOIN stored_error d ON d.source = s.source AND d.session_id = s.session_id
+             WHERE {clause}"
+        );
+        let mut stmt = self.conn.prepare(&sql).map_err(self.err())?;
+        let mut rows = stmt.query(params_from_iter(args)).map_err(self.err())?;
+        while let Some(row) = rows.next().map_err(self.err())? {
+            let read = || -> rusqlite::Result<ErrorRow> {
+                Ok(ErrorRow {
+                    at: session_ref(row)?,
+                    name: row.get(6)?,
+                    turns: row.get(7)?,
+                })
+            };
+            each(read().map_err(self.err())?);
+        }
+        Ok(())
+    }
+
+    /// How many counted sessions match `f`.
+    ///
+    /// # Errors
+    /// [`StoreError::Sql`].
+    pub fn count(&self, f: &Filter) -> Result<u64, StoreError> {
+        let (clause, args) = f.clause();
+        self.conn
+            .query_row(
+                &format!("SELECT COUNT(*) FROM stored_session s WHERE {clause}"),
+                params_from_iter(args),
+                |r| r.get(0),
+            )
+            .map_err(self.err())
     }
 
     /// The stored record JSON of every session matching `f` — subagent rows included (an

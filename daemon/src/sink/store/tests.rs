@@ -22,7 +22,7 @@ fn stored_cost(dir: &Path, id: &str) -> Option<f64> {
     let r = open_read(dir).unwrap();
     let mut found = None;
     r.sessions(&query::Filter::default(), |s| {
-        if s.session_id == id {
+        if s.at.session_id == id {
             found = Some(s.figures.cost);
         }
     })

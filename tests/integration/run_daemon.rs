@@ -201,7 +201,7 @@ fn a_turn_that_never_completed_is_exported_once_as_incomplete_after_stale_after_
 /// Appends a new turn (user prompt + completed assistant answer) to a session, as OpenCode's
 /// projector writes it: message rows, parts, and the bumped `event_sequence` (when the database
 /// has one).
-fn add_turn(db: &Path, session_id: &str, at_ms: i64) {
+pub(crate) fn add_turn(db: &Path, session_id: &str, at_ms: i64) {
     let w = writer(db);
     let tx = w.unchecked_transaction().unwrap();
     let user = format!("msg_ffffffffff01{:014}", at_ms % 100_000_000_000_000);

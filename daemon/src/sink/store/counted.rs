@@ -14,8 +14,9 @@
 //! - a reverted turn stays counted (its money was spent).
 //!
 //! Per agent: the top-level session's own spend (its own figures minus what it inherited) counts
-//! under its `primaryAgent` (`(none)` without one), each subagent's under the subagent's agent;
-//! so the agent rows of a session sum to its counted total. Per tool and skill: the rollup's
+//! under its `primaryAgent` (`(none)` without one) — OpenCode's internal `compaction`, `title`
+//! and `summary` steps included, since the record has no per-agent usage — and each subagent's
+//! under the subagent's agent; so the agent rows of a session sum to its counted total. Per tool and skill: the rollup's
 //! lists (own calls plus the subagents'), else the session's own; a fork's copied tool calls
 //! are counted again (the record does not say which calls were copied). Errors by name: the
 //! session's own terminal error and each subagent's.

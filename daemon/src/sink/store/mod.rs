@@ -160,7 +160,9 @@ impl StoreSink {
         records: &[&[u8]],
     ) -> Result<Vec<Result<Upsert, String>>, rusqlite::Error> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction()?;
+        // IMMEDIATE: take the write lock first (waiting up to the busy timeout for another
+        // writer), rather than failing at once when a read transaction cannot be upgraded.
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(records.len());
         for bytes in records {
             let record: SessionExport = match serde_json::from_slice(bytes) {

@@ -197,12 +197,28 @@ pub fn report(
     breakdown: bool,
     format: Format,
 ) -> anyhow::Result<ExitCode> {
-    let (tz, filter) = scope.resolve()?;
-    let reader = crate::sink::store::open_read(&config.data_dir)?;
-    let out = render(&reader, view, &tz, &filter, breakdown, format, style())?;
+    let out = report_text(&config.data_dir, view, scope, breakdown, format, style())?;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The text `report` prints for the store in `data_dir` (`styled`: colour and the terminal's
+/// width). What `cargo bench --bench report` times.
+///
+/// # Errors
+/// As [`report`].
+pub fn report_text(
+    data_dir: &std::path::Path,
+    view: View,
+    scope: &Scope,
+    breakdown: bool,
+    format: Format,
+    styled: bool,
+) -> anyhow::Result<String> {
+    let (tz, filter) = scope.resolve()?;
+    let reader = crate::sink::store::open_read(data_dir)?;
+    render(&reader, view, &tz, &filter, breakdown, format, styled)
 }
 
 /// Whether tables may use colour and the terminal's width: stdout is a terminal and

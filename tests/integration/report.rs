@@ -608,9 +608,15 @@ async fn convex_down_never_holds_back_the_store_and_a_locked_store_never_holds_b
     let before = server.latest()[&changed]["revision"].as_i64().unwrap();
     let mut d = Daemon::start(&scratch, &config, TOKEN, &log, &[]);
     tokio::task::block_in_place(|| {
-        wait_for(20, "the daemon running", || {
-            status_json(&scratch, &config)["daemon"]["running"] == true
-        })
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while status_json(&scratch, &config)["daemon"]["running"] != true {
+            assert!(
+                std::time::Instant::now() < deadline && d.try_wait().is_none(),
+                "the daemon is not running\n{}",
+                d.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     });
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -855,7 +855,9 @@ fn render_dimension(
 }
 
 fn render_tools(view: View, rows: &[(String, ToolTotals)], format: Format, styled: bool) -> String {
-    let key = if view == View::Tool { "tool" } else { "skill" };
+    // Keyed by the view's own name (`tool`, `skill`).
+    let name = clap::ValueEnum::to_possible_value(&view);
+    let key = name.as_ref().map_or("name", |v| v.get_name());
     match format {
         Format::Json => {
             let arr: Vec<Value> = rows

@@ -235,7 +235,7 @@ pub(crate) fn new_record(record: &SessionExport, json: Vec<u8>) -> NewRecord {
 pub(crate) fn senders_for(config: &Config, outbox: Arc<Outbox>) -> anyhow::Result<Vec<Sender>> {
     if config.uses_ndjson() {
         tracing::warn!(path = %config.local.path.display(),
-            "`[local] path` is deprecated: the local store is {} (read it with `opencode-telemetry report`);              the NDJSON file still receives every record while the key is set;              `opencode-telemetry export --format ndjson` gives the same lines",
+            "`[local] path` is deprecated: the local store is {} (read it with `opencode-telemetry report`); the NDJSON file still receives every record while the key is set; `opencode-telemetry export --format ndjson` gives the same lines",
             config.store_path().display());
     }
     outbox

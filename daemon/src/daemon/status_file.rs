@@ -61,7 +61,8 @@ pub struct DaemonInfo {
     pub config_path: Option<PathBuf>,
     /// The OpenCode database it reads.
     pub db_path: PathBuf,
-    /// Where it delivers (`convex <url>` or `local file <path>`; no secret).
+    /// Where it delivers (`local store <path>`, then `convex <url>` and `local file <path>` when
+    /// configured; no secret).
     pub sink: String,
     /// The last export per trigger (`session.idle`, `session.error`, `session.deleted`,
     /// `stale`).

@@ -570,7 +570,9 @@ async fn convex_down_never_holds_back_the_store_and_a_locked_store_never_holds_b
     let mut d = Daemon::start(&scratch, &config, TOKEN, &log, &[]);
     tokio::task::block_in_place(|| {
         wait_for(30, "every session in the store", || {
-            scratch.store().exists() && store_rows(&scratch.store()).len() == roots.len()
+            // (The file exists a moment before its tables do.)
+            std::panic::catch_unwind(|| store_rows(&scratch.store()).len()).ok()
+                == Some(roots.len())
         })
     });
     assert!(server.latest().is_empty());
@@ -606,10 +608,18 @@ async fn convex_down_never_holds_back_the_store_and_a_locked_store_never_holds_b
     locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let changed = roots.iter().nth(3).unwrap().clone();
     let before = server.latest()[&changed]["revision"].as_i64().unwrap();
-    let mut d = Daemon::start(&scratch, &config, TOKEN, &log, &[]);
+    // (Waiting on the log, not on `status`: `status` with no daemon running opens the outbox
+    // itself, and a daemon starting at that moment would find it locked.)
+    let mut cmd = command(&scratch);
+    cmd.env("RUST_LOG", "info")
+        .env("OPENCODE_TELEMETRY_INGEST_TOKEN", TOKEN)
+        .arg("--config")
+        .arg(&config)
+        .arg("run");
+    let mut d = Daemon::spawn(cmd, &log);
     tokio::task::block_in_place(|| {
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
-        while status_json(&scratch, &config)["daemon"]["running"] != true {
+        while !d.output().contains("opened the opencode database") {
             assert!(
                 std::time::Instant::now() < deadline && d.try_wait().is_none(),
                 "the daemon is not running\n{}",
@@ -703,4 +713,63 @@ fn the_human_tables_match_their_golden_files() {
             std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert_eq!(got, want, "{file}");
     }
+}
+
+/// `once` with Convex down: the store gets every session, `once` exits 1 naming Convex and
+/// what stays queued for it; the next `once`, with Convex back, delivers exactly those.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_with_convex_down_fills_the_store_and_leaves_convex_its_records() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let roots = root_sessions(&sql(&db));
+    let (_owner, server) = FaultServer::start().await;
+    let config = convex_config(&scratch, &db, &server.url());
+    server.set_mode(Mode::Refuse).await;
+    let once = |timeout: &str| {
+        tokio::task::block_in_place(|| {
+            run(command(&scratch)
+                .env("OPENCODE_TELEMETRY_INGEST_TOKEN", TOKEN)
+                .arg("--config")
+                .arg(&config)
+                .args(["once", "--timeout-secs", timeout]))
+        })
+    };
+    let out = once("2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot deliver to convex {}",
+            server.url().trim_end_matches('/')
+        )) && stderr.contains(&format!("{} record(s) stay queued for it", roots.len())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("delivered {} to local store", roots.len())),
+        "{stderr}"
+    );
+    assert_eq!(store_rows(&scratch.store()).len(), roots.len());
+    let s = status_json(&scratch, &config);
+    assert_eq!(lane(&s, "store")["pendingCount"], 0, "{s}");
+    assert_eq!(lane(&s, "convex")["pendingCount"], roots.len(), "{s}");
+
+    server.set_mode(Mode::Normal).await;
+    let out = once("20");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let at_convex: std::collections::BTreeSet<String> = server.latest().into_keys().collect();
+    assert_eq!(at_convex, roots);
+    let stored = store_rows(&scratch.store());
+    for (id, exported_at) in &stored {
+        assert_eq!(
+            server.latest()[id]["exportedAt"].as_i64(),
+            Some(*exported_at),
+            "{id}"
+        );
+    }
+    let s = status_json(&scratch, &config);
+    assert_eq!(s["outbox"]["pendingCount"], 0, "{s}");
 }

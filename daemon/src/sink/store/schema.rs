@@ -187,7 +187,8 @@ pub(crate) fn open_write(path: &Path) -> Result<Connection, StoreError> {
 /// schema must be exactly [`SCHEMA_VERSION`].
 ///
 /// # Errors
-/// [`StoreError::Missing`] when there is no store yet, [`StoreError::Newer`],
+/// [`StoreError::Missing`] when there is no store yet (or its schema is not written yet),
+/// [`StoreError::Newer`],
 /// [`StoreError::Older`] (the daemon migrates it at its next start), [`StoreError::Sql`].
 pub(crate) fn open_read(path: &Path) -> Result<Connection, StoreError> {
     if !path.exists() {
@@ -212,6 +213,12 @@ pub(crate) fn open_read(path: &Path) -> Result<Connection, StoreError> {
         return Err(StoreError::Newer {
             path: path.to_path_buf(),
             found,
+        });
+    }
+    if found == 0 {
+        // Created a moment ago by the daemon, its schema not written yet: nothing stored.
+        return Err(StoreError::Missing {
+            path: path.to_path_buf(),
         });
     }
     if found < SCHEMA_VERSION {

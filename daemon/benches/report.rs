@@ -1,9 +1,10 @@
 //! `report` over a large local store: `cargo bench --bench report [-- --sessions N]`.
 //!
 //! Fills a store (in a temporary directory under Cargo's target dir) with N sessions (default
-//! 100,000) through the store sink's own upsert, in batches of 500 as the sender sends them:
-//! records cloned from `convex/tests/fixtures/full-record.json` (every field present: models,
-//! tools, skills, children, a rollup) with fresh ids, spread over a year and 50 projects. Then
+//! 100,000) through the store sink's own upsert, in batches of `MAX_BATCH_RECORDS` (200) as the
+//! sender sends them: records cloned from `convex/tests/fixtures/full-record.json` (every field
+//! present: models, tools, skills, children, a rollup) with fresh ids, spread over a year and 50
+//! projects. Then
 //! times every view of `report` as the command builds it (open the store read-only, query,
 //! group, render), once as a table and once as JSON, and prints one line per figure. The target
 //! is under 1 s per view at 100,000 sessions.
@@ -32,7 +33,8 @@ fn main() {
     let year_ms: i64 = 365 * 86_400_000;
     let start = 1_764_547_200_000i64; // 2025-12-01T00:00Z
     let fill = Instant::now();
-    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(500);
+    let max = opencode_telemetry::sink::store::MAX_BATCH_RECORDS;
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(max);
     let mut bytes = 0usize;
     for i in 0..sessions {
         let mut r = template.clone();
@@ -49,7 +51,7 @@ fn main() {
         let json = serde_json::to_vec(&r).unwrap();
         bytes += json.len();
         batch.push(json);
-        if batch.len() == 500 || i + 1 == sessions {
+        if batch.len() == max || i + 1 == sessions {
             let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
             sink.upsert_batch(&refs).unwrap();
             batch.clear();

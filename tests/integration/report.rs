@@ -773,3 +773,60 @@ async fn once_with_convex_down_fills_the_store_and_leaves_convex_its_records() {
     let s = status_json(&scratch, &config);
     assert_eq!(s["outbox"]["pendingCount"], 0, "{s}");
 }
+
+/// An outbox from a build before the local store: the tracker kept every session's last record
+/// (`record/<id>`) but there is no store. Simulated by removing the store and the mark that it
+/// was filled after a `once`. The next `once` fills the store with every session, sends nothing
+/// to the other sinks (the NDJSON file gets no new line), and a third `once` gives nothing.
+#[test]
+fn an_upgrade_fills_the_new_store_with_the_sessions_exported_before_it() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config("");
+    run_once(&scratch, &config, &db);
+    let roots = root_sessions(&sql(&db));
+    let lines = read_ndjson(&scratch.local_sink()).len();
+    assert_eq!(lines, roots.len());
+    let before = store_rows(&scratch.store());
+    // The state of an older build: no store, no mark.
+    for f in ["sessions.db", "sessions.db-wal", "sessions.db-shm"] {
+        let _ = std::fs::remove_file(scratch.path(&format!("data/{f}")));
+    }
+    {
+        let ob = opencode_telemetry::queue::Outbox::open(
+            &scratch.path("data"),
+            &opencode_telemetry::config::QueueConfig::default(),
+        )
+        .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(ob.commit(opencode_telemetry::queue::Commit {
+            state_removes: vec![opencode_telemetry::daemon::STORE_FILLED_KEY.to_vec()],
+            ..Default::default()
+        }))
+        .unwrap();
+        rt.block_on(ob.flush()).unwrap();
+    }
+    // (sled finishes closing on its own threads a moment after the handle is dropped.)
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run_once(&scratch, &config, &db);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("delivered {} to local store", roots.len())),
+        "{stderr}"
+    );
+    assert_eq!(
+        store_rows(&scratch.store()),
+        before,
+        "the same versions as before"
+    );
+    assert_eq!(
+        read_ndjson(&scratch.local_sink()).len(),
+        lines,
+        "the other sinks got nothing again"
+    );
+    let out = run_once(&scratch, &config, &db);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("delivered 0 to local store"), "{stderr}");
+}

@@ -32,6 +32,7 @@ use crate::daemon::*;
 /// Source, outbox and sink set-up failures.
 pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode> {
     let outbox = Arc::new(open_outbox(config)?);
+    crate::daemon::fill_store(&outbox).await?;
     let device = device_id(config)?;
     let mut ctx = export_context(config, &device);
     let rules = Rules::from(&config.export);

@@ -220,6 +220,83 @@ pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     Ok(outbox)
 }
 
+/// Key, in the outbox's `state` tree, set once the local store was given the records the
+/// tracker had kept from before the store existed (see [`fill_store`]).
+pub const STORE_FILLED_KEY: &[u8] = b"store-filled";
+
+/// Records handed to the store lane per transaction by [`fill_store`].
+const FILL_CHUNK: usize = 200;
+
+/// Once per outbox: gives the local store's lane the last record the tracker kept of every
+/// session (`record/<id>` in the `state` tree), so that an outbox from a build before the local
+/// store — whose sessions will not be exported again until they change — fills the store with
+/// its history instead of starting it empty. Only the store's lane gets them (the other sinks
+/// had them already), and only for sessions with nothing pending (a pending version reaches the
+/// store anyway). A page of [`FILL_CHUNK`] records in memory at a time; the last page's
+/// transaction sets [`STORE_FILLED_KEY`], so a crash half-way resumes at the next start (a
+/// record given twice is `unchanged` for the store). On a fresh outbox there is nothing to give
+/// and the key is set at once. Returns how many records were given.
+///
+/// # Errors
+/// Outbox failures.
+pub(crate) async fn fill_store(outbox: &Outbox) -> anyhow::Result<usize> {
+    if outbox.state_get(STORE_FILLED_KEY)?.is_some() {
+        return Ok(0);
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Versioned {
+        session_id: String,
+        updated_at: i64,
+        exported_at: i64,
+    }
+    let (mut after, mut given, mut unreadable) = (None::<Vec<u8>>, 0, 0);
+    loop {
+        let page =
+            outbox.state_scan_after(crate::track::RECORD_PREFIX, after.as_deref(), FILL_CHUNK)?;
+        let last = page.len() < FILL_CHUNK;
+        after = page.last().map(|(k, _)| k.clone());
+        let mut records = Vec::with_capacity(page.len());
+        for (_, json) in page {
+            match serde_json::from_slice::<Versioned>(&json) {
+                Ok(v) => records.push(NewRecord {
+                    session_id: v.session_id,
+                    updated_at: v.updated_at,
+                    exported_at: v.exported_at,
+                    json,
+                }),
+                Err(_) => unreadable += 1,
+            }
+        }
+        let commit = crate::queue::Commit {
+            records,
+            state_puts: if last {
+                vec![(STORE_FILLED_KEY.to_vec(), b"1".to_vec())]
+            } else {
+                Vec::new()
+            },
+            state_removes: Vec::new(),
+        };
+        given += outbox.commit_to_lane(Lane::Store, commit).await?;
+        if last {
+            break;
+        }
+    }
+    if given > 0 {
+        tracing::info!(
+            records = given,
+            "giving the local store the sessions exported before it existed"
+        );
+    }
+    if unreadable > 0 {
+        tracing::warn!(
+            records = unreadable,
+            "kept records that cannot be read were not given to the local store"
+        );
+    }
+    Ok(given)
+}
+
 /// The outbox entry for `record`, whose JSON is `json`.
 pub(crate) fn new_record(record: &SessionExport, json: Vec<u8>) -> NewRecord {
     NewRecord {
@@ -357,6 +434,7 @@ pub async fn run(
             outbox.state_scan(crate::track::STATE_PREFIX)?,
         )
     };
+    fill_store(&outbox).await?;
     let mut grace = Duration::from_secs(config.service.shutdown_grace_secs);
     let senders: Vec<Sender> = senders_for(&config, outbox.clone())?
         .into_iter()

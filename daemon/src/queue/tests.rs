@@ -1611,3 +1611,45 @@ async fn open_repairs_lane_entries_and_the_lane_fifo() {
         vec![(Lane::Store, 1, 0), (Lane::Convex, 2, 0)]
     );
 }
+
+#[tokio::test]
+async fn commit_to_lane_gives_one_lane_what_nothing_else_holds_and_pages_the_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ob = open_lanes(tmp.path(), &TWO);
+    // ses_a is pending (a newer version on its way to both lanes); ses_b is not.
+    ob.commit(records(vec![rec("ses_a", 5)])).await.unwrap();
+    let c = Commit {
+        records: vec![rec("ses_a", 1), rec("ses_b", 1)],
+        state_puts: vec![(b"k/1".to_vec(), b"v".to_vec())],
+        ..Commit::default()
+    };
+    assert_eq!(ob.commit_to_lane(Lane::Store, c).await.unwrap(), 1);
+    let store = ob.pending(Lane::Store, 10).unwrap();
+    assert_eq!(sids(&store), ["ses_a", "ses_b"]);
+    assert_eq!(json_n(&store[0]), 5, "the pending version is left alone");
+    assert_eq!(sids(&ob.pending(Lane::Convex, 10).unwrap()), ["ses_a"]);
+    assert_eq!(ob.state_get(b"k/1").unwrap().as_deref(), Some(&b"v"[..]));
+    // An unconfigured lane is refused and nothing is written.
+    let one = open_lanes(tempfile::tempdir().unwrap().path(), &[Lane::Store]);
+    assert!(matches!(
+        one.commit_to_lane(Lane::Convex, records(vec![rec("ses_x", 1)]))
+            .await,
+        Err(QueueError::InvalidRecord { .. })
+    ));
+    // Pages of the state tree, in key order, within the prefix.
+    for i in 0..5u8 {
+        ob.commit(Commit {
+            state_puts: vec![(vec![b'p', b'/', i], vec![i])],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    }
+    let first = ob.state_scan_after(b"p/", None, 2).unwrap();
+    assert_eq!(first.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [0, 1]);
+    let next = ob.state_scan_after(b"p/", Some(&first[1].0), 10).unwrap();
+    assert_eq!(
+        next.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+}

@@ -46,11 +46,14 @@ pub const STORE_FILE_NAME: &str = "sessions.db";
 /// The `source` of the records this build makes.
 pub const SOURCE_OPENCODE: &str = "opencode";
 
-/// Most records one store transaction carries.
-pub const MAX_BATCH_RECORDS: usize = 500;
+/// Most records one store transaction carries. Smaller than the deployment's batches: a batch
+/// is copied once onto the blocking pool and parsed record by record, and `once` drains the
+/// lanes side by side, so this bounds what the store adds to the peak memory; a transaction of
+/// 200 upserts already costs one `fsync` per 200 records.
+pub const MAX_BATCH_RECORDS: usize = 200;
 
-/// Most bytes of records one store transaction carries.
-pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Most bytes of records one store transaction carries (a single larger record goes alone).
+pub const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// `<data_dir>/sessions.db`.
 pub fn store_path(data_dir: &Path) -> PathBuf {

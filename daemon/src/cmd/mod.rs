@@ -127,7 +127,7 @@ pub fn status(config: &Config, as_json: bool, check: bool) -> anyhow::Result<Exi
 /// # Errors
 /// The outbox cannot be opened (e.g. the daemon holds it).
 pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
-    let outbox = open_outbox(config)?;
+    let outbox = open_outbox_keeping(config)?;
     let now = now_ms();
     // `pending:` counts the records held by at least one lane; each lane lists its own.
     println!("pending: {}", outbox.stats()?.pending_count);
@@ -166,7 +166,7 @@ pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// The outbox cannot be opened or written.
 pub async fn queue_retry_dead(config: &Config) -> anyhow::Result<ExitCode> {
-    let outbox = open_outbox(config)?;
+    let outbox = open_outbox_keeping(config)?;
     let n = outbox.retry_dead().await?;
     outbox.flush().await?;
     println!("requeued {n} record(s)");
@@ -182,7 +182,7 @@ pub async fn queue_retry_dead(config: &Config) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// The outbox cannot be opened (a daemon runs: stop it first) or written.
 pub async fn queue_confirm_deletions(config: &Config) -> anyhow::Result<ExitCode> {
-    let outbox = open_outbox(config)?;
+    let outbox = open_outbox_keeping(config)?;
     let mut confirmed = 0;
     loop {
         let held = outbox.state_scan_first(crate::track::HELD_PREFIX, 256)?;

@@ -35,7 +35,7 @@ use serde_json::json;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::daemon::status_file::{read_status, DeviceSeen, LastExport, StatusSnapshot};
-use crate::daemon::{open_outbox, sink_description, LAST_EXPORT_PREFIX};
+use crate::daemon::{open_outbox_keeping, sink_description, LAST_EXPORT_PREFIX};
 use crate::queue::Outbox;
 
 /// Where the figures came from.
@@ -115,7 +115,7 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
             device: last_device(),
         });
     }
-    match open_outbox(config) {
+    match open_outbox_keeping(config) {
         Ok(outbox) => Ok(Gathered {
             snapshot: StatusSnapshot::now(&outbox, None)?,
             running: false,

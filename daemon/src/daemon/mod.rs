@@ -204,9 +204,26 @@ pub(crate) fn held_deletions(outbox: &Outbox) -> anyhow::Result<usize> {
     Ok(outbox.state_count(crate::track::HELD_PREFIX)?)
 }
 
+/// Opens the outbox for delivering (`run`, `once`): with `config`'s lanes, dropping the
+/// entries of a sink no longer configured.
 pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
-    let outbox = Outbox::open_lanes(&config.data_dir, &config.queue, &configured_lanes(config))
-        .map_err(|e| match e {
+    opened(
+        config,
+        Outbox::open_lanes(&config.data_dir, &config.queue, &configured_lanes(config)),
+    )
+}
+
+/// Opens the outbox for inspecting it (`status`, `queue …`): entries of a sink `config` does not
+/// configure are kept (see [`Outbox::open_keeping`]).
+pub(crate) fn open_outbox_keeping(config: &Config) -> anyhow::Result<Outbox> {
+    opened(
+        config,
+        Outbox::open_keeping(&config.data_dir, &config.queue, &configured_lanes(config)),
+    )
+}
+
+fn opened(config: &Config, outbox: Result<Outbox, QueueError>) -> anyhow::Result<Outbox> {
+    let outbox = outbox.map_err(|e| match e {
         QueueError::Locked { .. } => anyhow::anyhow!(
             "{e} (another opencode-telemetry is running with data_dir {}; stop it, or point this one at another data_dir)",
             config.data_dir.display()
@@ -221,7 +238,7 @@ pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
 }
 
 /// Key, in the outbox's `state` tree, set once the local store was given the records the
-/// tracker had kept from before the store existed (see [`fill_store`]).
+/// tracker had kept from before the store existed (see `fill_store`).
 pub const STORE_FILLED_KEY: &[u8] = b"store-filled";
 
 /// Records handed to the store lane per transaction by [`fill_store`].

@@ -265,6 +265,21 @@ impl Outbox {
         Outbox::open_lanes(data_dir, config, &[Lane::Store])
     }
 
+    /// [`Outbox::open_lanes`] for a command that inspects or repairs the outbox without
+    /// delivering (`status`, `queue …`): entries of lanes not in `lanes` are kept as they are
+    /// (counted nowhere, delivered by nobody here), so running it with another config loses
+    /// nothing; only the daemon and `once` drop them.
+    ///
+    /// # Errors
+    /// As [`Outbox::open_lanes`].
+    pub fn open_keeping(
+        data_dir: &Path,
+        config: &QueueConfig,
+        lanes: &[Lane],
+    ) -> Result<Outbox, QueueError> {
+        Outbox::open_with(data_dir, config, lanes, true)
+    }
+
     /// Opens (creating if needed) the outbox at `<data_dir>/queue` with the configured `lanes`
     /// (each configured sink's; commits put records into all of them), verifies it, migrates an
     /// outbox of layout 1, and rebuilds it if it is corrupt (see the module doc). Check
@@ -281,10 +296,24 @@ impl Outbox {
         config: &QueueConfig,
         lanes: &[Lane],
     ) -> Result<Outbox, QueueError> {
+        Outbox::open_with(data_dir, config, lanes, false)
+    }
+
+    fn open_with(
+        data_dir: &Path,
+        config: &QueueConfig,
+        lanes: &[Lane],
+        keep_unconfigured: bool,
+    ) -> Result<Outbox, QueueError> {
         let mut lanes: Vec<Lane> = lanes.to_vec();
         lanes.sort();
         lanes.dedup();
-        let opened = open::open(data_dir, config.cache_capacity_bytes, &lanes)?;
+        let opened = open::open(
+            data_dir,
+            config.cache_capacity_bytes,
+            &lanes,
+            keep_unconfigured,
+        )?;
         for (lane, n) in &opened.counts.dropped {
             tracing::warn!(lane = %lane, records = n, "this sink is no longer configured: the records still pending for it were dropped from the outbox");
         }

@@ -57,6 +57,7 @@ pub(crate) fn open(
     data_dir: &Path,
     cache_capacity: u64,
     lanes: &[Lane],
+    keep_unconfigured: bool,
 ) -> Result<Opened, QueueError> {
     let dir = data_dir.join(QUEUE_DIR_NAME);
     create_dir(data_dir, false)?;
@@ -64,13 +65,20 @@ pub(crate) fn open(
     // broken symlink): moved aside like a corrupt outbox, so the daemon starts instead of
     // failing every restart on it.
     if let Some(cause) = not_a_directory(&dir) {
-        return rebuild(data_dir, dir, cache_capacity, lanes, cause);
+        return rebuild(
+            data_dir,
+            dir,
+            cache_capacity,
+            lanes,
+            keep_unconfigured,
+            cause,
+        );
     }
     create_dir(&dir, true)?;
     // The high-water mark recorded outside sled's files after a completed flush (or, written
     // by builds before `committed.json`, in the status file).
     let committed = committed::read(&dir).or_else(|| committed::read_legacy(data_dir));
-    let cause = match open_verified(&dir, cache_capacity, committed, lanes) {
+    let cause = match open_verified(&dir, cache_capacity, committed, lanes, keep_unconfigured) {
         Ok((trees, counts)) => {
             return Ok(Opened {
                 dir,
@@ -84,7 +92,14 @@ pub(crate) fn open(
         Err(Failure::Fatal(e)) => return Err(e),
         Err(Failure::Corrupt(cause)) => cause,
     };
-    rebuild(data_dir, dir, cache_capacity, lanes, cause)
+    rebuild(
+        data_dir,
+        dir,
+        cache_capacity,
+        lanes,
+        keep_unconfigured,
+        cause,
+    )
 }
 
 /// Moves `dir` aside to a [`quarantine_path`] and opens a fresh outbox in its place.
@@ -93,6 +108,7 @@ fn rebuild(
     dir: PathBuf,
     cache_capacity: u64,
     lanes: &[Lane],
+    keep_unconfigured: bool,
     cause: String,
 ) -> Result<Opened, QueueError> {
     let to = quarantine_path(data_dir);
@@ -105,7 +121,7 @@ fn rebuild(
         });
     }
     create_dir(&dir, true)?;
-    match open_verified(&dir, cache_capacity, None, lanes) {
+    match open_verified(&dir, cache_capacity, None, lanes, keep_unconfigured) {
         Ok((trees, counts)) => Ok(Opened {
             dir,
             trees,
@@ -199,6 +215,7 @@ fn open_verified(
     cache_capacity: u64,
     committed: Option<u64>,
     lanes: &[Lane],
+    keep_unconfigured: bool,
 ) -> Result<(Trees, Counts), Failure> {
     remove_interrupted_snapshots(dir);
     // sled recovers the longest valid prefix of its log; a damaged start of the log recovers as
@@ -224,7 +241,7 @@ fn open_verified(
             meta: tree("meta")?,
             db: db.clone(),
         };
-        let counts = verify(dir, &trees, had_data, committed, lanes)?;
+        let counts = verify(dir, &trees, had_data, committed, lanes, keep_unconfigured)?;
         Ok((trees, counts))
     }))
     .unwrap_or_else(|panic| {
@@ -258,7 +275,7 @@ fn tx_failure(e: TransactionError<QueueError>) -> Failure {
 
 /// Reads every entry of every tree (sled finds many corrupt pages only on read), checks the
 /// layout and migrates layout 1, moves undecodable envelopes to `dead`, drops the entries of
-/// lanes no longer configured, repairs the lane entries, the `lane_order` index and `next_seq`,
+/// lanes no longer configured (unless `keep_unconfigured`: an inspecting command), repairs the lane entries, the `lane_order` index and `next_seq`,
 /// and counts what is pending and dead.
 fn verify(
     dir: &Path,
@@ -266,6 +283,7 @@ fn verify(
     had_data: bool,
     committed: Option<u64>,
     lanes: &[Lane],
+    keep_unconfigured: bool,
 ) -> Result<Counts, Failure> {
     let layout =
         match trees.meta.get(meta_key::LAYOUT).map_err(classify)? {
@@ -356,7 +374,7 @@ fn verify(
             continue;
         };
         let sid = IVec::from(sid);
-        if !lanes.contains(&lane) {
+        if !lanes.contains(&lane) && !keep_unconfigured {
             *dropped.entry(lane).or_default() += 1;
             dropped_sids.insert(sid);
             stale_entries.push(key);
@@ -437,8 +455,9 @@ fn verify(
         run(&|t| remove_stale_order_key(t, key, sid).map(|()| Delta::default()))?;
         repaired = true;
     }
+    let holders: &[Lane] = if keep_unconfigured { &Lane::ALL } else { lanes };
     for (lane, sid) in valid.keys().filter(|k| !indexed.contains(*k)) {
-        let delta = run(&|t| reindex(t, *lane, sid, lanes))?;
+        let delta = run(&|t| reindex(t, *lane, sid, holders))?;
         counts.pending_bytes += delta.pending_bytes;
         repaired = true;
     }

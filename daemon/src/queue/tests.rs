@@ -1653,3 +1653,33 @@ async fn commit_to_lane_gives_one_lane_what_nothing_else_holds_and_pages_the_sta
         [2, 3, 4]
     );
 }
+
+#[tokio::test]
+async fn an_inspecting_open_keeps_the_lanes_it_does_not_configure() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let ob = open_lanes(tmp.path(), &TWO);
+        ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
+        let a = ob.pending(Lane::Store, 1).unwrap().remove(0);
+        ob.ack(&a).await.unwrap();
+        ob.flush().await.unwrap();
+    }
+    // `status` or `queue list` with a config without Convex: nothing dropped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ob = loop {
+        match Outbox::open_keeping(tmp.path(), &cfg(), &[Lane::Store]) {
+            Err(QueueError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => break opened.unwrap(),
+        }
+    };
+    assert_eq!(ob.stats().unwrap().pending_count, 1);
+    drop(ob);
+    let ob = open_lanes(tmp.path(), &TWO);
+    assert_eq!(sids(&ob.pending(Lane::Convex, 10).unwrap()), ["ses_a"]);
+    drop(ob);
+    // The daemon with that config: Convex's entry goes, and the record with it.
+    let ob = open_lanes(tmp.path(), &[Lane::Store]);
+    assert_eq!(ob.stats().unwrap().pending_count, 0);
+}

@@ -32,7 +32,11 @@ use crate::daemon::*;
 /// Source, outbox and sink set-up failures.
 pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode> {
     let outbox = Arc::new(open_outbox(config)?);
-    crate::daemon::fill_store(&outbox).await?;
+    if let crate::daemon::Fill::Paused { .. } = crate::daemon::fill_store(&outbox).await? {
+        println!(
+            "the outbox is full: the local store gets the rest of the sessions exported before it existed at the next `once` or from `run`"
+        );
+    }
     let device = device_id(config)?;
     let mut ctx = export_context(config, &device);
     let rules = Rules::from(&config.export);

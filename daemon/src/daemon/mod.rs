@@ -237,29 +237,52 @@ fn opened(config: &Config, outbox: Result<Outbox, QueueError>) -> anyhow::Result
     Ok(outbox)
 }
 
-/// Key, in the outbox's `state` tree, set once the local store was given the records the
-/// tracker had kept from before the store existed (see `fill_store`).
+/// Key, in the outbox's `state` tree, of how far the local store was given the records the
+/// tracker had kept from before the store existed (see `fill_store`): `done`, or the last
+/// `record/<id>` key given so far.
 pub const STORE_FILLED_KEY: &[u8] = b"store-filled";
+
+/// [`STORE_FILLED_KEY`]'s value once every kept record was given.
+const STORE_FILLED_DONE: &[u8] = b"done";
 
 /// Records handed to the store lane per transaction by [`fill_store`].
 const FILL_CHUNK: usize = 200;
 
-/// Once per outbox: gives the local store's lane the last record the tracker kept of every
-/// session (`record/<id>` in the `state` tree), so that an outbox from a build before the local
-/// store — whose sessions will not be exported again until they change — fills the store with
-/// its history instead of starting it empty. Only the store's lane gets them (the other sinks
-/// had them already), and only for sessions with nothing pending (a pending version reaches the
-/// store anyway). A page of [`FILL_CHUNK`] records in memory at a time; the last page's
-/// transaction sets [`STORE_FILLED_KEY`], so a crash half-way resumes at the next start (a
-/// record given twice is `unchanged` for the store). On a fresh outbox there is nothing to give
-/// and the key is set at once. Returns how many records were given.
+/// What [`fill_store`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// Every kept record was given (now or before).
+    Done {
+        /// Records given by this call.
+        given: usize,
+    },
+    /// The outbox is full: the rest is given by a later call, once the lanes drained.
+    Paused {
+        /// Records given by this call.
+        given: usize,
+    },
+}
+
+/// Gives the local store's lane the last record the tracker kept of every session
+/// (`record/<id>` in the `state` tree), so that an outbox from a build before the local store —
+/// whose sessions will not be exported again until they change — fills the store with its
+/// history instead of starting it empty. Only the store's lane gets them (the other sinks had
+/// them already), and only for sessions with nothing pending (a pending version reaches the
+/// store anyway).
+///
+/// A page of [`FILL_CHUNK`] records in memory at a time, each page committed with the key it
+/// ended at ([`STORE_FILLED_KEY`]), so a crash or a full outbox resumes after the last page
+/// given; a page that would not fit in the outbox (`queue.max_bytes`) waits for a later call
+/// ([`Fill::Paused`]: `run` calls again after its ticks, `once` at its next run). The last page
+/// sets the key to `done`; on a fresh outbox there is nothing to give and it is set at once.
 ///
 /// # Errors
 /// Outbox failures.
-pub(crate) async fn fill_store(outbox: &Outbox) -> anyhow::Result<usize> {
-    if outbox.state_get(STORE_FILLED_KEY)?.is_some() {
-        return Ok(0);
-    }
+pub(crate) async fn fill_store(outbox: &Outbox) -> anyhow::Result<Fill> {
+    let mut after = match outbox.state_get(STORE_FILLED_KEY)? {
+        Some(v) if v == STORE_FILLED_DONE => return Ok(Fill::Done { given: 0 }),
+        other => other,
+    };
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Versioned {
@@ -267,12 +290,19 @@ pub(crate) async fn fill_store(outbox: &Outbox) -> anyhow::Result<usize> {
         updated_at: i64,
         exported_at: i64,
     }
-    let (mut after, mut given, mut unreadable) = (None::<Vec<u8>>, 0, 0);
-    loop {
+    let (mut given, mut unreadable) = (0, 0);
+    let fill = loop {
         let page =
             outbox.state_scan_after(crate::track::RECORD_PREFIX, after.as_deref(), FILL_CHUNK)?;
         let last = page.len() < FILL_CHUNK;
-        after = page.last().map(|(k, _)| k.clone());
+        let bytes: u64 = page
+            .iter()
+            .map(|(k, v)| crate::queue::stored_size_bound(&String::from_utf8_lossy(k), v.len()))
+            .sum();
+        if bytes > outbox.free_bytes() {
+            break Fill::Paused { given };
+        }
+        let end = page.last().map(|(k, _)| k.clone());
         let mut records = Vec::with_capacity(page.len());
         for (_, json) in page {
             match serde_json::from_slice::<Versioned>(&json) {
@@ -285,25 +315,29 @@ pub(crate) async fn fill_store(outbox: &Outbox) -> anyhow::Result<usize> {
                 Err(_) => unreadable += 1,
             }
         }
+        let mark = match (&end, last) {
+            (_, true) | (None, _) => STORE_FILLED_DONE.to_vec(),
+            (Some(k), false) => k.clone(),
+        };
         let commit = crate::queue::Commit {
             records,
-            state_puts: if last {
-                vec![(STORE_FILLED_KEY.to_vec(), b"1".to_vec())]
-            } else {
-                Vec::new()
-            },
+            state_puts: vec![(STORE_FILLED_KEY.to_vec(), mark)],
             state_removes: Vec::new(),
         };
         given += outbox.commit_to_lane(Lane::Store, commit).await?;
         if last {
-            break;
+            break Fill::Done { given };
         }
-    }
+        after = end;
+    };
     if given > 0 {
         tracing::info!(
             records = given,
-            "giving the local store the sessions exported before it existed"
+            "gave the local store the sessions exported before it existed"
         );
+    }
+    if let Fill::Paused { .. } = fill {
+        tracing::info!("the outbox is full: the local store gets the rest of the earlier sessions as it drains");
     }
     if unreadable > 0 {
         tracing::warn!(
@@ -311,7 +345,7 @@ pub(crate) async fn fill_store(outbox: &Outbox) -> anyhow::Result<usize> {
             "kept records that cannot be read were not given to the local store"
         );
     }
-    Ok(given)
+    Ok(fill)
 }
 
 /// The outbox entry for `record`, whose JSON is `json`.
@@ -451,7 +485,7 @@ pub async fn run(
             outbox.state_scan(crate::track::STATE_PREFIX)?,
         )
     };
-    fill_store(&outbox).await?;
+    let mut filled = matches!(fill_store(&outbox).await?, Fill::Done { .. });
     let mut grace = Duration::from_secs(config.service.shutdown_grace_secs);
     let senders: Vec<Sender> = senders_for(&config, outbox.clone())?
         .into_iter()
@@ -583,6 +617,23 @@ pub async fn run(
             Some(Ok(true)) => wakes.iter().for_each(|w| w.notify_one()),
             Some(Ok(false)) => {}
             Some(Err(e)) => break Err(e),
+        }
+        // A fill of the store the outbox had no room for resumes as the lanes drain.
+        if !filled {
+            match fill_store(&outbox).await {
+                Ok(Fill::Done { given }) => {
+                    filled = true;
+                    if given > 0 {
+                        wakes.iter().for_each(|w| w.notify_one());
+                    }
+                }
+                Ok(Fill::Paused { given }) => {
+                    if given > 0 {
+                        wakes.iter().for_each(|w| w.notify_one());
+                    }
+                }
+                Err(e) => break Err(e),
+            }
         }
     };
     notifier.stopping("stopping: flushing the outbox");
@@ -784,4 +835,69 @@ pub(crate) fn ensure_parent(path: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::*;
+    use crate::config::QueueConfig;
+
+    fn kept_record(i: usize) -> (Vec<u8>, Vec<u8>) {
+        let id = format!("ses_{i:08}");
+        let json = format!(
+            r#"{{"sessionId":"{id}","updatedAt":{i},"exportedAt":{i},"pad":"{}"}}"#,
+            "x".repeat(400)
+        );
+        (
+            [crate::track::RECORD_PREFIX, id.as_bytes()].concat(),
+            json.into_bytes(),
+        )
+    }
+
+    /// 450 kept records, an outbox bounded to about 250 of them: the fill gives what fits,
+    /// pauses, and resumes after the store's lane drained, each record given once, and then
+    /// stays done.
+    #[tokio::test]
+    async fn a_fill_the_outbox_has_no_room_for_resumes_where_it_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            max_bytes: 250 * 700,
+            cache_capacity_bytes: 4 << 20,
+        };
+        let ob = Outbox::open_lanes(tmp.path(), &config, &[Lane::Store, Lane::Convex]).unwrap();
+        ob.commit(crate::queue::Commit {
+            state_puts: (0..450).map(kept_record).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut given = Vec::new();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            assert!(rounds < 10, "the fill does not finish");
+            let fill = fill_store(&ob).await.unwrap();
+            // Drain the store's lane, as its sender would.
+            loop {
+                let batch = ob.pending(Lane::Store, 100).unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                given.extend(batch.iter().map(|p| p.session_id().to_string()));
+                ob.ack_batch(&batch).await.unwrap();
+            }
+            assert!(
+                ob.pending(Lane::Convex, 1).unwrap().is_empty(),
+                "only the store's lane is filled"
+            );
+            if let Fill::Done { .. } = fill {
+                break;
+            }
+        }
+        assert!(rounds >= 2, "the bound paused the fill at least once");
+        let mut want: Vec<String> = (0..450).map(|i| format!("ses_{i:08}")).collect();
+        want.sort();
+        assert_eq!(given, want, "every kept record, once, in key order");
+        assert_eq!(fill_store(&ob).await.unwrap(), Fill::Done { given: 0 });
+    }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use opencode_telemetry::config::QueueConfig;
-use opencode_telemetry::queue::{AckOutcome, Commit, NewRecord, Outbox};
+use opencode_telemetry::queue::{AckOutcome, Commit, Lane, NewRecord, Outbox};
 
 /// A record shaped like a real `SessionExport` (camelCase, nested usage lists), ~3 KiB.
 fn record(i: usize) -> NewRecord {
@@ -137,7 +137,7 @@ async fn drain(ob: &Outbox, max: usize, batched: bool) -> (Duration, usize) {
     let start = Instant::now();
     let mut drained = 0;
     while drained < max {
-        let batch = ob.pending(50.min(max - drained)).unwrap();
+        let batch = ob.pending(Lane::Store, 50.min(max - drained)).unwrap();
         if batch.is_empty() {
             break;
         }

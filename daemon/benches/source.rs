@@ -374,38 +374,48 @@ fn processes(a: &Args, sessions: usize) {
         mib(peak_after)
     );
 
-    // A backlog: every session queued while the deployment is unreachable (`once` gives up
-    // after 1 s, exit 1), then drained into the local file by a second `once`.
-    let h = home("drain");
-    let config = h.join("down.toml");
-    std::fs::write(&config, "[convex]\nurl = \"http://127.0.0.1:9/\"\n").unwrap();
-    let mut queue = Command::new(bin);
-    queue
-        .arg("--config")
-        .arg(&config)
-        .args(["once", "--timeout-secs", "1", "--db"])
-        .arg(&a.db)
-        .env("HOME", &h)
-        .env("OPENCODE_TELEMETRY_INGEST_TOKEN", "bench");
-    quiet(&mut queue);
-    let q = measure::run(&mut queue);
-    assert_eq!(q.status.code(), Some(1), "nothing could be delivered");
-    std::fs::write(&config, "").unwrap();
-    let mut drain = Command::new(bin);
-    drain
-        .arg("--config")
-        .arg(&config)
-        .args(["once", "--db"])
-        .arg(&a.db)
-        .env("HOME", &h);
-    quiet(&mut drain);
-    let d = measure::run(&mut drain);
-    assert!(d.status.success(), "drain failed: {:?}", d.status);
-    println!(
-        "| `once` draining the {sessions} records queued while the deployment was down | {:.1} s CPU, peak RSS {} |",
-        d.cpu().as_secs_f64(),
-        mib(d.max_rss_bytes)
-    );
+    // A backlog: every session queued for a deployment that refuses connections (`once` gives
+    // up after 1 s, exit 1), then drained into it once it is back by a second `once`.
+    {
+        use test_support::fault_server::{FaultServer, Mode, TOKEN};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (server, deployment) = rt.block_on(FaultServer::start());
+        rt.block_on(deployment.set_mode(Mode::Refuse));
+        let h = home("drain");
+        let config = h.join("down.toml");
+        std::fs::write(
+            &config,
+            format!("[convex]\nurl = \"{}\"\n", deployment.url()),
+        )
+        .unwrap();
+        let once = |timeout: &str| {
+            let mut cmd = Command::new(bin);
+            cmd.arg("--config")
+                .arg(&config)
+                .args(["once", "--timeout-secs", timeout, "--db"])
+                .arg(&a.db)
+                .env("HOME", &h)
+                .env("OPENCODE_TELEMETRY_INGEST_TOKEN", TOKEN);
+            quiet(&mut cmd);
+            measure::run(&mut cmd)
+        };
+        let q = once("1");
+        assert_eq!(q.status.code(), Some(1), "nothing could be delivered");
+        rt.block_on(deployment.set_mode(Mode::Normal));
+        let d = once("600");
+        assert!(d.status.success(), "drain failed: {:?}", d.status);
+        println!(
+            "| `once` draining the {} records queued while the deployment was down (into it) | {:.1} s CPU, peak RSS {} |",
+            deployment.latest().len(),
+            d.cpu().as_secs_f64(),
+            mib(d.max_rss_bytes)
+        );
+        drop(server);
+    }
 
     // One session of 500 MiB of content (a bash output, a text, a file attachment and an
     // edit's before and after, 125 MiB each), with message texts on (privacy level `content`,

@@ -1,5 +1,5 @@
 //! The command line: `run`, `once`, `preview`, `login`, `check-config`, `status`, `queue`, `install`,
-//! `uninstall`.
+//! `uninstall`, `report`, `export`.
 //!
 //! Exit status: 0 success; 1 a runtime failure (cannot deliver, source unreadable, outbox
 //! locked by another instance, storage error); 2 a usage error (clap); 78 (`EX_CONFIG`) a
@@ -18,7 +18,7 @@ use crate::{cmd, daemon};
 /// Exit status for configuration errors (`EX_CONFIG` from sysexits.h).
 pub const EXIT_CONFIG: u8 = 78;
 
-/// Exports OpenCode sessions from its SQLite database to Convex (or a local NDJSON file).
+/// Exports OpenCode sessions from its SQLite database into a local store (and Convex).
 #[derive(Debug, Parser)]
 #[command(name = "opencode-telemetry", version, about, long_about = None)]
 pub struct Cli {
@@ -64,6 +64,75 @@ pub enum Command {
     Install(InstallArgs),
     /// Stop and remove the user service; the data dir and the config file stay.
     Uninstall(UninstallArgs),
+    /// Tables of the local store: tokens, cost, sessions, errors, todos, code changes per
+    /// day, week, month, session, project, model, agent, tool, skill or device.
+    Report(ReportArgs),
+    /// Write the local store's records (NDJSON, JSON) or per-session figures (CSV) to stdout.
+    Export(ExportArgs),
+}
+
+/// Which sessions a report or an export covers.
+#[derive(Debug, clap::Args)]
+pub struct ScopeArgs {
+    /// First day, YYYY-MM-DD in --timezone (inclusive).
+    #[arg(long, value_name = "DATE")]
+    pub since: Option<String>,
+    /// Last day, YYYY-MM-DD in --timezone (inclusive).
+    #[arg(long, value_name = "DATE")]
+    pub until: Option<String>,
+    /// IANA time zone for days, weeks and months (e.g. Europe/Paris, UTC). Default: the
+    /// system's.
+    #[arg(long, value_name = "TZ")]
+    pub timezone: Option<String>,
+    /// Only sessions of this source (opencode).
+    #[arg(long, value_name = "SOURCE")]
+    pub source: Option<String>,
+    /// Only this project: its directory, the directory's last component, or its project id.
+    #[arg(long, value_name = "PROJECT")]
+    pub project: Option<String>,
+}
+
+impl From<ScopeArgs> for cmd::report::Scope {
+    fn from(a: ScopeArgs) -> Self {
+        cmd::report::Scope {
+            since: a.since,
+            until: a.until,
+            timezone: a.timezone,
+            source: a.source,
+            project: a.project,
+        }
+    }
+}
+
+/// Arguments of `report`.
+#[derive(Debug, clap::Args)]
+pub struct ReportArgs {
+    /// What one row is.
+    #[arg(value_enum)]
+    pub view: cmd::report::View,
+    /// Which sessions.
+    #[command(flatten)]
+    pub scope: ScopeArgs,
+    /// Split each row per model (daily, weekly, monthly, session, project, device).
+    #[arg(long)]
+    pub breakdown: bool,
+    /// Print a JSON array (shapes in the README).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV with a header line.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+/// Arguments of `export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// ndjson or json: the stored records; csv: one line per session with its figures.
+    #[arg(long, value_enum, default_value = "ndjson")]
+    pub format: cmd::report::ExportFormat,
+    /// Which sessions.
+    #[command(flatten)]
+    pub scope: ScopeArgs,
 }
 
 /// Arguments of `run`.
@@ -225,6 +294,22 @@ pub fn main() -> ExitCode {
                     db: cli.db,
                 },
             ),
+            Command::Report(args) => cmd::report::report(
+                &loaded.config,
+                args.view,
+                &args.scope.into(),
+                args.breakdown,
+                if args.json {
+                    cmd::report::Format::Json
+                } else if args.csv {
+                    cmd::report::Format::Csv
+                } else {
+                    cmd::report::Format::Table
+                },
+            ),
+            Command::Export(args) => {
+                cmd::report::export(&loaded.config, args.format, &args.scope.into())
+            }
             Command::Uninstall(args) => install::uninstall(
                 &loaded,
                 &install::Options {

@@ -114,8 +114,8 @@ impl Serialize for Secret {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Directory of the daemon's own state: the sled outbox (`<data_dir>/queue`) and, by
-    /// default, the local sink file. Default: `$XDG_STATE_HOME/opencode-telemetry`
+    /// Directory of the daemon's own state: the sled outbox (`<data_dir>/queue`) and the local
+    /// store (`<data_dir>/sessions.db`). Default: `$XDG_STATE_HOME/opencode-telemetry`
     /// (`~/.local/state/opencode-telemetry`) on Linux, the platform data dir elsewhere.
     pub data_dir: PathBuf,
     /// Where OpenCode's database is and how it is polled.
@@ -126,7 +126,7 @@ pub struct Config {
     pub privacy: crate::export::privacy::PrivacyConfig,
     /// The Convex deployment (the sink when `convex.url` is set).
     pub convex: ConvexConfig,
-    /// The embedded local sink (used when `convex.url` is not set).
+    /// The deprecated NDJSON file (a second local sink while `local.path` is set).
     pub local: LocalConfig,
     /// The sled outbox.
     pub queue: QueueConfig,
@@ -177,7 +177,7 @@ pub struct ConvexConfig {
     /// The deployment: its HTTP-actions URL `https://happy-otter-123.convex.site`, or its
     /// `https://happy-otter-123.convex.cloud` URL (the `.site` one is derived from it). Any other
     /// URL (a self-hosted backend's HTTP-actions port, a custom domain) is the HTTP-actions
-    /// origin as given. Records go to `POST <origin>/ingest`. Empty: use the local sink.
+    /// origin as given. Records go to `POST <origin>/ingest` besides the local store. Empty: the local store only.
     /// Plain `http://` is accepted only for loopback hosts.
     pub url: String,
     /// This machine's device token (`npx convex run devices:create`), or the legacy shared
@@ -195,11 +195,15 @@ pub struct ConvexConfig {
     pub max_backoff_secs: u64,
 }
 
-/// `[local]`: the embedded file sink.
+/// `[local]`: **deprecated**. Before the local store (`<data_dir>/sessions.db`), records were
+/// appended to an NDJSON file here. The key is still accepted: while `path` is set the file keeps
+/// receiving every record as a sink of its own beside the store (one WARN at start says so);
+/// unset (the default), no file is written. `opencode-telemetry export --format ndjson` makes the
+/// same lines from the store.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LocalConfig {
-    /// NDJSON file the records are appended to, one per line. Default: `<data_dir>/sessions.ndjson`.
+    /// NDJSON file the records are also appended to, one per line. Default: empty (none).
     pub path: PathBuf,
 }
 
@@ -757,7 +761,7 @@ const MAX_MS: u64 = i32::MAX as u64;
 /// millisecond arithmetic.
 const MAX_SECS: u64 = 100 * 365 * 24 * 3600;
 
-/// Fills derived defaults (`source.db_path`, `local.path`) and validates every value.
+/// Fills derived defaults (`source.db_path`) and validates every value.
 fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
     let bad = |key: &'static str, message: String| ConfigError::BadValue {
         path: path.to_path_buf(),
@@ -769,9 +773,6 @@ fn finish(config: &mut Config, path: &Path) -> Result<(), ConfigError> {
     }
     if config.data_dir.as_os_str().is_empty() {
         return Err(bad("data_dir", "must not be empty".into()));
-    }
-    if config.local.path.as_os_str().is_empty() {
-        config.local.path = config.data_dir.join("sessions.ndjson");
     }
     for (key, value, max, unit) in [
         (
@@ -1026,9 +1027,17 @@ impl Config {
     pub fn poll_interval(&self) -> Duration {
         Duration::from_millis(self.source.poll_interval_ms)
     }
-    /// True when records go to Convex; false when they go to the local file.
+    /// True when records go to Convex too (besides the local store).
     pub fn uses_convex(&self) -> bool {
         !self.convex.url.is_empty()
+    }
+    /// True when records are also appended to the deprecated NDJSON file (`local.path` set).
+    pub fn uses_ndjson(&self) -> bool {
+        !self.local.path.as_os_str().is_empty()
+    }
+    /// The local store: `<data_dir>/sessions.db`.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join("sessions.db")
     }
     /// The effective configuration as TOML, with the ingest token redacted.
     pub fn to_redacted_toml(&self) -> String {

@@ -68,9 +68,9 @@ fn mentions(line: &str, needle: &str) -> bool {
 }
 
 #[test]
-fn only_the_opencode_source_uses_rusqlite() {
+fn only_the_opencode_source_and_the_local_store_use_rusqlite() {
     assert_eq!(
-        users_outside("rusqlite", &["source/opencode/"]),
+        users_outside("rusqlite", &["source/opencode/", "sink/store/"]),
         Vec::<String>::new()
     );
 }

@@ -232,7 +232,7 @@ impl Rig {
         serde_json::from_slice(&bytes).ok()
     }
 
-    /// What `once` builds from the database now, into the local sink of a fresh data dir,
+    /// What `once` builds from the database now, into the local store of a fresh data dir,
     /// by session id. The reference for the conservation check.
     fn reference(&self) -> BTreeMap<String, Value> {
         let n = self.refs.get() + 1;
@@ -271,7 +271,7 @@ impl Rig {
             "reference once failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        read_ndjson(&data.join("sessions.ndjson"))
+        read_store_records(&data.join("sessions.db"))
             .into_iter()
             .map(|r| (r["sessionId"].as_str().unwrap().to_string(), r))
             .collect()
@@ -394,6 +394,27 @@ impl Rig {
         }
         let status = self.status();
         assert!(status.contains("pending:         0 "), "{status}");
+        // The local store, the other lane of the same outbox, holds exactly what the server
+        // holds: every session, the same latest version, nothing lost in either.
+        let stored: BTreeMap<String, Value> = read_store_records(&self.data().join("sessions.db"))
+            .into_iter()
+            .map(|r| (r["sessionId"].as_str().unwrap().to_string(), r))
+            .collect();
+        assert_eq!(
+            stored.keys().collect::<BTreeSet<_>>(),
+            latest.keys().collect::<BTreeSet<_>>(),
+            "the local store's sessions differ from the server's"
+        );
+        // (`exportedAt` and `revision` may differ: a re-export of the same content, after a
+        // restart from an older outbox, is `unchanged` for the store's upsert, which keeps the
+        // stored one, while the fault server keeps the last it received.)
+        for (id, got) in &stored {
+            assert_eq!(
+                without_exported_at(got),
+                without_exported_at(&latest[id]),
+                "session {id}: the store and the server differ"
+            );
+        }
         // Duplicates: the same (session, updatedAt) received more than once.
         let mut seen = BTreeMap::new();
         for u in self.server.upserts() {

@@ -33,6 +33,9 @@ mod privacy;
 /// Replaying OpenCode's own event log into a database: the tracker's exports agree with the
 /// moments OpenCode published.
 mod replay;
+/// The local store and `report` / `export`: each view against independent SQL, one row per
+/// session, each sink receiving while the other is down, golden tables.
+mod report;
 /// `run` as a process: missing database, todo rule, stale turns, restarts, deletions while
 /// down, malformed rows.
 mod run_daemon;

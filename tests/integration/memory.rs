@@ -17,6 +17,7 @@
 
 use std::time::Duration;
 
+use test_support::fault_server::{FaultServer, Mode, TOKEN};
 use test_support::gen_db::GenDb;
 use test_support::measure;
 
@@ -62,41 +63,44 @@ fn once_run_and_a_drain_stay_under_64_mib_on_a_history_of_5000_sessions() {
         "nothing new"
     );
 
-    // A backlog: every record queued while the deployment is unreachable (`once` gives up
-    // after its timeout, exit 1, everything kept), then drained into the local file.
+    // A backlog: every record queued for a deployment that refuses connections (`once` gives
+    // up after its timeout, exit 1, everything kept for it), then drained into it once it is
+    // back, by a second `once`.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (server, deployment) = rt.block_on(FaultServer::start());
+    rt.block_on(deployment.set_mode(Mode::Refuse));
     let offline = Scratch::new();
-    let down = offline.write_config("[convex]\nurl = \"http://127.0.0.1:9/\"\n");
-    let queued = measure::run(
-        command(&offline)
-            .env("OPENCODE_TELEMETRY_INGEST_TOKEN", "memory-test")
-            .arg("--config")
-            .arg(&down)
-            .arg("--db")
-            .arg(&db)
-            .arg("once")
-            .arg("--timeout-secs")
-            .arg("1")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
+    let down = offline.write_config(&format!("[convex]\nurl = \"{}\"\n", deployment.url()));
+    let queue_then_drain = |timeout: &str| {
+        measure::run(
+            command(&offline)
+                .env("OPENCODE_TELEMETRY_INGEST_TOKEN", TOKEN)
+                .arg("--config")
+                .arg(&down)
+                .arg("--db")
+                .arg(&db)
+                .arg("once")
+                .arg("--timeout-secs")
+                .arg(timeout)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        )
+    };
+    let queued = queue_then_drain("1");
     assert_eq!(queued.status.code(), Some(1), "nothing could be delivered");
-    let local = offline.write_config("");
-    let drained = measure::run(
-        command(&offline)
-            .arg("--config")
-            .arg(&local)
-            .arg("--db")
-            .arg(&db)
-            .arg("once")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null()),
-    );
+    rt.block_on(deployment.set_mode(Mode::Normal));
+    let drained = queue_then_drain("120");
     assert!(
         drained.status.success(),
         "drain failed: {:?}",
         drained.status
     );
-    assert_eq!(read_ndjson(&offline.local_sink()).len(), delivered);
+    assert_eq!(deployment.latest().len(), delivered, "every queued record");
+    drop(server);
 
     // run, on a fresh data directory: the first pass and delivery.
     let fresh = Scratch::new();

@@ -234,7 +234,8 @@ fn each_level_sends_exactly_the_fields_it_allows() {
         std::fs::write(
             &config,
             format!(
-                "data_dir = \"{}\"\n[export]\ninclude_messages = true\n[privacy]\nlevel = \"{level}\"\n",
+                "data_dir = \"{0}\"\n[export]\ninclude_messages = true\n[privacy]\nlevel = \"{level}\"\n\
+                 [local]\npath = \"{0}/sessions.ndjson\"\n",
                 data.display()
             ),
         )

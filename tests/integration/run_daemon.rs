@@ -205,7 +205,7 @@ fn a_turn_that_never_completed_is_exported_once_as_incomplete_after_stale_after_
 /// Appends a new turn (user prompt + completed assistant answer) to a session, as OpenCode's
 /// projector writes it: message rows, parts, and the events it logs (when the database has the
 /// live event log: [`log_events`]).
-fn add_turn(db: &Path, session_id: &str, at_ms: i64) {
+pub(crate) fn add_turn(db: &Path, session_id: &str, at_ms: i64) {
     let w = writer(db);
     let tx = w.unchecked_transaction().unwrap();
     let user = format!("msg_ffffffffff01{:014}", at_ms % 100_000_000_000_000);
@@ -767,7 +767,7 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n{CONTENT}",
+            "data_dir = \"{0}\"\n[local]\npath = \"{0}/sessions.ndjson\"\n{CONTENT}",
             scratch.path("data-old").display()
         ),
     )
@@ -790,7 +790,7 @@ fn an_older_opencode_schema_is_read_through_feature_detection() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = \"{}\"\n{FAST}final_after_secs = 0\n",
+            "data_dir = \"{0}\"\n{FAST}final_after_secs = 0\n[local]\npath = \"{0}/sessions.ndjson\"\n",
             scratch.path("data-old-run").display()
         ),
     )

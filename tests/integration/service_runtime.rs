@@ -275,7 +275,11 @@ async fn sighup_applies_a_valid_config_and_keeps_the_queue() {
         assert!(!w.scratch.path("elsewhere").exists());
 
         // The old data dir stays in use: its status file describes the reload.
-        let sink = format!("convex {}", new.url());
+        let sink = format!(
+            "local store {}, convex {}",
+            w.data().join("sessions.db").display(),
+            new.url()
+        );
         until(
             Duration::from_secs(10),
             "the reload in the status file",

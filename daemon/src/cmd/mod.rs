@@ -7,6 +7,7 @@
 pub mod login;
 mod once;
 mod preview;
+pub mod report;
 pub mod status;
 
 pub use login::login;
@@ -157,25 +158,30 @@ pub fn status(config: &Config, as_json: bool, check: bool) -> anyhow::Result<Exi
 /// # Errors
 /// The outbox cannot be opened (e.g. the daemon holds it).
 pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
-    let outbox = open_outbox(config)?;
+    let outbox = open_outbox_keeping(config)?;
     let now = now_ms();
-    let pending = outbox.pending(usize::MAX)?;
-    println!("pending: {}", pending.len());
-    for p in &pending {
-        println!(
-            "  {}  queued {}s ago  {} bytes  attempts {}",
-            escape(p.session_id()),
-            (now - p.enqueued_at_ms()).max(0) / 1000,
-            p.record_json().len(),
-            p.attempts()
-        );
+    // `pending:` counts the records held by at least one lane; each lane lists its own.
+    println!("pending: {}", outbox.stats()?.pending_count);
+    for &lane in outbox.lanes() {
+        let pending = outbox.pending(lane, usize::MAX)?;
+        println!("  {lane}: {}", pending.len());
+        for p in &pending {
+            println!(
+                "    {}  queued {}s ago  {} bytes  attempts {}",
+                escape(p.session_id()),
+                (now - p.enqueued_at_ms()).max(0) / 1000,
+                p.record_json().len(),
+                p.attempts()
+            );
+        }
     }
     let dead = outbox.dead_entries()?;
     println!("dead letters: {}", dead.len());
     for d in &dead {
         println!(
-            "  {}  dead {}  updatedAt {}  reason: {}",
+            "  {}  {}  dead {}  updatedAt {}  reason: {}",
             escape(&d.session_id),
+            d.lane.map_or("every sink", |l| l.as_str()),
             status::ago(now, d.dead_at_ms),
             d.updated_at_ms
                 .map(|t| t.to_string())
@@ -191,7 +197,7 @@ pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// The outbox cannot be opened or written.
 pub async fn queue_retry_dead(config: &Config) -> anyhow::Result<ExitCode> {
-    let outbox = open_outbox(config)?;
+    let outbox = open_outbox_keeping(config)?;
     let n = outbox.retry_dead().await?;
     outbox.flush().await?;
     println!("requeued {n} record(s)");
@@ -207,7 +213,7 @@ pub async fn queue_retry_dead(config: &Config) -> anyhow::Result<ExitCode> {
 /// # Errors
 /// The outbox cannot be opened (a daemon runs: stop it first) or written.
 pub async fn queue_confirm_deletions(config: &Config) -> anyhow::Result<ExitCode> {
-    let outbox = open_outbox(config)?;
+    let outbox = open_outbox_keeping(config)?;
     let mut confirmed = 0;
     loop {
         let held = outbox.state_scan_first(crate::track::HELD_PREFIX, 256)?;

@@ -32,6 +32,11 @@ use crate::daemon::*;
 /// Source, outbox and sink set-up failures.
 pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode> {
     let outbox = Arc::new(open_outbox(config)?);
+    if let crate::daemon::Fill::Paused { .. } = crate::daemon::fill_store(&outbox).await? {
+        println!(
+            "the outbox is full: the local store gets the rest of the sessions exported before it existed at the next `once` or from `run`"
+        );
+    }
     let device = device_id(config)?;
     let mut ctx = export_context(config, &device, path_key(config)?);
     let rules = Rules::from(&config.export);
@@ -150,46 +155,51 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
         );
     }
 
-    let mut sender = sender_for(config, outbox.clone())?;
+    // The lanes drain at the same time, each on its own: a sink that cannot be reached before
+    // the deadline leaves its records queued for the next `once` or `run`, and never keeps the
+    // others from theirs (nor eats their time).
+    let senders = senders_for(config, outbox.clone())?;
     let deadline = Instant::now() + Duration::from_secs(timeout_secs);
+    let delivering = ProgressGuard::new(
+        outbox.stats()?.lanes.iter().map(|l| l.pending_count).sum(),
+        "delivering",
+    );
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|sender| tokio::spawn(drain(sender, deadline, delivering.bar().clone())))
+        .collect();
     let mut dead_total = 0;
-    let mut delivered_total = 0;
-    let delivering = ProgressGuard::new(outbox.stats()?.pending_count, "delivering");
-    loop {
-        match sender.step().await? {
-            Step::Idle => break,
-            Step::Progress { delivered, dead } => {
-                delivered_total += delivered;
-                dead_total += dead;
-                delivering.bar().inc((delivered + dead) as u64);
-            }
-            Step::Backoff { wait, reason } => {
-                if Instant::now() + wait > deadline {
-                    outbox.flush().await?;
-                    let left = outbox.stats()?.pending_count;
-                    bail!(
-                        "cannot deliver to {}: {reason}; {left} record(s) stay queued and will be sent by the next `once` or by `run`",
-                        sender.describe()
-                    );
-                }
-                tracing::warn!(reason = %reason, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
-                tokio::time::sleep(wait).await;
-            }
-            Step::Unauthorized { reason, .. } => {
-                outbox.flush().await?;
-                bail!(
-                    "{} refused the ingest token ({reason}); records stay queued. The ingest token (stored by `opencode-telemetry login`, or OPENCODE_TELEMETRY_INGEST_TOKEN, or convex.ingest_token) must be an unrevoked device token of the deployment (npx convex run devices:list; devices:create makes one, `opencode-telemetry login` stores it), or the legacy INGEST_TOKEN with ALLOW_LEGACY_INGEST_TOKEN=1",
-                    sender.describe()
-                );
+    let mut failures: Vec<String> = Vec::new();
+    let mut delivered_to: Vec<String> = Vec::new();
+    for task in tasks {
+        let drained = task.await.context("a delivery task failed")??;
+        dead_total += drained.dead;
+        match drained.failed {
+            None => delivered_to.push(format!("{} to {}", drained.delivered, drained.sink)),
+            Some(why) => {
+                let left = outbox
+                    .stats()?
+                    .lanes
+                    .iter()
+                    .find(|l| l.lane == drained.lane)
+                    .map_or(0, |l| l.pending_count);
+                failures.push(format!(
+                    "{why}; {left} record(s) stay queued for it and will be sent by the next `once` or by `run`"
+                ));
             }
         }
     }
     drop(delivering);
     outbox.flush().await?;
-    eprintln!(
-        "exported {exported} session(s); delivered {delivered_total} to {}",
-        sender.describe()
-    );
+    if !delivered_to.is_empty() {
+        eprintln!(
+            "exported {exported} session(s); delivered {}",
+            delivered_to.join(", ")
+        );
+    }
+    if !failures.is_empty() {
+        bail!("{}", failures.join("; "));
+    }
     if dead_total > 0 {
         eprintln!(
             "opencode-telemetry: {dead_total} record(s) were rejected and kept in the dead-letter tree; see `opencode-telemetry queue list`"
@@ -197,4 +207,54 @@ pub async fn once(config: &Config, timeout_secs: u64) -> anyhow::Result<ExitCode
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What draining one lane did.
+struct Drained {
+    lane: crate::queue::Lane,
+    sink: String,
+    delivered: usize,
+    dead: usize,
+    /// Why the lane stopped before it was empty.
+    failed: Option<String>,
+}
+
+/// Sends `sender`'s lane until it is empty, the sink refuses the credentials, or the next retry
+/// would pass `deadline`.
+async fn drain(
+    mut sender: crate::daemon::deliver::Sender,
+    deadline: Instant,
+    bar: indicatif::ProgressBar,
+) -> Result<Drained, crate::queue::QueueError> {
+    let (mut delivered_total, mut dead_total) = (0, 0);
+    let failed = loop {
+        match sender.step().await? {
+            Step::Idle => break None,
+            Step::Progress { delivered, dead } => {
+                delivered_total += delivered;
+                dead_total += dead;
+                bar.inc((delivered + dead) as u64);
+            }
+            Step::Backoff { wait, reason } => {
+                if Instant::now() + wait > deadline {
+                    break Some(format!("cannot deliver to {}: {reason}", sender.describe()));
+                }
+                tracing::warn!(lane = %sender.lane(), reason = %reason, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+                tokio::time::sleep(wait).await;
+            }
+            Step::Unauthorized { reason, .. } => {
+                break Some(format!(
+                    "{} refused the ingest token ({reason}); records stay queued. The ingest token (stored by `opencode-telemetry login`, or OPENCODE_TELEMETRY_INGEST_TOKEN, or convex.ingest_token) must be an unrevoked device token of the deployment (npx convex run devices:list; devices:create makes one, `opencode-telemetry login` stores it), or the legacy INGEST_TOKEN with ALLOW_LEGACY_INGEST_TOKEN=1",
+                    sender.describe()
+                ));
+            }
+        }
+    };
+    Ok(Drained {
+        lane: sender.lane(),
+        sink: sender.describe(),
+        delivered: delivered_total,
+        dead: dead_total,
+        failed,
+    })
 }

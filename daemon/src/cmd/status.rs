@@ -19,7 +19,10 @@
 //!  "figuresFrom":"status file"|"outbox","figuresAt":<ms>,
 //!  "sink":…,"dbPath":…,"dataDir":…,
 //!  "device":{"at":<ms>,"name":…,"deviceId":…,"answer":…}|null,
-//!  "outbox":{"pendingCount":…,"pendingBytes":…,"maxBytes":…,"oldestEnqueuedAt":…|null,"deadCount":…},
+//!  "outbox":{"pendingCount":…,"pendingBytes":…,"maxBytes":…,"oldestEnqueuedAt":…|null,"deadCount":…,
+//!            "lanes":[{"lane":"store"|"convex"|"ndjson","pendingCount":…,"oldestEnqueuedAt":…|null,
+//!                      "deadCount":…,"lastDeliveryAt":…|null,"lastError":{…}|null,
+//!                      "ackedTotal":…,"deadLetteredTotal":…},…]},
 //!  "lastDeliveryAt":…|null,"lastError":{"message":…,"at":…}|null,
 //!  "lastExports":{"session.idle":{"sessionId":…,"at":…},…},"heldDeletions":…}
 //! ```
@@ -32,7 +35,7 @@ use serde_json::json;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::daemon::status_file::{read_status, DeviceSeen, LastExport, StatusSnapshot};
-use crate::daemon::{open_outbox, sink_description, LAST_EXPORT_PREFIX};
+use crate::daemon::{open_outbox_keeping, sink_description, LAST_EXPORT_PREFIX};
 use crate::queue::Outbox;
 
 /// Where the figures came from.
@@ -112,7 +115,7 @@ fn gather(config: &Config) -> anyhow::Result<Gathered> {
             device: last_device(),
         });
     }
-    match open_outbox(config) {
+    match open_outbox_keeping(config) {
         Ok(outbox) => Ok(Gathered {
             snapshot: StatusSnapshot::now(&outbox, None)?,
             running: false,
@@ -301,6 +304,27 @@ fn render_text(config: &Config, g: &Gathered, now: i64) -> String {
         },
     );
     line("dead letters", s.queue.dead_count.to_string());
+    // Each sink's own lane: what it has still to deliver, its dead letters, its last delivery
+    // and error.
+    for l in &s.queue.lanes {
+        line(
+            &format!("  {}", l.lane),
+            format!(
+                "{} pending{}, {} dead, last delivery {}{}",
+                l.pending_count,
+                match l.oldest_enqueued_at_ms {
+                    Some(_) => format!(" (oldest queued {})", ago(now, l.oldest_enqueued_at_ms)),
+                    None => String::new(),
+                },
+                l.dead_count,
+                ago(now, l.last_delivery_at_ms),
+                match &l.last_error {
+                    Some(e) => format!(", last error {} ({})", e.message, ago(now, Some(e.at_ms))),
+                    None => String::new(),
+                }
+            ),
+        );
+    }
     if g.held_deletions > 0 {
         line(
             "held deletions",
@@ -362,6 +386,16 @@ fn render_json(config: &Config, g: &Gathered) -> serde_json::Value {
             "maxBytes": s.queue.max_bytes,
             "oldestEnqueuedAt": s.queue.oldest_enqueued_at_ms,
             "deadCount": s.queue.dead_count,
+            "lanes": s.queue.lanes.iter().map(|l| json!({
+                "lane": l.lane.as_str(),
+                "pendingCount": l.pending_count,
+                "oldestEnqueuedAt": l.oldest_enqueued_at_ms,
+                "deadCount": l.dead_count,
+                "lastDeliveryAt": l.last_delivery_at_ms,
+                "lastError": l.last_error.as_ref().map(|e| json!({"message": e.message, "at": e.at_ms})),
+                "ackedTotal": l.acked_total,
+                "deadLetteredTotal": l.dead_lettered_total,
+            })).collect::<Vec<_>>(),
         },
         "lastDeliveryAt": s.queue.last_delivery_at_ms,
         "lastError": s.queue.last_error.as_ref().map(|e| json!({"message": e.message, "at": e.at_ms})),

@@ -1,4 +1,9 @@
-//! The sender: drains the outbox into the sink.
+//! The sender: drains one lane of the outbox into that lane's sink.
+//!
+//! Each configured sink has its own [`Sender`] over its own [`Lane`] (the local store always,
+//! Convex when configured): its own FIFO, acks, dead letters, pacer, probe and canary, running
+//! as its own task. So a sink that is down, slow or refusing only ever delays its own lane;
+//! the other keeps draining, and a record leaves the outbox once every lane acknowledged it.
 //!
 //! # Rules
 //! - Records are sent oldest first, in batches cut to the sink's declared [`Limits`] (records
@@ -47,7 +52,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::queue::{DeadLetterOutcome, Outbox, Pending, QueueError};
+use crate::queue::{DeadLetterOutcome, Lane, Outbox, Pending, QueueError};
 use crate::sink::{AnySink, Limits, Outcome, Pacer, RecordOutcome, Sink};
 
 /// What one send attempt did.
@@ -96,9 +101,10 @@ pub struct Reconfigure {
     pub in_flight_limit: Duration,
 }
 
-/// Drains the outbox into the sink, one batch per [`Sender::step`].
+/// Drains one lane of the outbox into its sink, one batch per [`Sender::step`].
 pub struct Sender {
     outbox: Arc<Outbox>,
+    lane: Lane,
     sink: AnySink,
     pacer: Pacer,
     in_flight_limit: Duration,
@@ -112,10 +118,11 @@ pub struct Sender {
 }
 
 impl Sender {
-    /// A sender over `outbox` and `sink`, paced by `pacer`.
-    pub fn new(outbox: Arc<Outbox>, sink: AnySink, pacer: Pacer) -> Sender {
+    /// A sender of `lane` of `outbox` into `sink`, paced by `pacer`.
+    pub fn new(outbox: Arc<Outbox>, lane: Lane, sink: AnySink, pacer: Pacer) -> Sender {
         Sender {
             outbox,
+            lane,
             sink,
             pacer,
             in_flight_limit: Duration::ZERO,
@@ -136,6 +143,11 @@ impl Sender {
         self.sink.describe()
     }
 
+    /// The lane it drains.
+    pub fn lane(&self) -> Lane {
+        self.lane
+    }
+
     /// Time until the pacer allows the next send.
     pub fn until_ready(&self) -> Duration {
         self.pacer.until_ready()
@@ -147,7 +159,7 @@ impl Sender {
     /// [`QueueError`] from the outbox (storage errors are fatal for the daemon).
     pub async fn step(&mut self) -> Result<Step, QueueError> {
         let limits: Limits = self.sink.limits();
-        let mut batch = self.outbox.pending(limits.max_records.max(1))?;
+        let mut batch = self.outbox.pending(self.lane, limits.max_records.max(1))?;
         if batch.is_empty() {
             return Ok(Step::Idle);
         }
@@ -203,7 +215,7 @@ impl Sender {
                 // The stored entry changes with its attempt count: keep the new one, so a
                 // strike's dead-letter compare-and-swap matches it.
                 let current = self.outbox.record_attempt(p)?.unwrap_or_else(|| p.clone());
-                self.outbox.record_error(&reason)?;
+                self.outbox.record_error(self.lane, &reason)?;
                 let step = Step::Backoff {
                     wait,
                     reason: reason.clone(),
@@ -286,7 +298,7 @@ impl Sender {
                 // One transaction for the whole batch; a superseded entry stays pending.
                 let delivered = to_ack.len();
                 self.outbox.ack_batch(&to_ack).await?;
-                self.outbox.record_delivery(now_ms())?;
+                self.outbox.record_delivery(self.lane, now_ms())?;
                 Ok(Step::Progress { delivered, dead })
             }
             Outcome::Rejected { reason } if batch.len() > 1 => {
@@ -301,12 +313,12 @@ impl Sender {
             }
             Outcome::Retry { reason, .. } => {
                 self.count_attempts(batch)?;
-                self.outbox.record_error(&reason)?;
+                self.outbox.record_error(self.lane, &reason)?;
                 Ok(Step::Backoff { wait, reason })
             }
             Outcome::Unauthorized { reason } => {
                 self.count_attempts(batch)?;
-                self.outbox.record_error(&reason)?;
+                self.outbox.record_error(self.lane, &reason)?;
                 Ok(Step::Unauthorized { wait, reason })
             }
         }
@@ -321,9 +333,9 @@ impl Sender {
             tracing::debug!(session_id = %p.session_id(), "a refused record was superseded; the newer version stays pending");
             return Ok(0);
         }
-        tracing::error!(session_id = %p.session_id(), reason = %reason, "record rejected by the sink; moved to dead letters (see `opencode-telemetry queue list`)");
+        tracing::error!(session_id = %p.session_id(), lane = %self.lane, reason = %reason, "record rejected by the sink; moved to dead letters (see `opencode-telemetry queue list`)");
         self.outbox
-            .record_error(&format!("rejected {}: {reason}", p.session_id()))?;
+            .record_error(self.lane, &format!("rejected {}: {reason}", p.session_id()))?;
         Ok(1)
     }
 
@@ -412,10 +424,10 @@ impl Sender {
                 }
                 Step::Progress { delivered, dead } => {
                     logged_unauthorized = false;
-                    tracing::debug!(delivered, dead, "delivered a batch");
+                    tracing::debug!(lane = %self.lane, delivered, dead, "delivered a batch");
                 }
                 Step::Backoff { wait, reason } => {
-                    tracing::warn!(reason = %reason, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
+                    tracing::warn!(lane = %self.lane, reason = %reason, retry_in_ms = wait.as_millis() as u64, "delivery failed; will retry");
                 }
                 Step::Unauthorized { wait, reason } => {
                     if !logged_unauthorized {

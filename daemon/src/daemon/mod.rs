@@ -60,7 +60,7 @@ use crate::config::{Config, ConfigError, Loaded};
 use crate::daemon::deliver::{Reconfigure, Sender};
 use crate::export::{ExportContext, ExportOptions, SessionExport};
 use crate::identity;
-use crate::queue::{NewRecord, Outbox, QueueError};
+use crate::queue::{Lane, NewRecord, Outbox, QueueError};
 use crate::sink::{self, AnySink};
 use crate::source::opencode::OpenCodeSource;
 use crate::track::{Rules, Tracker};
@@ -80,12 +80,39 @@ pub fn init_tracing(service: &crate::config::ServiceConfig) {
     logging::init(service);
 }
 
-/// `convex <url>` or `local file <path>`: where records go (no secret).
+/// Where records go, one sink after the other (`local store <path>`, then `convex <url>` and
+/// `local file <path>` when configured; no secret).
 pub(crate) fn sink_description(config: &Config) -> String {
+    configured_lanes(config)
+        .into_iter()
+        .map(|lane| match lane {
+            Lane::Store => format!("local store {}", config.store_path().display()),
+            Lane::Convex => format!("convex {}", config.convex.url),
+            Lane::Ndjson => format!("local file {}", config.local.path.display()),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The outbox lanes `config` configures: the local store always, Convex when `convex.url` is
+/// set, the deprecated NDJSON file while `local.path` is set.
+pub(crate) fn configured_lanes(config: &Config) -> Vec<Lane> {
+    let mut lanes = vec![Lane::Store];
     if config.uses_convex() {
-        format!("convex {}", config.convex.url)
-    } else {
-        format!("local file {}", config.local.path.display())
+        lanes.push(Lane::Convex);
+    }
+    if config.uses_ndjson() {
+        lanes.push(Lane::Ndjson);
+    }
+    lanes
+}
+
+/// The sink of `lane` as `config` sets it up.
+pub(crate) fn sink_for(config: &Config, lane: Lane) -> Result<AnySink, sink::SinkError> {
+    match lane {
+        Lane::Store => AnySink::store(config),
+        Lane::Convex => AnySink::convex(config),
+        Lane::Ndjson => AnySink::ndjson(config),
     }
 }
 
@@ -221,6 +248,8 @@ pub(crate) fn held_deletions(outbox: &Outbox) -> anyhow::Result<usize> {
     Ok(outbox.state_count(crate::track::HELD_PREFIX)?)
 }
 
+/// Opens the outbox for delivering (`run`, `once`): with `config`'s lanes, dropping the
+/// entries of a sink no longer configured.
 pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     // Made private (0700) when missing: it holds the records, the tracker's copies and the
     // path key.
@@ -228,7 +257,23 @@ pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     if !config.data_dir.exists() {
         let _ = crate::atomic_file::create_private_dir(&config.data_dir);
     }
-    let outbox = Outbox::open(&config.data_dir, &config.queue).map_err(|e| match e {
+    opened(
+        config,
+        Outbox::open_lanes(&config.data_dir, &config.queue, &configured_lanes(config)),
+    )
+}
+
+/// Opens the outbox for inspecting it (`status`, `queue …`): entries of a sink `config` does not
+/// configure are kept (see [`Outbox::open_keeping`]).
+pub(crate) fn open_outbox_keeping(config: &Config) -> anyhow::Result<Outbox> {
+    opened(
+        config,
+        Outbox::open_keeping(&config.data_dir, &config.queue, &configured_lanes(config)),
+    )
+}
+
+fn opened(config: &Config, outbox: Result<Outbox, QueueError>) -> anyhow::Result<Outbox> {
+    let outbox = outbox.map_err(|e| match e {
         QueueError::Locked { .. } => anyhow::anyhow!(
             "{e} (another opencode-telemetry is running with data_dir {}; stop it, or point this one at another data_dir)",
             config.data_dir.display()
@@ -242,6 +287,117 @@ pub(crate) fn open_outbox(config: &Config) -> anyhow::Result<Outbox> {
     Ok(outbox)
 }
 
+/// Key, in the outbox's `state` tree, of how far the local store was given the records the
+/// tracker had kept from before the store existed (see `fill_store`): `done`, or the last
+/// `record/<id>` key given so far.
+pub const STORE_FILLED_KEY: &[u8] = b"store-filled";
+
+/// [`STORE_FILLED_KEY`]'s value once every kept record was given.
+const STORE_FILLED_DONE: &[u8] = b"done";
+
+/// Records handed to the store lane per transaction by [`fill_store`].
+const FILL_CHUNK: usize = 200;
+
+/// What [`fill_store`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fill {
+    /// Every kept record was given (now or before).
+    Done {
+        /// Records given by this call.
+        given: usize,
+    },
+    /// The outbox is full: the rest is given by a later call, once the lanes drained.
+    Paused {
+        /// Records given by this call.
+        given: usize,
+    },
+}
+
+/// Gives the local store's lane the last record the tracker kept of every session
+/// (`record/<id>` in the `state` tree), so that an outbox from a build before the local store —
+/// whose sessions will not be exported again until they change — fills the store with its
+/// history instead of starting it empty. Only the store's lane gets them (the other sinks had
+/// them already), and only for sessions with nothing pending (a pending version reaches the
+/// store anyway).
+///
+/// A page of [`FILL_CHUNK`] records in memory at a time, each page committed with the key it
+/// ended at ([`STORE_FILLED_KEY`]), so a crash or a full outbox resumes after the last page
+/// given; a page that would not fit in the outbox (`queue.max_bytes`) waits for a later call
+/// ([`Fill::Paused`]: `run` calls again after its ticks, `once` at its next run). The last page
+/// sets the key to `done`; on a fresh outbox there is nothing to give and it is set at once.
+///
+/// # Errors
+/// Outbox failures.
+pub(crate) async fn fill_store(outbox: &Outbox) -> anyhow::Result<Fill> {
+    let mut after = match outbox.state_get(STORE_FILLED_KEY)? {
+        Some(v) if v == STORE_FILLED_DONE => return Ok(Fill::Done { given: 0 }),
+        other => other,
+    };
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Versioned {
+        session_id: String,
+        updated_at: i64,
+        exported_at: i64,
+    }
+    let (mut given, mut unreadable) = (0, 0);
+    let fill = loop {
+        let page =
+            outbox.state_scan_after(crate::track::RECORD_PREFIX, after.as_deref(), FILL_CHUNK)?;
+        let last = page.len() < FILL_CHUNK;
+        let bytes: u64 = page
+            .iter()
+            .map(|(k, v)| crate::queue::stored_size_bound(&String::from_utf8_lossy(k), v.len()))
+            .sum();
+        if bytes > outbox.free_bytes() {
+            break Fill::Paused { given };
+        }
+        let end = page.last().map(|(k, _)| k.clone());
+        let mut records = Vec::with_capacity(page.len());
+        for (_, json) in page {
+            match serde_json::from_slice::<Versioned>(&json) {
+                Ok(v) => records.push(NewRecord {
+                    session_id: v.session_id,
+                    updated_at: v.updated_at,
+                    exported_at: v.exported_at,
+                    json,
+                }),
+                Err(_) => unreadable += 1,
+            }
+        }
+        let mark = match (&end, last) {
+            (_, true) | (None, _) => STORE_FILLED_DONE.to_vec(),
+            (Some(k), false) => k.clone(),
+        };
+        let commit = crate::queue::Commit {
+            records,
+            state_puts: vec![(STORE_FILLED_KEY.to_vec(), mark)],
+            state_removes: Vec::new(),
+        };
+        given += outbox.commit_to_lane(Lane::Store, commit).await?;
+        if last {
+            break Fill::Done { given };
+        }
+        after = end;
+    };
+    if given > 0 {
+        tracing::info!(
+            records = given,
+            "gave the local store the sessions exported before it existed"
+        );
+    }
+    if let Fill::Paused { .. } = fill {
+        tracing::info!("the outbox is full: the local store gets the rest of the earlier sessions as it drains");
+    }
+    if unreadable > 0 {
+        tracing::warn!(
+            records = unreadable,
+            "kept records that cannot be read were not given to the local store"
+        );
+    }
+    Ok(fill)
+}
+
 /// The outbox entry for `record`, whose JSON is `json`.
 pub(crate) fn new_record(record: &SessionExport, json: Vec<u8>) -> NewRecord {
     NewRecord {
@@ -252,10 +408,24 @@ pub(crate) fn new_record(record: &SessionExport, json: Vec<u8>) -> NewRecord {
     }
 }
 
-pub(crate) fn sender_for(config: &Config, outbox: Arc<Outbox>) -> anyhow::Result<Sender> {
-    let sink = AnySink::from_config(config).context("setting up the sink")?;
-    let pacer = sink::Pacer::new(sink::RetryPolicy::from(&config.convex));
-    Ok(Sender::new(outbox, sink, pacer))
+/// One sender per lane of `outbox` (see [`deliver`]), each with its own sink and pacer. Warns
+/// once that `local.path` is deprecated when it is set.
+pub(crate) fn senders_for(config: &Config, outbox: Arc<Outbox>) -> anyhow::Result<Vec<Sender>> {
+    if config.uses_ndjson() {
+        tracing::warn!(path = %config.local.path.display(),
+            "`[local] path` is deprecated: the local store is {} (read it with `opencode-telemetry report`); the NDJSON file still receives every record while the key is set; `opencode-telemetry export --format ndjson` gives the same lines",
+            config.store_path().display());
+    }
+    outbox
+        .lanes()
+        .iter()
+        .map(|&lane| {
+            let sink =
+                sink_for(config, lane).with_context(|| format!("setting up the {lane} sink"))?;
+            let pacer = sink::Pacer::new(sink::RetryPolicy::from(&config.convex));
+            Ok(Sender::new(outbox.clone(), lane, sink, pacer))
+        })
+        .collect()
 }
 
 /// How long the sender lets a request in flight finish on shutdown: the grace period minus
@@ -362,11 +532,14 @@ pub async fn run(
     } else {
         Tracker::resume(Rules::from(&config.export), outbox.as_ref())?
     };
+    let mut filled = matches!(fill_store(&outbox).await?, Fill::Done { .. });
     let mut grace = Duration::from_secs(config.service.shutdown_grace_secs);
-    let sender =
-        sender_for(&config, outbox.clone())?.with_in_flight_limit(in_flight_limit(&config));
+    let senders: Vec<Sender> = senders_for(&config, outbox.clone())?
+        .into_iter()
+        .map(|s| s.with_in_flight_limit(in_flight_limit(&config)))
+        .collect();
     tracing::info!(
-        sink = %sender.describe(),
+        sink = %senders.iter().map(Sender::describe).collect::<Vec<_>>().join(", "),
         db = %config.source.db_path.display(),
         tracked_sessions = tracker.len(),
         "running"
@@ -397,9 +570,20 @@ pub async fn run(
     let mut notifier = notify::Notifier::from_env();
     notifier.ready(&format!("polling {}", config.source.db_path.display()));
     let cancel = CancellationToken::new();
-    let wake = Arc::new(Notify::new());
-    let (reconfigure_tx, reconfigure_rx) = mpsc::unbounded_channel();
-    let sender_task = tokio::spawn(sender.run(wake.clone(), cancel.clone(), reconfigure_rx));
+    // One wake-up and one reconfigure channel per sender: each lane sleeps and wakes on its own.
+    let mut wakes: Vec<Arc<Notify>> = Vec::new();
+    let mut reconfigure_tx: Vec<(Lane, mpsc::UnboundedSender<Reconfigure>)> = Vec::new();
+    let mut sender_tasks = Vec::new();
+    for sender in senders {
+        let wake = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::unbounded_channel();
+        reconfigure_tx.push((sender.lane(), tx));
+        wakes.push(wake.clone());
+        sender_tasks.push((
+            sender.lane(),
+            tokio::spawn(sender.run(wake, cancel.clone(), rx)),
+        ));
+    }
     if config.uses_convex() {
         tokio::spawn(ask_whoami(
             config.convex.clone(),
@@ -477,18 +661,41 @@ pub async fn run(
         };
         match ticked {
             None => break Ok(()),
-            Some(Ok(true)) => wake.notify_one(),
+            Some(Ok(true)) => wakes.iter().for_each(|w| w.notify_one()),
             Some(Ok(false)) => {}
             Some(Err(e)) => break Err(e),
+        }
+        // A fill of the store the outbox had no room for resumes as the lanes drain.
+        if !filled {
+            match fill_store(&outbox).await {
+                Ok(Fill::Done { given }) => {
+                    filled = true;
+                    if given > 0 {
+                        wakes.iter().for_each(|w| w.notify_one());
+                    }
+                }
+                Ok(Fill::Paused { given }) => {
+                    if given > 0 {
+                        wakes.iter().for_each(|w| w.notify_one());
+                    }
+                }
+                Err(e) => break Err(e),
+            }
         }
     };
     notifier.stopping("stopping: flushing the outbox");
     cancel.cancel();
-    match tokio::time::timeout(grace, sender_task).await {
-        Ok(Ok(Err(e))) => tracing::error!(error = %e, "sender failed"),
-        Ok(Err(e)) => tracing::error!(error = %e, "sender task panicked"),
-        Ok(Ok(Ok(()))) => {}
-        Err(_) => tracing::warn!("the sender did not stop within the grace period"),
+    // The senders stop together, within one grace period.
+    let deadline = tokio::time::Instant::now() + grace;
+    for (lane, task) in sender_tasks {
+        match tokio::time::timeout_at(deadline, task).await {
+            Ok(Ok(Err(e))) => tracing::error!(lane = %lane, error = %e, "sender failed"),
+            Ok(Err(e)) => tracing::error!(lane = %lane, error = %e, "sender task panicked"),
+            Ok(Ok(Ok(()))) => {}
+            Err(_) => {
+                tracing::warn!(lane = %lane, "the sender did not stop within the grace period")
+            }
+        }
     }
     let flushed = outbox.flush().await;
     status.finish().await;
@@ -578,7 +785,7 @@ pub(crate) fn apply_reload(
     running: &Config,
     loaded: Result<Loaded, ConfigError>,
     status: &StatusHandle,
-    reconfigure: &mpsc::UnboundedSender<Reconfigure>,
+    reconfigure: &[(Lane, mpsc::UnboundedSender<Reconfigure>)],
 ) -> Option<Config> {
     tracing::info!(signal = "SIGHUP", "reloading the configuration");
     let record = |applied: bool, message: String| {
@@ -605,22 +812,49 @@ pub(crate) fn apply_reload(
     for change in &plan.need_restart {
         tracing::warn!(change = %change, "this setting needs a restart to take effect; keeping the running value");
     }
-    if plan.rebuild_sink {
-        let sink = match AnySink::from_config(&plan.effective) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "the reloaded sink settings cannot be used; keeping the running configuration");
-                record(false, format!("sink: {e}"));
-                return None;
-            }
-        };
-        let _ = reconfigure.send(Reconfigure {
-            sink,
-            pacer: sink::Pacer::new(sink::RetryPolicy::from(&plan.effective.convex)),
-            in_flight_limit: in_flight_limit(&plan.effective),
-        });
+    // The set of sinks (lanes) is fixed at start: adding or removing `[convex]` or
+    // `[local] path` needs a restart, which keeps the running set meanwhile.
+    let mut effective = plan.effective;
+    let running_lanes = configured_lanes(running);
+    if configured_lanes(&effective) != running_lanes {
+        tracing::warn!(
+            change = "the set of sinks (convex.url or local.path set or unset)",
+            "this setting needs a restart to take effect; keeping the running value"
+        );
+        if !running_lanes.contains(&Lane::Convex) {
+            effective.convex = running.convex.clone();
+        }
+        if !running_lanes.contains(&Lane::Ndjson) {
+            effective.local = running.local.clone();
+        }
+        if running_lanes.contains(&Lane::Convex) && !effective.uses_convex() {
+            effective.convex = running.convex.clone();
+        }
+        if running_lanes.contains(&Lane::Ndjson) && !effective.uses_ndjson() {
+            effective.local = running.local.clone();
+        }
     }
-    if let Err(e) = logging::reload(&running.service, &plan.effective.service) {
+    if plan.rebuild_sink {
+        let mut sinks = Vec::new();
+        for (lane, _) in reconfigure {
+            match sink_for(&effective, *lane) {
+                Ok(s) => sinks.push(s),
+                Err(e) => {
+                    tracing::error!(error = %e, "the reloaded sink settings cannot be used; keeping the running configuration");
+                    record(false, format!("sink: {e}"));
+                    return None;
+                }
+            }
+        }
+        for ((_, tx), sink) in reconfigure.iter().zip(sinks) {
+            let _ = tx.send(Reconfigure {
+                sink,
+                pacer: sink::Pacer::new(sink::RetryPolicy::from(&effective.convex)),
+                in_flight_limit: in_flight_limit(&effective),
+            });
+        }
+    }
+    if let Err(e) = logging::reload(&running.service, &effective.service) {
         tracing::warn!(error = %e, "cannot apply the new log settings");
     }
     let summary = if plan.applied.is_empty() {
@@ -636,7 +870,6 @@ pub(crate) fn apply_reload(
         changes = plan.applied.len(),
         "configuration reloaded"
     );
-    let effective = plan.effective;
     let sink = sink_description(&effective);
     status.update(|d| d.sink = sink);
     record(true, summary);
@@ -649,4 +882,69 @@ pub(crate) fn ensure_parent(path: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod fill_tests {
+    use super::*;
+    use crate::config::QueueConfig;
+
+    fn kept_record(i: usize) -> (Vec<u8>, Vec<u8>) {
+        let id = format!("ses_{i:08}");
+        let json = format!(
+            r#"{{"sessionId":"{id}","updatedAt":{i},"exportedAt":{i},"pad":"{}"}}"#,
+            "x".repeat(400)
+        );
+        (
+            [crate::track::RECORD_PREFIX, id.as_bytes()].concat(),
+            json.into_bytes(),
+        )
+    }
+
+    /// 450 kept records, an outbox bounded to about 250 of them: the fill gives what fits,
+    /// pauses, and resumes after the store's lane drained, each record given once, and then
+    /// stays done.
+    #[tokio::test]
+    async fn a_fill_the_outbox_has_no_room_for_resumes_where_it_stopped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = QueueConfig {
+            max_bytes: 250 * 700,
+            cache_capacity_bytes: 4 << 20,
+        };
+        let ob = Outbox::open_lanes(tmp.path(), &config, &[Lane::Store, Lane::Convex]).unwrap();
+        ob.commit(crate::queue::Commit {
+            state_puts: (0..450).map(kept_record).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut given = Vec::new();
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            assert!(rounds < 10, "the fill does not finish");
+            let fill = fill_store(&ob).await.unwrap();
+            // Drain the store's lane, as its sender would.
+            loop {
+                let batch = ob.pending(Lane::Store, 100).unwrap();
+                if batch.is_empty() {
+                    break;
+                }
+                given.extend(batch.iter().map(|p| p.session_id().to_string()));
+                ob.ack_batch(&batch).await.unwrap();
+            }
+            assert!(
+                ob.pending(Lane::Convex, 1).unwrap().is_empty(),
+                "only the store's lane is filled"
+            );
+            if let Fill::Done { .. } = fill {
+                break;
+            }
+        }
+        assert!(rounds >= 2, "the bound paused the fill at least once");
+        let mut want: Vec<String> = (0..450).map(|i| format!("ses_{i:08}")).collect();
+        want.sort();
+        assert_eq!(given, want, "every kept record, once, in key order");
+        assert_eq!(fill_store(&ob).await.unwrap(), Fill::Done { given: 0 });
+    }
 }

@@ -94,10 +94,6 @@ pub fn plan(old: &Config, new: Config) -> Plan {
     effective.source.db_path = old.source.db_path.clone();
     effective.source.busy_timeout_ms = old.source.busy_timeout_ms;
     effective.queue = old.queue.clone();
-    // `local.path` defaults to `<data_dir>/sessions.ndjson`: follow the data dir that is kept.
-    if new.local.path == new.data_dir.join("sessions.ndjson") {
-        effective.local.path = effective.data_dir.join("sessions.ndjson");
-    }
     let need_restart = diff(old, &new)
         .into_iter()
         .filter(|(k, _, _)| is_restart_only(k))
@@ -148,15 +144,10 @@ mod tests {
         new.source.poll_interval_ms = 50;
         new.service.log_format = LogFormat::Json;
         new.data_dir = "/var/b".into();
-        new.local.path = "/var/b/sessions.ndjson".into();
         new.queue.max_bytes *= 2;
         let p = plan(&old, new);
         assert_eq!(p.effective.data_dir, old.data_dir);
         assert_eq!(p.effective.queue.max_bytes, old.queue.max_bytes);
-        assert_eq!(
-            p.effective.local.path, old.local.path,
-            "derived default follows the kept data_dir"
-        );
         assert_eq!(p.effective.source.poll_interval_ms, 50);
         assert_eq!(
             p.applied,

@@ -40,7 +40,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_ms;
-use crate::queue::{LastError, Outbox, QueueStats};
+use crate::queue::{Lane, LaneStats, LastError, Outbox, QueueStats};
 
 /// File name of the status file inside the data dir.
 pub const STATUS_FILE_NAME: &str = "status.json";
@@ -61,7 +61,8 @@ pub struct DaemonInfo {
     pub config_path: Option<PathBuf>,
     /// The OpenCode database it reads.
     pub db_path: PathBuf,
-    /// Where it delivers (`convex <url>` or `local file <path>`; no secret).
+    /// Where it delivers (`local store <path>`, then `convex <url>` and `local file <path>` when
+    /// configured; no secret).
     pub sink: String,
     /// The last export per trigger (`session.idle`, `session.error`, `session.deleted`,
     /// `stale`).
@@ -344,6 +345,23 @@ struct QueueFigures {
     dead_lettered_total: u64,
     #[serde(default)]
     disk_bytes: u64,
+    /// Per lane (files of builds before lanes have none).
+    #[serde(default)]
+    lanes: Vec<LaneFigures>,
+}
+
+/// [`LaneStats`] as the status file spells it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LaneFigures {
+    lane: String,
+    pending_count: u64,
+    oldest_enqueued_at: Option<i64>,
+    dead_count: u64,
+    last_delivery_at: Option<i64>,
+    last_error: Option<ErrorFigure>,
+    acked_total: u64,
+    dead_lettered_total: u64,
 }
 
 /// The last error inside [`QueueFigures`].
@@ -371,6 +389,23 @@ impl From<&QueueStats> for QueueFigures {
             acked_total: s.acked_total,
             dead_lettered_total: s.dead_lettered_total,
             disk_bytes: s.disk_bytes,
+            lanes: s
+                .lanes
+                .iter()
+                .map(|l| LaneFigures {
+                    lane: l.lane.as_str().to_string(),
+                    pending_count: l.pending_count,
+                    oldest_enqueued_at: l.oldest_enqueued_at_ms,
+                    dead_count: l.dead_count,
+                    last_delivery_at: l.last_delivery_at_ms,
+                    last_error: l.last_error.as_ref().map(|e| ErrorFigure {
+                        message: e.message.clone(),
+                        at: e.at_ms,
+                    }),
+                    acked_total: l.acked_total,
+                    dead_lettered_total: l.dead_lettered_total,
+                })
+                .collect(),
         }
     }
 }
@@ -392,6 +427,25 @@ impl From<QueueFigures> for QueueStats {
             acked_total: f.acked_total,
             dead_lettered_total: f.dead_lettered_total,
             disk_bytes: f.disk_bytes,
+            lanes: f
+                .lanes
+                .into_iter()
+                .filter_map(|l| {
+                    Some(LaneStats {
+                        lane: Lane::from_name(&l.lane)?,
+                        pending_count: l.pending_count,
+                        oldest_enqueued_at_ms: l.oldest_enqueued_at,
+                        dead_count: l.dead_count,
+                        last_delivery_at_ms: l.last_delivery_at,
+                        last_error: l.last_error.map(|e| LastError {
+                            message: e.message,
+                            at_ms: e.at,
+                        }),
+                        acked_total: l.acked_total,
+                        dead_lettered_total: l.dead_lettered_total,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -460,7 +514,9 @@ mod tests {
 
         // Two changes right after a write are written together, a second after it.
         outbox.commit(record("ses_a")).await.unwrap();
-        outbox.record_error("http 503: unavailable").unwrap();
+        outbox
+            .record_error(Lane::Store, "http 503: unavailable")
+            .unwrap();
         let s1 = wait_for(tmp.path(), |s| s.queue.pending_count == 1).await;
         assert!(
             s1.written_at_ms - s0.written_at_ms >= 950,
@@ -484,7 +540,7 @@ mod tests {
         assert_eq!(s2.queue.pending_count, 1);
 
         // `finish` writes the final figures at once.
-        let p = outbox.pending(1).unwrap().remove(0);
+        let p = outbox.pending(Lane::Store, 1).unwrap().remove(0);
         outbox.ack(&p).await.unwrap();
         outbox.flush().await.unwrap();
         writer.finish().await;

@@ -1,8 +1,9 @@
 //! The wire shape of one exported session: [`SessionExport`].
 //!
 //! This is the one record type that leaves the machine. Its JSON form (camelCase keys, optional
-//! fields omitted rather than `null`) is what the outbox stores, what the local NDJSON sink
-//! writes one per line, and what `convex/schema.ts` validates field for field. Change both
+//! fields omitted rather than `null`) is what the outbox stores, what the local store keeps (one
+//! row per session), what the deprecated NDJSON sink writes one per line, and what
+//! `convex/schema.ts` validates field for field. Change both
 //! together: `tests/integration/convex_e2e.rs` round-trips every field through the real Convex
 //! functions.
 //!

@@ -6,7 +6,7 @@
 //! Idempotent: a file whose content is already the rendered one is left alone and reported as
 //! `unchanged`. Every action is printed (files written, each command run and its output).
 //! `--dry-run` prints the rendered file on stdout and the plan on stderr, and touches nothing.
-//! `uninstall` leaves the data dir (outbox, local sink file) and the config file alone and says
+//! `uninstall` leaves the data dir (outbox, local store) and the config file alone and says
 //! so. A failing `systemctl`/`launchctl` is an error (exit 1) that names the command and its
 //! output and says how to finish by hand; files written before it stay written.
 
@@ -330,7 +330,7 @@ pub fn uninstall(loaded: &Loaded, opts: &Options) -> anyhow::Result<ExitCode> {
         say(format!("{} does not exist: not installed", path.display()));
     }
     say(format!(
-        "left alone: the data dir {} (outbox, local sink file){}{}",
+        "left alone: the data dir {} (outbox, local store){}{}",
         loaded.config.data_dir.display(),
         loaded
             .path

@@ -5,8 +5,9 @@
 //! - `ExecStartPre=`/`ExecStart=` run the canonical path of the running binary
 //!   ([`std::env::current_exe`]), with `--config <absolute path>` when a config file was named
 //!   (`--config` or `OPENCODE_TELEMETRY_CONFIG`) and `--db <absolute path>` when `--db` was given;
-//! - `ReadWritePaths=` lists the effective `data_dir`, the local sink file's directory (when it
-//!   lies outside `data_dir` and no Convex deployment is configured) and the directory of
+//! - `ReadWritePaths=` lists the effective `data_dir` (the outbox and the local store), the
+//!   directory of the deprecated `[local] path` file (when set and outside `data_dir`) and the
+//!   directory of
 //!   `source.db_path` (see the unit's comment for why OpenCode's directory must be writable);
 //!   `install` creates the ones that do not exist yet. Change `data_dir`, `[local] path` or
 //!   `source.db_path` later and you re-run `install`.
@@ -132,7 +133,8 @@ pub(super) fn render(
 ) -> anyhow::Result<(String, Vec<PathBuf>)> {
     let c = &loaded.config;
     let mut writable = vec![absolute(&c.data_dir)?];
-    if !c.uses_convex() {
+    // The local store lives in `data_dir`; the deprecated NDJSON file wherever `local.path` says.
+    if c.uses_ndjson() {
         if let Some(dir) = absolute(&c.local.path)?.parent() {
             writable.push(dir.to_path_buf());
         }

@@ -10,8 +10,13 @@ use serde::{Deserialize, Serialize};
 const HEADER_END: u8 = b'\n';
 
 /// Version of the tree layout, stored in `meta/layout`. Bumped only if the set or meaning of the
-/// trees changes; the value formats are versioned on their own.
-pub(crate) const LAYOUT_VERSION: u64 = 1;
+/// trees changes; the value formats are versioned on their own. Layout 1: one `order` FIFO for
+/// the one sink; layout 2: one FIFO per lane (`lane_order`) and the lane entries (`lanes`); an
+/// outbox of layout 1 is migrated at open (see [`crate::queue`], "Lanes").
+pub(crate) const LAYOUT_VERSION: u64 = 2;
+
+/// The layout that had one `order` tree and no lanes.
+pub(crate) const LAYOUT_V1: u64 = 1;
 
 /// `meta` keys.
 pub(crate) mod meta_key {
@@ -29,9 +34,94 @@ pub(crate) mod meta_key {
     pub const ACKED_TOTAL: &[u8] = b"acked_total";
     /// u64 BE: entries ever moved to `dead`.
     pub const DEAD_LETTERED_TOTAL: &[u8] = b"dead_lettered_total";
+
+    /// A per-lane meta key: `lane/<lane>/<key>` (`key` one of [`LAST_DELIVERY_AT`],
+    /// [`LAST_ERROR`], [`ACKED_TOTAL`], [`DEAD_LETTERED_TOTAL`]).
+    pub fn lane(lane: crate::queue::Lane, key: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(6 + lane.as_str().len() + key.len());
+        k.extend_from_slice(b"lane/");
+        k.extend_from_slice(lane.as_str().as_bytes());
+        k.push(b'/');
+        k.extend_from_slice(key);
+        k
+    }
 }
 
-/// Big-endian key of the `order` tree (sorts numerically).
+/// Key of a `lane_order` entry: the lane's name, a NUL, the sequence number big-endian (so one
+/// lane's keys are a contiguous range, in FIFO order).
+pub(crate) fn lane_order_key(lane: crate::queue::Lane, seq: u64) -> Vec<u8> {
+    let mut key = lane_prefix(lane);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// Key of a `lanes` entry: the lane's name, a NUL, the session id.
+pub(crate) fn lane_key(lane: crate::queue::Lane, session_id: &[u8]) -> Vec<u8> {
+    let mut key = lane_prefix(lane);
+    key.extend_from_slice(session_id);
+    key
+}
+
+/// `<lane name> 0x00`: the prefix of a lane's keys in `lanes` and `lane_order`.
+pub(crate) fn lane_prefix(lane: crate::queue::Lane) -> Vec<u8> {
+    let mut key = Vec::with_capacity(lane.as_str().len() + 9);
+    key.extend_from_slice(lane.as_str().as_bytes());
+    key.push(0);
+    key
+}
+
+/// Splits a `lanes` or `lane_order` key into its lane and the rest; `None` for a key of no
+/// known lane.
+pub(crate) fn split_lane_key(key: &[u8]) -> Option<(crate::queue::Lane, &[u8])> {
+    let nul = key.iter().position(|&b| b == 0)?;
+    let lane = crate::queue::Lane::from_name(std::str::from_utf8(&key[..nul]).ok()?)?;
+    Some((lane, &key[nul + 1..]))
+}
+
+/// A `lanes` value: which version of the session's outbox entry the lane still has to deliver,
+/// and its failed attempts there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "v")]
+pub(crate) enum LaneEntry {
+    /// Format 1.
+    #[serde(rename = "1", rename_all = "camelCase")]
+    V1 {
+        /// The envelope's sequence number (also the lane's FIFO position).
+        seq: u64,
+        /// Failed delivery attempts of this version in this lane.
+        attempts: u32,
+    },
+}
+
+impl LaneEntry {
+    /// The envelope's sequence number.
+    pub fn seq(&self) -> u64 {
+        match self {
+            LaneEntry::V1 { seq, .. } => *seq,
+        }
+    }
+    /// Failed attempts.
+    pub fn attempts(&self) -> u32 {
+        match self {
+            LaneEntry::V1 { attempts, .. } => *attempts,
+        }
+    }
+}
+
+/// Encodes a `lanes` value.
+pub(crate) fn encode_lane_entry(seq: u64, attempts: u32) -> Vec<u8> {
+    // A two-field struct of integers cannot fail to serialize.
+    serde_json::to_vec(&LaneEntry::V1 { seq, attempts }).unwrap_or_default()
+}
+
+/// Decodes a `lanes` value.
+pub(crate) fn decode_lane_entry(value: &[u8]) -> Result<LaneEntry, String> {
+    serde_json::from_slice(value).map_err(|e| format!("bad lane entry: {e}"))
+}
+
+/// Big-endian key of layout 1's `order` tree (sorts numerically); the tail of a `lane_order`
+/// key.
+#[cfg(test)]
 pub(crate) fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
@@ -83,6 +173,16 @@ enum EnvelopeHeader {
         attempts: u32,
         record_len: u64,
     },
+    /// Format 2 (layout 2): as V1 without `attempts`, which are counted per lane.
+    #[serde(rename = "2", rename_all = "camelCase")]
+    V2 {
+        seq: u64,
+        session_id: String,
+        updated_at: i64,
+        exported_at: i64,
+        enqueued_at: i64,
+        record_len: u64,
+    },
 }
 
 /// A decoded outbox value (version-independent view).
@@ -98,7 +198,8 @@ pub(crate) struct Envelope {
     pub exported_at: i64,
     /// When this version was enqueued (ms).
     pub enqueued_at: i64,
-    /// Failed delivery attempts recorded for this version.
+    /// Failed delivery attempts recorded for this version: a V1 envelope's (layout 1, the one
+    /// sink's); 0 for V2, whose attempts are in each lane's entry.
     pub attempts: u32,
     /// Offset of the record bytes in the value.
     pub body: usize,
@@ -116,13 +217,12 @@ pub fn stored_size_bound(session_id: &str, record_len: usize) -> u64 {
 }
 
 pub(crate) fn encode_envelope(e: &Envelope, record: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
-    let header = EnvelopeHeader::V1 {
+    let header = EnvelopeHeader::V2 {
         seq: e.seq,
         session_id: e.session_id.clone(),
         updated_at: e.updated_at,
         exported_at: e.exported_at,
         enqueued_at: e.enqueued_at,
-        attempts: e.attempts,
         record_len: record.len() as u64,
     };
     let mut out = Vec::with_capacity(160 + record.len());
@@ -146,7 +246,7 @@ pub(crate) fn decode_envelope(value: &[u8]) -> Result<Envelope, String> {
     let (header, body) = split_header(value)?;
     let header: EnvelopeHeader =
         serde_json::from_slice(header).map_err(|e| format!("bad header: {e}"))?;
-    match header {
+    let (env, record_len) = match header {
         EnvelopeHeader::V1 {
             seq,
             session_id,
@@ -155,14 +255,8 @@ pub(crate) fn decode_envelope(value: &[u8]) -> Result<Envelope, String> {
             enqueued_at,
             attempts,
             record_len,
-        } => {
-            let actual = (value.len() - body) as u64;
-            if actual != record_len {
-                return Err(format!(
-                    "record is {actual} bytes but the header says {record_len}"
-                ));
-            }
-            Ok(Envelope {
+        } => (
+            Envelope {
                 seq,
                 session_id,
                 updated_at,
@@ -170,9 +264,36 @@ pub(crate) fn decode_envelope(value: &[u8]) -> Result<Envelope, String> {
                 enqueued_at,
                 attempts,
                 body,
-            })
-        }
+            },
+            record_len,
+        ),
+        EnvelopeHeader::V2 {
+            seq,
+            session_id,
+            updated_at,
+            exported_at,
+            enqueued_at,
+            record_len,
+        } => (
+            Envelope {
+                seq,
+                session_id,
+                updated_at,
+                exported_at,
+                enqueued_at,
+                attempts: 0,
+                body,
+            },
+            record_len,
+        ),
+    };
+    let actual = (value.len() - body) as u64;
+    if actual != record_len {
+        return Err(format!(
+            "record is {actual} bytes but the header says {record_len}"
+        ));
     }
+    Ok(env)
 }
 
 /// Header line of a `dead` value.
@@ -189,6 +310,21 @@ enum DeadHeader {
         dead_at: i64,
         stored_len: u64,
     },
+    /// Format 2 (layout 2): as V1 plus the lane that refused it; no lane for an envelope that
+    /// could not be decoded (dead for every lane).
+    #[serde(rename = "2", rename_all = "camelCase")]
+    V2 {
+        session_id: String,
+        seq: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lane: Option<String>,
+        /// The lane's failed attempts before it refused it.
+        #[serde(default)]
+        attempts: u32,
+        reason: String,
+        dead_at: i64,
+        stored_len: u64,
+    },
 }
 
 /// A decoded `dead` value.
@@ -198,6 +334,11 @@ pub(crate) struct Dead {
     pub seq: Option<u64>,
     pub reason: String,
     pub dead_at: i64,
+    /// The lane that dead-lettered it; `None` for a V1 entry (layout 1: the one sink of then)
+    /// and for an undecodable envelope (every lane).
+    pub lane: Option<crate::queue::Lane>,
+    /// The lane's failed attempts (V2); `None` for V1, whose envelope counts them.
+    pub attempts: Option<u32>,
     /// Offset of the stored outbox value (verbatim) in the dead value.
     pub body: usize,
 }
@@ -205,9 +346,11 @@ pub(crate) struct Dead {
 /// Encodes a `dead` value: header line, `\n`, the outbox value verbatim (which may itself be
 /// undecodable).
 pub(crate) fn encode_dead(d: &Dead, stored: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
-    let header = DeadHeader::V1 {
+    let header = DeadHeader::V2 {
         session_id: d.session_id.clone(),
         seq: d.seq,
+        lane: d.lane.map(|l| l.as_str().to_string()),
+        attempts: d.attempts.unwrap_or(0),
         reason: d.reason.clone(),
         dead_at: d.dead_at,
         stored_len: stored.len() as u64,
@@ -224,29 +367,62 @@ pub(crate) fn decode_dead(value: &[u8]) -> Result<Dead, String> {
     let (header, body) = split_header(value)?;
     let header: DeadHeader =
         serde_json::from_slice(header).map_err(|e| format!("bad dead header: {e}"))?;
-    match header {
+    let (dead, stored_len) = match header {
         DeadHeader::V1 {
             session_id,
             seq,
             reason,
             dead_at,
             stored_len,
-        } => {
-            let actual = (value.len() - body) as u64;
-            if actual != stored_len {
-                return Err(format!(
-                    "stored entry is {actual} bytes but the header says {stored_len}"
-                ));
-            }
-            Ok(Dead {
+        } => (
+            Dead {
                 session_id,
                 seq,
                 reason,
                 dead_at,
+                lane: None,
+                attempts: None,
                 body,
-            })
+            },
+            stored_len,
+        ),
+        DeadHeader::V2 {
+            session_id,
+            seq,
+            lane,
+            attempts,
+            reason,
+            dead_at,
+            stored_len,
+        } => {
+            let lane = match lane {
+                None => None,
+                Some(name) => Some(
+                    crate::queue::Lane::from_name(&name)
+                        .ok_or_else(|| format!("unknown lane {name:?}"))?,
+                ),
+            };
+            (
+                Dead {
+                    session_id,
+                    seq,
+                    reason,
+                    dead_at,
+                    lane,
+                    attempts: Some(attempts),
+                    body,
+                },
+                stored_len,
+            )
         }
+    };
+    let actual = (value.len() - body) as u64;
+    if actual != stored_len {
+        return Err(format!(
+            "stored entry is {actual} bytes but the header says {stored_len}"
+        ));
     }
+    Ok(dead)
 }
 
 /// `meta/last_error`.
@@ -317,7 +493,7 @@ mod tests {
             updated_at: 10,
             exported_at: 20,
             enqueued_at: 30,
-            attempts: 2,
+            attempts: 0,
             body: 0,
         }
     }
@@ -327,10 +503,43 @@ mod tests {
         let record = b"{\"sessionId\":\"x\",\n \"cost\": 1.50}";
         let bytes = encode_envelope(&env(7), record).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
-        assert!(text.starts_with("{\"v\":\"1\",\"seq\":7,\"sessionId\":\"ses_a\\\"b\\nc\","));
+        assert!(text.starts_with("{\"v\":\"2\",\"seq\":7,\"sessionId\":\"ses_a\\\"b\\nc\","));
+        assert!(
+            !text.contains("attempts"),
+            "attempts are per lane in layout 2"
+        );
         let decoded = decode_envelope(&bytes).unwrap();
         assert_eq!(&bytes[decoded.body..], record);
         assert_eq!(Envelope { body: 0, ..decoded }, env(7));
+    }
+
+    #[test]
+    fn a_v1_envelope_of_layout_1_still_decodes_with_its_attempts() {
+        let bytes = b"{\"v\":\"1\",\"seq\":7,\"sessionId\":\"s\",\"updatedAt\":10,\"exportedAt\":20,\"enqueuedAt\":30,\"attempts\":3,\"recordLen\":2}\n{}";
+        let e = decode_envelope(bytes).unwrap();
+        assert_eq!((e.seq, e.attempts, e.updated_at), (7, 3, 10));
+        assert_eq!(&bytes[e.body..], b"{}");
+        let old_dead = b"{\"v\":\"1\",\"sessionId\":\"s\",\"seq\":7,\"reason\":\"r\",\"deadAt\":5,\"storedLen\":2}\n{}";
+        let d = decode_dead(old_dead).unwrap();
+        assert_eq!((d.lane, d.seq), (None, Some(7)));
+    }
+
+    #[test]
+    fn lane_entries_and_keys_round_trip() {
+        let e = decode_lane_entry(&encode_lane_entry(42, 3)).unwrap();
+        assert_eq!((e.seq(), e.attempts()), (42, 3));
+        for lane in crate::queue::Lane::ALL {
+            let k = lane_order_key(lane, 7);
+            let (l, rest) = split_lane_key(&k).unwrap();
+            assert_eq!((l, parse_seq_key(rest)), (lane, Some(7)));
+            let k = lane_key(lane, b"ses_\x00x");
+            assert_eq!(split_lane_key(&k), Some((lane, &b"ses_\x00x"[..])));
+        }
+        // One lane's FIFO keys sort by sequence and stay inside its prefix.
+        let l = crate::queue::Lane::Convex;
+        assert!(lane_order_key(l, 2) < lane_order_key(l, 256));
+        assert!(lane_order_key(l, u64::MAX).starts_with(&lane_prefix(l)));
+        assert_eq!(split_lane_key(b"nolane\x00x"), None);
     }
 
     #[test]
@@ -342,8 +551,8 @@ mod tests {
         assert!(decode_envelope(&bytes[..bytes.len() - 1])
             .unwrap_err()
             .contains("header says 2"));
-        let v2 = b"{\"v\":\"2\",\"seq\":1}\n{}";
-        assert!(decode_envelope(v2).unwrap_err().contains("bad header"));
+        let v9 = b"{\"v\":\"9\",\"seq\":1}\n{}";
+        assert!(decode_envelope(v9).unwrap_err().contains("bad header"));
     }
 
     #[test]
@@ -353,6 +562,8 @@ mod tests {
             seq: None,
             reason: "undecodable envelope: x".into(),
             dead_at: 5,
+            lane: Some(crate::queue::Lane::Convex),
+            attempts: Some(4),
             body: 0,
         };
         let stored = [0xff, 0x00, b'\n', 0x80];

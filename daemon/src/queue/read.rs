@@ -6,20 +6,25 @@ use sled::IVec;
 use super::commit::StateEntry;
 use super::format::{self, Envelope};
 use super::store::{decode_entry, remove_stale_order_key, Inner};
-use super::{Outbox, QueueError};
+use super::{Lane, Outbox, QueueError};
 use crate::clock::now_ms;
 
 /// A pending entry as read by [`Outbox::pending`]. It keeps the exact stored bytes, so
 /// [`Outbox::ack`] can tell whether the entry changed since it was read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
+    pub(super) lane: Lane,
     pub(super) envelope: Envelope,
     pub(super) stored: IVec,
+    /// The lane entry as read (the compare of the lane's compare-and-swap).
+    pub(super) lane_stored: IVec,
+    pub(super) attempts: u32,
 }
 
 impl Pending {
-    pub(super) fn new(envelope: Envelope, stored: IVec) -> Pending {
-        Pending { envelope, stored }
+    /// The lane it was read from (acks and dead letters apply to that lane only).
+    pub fn lane(&self) -> Lane {
+        self.lane
     }
     /// The session id.
     pub fn session_id(&self) -> &str {
@@ -45,10 +50,10 @@ impl Pending {
     pub fn exported_at_ms(&self) -> i64 {
         self.envelope.exported_at
     }
-    /// Failed delivery attempts recorded with [`Outbox::record_attempt`] for this version (a new
-    /// version starts at 0).
+    /// Failed delivery attempts recorded with [`Outbox::record_attempt`] for this version in
+    /// this lane (a new version starts at 0).
     pub fn attempts(&self) -> u32 {
-        self.envelope.attempts
+        self.attempts
     }
     /// Size of the stored entry (envelope header + record, bytes).
     pub fn stored_len(&self) -> usize {
@@ -57,19 +62,25 @@ impl Pending {
 }
 
 impl Outbox {
-    /// Up to `limit` pending entries, oldest first (FIFO by sequence number). Undecodable
-    /// entries met on the way are moved to `dead` and skipped; stale index keys are removed.
+    /// Up to `limit` entries pending in `lane`, oldest first (the lane's FIFO, by sequence
+    /// number). Undecodable entries met on the way are moved to `dead` (for every lane) and
+    /// skipped; stale index keys are removed.
     ///
     /// # Errors
     /// [`QueueError::Storage`].
-    pub fn pending(&self, limit: usize) -> Result<Vec<Pending>, QueueError> {
+    pub fn pending(&self, lane: Lane, limit: usize) -> Result<Vec<Pending>, QueueError> {
         let mut out = Vec::new();
         if limit == 0 {
             return Ok(out);
         }
-        for kv in self.inner.trees.order.iter() {
+        for kv in self
+            .inner
+            .trees
+            .order
+            .scan_prefix(format::lane_prefix(lane))
+        {
             let (key, sid) = kv.map_err(self.inner.storage("pending"))?;
-            match self.inner.resolve(&key, &sid)? {
+            match self.inner.resolve(lane, &key, &sid)? {
                 Some(p) => out.push(p),
                 None => continue,
             }
@@ -161,6 +172,34 @@ impl Outbox {
             .map_err(self.inner.storage("state_scan"))
     }
 
+    /// Up to `limit` `state` entries whose key starts with `prefix` and comes after `after`
+    /// (from the first with `None`), in key order: a scan a page at a time, each page's
+    /// entries in memory only.
+    ///
+    /// # Errors
+    /// [`QueueError::Storage`].
+    pub fn state_scan_after(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<StateEntry>, QueueError> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        self.inner
+            .trees
+            .state
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
+            .take(limit)
+            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+            .collect::<Result<_, _>>()
+            .map_err(self.inner.storage("state_scan"))
+    }
+
     /// How many `state` entries have a key starting with `prefix` (one entry in memory at a
     /// time).
     ///
@@ -177,25 +216,47 @@ impl Outbox {
 }
 
 impl Inner {
-    /// Resolves one `order` entry to its pending entry. Undecodable entries go to `dead` and
-    /// stale keys are removed (both in transactions that re-check what they saw); those yield
-    /// `None`.
-    fn resolve(&self, key: &IVec, sid: &IVec) -> Result<Option<Pending>, QueueError> {
-        let seq = format::parse_seq_key(key);
+    /// Resolves one `lane_order` entry of `lane` to its pending entry. Undecodable envelopes
+    /// go to `dead` and stale keys are removed (both in transactions that re-check what they
+    /// saw); those yield `None`.
+    pub(super) fn resolve(
+        &self,
+        lane: Lane,
+        key: &IVec,
+        sid: &IVec,
+    ) -> Result<Option<Pending>, QueueError> {
+        let seq = format::split_lane_key(key).and_then(|(_, rest)| format::parse_seq_key(rest));
+        let lane_stored = self
+            .trees
+            .lanes
+            .get(format::lane_key(lane, sid))
+            .map_err(self.storage("pending"))?;
+        let entry = lane_stored
+            .as_ref()
+            .and_then(|v| format::decode_lane_entry(v).ok());
         let value = self
             .trees
             .outbox
             .get(sid)
             .map_err(self.storage("pending"))?;
-        if let (Some(seq), Some(value)) = (seq, value) {
+        if let (Some(seq), Some(value), Some(entry), Some(lane_stored)) =
+            (seq, value, entry, lane_stored)
+        {
             match decode_entry(sid, &value) {
-                Ok(env) if env.seq == seq => return Ok(Some(Pending::new(env, value))),
+                Ok(env) if env.seq == seq && entry.seq() == seq => {
+                    return Ok(Some(Pending {
+                        lane,
+                        envelope: env,
+                        stored: value,
+                        lane_stored,
+                        attempts: entry.attempts(),
+                    }))
+                }
                 Ok(_) => {}
                 Err(reason) => {
                     let now = now_ms();
                     let reason = format!("undecodable envelope: {reason}");
-                    let delta =
-                        self.tx("pending", |t| t.bury(sid, &value, &reason, Some(key), now))?;
+                    let delta = self.tx("pending", |t| t.bury(sid, &value, &reason, now))?;
                     self.apply(delta);
                     return Ok(None);
                 }

@@ -14,13 +14,19 @@ use sled::transaction::{
 
 use super::committed::CommittedState;
 use super::format::{self, meta_key, Envelope};
-use super::{QueueError, Rebuild};
+use super::{Lane, QueueError, Rebuild};
 
 /// The sled trees.
 pub(crate) struct Trees {
     pub(super) db: sled::Db,
+    /// Session id → envelope: each record's bytes, once.
     pub(super) outbox: sled::Tree,
+    /// `lane_order` (layout 2): `<lane> 0x00 seq` → session id, one FIFO per lane.
     pub(super) order: sled::Tree,
+    /// `lanes` (layout 2): `<lane> 0x00 session id` → lane entry (the version still to deliver).
+    pub(super) lanes: sled::Tree,
+    /// `order` of layout 1 (seq → session id), emptied by the migration to layout 2.
+    pub(super) legacy_order: sled::Tree,
     pub(super) state: sled::Tree,
     pub(super) dead: sled::Tree,
     pub(super) meta: sled::Tree,
@@ -30,6 +36,8 @@ pub(crate) struct Trees {
 pub(crate) struct Tx<'a> {
     pub(super) outbox: &'a TransactionalTree,
     pub(super) order: &'a TransactionalTree,
+    pub(super) lanes: &'a TransactionalTree,
+    pub(super) legacy_order: &'a TransactionalTree,
     pub(super) state: &'a TransactionalTree,
     pub(super) dead: &'a TransactionalTree,
     pub(super) meta: &'a TransactionalTree,
@@ -40,9 +48,15 @@ pub(crate) type TxResult<T> = ConflictableTransactionResult<T, QueueError>;
 /// Counter changes made by a transaction, applied to the in-memory counters after it commits.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Delta {
+    /// Outbox entries (sessions with a record held by at least one lane).
     pub(super) pending_count: i64,
+    /// Their stored bytes.
     pub(super) pending_bytes: i64,
     pub(super) dead_count: i64,
+    /// Entries per lane, by [`Lane::index`].
+    pub(super) lane_pending: [i64; 3],
+    /// Dead entries per lane (`None`-lane entries count in no lane).
+    pub(super) lane_dead: [i64; 3],
 }
 
 impl Delta {
@@ -68,6 +82,12 @@ pub(crate) struct Inner {
     pub(super) pending_count: AtomicI64,
     pub(super) pending_bytes: AtomicI64,
     pub(super) dead_count: AtomicI64,
+    /// Entries per lane, by [`Lane::index`].
+    pub(super) lane_pending: [AtomicI64; 3],
+    /// Dead entries per lane.
+    pub(super) lane_dead: [AtomicI64; 3],
+    /// The lanes a commit puts records into (the configured sinks').
+    pub(super) lanes: Vec<Lane>,
     pub(super) rebuild: Option<Rebuild>,
     /// `meta/next_seq` as of the last completed flush: everything below it is durable.
     pub(super) durable_next_seq: AtomicU64,
@@ -89,8 +109,8 @@ pub(super) fn clamp(v: i64) -> u64 {
 }
 
 impl Trees {
-    /// Runs `f` as one transaction over all five trees. `f` may run more than once: it must not
-    /// do IO or have side effects.
+    /// Runs `f` as one transaction over all seven trees. `f` may run more than once: it must
+    /// not do IO or have side effects.
     pub(super) fn tx<R>(
         &self,
         f: impl Fn(&Tx<'_>) -> TxResult<R>,
@@ -98,14 +118,18 @@ impl Trees {
         (
             &self.outbox,
             &self.order,
+            &self.lanes,
+            &self.legacy_order,
             &self.state,
             &self.dead,
             &self.meta,
         )
-            .transaction(|(outbox, order, state, dead, meta)| {
+            .transaction(|(outbox, order, lanes, legacy_order, state, dead, meta)| {
                 f(&Tx {
                     outbox,
                     order,
+                    lanes,
+                    legacy_order,
                     state,
                     dead,
                     meta,
@@ -144,38 +168,116 @@ impl Tx<'_> {
         Ok(first)
     }
 
-    /// Puts `stored` (an envelope) for `session_id`, replacing any previous version and its
-    /// `order` key.
+    /// Puts `stored` (an envelope of sequence number `seq`) for `session_id`, pending in each of
+    /// `lanes`: replaces any previous version, its lane entries (in every lane, so a lane no
+    /// longer configured drops the older version too) and their `lane_order` keys.
     pub(super) fn put_pending(
         &self,
         session_id: &[u8],
         seq: u64,
         stored: Vec<u8>,
+        lanes: &[Lane],
         delta: &mut Delta,
     ) -> Result<(), UnabortableTransactionError> {
         let len = stored.len();
         if let Some(prev) = self.outbox.insert(session_id, stored)? {
             delta.remove_pending(prev.len());
-            if let Ok(prev) = format::decode_envelope(&prev) {
-                let old_key = format::seq_key(prev.seq);
-                if self.order.get(old_key)?.as_deref() == Some(session_id) {
-                    self.order.remove(&old_key[..])?;
-                }
-            }
         }
-        self.order.insert(&format::seq_key(seq)[..], session_id)?;
+        for lane in Lane::ALL {
+            self.drop_lane_entry(lane, session_id, delta)?;
+        }
+        for &lane in lanes {
+            self.put_lane_entry(lane, session_id, seq, 0, delta)?;
+        }
         delta.add_pending(len);
         Ok(())
     }
 
+    /// Sets `lane`'s entry for `session_id` to version `seq` with `attempts` (and its
+    /// `lane_order` key), replacing one it had.
+    pub(super) fn put_lane_entry(
+        &self,
+        lane: Lane,
+        session_id: &[u8],
+        seq: u64,
+        attempts: u32,
+        delta: &mut Delta,
+    ) -> Result<(), UnabortableTransactionError> {
+        self.drop_lane_entry(lane, session_id, delta)?;
+        self.lanes.insert(
+            format::lane_key(lane, session_id),
+            format::encode_lane_entry(seq, attempts),
+        )?;
+        self.order
+            .insert(format::lane_order_key(lane, seq), session_id)?;
+        delta.lane_pending[lane.index()] += 1;
+        Ok(())
+    }
+
+    /// Removes `lane`'s entry for `session_id` and its `lane_order` key, if it has one. Returns
+    /// whether it had one.
+    pub(super) fn drop_lane_entry(
+        &self,
+        lane: Lane,
+        session_id: &[u8],
+        delta: &mut Delta,
+    ) -> Result<bool, UnabortableTransactionError> {
+        let Some(old) = self.lanes.remove(format::lane_key(lane, session_id))? else {
+            return Ok(false);
+        };
+        delta.lane_pending[lane.index()] -= 1;
+        if let Ok(old) = format::decode_lane_entry(&old) {
+            let key = format::lane_order_key(lane, old.seq());
+            if self.order.get(&key)?.as_deref() == Some(session_id) {
+                self.order.remove(key)?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// True when some lane still has an entry for `session_id`.
+    pub(super) fn held_by_any_lane(
+        &self,
+        session_id: &[u8],
+    ) -> Result<bool, UnabortableTransactionError> {
+        for lane in Lane::ALL {
+            if self
+                .lanes
+                .get(format::lane_key(lane, session_id))?
+                .is_some()
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Removes the outbox entry of `session_id` when no lane holds it any more.
+    pub(super) fn release_if_unheld(
+        &self,
+        session_id: &[u8],
+        delta: &mut Delta,
+    ) -> Result<bool, UnabortableTransactionError> {
+        if self.held_by_any_lane(session_id)? {
+            return Ok(false);
+        }
+        match self.outbox.remove(session_id)? {
+            Some(v) => {
+                delta.remove_pending(v.len());
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Moves the outbox entry of `key` (if it still holds `stored`) to `dead` under a fresh
-    /// sequence number, with `reason`. Removes `order_key` if given.
+    /// sequence number, with `reason`, for every lane (an undecodable envelope is no lane's):
+    /// removes all its lane entries.
     pub(super) fn bury(
         &self,
         key: &[u8],
         stored: &[u8],
         reason: &str,
-        order_key: Option<&[u8]>,
         now: i64,
     ) -> TxResult<Delta> {
         let mut delta = Delta::default();
@@ -184,10 +286,8 @@ impl Tx<'_> {
         }
         self.outbox.remove(key)?;
         delta.remove_pending(stored.len());
-        if let Some(k) = order_key {
-            if self.order.get(k)?.as_deref() == Some(key) {
-                self.order.remove(k)?;
-            }
+        for lane in Lane::ALL {
+            self.drop_lane_entry(lane, key, &mut delta)?;
         }
         let seq = self.take_seqs(1)?;
         let session_id = String::from_utf8_lossy(key).into_owned();
@@ -196,6 +296,8 @@ impl Tx<'_> {
             seq: None,
             reason: reason.to_string(),
             dead_at: now,
+            lane: None,
+            attempts: None,
             body: 0,
         };
         let value = format::encode_dead(&dead, stored).map_err(|source| {
@@ -221,15 +323,25 @@ pub(super) fn decode_entry(key: &[u8], value: &[u8]) -> Result<Envelope, String>
     Ok(env)
 }
 
-/// Removes `order[key]` if it still points to `sid` and `sid`'s entry does not have that
-/// sequence number (so the key indexes nothing).
+/// Removes `lane_order[key]` if it still points to `sid` and `sid`'s lane entry in that lane
+/// (or its outbox entry) does not have that sequence number, so the key indexes nothing.
 pub(super) fn remove_stale_order_key(t: &Tx<'_>, key: &[u8], sid: &[u8]) -> TxResult<()> {
     if t.order.get(key)?.as_deref() != Some(sid) {
         return Ok(());
     }
-    let valid = match (format::parse_seq_key(key), t.outbox.get(sid)?) {
-        (Some(seq), Some(value)) => decode_entry(sid, &value).is_ok_and(|e| e.seq == seq),
-        _ => false,
+    let valid = match format::split_lane_key(key) {
+        Some((lane, rest)) => match (
+            format::parse_seq_key(rest),
+            t.lanes.get(format::lane_key(lane, sid))?,
+            t.outbox.get(sid)?,
+        ) {
+            (Some(seq), Some(entry), Some(value)) => {
+                format::decode_lane_entry(&entry).is_ok_and(|e| e.seq() == seq)
+                    && decode_entry(sid, &value).is_ok_and(|e| e.seq == seq)
+            }
+            _ => false,
+        },
+        None => false,
     };
     if !valid {
         t.order.remove(key)?;
@@ -290,6 +402,10 @@ impl Inner {
         self.pending_bytes
             .fetch_add(d.pending_bytes, Ordering::Relaxed);
         self.dead_count.fetch_add(d.dead_count, Ordering::Relaxed);
+        for i in 0..3 {
+            self.lane_pending[i].fetch_add(d.lane_pending[i], Ordering::Relaxed);
+            self.lane_dead[i].fetch_add(d.lane_dead[i], Ordering::Relaxed);
+        }
     }
 
     /// Signals a change of what [`super::Outbox::stats`] shows.

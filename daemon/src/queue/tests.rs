@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::format::meta_key;
+use super::format::{self, meta_key};
 use super::*;
 use crate::clock::now_ms;
 
@@ -150,11 +150,14 @@ async fn pending_returns_entries_oldest_first_and_respects_the_limit() {
         .await
         .unwrap();
     ob.commit(records(vec![rec("ses_b", 3)])).await.unwrap();
-    let all = ob.pending(10).unwrap();
+    let all = ob.pending(Lane::Store, 10).unwrap();
     assert_eq!(sids(&all), ["ses_c", "ses_a", "ses_b"]);
     assert!(all.windows(2).all(|w| w[0].seq() < w[1].seq()));
-    assert_eq!(sids(&ob.pending(2).unwrap()), ["ses_c", "ses_a"]);
-    assert!(ob.pending(0).unwrap().is_empty());
+    assert_eq!(
+        sids(&ob.pending(Lane::Store, 2).unwrap()),
+        ["ses_c", "ses_a"]
+    );
+    assert!(ob.pending(Lane::Store, 0).unwrap().is_empty());
     let p = &all[0];
     assert_eq!(p.record_json(), rec("ses_c", 1).json.as_slice());
     assert_eq!(
@@ -172,7 +175,7 @@ async fn committing_a_session_again_replaces_it_and_moves_it_to_the_back() {
         .await
         .unwrap();
     ob.commit(records(vec![rec("ses_a", 2)])).await.unwrap();
-    let all = ob.pending(10).unwrap();
+    let all = ob.pending(Lane::Store, 10).unwrap();
     assert_eq!(sids(&all), ["ses_b", "ses_a"]);
     assert_eq!(json_n(&all[1]), 2);
     // One index key per entry: the old order key is gone.
@@ -197,7 +200,7 @@ async fn a_session_twice_in_one_commit_keeps_its_last_record() {
     ]))
     .await
     .unwrap();
-    let all = ob.pending(10).unwrap();
+    let all = ob.pending(Lane::Store, 10).unwrap();
     assert_eq!(sids(&all), ["ses_b", "ses_a"]);
     assert_eq!(json_n(&all[1]), 3);
     assert_eq!(ob.trees().order.len(), 2);
@@ -211,10 +214,10 @@ async fn ack_removes_exactly_the_delivered_version() {
     ob.commit(records(vec![rec("ses_a", 1), rec("ses_b", 1)]))
         .await
         .unwrap();
-    let p = ob.pending(1).unwrap().remove(0);
+    let p = ob.pending(Lane::Store, 1).unwrap().remove(0);
     assert_eq!(ob.ack(&p).await.unwrap(), AckOutcome::Acked);
     assert_eq!(ob.ack(&p).await.unwrap(), AckOutcome::Missing);
-    assert_eq!(sids(&ob.pending(10).unwrap()), ["ses_b"]);
+    assert_eq!(sids(&ob.pending(Lane::Store, 10).unwrap()), ["ses_b"]);
     let stats = ob.stats().unwrap();
     assert_eq!((stats.pending_count, stats.acked_total), (1, 1));
     assert!(stats.last_delivery_at_ms.is_some());
@@ -226,15 +229,15 @@ async fn ack_of_an_older_version_is_superseded_and_keeps_the_newer_one() {
     let tmp = tempfile::tempdir().unwrap();
     let ob = open(tmp.path());
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
-    let sent = ob.pending(1).unwrap().remove(0);
+    let sent = ob.pending(Lane::Store, 1).unwrap().remove(0);
     // A newer version arrives while `sent` is in flight.
     ob.commit(records(vec![rec("ses_a", 2)])).await.unwrap();
     assert_eq!(ob.ack(&sent).await.unwrap(), AckOutcome::Superseded);
-    let left = ob.pending(10).unwrap();
+    let left = ob.pending(Lane::Store, 10).unwrap();
     assert_eq!(sids(&left), ["ses_a"]);
     assert_eq!(json_n(&left[0]), 2);
     assert_eq!(ob.ack(&left[0]).await.unwrap(), AckOutcome::Acked);
-    assert!(ob.pending(10).unwrap().is_empty());
+    assert!(ob.pending(Lane::Store, 10).unwrap().is_empty());
     assert_eq!(ob.stats().unwrap().pending_bytes, 0);
 }
 
@@ -249,7 +252,7 @@ async fn ack_batch_acks_a_delivered_batch_at_once() {
     ]))
     .await
     .unwrap();
-    let batch = ob.pending(10).unwrap();
+    let batch = ob.pending(Lane::Store, 10).unwrap();
     ob.commit(records(vec![rec("ses_b", 2)])).await.unwrap();
     let c = batch[2].clone();
     assert_eq!(ob.ack(&c).await.unwrap(), AckOutcome::Acked);
@@ -261,7 +264,7 @@ async fn ack_batch_acks_a_delivered_batch_at_once() {
             AckOutcome::Missing
         ]
     );
-    let left = ob.pending(10).unwrap();
+    let left = ob.pending(Lane::Store, 10).unwrap();
     assert_eq!(sids(&left), ["ses_b"]);
     assert_eq!(json_n(&left[0]), 2);
     let stats = ob.stats().unwrap();
@@ -277,10 +280,10 @@ async fn an_identical_recommit_is_a_new_version_for_acks() {
     let tmp = tempfile::tempdir().unwrap();
     let ob = open(tmp.path());
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
-    let sent = ob.pending(1).unwrap().remove(0);
+    let sent = ob.pending(Lane::Store, 1).unwrap().remove(0);
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
     assert_eq!(ob.ack(&sent).await.unwrap(), AckOutcome::Superseded);
-    assert_eq!(ob.pending(10).unwrap().len(), 1);
+    assert_eq!(ob.pending(Lane::Store, 10).unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -288,13 +291,13 @@ async fn record_attempt_counts_failures_and_returns_the_entry_to_ack() {
     let tmp = tempfile::tempdir().unwrap();
     let ob = open(tmp.path());
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
-    let p = ob.pending(1).unwrap().remove(0);
+    let p = ob.pending(Lane::Store, 1).unwrap().remove(0);
     let p2 = ob.record_attempt(&p).unwrap().expect("still pending");
     let p3 = ob.record_attempt(&p2).unwrap().expect("still pending");
     assert_eq!((p2.attempts(), p3.attempts()), (1, 2));
     assert_eq!(p3.record_json(), p.record_json());
     assert_eq!(p3.seq(), p.seq());
-    assert_eq!(ob.pending(1).unwrap()[0], p3);
+    assert_eq!(ob.pending(Lane::Store, 1).unwrap()[0], p3);
     assert_eq!(ob.record_attempt(&p).unwrap(), None);
     assert_eq!(ob.ack(&p).await.unwrap(), AckOutcome::Superseded);
     assert_eq!(ob.ack(&p3).await.unwrap(), AckOutcome::Acked);
@@ -333,7 +336,7 @@ async fn commit_applies_records_and_state_changes_together() {
         vec![(b"detector/ses_b".to_vec(), b"y".to_vec())]
     );
     assert_eq!(ob.state_scan(b"").unwrap().len(), 2);
-    assert_eq!(sids(&ob.pending(10).unwrap()), ["ses_a"]);
+    assert_eq!(sids(&ob.pending(Lane::Store, 10).unwrap()), ["ses_a"]);
 }
 
 #[tokio::test]
@@ -362,7 +365,7 @@ async fn an_invalid_record_fails_the_whole_commit_and_writes_nothing() {
             "{err}"
         );
     }
-    assert!(ob.pending(10).unwrap().is_empty());
+    assert!(ob.pending(Lane::Store, 10).unwrap().is_empty());
     assert_eq!(ob.state_get(b"cursor").unwrap(), None);
 }
 
@@ -378,14 +381,14 @@ async fn commits_and_state_survive_reopen() {
         })
         .await
         .unwrap();
-        let a = ob.pending(1).unwrap().remove(0);
+        let a = ob.pending(Lane::Store, 1).unwrap().remove(0);
         ob.ack(&a).await.unwrap();
-        ob.record_error("http 503").unwrap();
+        ob.record_error(Lane::Store, "http 503").unwrap();
         ob.flush().await.unwrap();
     }
     let ob = open(tmp.path());
     assert!(!ob.was_rebuilt());
-    assert_eq!(sids(&ob.pending(10).unwrap()), ["ses_b"]);
+    assert_eq!(sids(&ob.pending(Lane::Store, 10).unwrap()), ["ses_b"]);
     assert_eq!(ob.state_get(b"cursor").unwrap(), Some(b"2".to_vec()));
     let stats = ob.stats().unwrap();
     assert_eq!(
@@ -394,9 +397,9 @@ async fn commits_and_state_survive_reopen() {
     );
     assert_eq!(stats.last_error.unwrap().message, "http 503");
     // Sequence numbers keep increasing across restarts.
-    let before = ob.pending(1).unwrap()[0].seq();
+    let before = ob.pending(Lane::Store, 1).unwrap()[0].seq();
     ob.commit(records(vec![rec("ses_c", 3)])).await.unwrap();
-    assert!(ob.pending(10).unwrap()[1].seq() > before);
+    assert!(ob.pending(Lane::Store, 10).unwrap()[1].seq() > before);
 }
 
 #[tokio::test]
@@ -415,7 +418,7 @@ async fn an_undecodable_entry_goes_to_dead_and_the_rest_still_flow() {
         .outbox
         .insert("ses_bad", &b"\x00\xffnot an envelope"[..])
         .unwrap();
-    let pending = ob.pending(10).unwrap();
+    let pending = ob.pending(Lane::Store, 10).unwrap();
     assert_eq!(sids(&pending), ["ses_a", "ses_c"]);
     let dead = ob.dead_entries().unwrap();
     assert_eq!(dead.len(), 1);
@@ -450,7 +453,7 @@ async fn open_repairs_the_index_and_buries_undecodable_entries() {
         ]))
         .await
         .unwrap();
-        let b = ob.pending(10).unwrap()[1].clone();
+        let b = ob.pending(Lane::Store, 10).unwrap()[1].clone();
         let t = ob.trees();
         // Garbage without an index key, an index key pointing nowhere, an entry whose index
         // key is missing, an entry whose header names another session, and a garbage dead value.
@@ -458,9 +461,14 @@ async fn open_repairs_the_index_and_buries_undecodable_entries() {
             .insert("ses_garbage", &b"{\"v\":\"9\"}\n{}"[..])
             .unwrap();
         t.order
-            .insert(format::seq_key(999), &b"ses_nowhere"[..])
+            .insert(
+                format::lane_order_key(Lane::Store, 999),
+                &b"ses_nowhere"[..],
+            )
             .unwrap();
-        t.order.remove(format::seq_key(b.seq())).unwrap();
+        t.order
+            .remove(format::lane_order_key(Lane::Store, b.seq()))
+            .unwrap();
         let a = t.outbox.get("ses_a").unwrap().unwrap();
         t.outbox.insert("ses_alias", a).unwrap();
         t.dead
@@ -470,7 +478,7 @@ async fn open_repairs_the_index_and_buries_undecodable_entries() {
     }
     let ob = open(tmp.path());
     assert!(!ob.was_rebuilt());
-    let pending = ob.pending(10).unwrap();
+    let pending = ob.pending(Lane::Store, 10).unwrap();
     assert_eq!(sids(&pending), ["ses_a", "ses_b", "ses_c"]);
     assert_eq!(ob.trees().order.len(), 3);
     let dead = ob.dead_entries().unwrap();
@@ -488,7 +496,7 @@ async fn open_repairs_the_index_and_buries_undecodable_entries() {
     );
     // New sequence numbers stay above everything seen, including the stray index key.
     ob.commit(records(vec![rec("ses_d", 1)])).await.unwrap();
-    assert!(ob.pending(10).unwrap()[3].seq() > 999);
+    assert!(ob.pending(Lane::Store, 10).unwrap()[3].seq() > 999);
 }
 
 #[tokio::test]
@@ -498,7 +506,7 @@ async fn dead_letter_moves_the_entry_and_keeps_its_bytes() {
     ob.commit(records(vec![rec("ses_a", 1), rec("ses_b", 1)]))
         .await
         .unwrap();
-    let a = ob.pending(1).unwrap().remove(0);
+    let a = ob.pending(Lane::Store, 1).unwrap().remove(0);
     let a2 = ob.record_attempt(&a).unwrap().unwrap();
     assert_eq!(
         ob.dead_letter(&a2, "http 422: bad field").await.unwrap(),
@@ -508,7 +516,7 @@ async fn dead_letter_moves_the_entry_and_keeps_its_bytes() {
         ob.dead_letter(&a2, "again").await.unwrap(),
         DeadLetterOutcome::Missing
     );
-    assert_eq!(sids(&ob.pending(10).unwrap()), ["ses_b"]);
+    assert_eq!(sids(&ob.pending(Lane::Store, 10).unwrap()), ["ses_b"]);
     let dead = ob.dead_entries().unwrap();
     assert_eq!(dead.len(), 1);
     let d = &dead[0];
@@ -533,14 +541,14 @@ async fn dead_letter_of_a_superseded_version_moves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let ob = open(tmp.path());
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
-    let old = ob.pending(1).unwrap().remove(0);
+    let old = ob.pending(Lane::Store, 1).unwrap().remove(0);
     ob.commit(records(vec![rec("ses_a", 2)])).await.unwrap();
     assert_eq!(
         ob.dead_letter(&old, "http 400").await.unwrap(),
         DeadLetterOutcome::Superseded
     );
     assert!(ob.dead_entries().unwrap().is_empty());
-    assert_eq!(json_n(&ob.pending(1).unwrap()[0]), 2);
+    assert_eq!(json_n(&ob.pending(Lane::Store, 1).unwrap()[0]), 2);
 }
 
 #[tokio::test]
@@ -559,11 +567,11 @@ async fn retry_dead_requeues_at_the_back_and_latest_wins() {
     ]))
     .await
     .unwrap();
-    for p in ob.pending(10).unwrap() {
+    for p in ob.pending(Lane::Store, 10).unwrap() {
         ob.dead_letter(&p, "http 400").await.unwrap();
     }
     ob.commit(records(vec![rec("ses_two", 2)])).await.unwrap();
-    let two = ob.pending(1).unwrap().remove(0);
+    let two = ob.pending(Lane::Store, 1).unwrap().remove(0);
     ob.dead_letter(&two, "http 400").await.unwrap();
     ob.commit(records(vec![
         rec("ses_old", 2),
@@ -576,7 +584,7 @@ async fn retry_dead_requeues_at_the_back_and_latest_wins() {
 
     assert_eq!(ob.retry_dead().await.unwrap(), 4);
     assert!(ob.dead_entries().unwrap().is_empty());
-    let pending = ob.pending(10).unwrap();
+    let pending = ob.pending(Lane::Store, 10).unwrap();
     assert_eq!(sids(&pending)[..2], ["ses_old", "ses_x"]);
     let by_sid = |s: &str| pending.iter().find(|p| p.session_id() == s).unwrap();
     assert_eq!(json_n(by_sid("ses_old")), 2);
@@ -611,7 +619,7 @@ async fn stats_report_counts_bytes_oldest_age_delivery_and_error() {
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;
     ob.commit(records(vec![rec("ses_b", 1)])).await.unwrap();
-    let pending = ob.pending(10).unwrap();
+    let pending = ob.pending(Lane::Store, 10).unwrap();
     let s = ob.stats().unwrap();
     assert_eq!(s.pending_count, 2);
     assert_eq!(
@@ -626,9 +634,9 @@ async fn stats_report_counts_bytes_oldest_age_delivery_and_error() {
     let s = ob.stats().unwrap();
     assert_eq!(s.oldest_enqueued_at_ms, Some(pending[1].enqueued_at_ms()));
     assert!(s.last_delivery_at_ms.unwrap() >= before);
-    ob.record_delivery(1_234).unwrap();
+    ob.record_delivery(Lane::Store, 1_234).unwrap();
     let long = "é".repeat(2000);
-    ob.record_error(&long).unwrap();
+    ob.record_error(Lane::Store, &long).unwrap();
     let s = ob.stats().unwrap();
     assert_eq!(s.last_delivery_at_ms, Some(1_234));
     let e = s.last_error.unwrap();
@@ -666,7 +674,7 @@ async fn is_full_at_max_bytes_and_after_reopen() {
     }
     let ob = open_with(tmp.path(), &config);
     assert!(ob.is_full());
-    for p in ob.pending(2).unwrap() {
+    for p in ob.pending(Lane::Store, 2).unwrap() {
         ob.ack(&p).await.unwrap();
     }
     assert!(!ob.is_full());
@@ -691,7 +699,7 @@ async fn a_second_open_in_the_same_process_is_locked() {
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
     assert!(quarantined(tmp.path()).is_empty());
     drop(ob);
-    assert_eq!(open(tmp.path()).pending(10).unwrap().len(), 1);
+    assert_eq!(open(tmp.path()).pending(Lane::Store, 10).unwrap().len(), 1);
 }
 
 /// Runs this test binary's `child_helper` with `mode`, stdout piped.
@@ -756,7 +764,7 @@ fn child_helper() {
             .unwrap();
             out(format!("COMMITTED {i}"));
             if i % 3 == 0 {
-                let p = ob.pending(1).unwrap().remove(0);
+                let p = ob.pending(Lane::Store, 1).unwrap().remove(0);
                 out(format!("ACKING {}", p.session_id()));
                 ob.ack(&p).await.unwrap();
             }
@@ -843,7 +851,7 @@ fn sigkill_during_commits_loses_no_acknowledged_commit() {
             "round {round}: cursor {cursor:?}"
         );
         let present: std::collections::HashSet<String> = ob
-            .pending(usize::MAX)
+            .pending(Lane::Store, usize::MAX)
             .unwrap()
             .iter()
             .map(|p| p.session_id().to_string())
@@ -888,7 +896,7 @@ async fn a_db_file_with_a_garbled_header_is_moved_aside_and_rebuilt() {
     assert!((secs - now_ms() / 1000).abs() < 60, "{name}");
     assert!(rebuild.moved_to.join("db").exists());
     // Fresh and usable; the service re-reads the source because its state is gone.
-    assert!(ob.pending(10).unwrap().is_empty());
+    assert!(ob.pending(Lane::Store, 10).unwrap().is_empty());
     assert_eq!(ob.state_get(b"cursor").unwrap(), None);
     ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
     ob.flush().await.unwrap();
@@ -896,7 +904,7 @@ async fn a_db_file_with_a_garbled_header_is_moved_aside_and_rebuilt() {
     // No crash loop: the next start opens the new outbox normally.
     let ob = open(tmp.path());
     assert!(!ob.was_rebuilt());
-    assert_eq!(ob.pending(10).unwrap().len(), 1);
+    assert_eq!(ob.pending(Lane::Store, 10).unwrap().len(), 1);
 }
 
 /// Offsets of every occurrence of `needle` in `hay`.
@@ -947,7 +955,7 @@ fn raw_open(dir: &Path) -> RawOpen {
 
 /// Reads everything an open outbox holds, as the daemon would over its life.
 fn read_everything(ob: &Outbox) -> Result<(), QueueError> {
-    ob.pending(usize::MAX)?;
+    ob.pending(Lane::Store, usize::MAX)?;
     ob.state_scan(b"")?;
     ob.dead_entries()?;
     ob.stats()?;
@@ -1030,7 +1038,7 @@ async fn a_garbled_snapshot_is_moved_aside_and_a_leftover_generating_one_is_drop
     let ob = open(tmp.path());
     assert!(!ob.was_rebuilt(), "an interrupted snapshot cost the outbox");
     assert!(!torn.exists());
-    let pending = ob.pending(10).unwrap();
+    let pending = ob.pending(Lane::Store, 10).unwrap();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].session_id(), "ses_a");
     drop(ob);
@@ -1061,7 +1069,7 @@ async fn a_truncated_log_recovers_a_consistent_prefix() {
     // Like a crash: whatever cursor survived, the records up to it survived with it.
     if let Some(v) = ob.state_get(b"cursor").unwrap() {
         let cursor = i64::from_be_bytes(v.try_into().unwrap());
-        let present = ob.pending(usize::MAX).unwrap();
+        let present = ob.pending(Lane::Store, usize::MAX).unwrap();
         assert_eq!(present.len() as i64, cursor + 1);
     }
 }
@@ -1186,7 +1194,7 @@ async fn a_log_that_recovers_less_than_the_committed_mark_is_quarantined() {
         "{}",
         rebuild.cause
     );
-    assert!(ob.pending(10).unwrap().is_empty());
+    assert!(ob.pending(Lane::Store, 10).unwrap().is_empty());
     drop(ob);
     assert_eq!(quarantined(&rewound).len(), 1);
 
@@ -1211,7 +1219,7 @@ async fn a_log_that_recovers_less_than_the_committed_mark_is_quarantined() {
     .unwrap();
     let ob = open(&upgraded);
     assert!(!ob.was_rebuilt());
-    assert_eq!(ob.pending(10).unwrap().len(), 5);
+    assert_eq!(ob.pending(Lane::Store, 10).unwrap().len(), 5);
     assert_eq!(committed_mark(&upgraded), Some(mark));
 }
 
@@ -1230,7 +1238,7 @@ async fn the_outbox_and_its_futures_can_move_between_tasks() {
             send(ob.commit(records(vec![rec("ses_a", 1)])))
                 .await
                 .unwrap();
-            let p = ob.pending(1).unwrap().remove(0);
+            let p = ob.pending(Lane::Store, 1).unwrap().remove(0);
             send(ob.ack(&p)).await.unwrap();
             send(ob.dead_letter(&p, "x")).await.unwrap();
             send(ob.retry_dead()).await.unwrap();
@@ -1268,4 +1276,410 @@ fn errors_are_lowercase_without_a_trailing_period() {
         assert!(s.contains("/x/queue"), "{s}");
         assert!(e.is_permanent());
     }
+}
+
+// ---- Lanes: one FIFO, ack, dead letters and counters per sink ----
+
+const TWO: [Lane; 2] = [Lane::Store, Lane::Convex];
+
+fn open_lanes(dir: &Path, lanes: &[Lane]) -> Outbox {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match Outbox::open_lanes(dir, &cfg(), lanes) {
+            Err(QueueError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => return opened.expect("open the outbox"),
+        }
+    }
+}
+
+fn lane_depths(ob: &Outbox) -> Vec<(Lane, u64, u64)> {
+    ob.stats()
+        .unwrap()
+        .lanes
+        .iter()
+        .map(|l| (l.lane, l.pending_count, l.dead_count))
+        .collect()
+}
+
+#[tokio::test]
+async fn one_lane_drains_while_the_other_keeps_everything_and_the_record_leaves_with_the_last_ack()
+{
+    let tmp = tempfile::tempdir().unwrap();
+    let ob = open_lanes(tmp.path(), &TWO);
+    ob.commit(records(vec![
+        rec("ses_a", 1),
+        rec("ses_b", 1),
+        rec("ses_c", 1),
+    ]))
+    .await
+    .unwrap();
+    // The store lane drains everything; Convex (down) acknowledges nothing.
+    let batch = ob.pending(Lane::Store, 10).unwrap();
+    assert_eq!(sids(&batch), ["ses_a", "ses_b", "ses_c"]);
+    let outcomes = ob.ack_batch(&batch).await.unwrap();
+    assert_eq!(outcomes, vec![AckOutcome::Acked; 3]);
+    assert!(ob.pending(Lane::Store, 10).unwrap().is_empty());
+    assert_eq!(
+        sids(&ob.pending(Lane::Convex, 10).unwrap()),
+        ["ses_a", "ses_b", "ses_c"]
+    );
+    assert_eq!(
+        lane_depths(&ob),
+        vec![(Lane::Store, 0, 0), (Lane::Convex, 3, 0)]
+    );
+    let stats = ob.stats().unwrap();
+    assert_eq!((stats.pending_count, stats.acked_total), (3, 0));
+    // The record's bytes are stored once, whatever the number of lanes.
+    assert_eq!(ob.trees().outbox.len(), 3);
+    // Convex comes back: each ack of the last lane removes the record.
+    let c = ob.pending(Lane::Convex, 2).unwrap();
+    ob.ack_batch(&c).await.unwrap();
+    let stats = ob.stats().unwrap();
+    assert_eq!((stats.pending_count, stats.acked_total), (1, 2));
+    assert_eq!(ob.trees().outbox.len(), 1);
+    let per_lane: Vec<u64> = stats.lanes.iter().map(|l| l.acked_total).collect();
+    assert_eq!(per_lane, [3, 2]);
+    // And it all survives a reopen, counters recomputed.
+    drop(ob);
+    let ob = open_lanes(tmp.path(), &TWO);
+    assert_eq!(
+        lane_depths(&ob),
+        vec![(Lane::Store, 0, 0), (Lane::Convex, 1, 0)]
+    );
+    assert_eq!(sids(&ob.pending(Lane::Convex, 10).unwrap()), ["ses_c"]);
+}
+
+#[tokio::test]
+async fn latest_wins_per_lane_and_an_ack_of_an_older_version_keeps_the_newer_one_in_every_lane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ob = open_lanes(tmp.path(), &TWO);
+    ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
+    let store_v1 = ob.pending(Lane::Store, 1).unwrap().remove(0);
+    let convex_v1 = ob.pending(Lane::Convex, 1).unwrap().remove(0);
+    assert_eq!(ob.ack(&store_v1).await.unwrap(), AckOutcome::Acked);
+    // A newer version arrives while Convex is sending v1: both lanes get v2.
+    ob.commit(records(vec![rec("ses_a", 2)])).await.unwrap();
+    assert_eq!(ob.ack(&convex_v1).await.unwrap(), AckOutcome::Superseded);
+    for lane in TWO {
+        let p = ob.pending(lane, 10).unwrap();
+        assert_eq!(p.len(), 1, "{lane}");
+        assert_eq!(json_n(&p[0]), 2, "{lane}");
+    }
+    // A late second ack of the store lane's old version does not touch v2 either.
+    assert_eq!(ob.ack(&store_v1).await.unwrap(), AckOutcome::Superseded);
+    assert_eq!(
+        lane_depths(&ob),
+        vec![(Lane::Store, 1, 0), (Lane::Convex, 1, 0)]
+    );
+    // Attempts are counted per lane: Convex failing leaves the store's count at 0.
+    let c = ob.pending(Lane::Convex, 1).unwrap().remove(0);
+    let c = ob.record_attempt(&c).unwrap().unwrap();
+    assert_eq!(c.attempts(), 1);
+    assert_eq!(ob.pending(Lane::Store, 1).unwrap()[0].attempts(), 0);
+    assert_eq!(ob.pending(Lane::Convex, 1).unwrap()[0].attempts(), 1);
+    // The entry read before the attempt no longer matches; the returned one does.
+    assert_eq!(ob.ack(&c).await.unwrap(), AckOutcome::Acked);
+    assert_eq!(
+        ob.stats().unwrap().pending_count,
+        1,
+        "the store lane holds it"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_one_lanes_and_retry_dead_puts_it_back_into_that_lane_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ob = open_lanes(tmp.path(), &TWO);
+    ob.commit(records(vec![rec("ses_a", 1), rec("ses_b", 1)]))
+        .await
+        .unwrap();
+    let a = ob.pending(Lane::Convex, 1).unwrap().remove(0);
+    assert_eq!(
+        ob.dead_letter(&a, "rejected: bad field").await.unwrap(),
+        DeadLetterOutcome::Moved
+    );
+    assert_eq!(
+        lane_depths(&ob),
+        vec![(Lane::Store, 2, 0), (Lane::Convex, 1, 1)]
+    );
+    let dead = ob.dead_entries().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].lane, Some(Lane::Convex));
+    assert_eq!(dead[0].record_json(), Some(a.record_json()));
+    // The store lane still delivers ses_a.
+    assert_eq!(
+        sids(&ob.pending(Lane::Store, 10).unwrap()),
+        ["ses_a", "ses_b"]
+    );
+    // Same version still held by the store lane: Convex gets its entry back.
+    assert_eq!(ob.retry_dead().await.unwrap(), 1);
+    assert_eq!(
+        sids(&ob.pending(Lane::Convex, 10).unwrap()),
+        ["ses_a", "ses_b"]
+    );
+    assert_eq!(
+        lane_depths(&ob),
+        vec![(Lane::Store, 2, 0), (Lane::Convex, 2, 0)]
+    );
+    // Dead for Convex after the store lane delivered it: the record stays (in `dead`) and
+    // retry-dead commits it again for Convex alone.
+    let a = ob.pending(Lane::Convex, 1).unwrap().remove(0);
+    ob.dead_letter(&a, "rejected again").await.unwrap();
+    let s = ob.pending(Lane::Store, 10).unwrap();
+    ob.ack_batch(&s).await.unwrap();
+    assert_eq!(sids(&ob.pending(Lane::Convex, 10).unwrap()), ["ses_b"]);
+    assert_eq!(ob.trees().outbox.len(), 1, "ses_a left the outbox");
+    assert_eq!(ob.retry_dead().await.unwrap(), 1);
+    assert_eq!(
+        sids(&ob.pending(Lane::Convex, 10).unwrap()),
+        ["ses_b", "ses_a"]
+    );
+    assert!(ob.pending(Lane::Store, 10).unwrap().is_empty());
+    assert_eq!(
+        ob.pending(Lane::Convex, 10).unwrap()[1].record_json(),
+        a.record_json()
+    );
+}
+
+#[tokio::test]
+async fn an_undecodable_envelope_is_dead_for_every_lane() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ob = open_lanes(tmp.path(), &TWO);
+    ob.commit(records(vec![rec("ses_a", 1), rec("ses_b", 1)]))
+        .await
+        .unwrap();
+    ob.trees().outbox.insert("ses_a", &b"garbage"[..]).unwrap();
+    assert_eq!(sids(&ob.pending(Lane::Convex, 10).unwrap()), ["ses_b"]);
+    assert_eq!(sids(&ob.pending(Lane::Store, 10).unwrap()), ["ses_b"]);
+    let dead = ob.dead_entries().unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].lane, None);
+    assert_eq!(
+        lane_depths(&ob),
+        vec![(Lane::Store, 1, 0), (Lane::Convex, 1, 0)]
+    );
+}
+
+#[tokio::test]
+async fn a_lane_no_longer_configured_is_dropped_at_open_and_its_records_with_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let ob = open_lanes(tmp.path(), &TWO);
+        ob.commit(records(vec![rec("ses_a", 1), rec("ses_b", 1)]))
+            .await
+            .unwrap();
+        // ses_a: the store delivered it, only Convex holds it.
+        let a = ob.pending(Lane::Store, 1).unwrap().remove(0);
+        ob.ack(&a).await.unwrap();
+        ob.flush().await.unwrap();
+    }
+    let ob = open_lanes(tmp.path(), &[Lane::Store]);
+    assert_eq!(lane_depths(&ob), vec![(Lane::Store, 1, 0)]);
+    assert_eq!(sids(&ob.pending(Lane::Store, 10).unwrap()), ["ses_b"]);
+    assert!(ob.pending(Lane::Convex, 10).unwrap().is_empty());
+    assert_eq!(ob.stats().unwrap().pending_count, 1);
+    assert_eq!(ob.trees().outbox.len(), 1);
+    // Configured again later: new commits go to both lanes.
+    drop(ob);
+    let ob = open_lanes(tmp.path(), &TWO);
+    ob.commit(records(vec![rec("ses_c", 1)])).await.unwrap();
+    assert_eq!(sids(&ob.pending(Lane::Convex, 10).unwrap()), ["ses_c"]);
+    assert_eq!(
+        sids(&ob.pending(Lane::Store, 10).unwrap()),
+        ["ses_b", "ses_c"]
+    );
+}
+
+/// Writes an outbox exactly as layout 1 (the build before lanes) left it: V1 envelopes with
+/// their attempts, the `order` FIFO, `meta/layout` = 1, a V1 dead letter.
+fn write_layout_1(dir: &Path) {
+    let queue = dir.join(QUEUE_DIR_NAME);
+    std::fs::create_dir_all(&queue).unwrap();
+    let db = sled::Config::new().path(&queue).open().unwrap();
+    let outbox = db.open_tree("outbox").unwrap();
+    let order = db.open_tree("order").unwrap();
+    let dead = db.open_tree("dead").unwrap();
+    let meta = db.open_tree("meta").unwrap();
+    for (seq, sid, attempts) in [(3u64, "ses_a", 2u32), (5, "ses_b", 0)] {
+        let rec = format!("{{\"sessionId\":\"{sid}\",\"n\":{seq}}}");
+        let v = format!(
+            "{{\"v\":\"1\",\"seq\":{seq},\"sessionId\":\"{sid}\",\"updatedAt\":{seq},\"exportedAt\":{seq},\"enqueuedAt\":100,\"attempts\":{attempts},\"recordLen\":{}}}\n{rec}",
+            rec.len()
+        );
+        outbox.insert(sid, v.as_bytes()).unwrap();
+        order.insert(seq.to_be_bytes(), sid.as_bytes()).unwrap();
+    }
+    let stored = "{\"v\":\"1\",\"seq\":1,\"sessionId\":\"ses_z\",\"updatedAt\":1,\"exportedAt\":1,\"enqueuedAt\":1,\"attempts\":0,\"recordLen\":2}\n{}";
+    let dead_value = format!(
+        "{{\"v\":\"1\",\"sessionId\":\"ses_z\",\"seq\":1,\"reason\":\"http 400\",\"deadAt\":7,\"storedLen\":{}}}\n{stored}",
+        stored.len()
+    );
+    dead.insert(format::dead_key(b"ses_z", 1), dead_value.as_bytes())
+        .unwrap();
+    meta.insert(meta_key::LAYOUT, &1u64.to_be_bytes()[..])
+        .unwrap();
+    meta.insert(meta_key::NEXT_SEQ, &6u64.to_be_bytes()[..])
+        .unwrap();
+    db.flush().unwrap();
+}
+
+#[tokio::test]
+async fn an_outbox_of_layout_1_is_migrated_into_every_lane_and_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_layout_1(tmp.path());
+    let ob = open_lanes(tmp.path(), &TWO);
+    assert!(!ob.was_rebuilt());
+    for lane in TWO {
+        let p = ob.pending(lane, 10).unwrap();
+        assert_eq!(sids(&p), ["ses_a", "ses_b"], "{lane}");
+        assert_eq!(
+            p.iter().map(Pending::attempts).collect::<Vec<_>>(),
+            [2, 0],
+            "attempts carried over in {lane}"
+        );
+        assert_eq!(json_n(&p[0]), 3);
+    }
+    assert_eq!(ob.trees().legacy_order.len(), 0);
+    assert_eq!(
+        ob.trees().meta.get(meta_key::LAYOUT).unwrap().as_deref(),
+        Some(&2u64.to_be_bytes()[..])
+    );
+    // The layout-1 dead letter is no lane's: retry-dead gives it to every configured lane.
+    let dead = ob.dead_entries().unwrap();
+    assert_eq!((dead.len(), dead[0].lane), (1, None));
+    // New sequence numbers continue after the old ones.
+    ob.commit(records(vec![rec("ses_c", 1)])).await.unwrap();
+    assert!(ob.pending(Lane::Store, 10).unwrap()[2].seq() >= 6);
+    assert_eq!(ob.retry_dead().await.unwrap(), 1);
+    for lane in TWO {
+        assert_eq!(
+            sids(&ob.pending(lane, 10).unwrap()),
+            ["ses_a", "ses_b", "ses_c", "ses_z"],
+            "{lane}"
+        );
+    }
+    // Reopened: migrated once, the same.
+    drop(ob);
+    let ob = open_lanes(tmp.path(), &TWO);
+    assert_eq!(
+        lane_depths(&ob),
+        vec![(Lane::Store, 4, 0), (Lane::Convex, 4, 0)]
+    );
+}
+
+#[tokio::test]
+async fn open_repairs_lane_entries_and_the_lane_fifo() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let ob = open_lanes(tmp.path(), &TWO);
+        ob.commit(records(vec![rec("ses_a", 1), rec("ses_b", 1)]))
+            .await
+            .unwrap();
+        let b = ob.pending(Lane::Convex, 10).unwrap()[1].clone();
+        let t = ob.trees();
+        // A missing FIFO key, a lane entry naming a version that is not there, an entry no
+        // lane holds.
+        t.order
+            .remove(format::lane_order_key(Lane::Convex, b.seq()))
+            .unwrap();
+        t.lanes
+            .insert(
+                format::lane_key(Lane::Store, b"ses_a"),
+                format::encode_lane_entry(77, 0),
+            )
+            .unwrap();
+        let orphan = t.outbox.get("ses_a").unwrap().unwrap();
+        t.outbox.insert("ses_orphan", orphan).unwrap();
+        ob.flush().await.unwrap();
+    }
+    let ob = open_lanes(tmp.path(), &TWO);
+    assert_eq!(
+        sids(&ob.pending(Lane::Convex, 10).unwrap()),
+        ["ses_a", "ses_b"]
+    );
+    assert_eq!(sids(&ob.pending(Lane::Store, 10).unwrap()), ["ses_b"]);
+    // ses_orphan's header names ses_a: undecodable for its key, dead for every lane.
+    assert!(ob
+        .dead_entries()
+        .unwrap()
+        .iter()
+        .any(|d| d.session_id == "ses_orphan" && d.lane.is_none()));
+    assert_eq!(
+        lane_depths(&ob),
+        vec![(Lane::Store, 1, 0), (Lane::Convex, 2, 0)]
+    );
+}
+
+#[tokio::test]
+async fn commit_to_lane_gives_one_lane_what_nothing_else_holds_and_pages_the_state() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ob = open_lanes(tmp.path(), &TWO);
+    // ses_a is pending (a newer version on its way to both lanes); ses_b is not.
+    ob.commit(records(vec![rec("ses_a", 5)])).await.unwrap();
+    let c = Commit {
+        records: vec![rec("ses_a", 1), rec("ses_b", 1)],
+        state_puts: vec![(b"k/1".to_vec(), b"v".to_vec())],
+        ..Commit::default()
+    };
+    assert_eq!(ob.commit_to_lane(Lane::Store, c).await.unwrap(), 1);
+    let store = ob.pending(Lane::Store, 10).unwrap();
+    assert_eq!(sids(&store), ["ses_a", "ses_b"]);
+    assert_eq!(json_n(&store[0]), 5, "the pending version is left alone");
+    assert_eq!(sids(&ob.pending(Lane::Convex, 10).unwrap()), ["ses_a"]);
+    assert_eq!(ob.state_get(b"k/1").unwrap().as_deref(), Some(&b"v"[..]));
+    // An unconfigured lane is refused and nothing is written.
+    let one = open_lanes(tempfile::tempdir().unwrap().path(), &[Lane::Store]);
+    assert!(matches!(
+        one.commit_to_lane(Lane::Convex, records(vec![rec("ses_x", 1)]))
+            .await,
+        Err(QueueError::InvalidRecord { .. })
+    ));
+    // Pages of the state tree, in key order, within the prefix.
+    for i in 0..5u8 {
+        ob.commit(Commit {
+            state_puts: vec![(vec![b'p', b'/', i], vec![i])],
+            ..Commit::default()
+        })
+        .await
+        .unwrap();
+    }
+    let first = ob.state_scan_after(b"p/", None, 2).unwrap();
+    assert_eq!(first.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [0, 1]);
+    let next = ob.state_scan_after(b"p/", Some(&first[1].0), 10).unwrap();
+    assert_eq!(
+        next.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+}
+
+#[tokio::test]
+async fn an_inspecting_open_keeps_the_lanes_it_does_not_configure() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let ob = open_lanes(tmp.path(), &TWO);
+        ob.commit(records(vec![rec("ses_a", 1)])).await.unwrap();
+        let a = ob.pending(Lane::Store, 1).unwrap().remove(0);
+        ob.ack(&a).await.unwrap();
+        ob.flush().await.unwrap();
+    }
+    // `status` or `queue list` with a config without Convex: nothing dropped.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ob = loop {
+        match Outbox::open_keeping(tmp.path(), &cfg(), &[Lane::Store]) {
+            Err(QueueError::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opened => break opened.unwrap(),
+        }
+    };
+    assert_eq!(ob.stats().unwrap().pending_count, 1);
+    drop(ob);
+    let ob = open_lanes(tmp.path(), &TWO);
+    assert_eq!(sids(&ob.pending(Lane::Convex, 10).unwrap()), ["ses_a"]);
+    drop(ob);
+    // The daemon with that config: Convex's entry goes, and the record with it.
+    let ob = open_lanes(tmp.path(), &[Lane::Store]);
+    assert_eq!(ob.stats().unwrap().pending_count, 0);
 }

@@ -9,7 +9,13 @@
 //!
 //! - [`convex`]: `POST <deployment>.convex.site/ingest`, the deployment's HTTP action; its wire
 //!   format, the classification of an HTTP answer and its URL rules live there.
-//! - [`local`]: appends one line per record to `local.path` and syncs.
+//! - [`store`]: the local SQLite store `<data_dir>/sessions.db`, one row per session (always
+//!   configured).
+//! - [`local`]: appends one line per record to `local.path` and syncs (deprecated; only while
+//!   that key is set).
+//!
+//! Each configured sink drains its own lane of the outbox ([`crate::queue::Lane`]) with its
+//! own sender, so one sink failing never holds back another.
 //!
 //! # Outcomes
 //!
@@ -33,6 +39,7 @@
 pub mod convex;
 pub mod local;
 pub mod retry;
+pub mod store;
 
 use std::fmt;
 use std::future::Future;
@@ -47,6 +54,7 @@ use crate::config::Config;
 pub use convex::ConvexSink;
 pub use local::LocalSink;
 pub use retry::{Pacer, RetryPolicy};
+pub use store::StoreSink;
 
 /// What became of one batch sent to a sink. Every variant keeps the batch in the outbox except
 /// `Delivered`; which records leave it, and when sending resumes, is the sender's policy (see
@@ -197,6 +205,9 @@ pub enum SinkError {
         /// The client builder's error.
         message: String,
     },
+    /// The local store cannot be opened (or migrated).
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
     /// The local file (or its directory) cannot be created, opened or repaired.
     #[error("local file {}: {source}", path.display())]
     Local {
@@ -207,33 +218,47 @@ pub enum SinkError {
     },
 }
 
-/// The configured sink.
+/// One configured sink.
 #[derive(Debug, Clone)]
 pub enum AnySink {
+    /// The local store (always).
+    Store(StoreSink),
     /// Convex (`convex.url` set).
     Convex(ConvexSink),
-    /// The local NDJSON file (`convex.url` empty).
+    /// The deprecated NDJSON file (`local.path` set).
     Local(LocalSink),
 }
 
 impl AnySink {
-    /// Builds the sink the configuration selects: [`ConvexSink`] from `[convex]` when
-    /// `convex.url` is set, else [`LocalSink`] from `[local]` (its file created if needed).
+    /// The Convex sink from `[convex]` (`convex.url` must be set).
     ///
     /// # Errors
     /// See [`SinkError`].
-    pub fn from_config(cfg: &Config) -> Result<AnySink, SinkError> {
-        if cfg.uses_convex() {
-            ConvexSink::try_from(&cfg.convex).map(AnySink::Convex)
-        } else {
-            LocalSink::try_from(&cfg.local).map(AnySink::Local)
-        }
+    pub fn convex(cfg: &Config) -> Result<AnySink, SinkError> {
+        ConvexSink::try_from(&cfg.convex).map(AnySink::Convex)
+    }
+
+    /// The local store at `<data_dir>/sessions.db` (created and migrated if needed).
+    ///
+    /// # Errors
+    /// [`SinkError::Store`].
+    pub fn store(cfg: &Config) -> Result<AnySink, SinkError> {
+        Ok(AnySink::Store(StoreSink::open(&cfg.data_dir)?))
+    }
+
+    /// The NDJSON file at `local.path` (its file created if needed).
+    ///
+    /// # Errors
+    /// [`SinkError::Local`].
+    pub fn ndjson(cfg: &Config) -> Result<AnySink, SinkError> {
+        LocalSink::try_from(&cfg.local).map(AnySink::Local)
     }
 }
 
 impl Sink for AnySink {
     fn describe(&self) -> String {
         match self {
+            AnySink::Store(s) => s.describe(),
             AnySink::Convex(s) => s.describe(),
             AnySink::Local(s) => s.describe(),
         }
@@ -241,6 +266,7 @@ impl Sink for AnySink {
 
     fn limits(&self) -> Limits {
         match self {
+            AnySink::Store(s) => s.limits(),
             AnySink::Convex(s) => s.limits(),
             AnySink::Local(s) => s.limits(),
         }
@@ -248,6 +274,7 @@ impl Sink for AnySink {
 
     async fn send(&self, records: &[&[u8]]) -> Outcome {
         match self {
+            AnySink::Store(s) => s.send(records).await,
             AnySink::Convex(s) => s.send(records).await,
             AnySink::Local(s) => s.send(records).await,
         }
@@ -331,7 +358,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn from_config_picks_the_sink_and_describes_it_without_secrets() {
+    async fn each_sink_is_built_from_its_section_and_described_without_secrets() {
         let dir = tempfile::tempdir().unwrap();
         let mut cfg = Config {
             local: LocalConfig {
@@ -339,7 +366,7 @@ mod tests {
             },
             ..Config::default()
         };
-        let local = AnySink::from_config(&cfg).unwrap();
+        let local = AnySink::ndjson(&cfg).unwrap();
         assert!(matches!(local, AnySink::Local(_)));
         assert_eq!(
             local.describe(),
@@ -363,7 +390,7 @@ mod tests {
             ingest_token: Secret::new("tok-abc"),
             ..ConvexConfig::default()
         };
-        let convex = AnySink::from_config(&cfg).unwrap();
+        let convex = AnySink::convex(&cfg).unwrap();
         assert_eq!(
             convex.describe(),
             "convex https://happy-otter-123.convex.site"
@@ -379,12 +406,12 @@ mod tests {
         );
         cfg.convex.batch_size = 10_000;
         assert_eq!(
-            AnySink::from_config(&cfg).unwrap().limits().max_records,
+            AnySink::convex(&cfg).unwrap().limits().max_records,
             convex::MAX_BATCH_RECORDS
         );
 
         cfg.convex.url = "http://happy-otter-123.convex.cloud".into();
-        let err = AnySink::from_config(&cfg).unwrap_err().to_string();
+        let err = AnySink::convex(&cfg).unwrap_err().to_string();
         assert!(
             err.starts_with("convex url: plain http:// is only allowed to a loopback host"),
             "{err}"
@@ -403,7 +430,7 @@ mod tests {
                 },
                 ..Config::default()
             };
-            let sink = AnySink::from_config(&cfg).unwrap();
+            let sink = AnySink::convex(&cfg).unwrap();
             let r = sample_record("a", "d", 1, 2);
             assert_eq!(sink.send(&[&r]).await.kind(), "delivered");
             assert_eq!(h.latest().len(), 1);

@@ -61,17 +61,40 @@ impl Scratch {
     }
 
     /// Writes `config.toml` with `data_dir` inside the scratch dir plus `extra` TOML; returns
-    /// its path.
+    /// its path. Without a `[convex]` or `[local]` table in `extra`, it also sets the deprecated
+    /// `[local] path` to [`Scratch::local_sink`], so the tests that count what was delivered
+    /// (every version, in order) read that file; the local store (`data/sessions.db`) receives
+    /// the same records beside it (see [`Scratch::store`]).
     pub fn write_config(&self, extra: &str) -> PathBuf {
+        let path = self.path("config.toml");
+        let mut text = format!("data_dir = \"{}\"\n{extra}\n", self.path("data").display());
+        if !extra.contains("[convex]") && !extra.contains("[local]") {
+            text.push_str(&format!(
+                "\n[local]\npath = \"{}\"\n",
+                self.local_sink().display()
+            ));
+        }
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Writes `config.toml` with `data_dir` and `extra` only (no NDJSON file: the local store
+    /// alone, plus Convex when `extra` configures it).
+    pub fn write_store_config(&self, extra: &str) -> PathBuf {
         let path = self.path("config.toml");
         let text = format!("data_dir = \"{}\"\n{extra}\n", self.path("data").display());
         std::fs::write(&path, text).unwrap();
         path
     }
 
-    /// The local sink file used with the default config.
+    /// The NDJSON file [`Scratch::write_config`] configures.
     pub fn local_sink(&self) -> PathBuf {
         self.path("data/sessions.ndjson")
+    }
+
+    /// The local store of the scratch `data_dir`.
+    pub fn store(&self) -> PathBuf {
+        self.path("data/sessions.db")
     }
 }
 
@@ -143,6 +166,23 @@ pub fn run_once(scratch: &Scratch, config: &Path, db: &Path) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// The records of a local store (`<data_dir>/sessions.db`), one per session, oldest first,
+/// read with plain SQL (not through the daemon's reader).
+pub fn read_store_records(path: &Path) -> Vec<serde_json::Value> {
+    let conn =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let mut stmt = conn
+        .prepare("SELECT record FROM stored_session ORDER BY created_at, session_id")
+        .unwrap();
+    let rows = stmt
+        .query_map([], |r| r.get::<_, String>(0))
+        .unwrap()
+        .map(|r| serde_json::from_str(&r.unwrap()).unwrap())
+        .collect();
+    rows
 }
 
 /// Reads an NDJSON file into JSON values: every complete (newline-terminated) line.

@@ -378,18 +378,12 @@ fn processes(a: &Args, sessions: usize) {
     // up after 1 s, exit 1), then drained into it once it is back by a second `once`.
     {
         use test_support::fault_server::{FaultServer, Mode, TOKEN};
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let (server, deployment) = rt.block_on(FaultServer::start());
-        rt.block_on(deployment.set_mode(Mode::Refuse));
+        let deployment = FaultServer::in_background(Mode::Refuse);
         let h = home("drain");
         let config = h.join("down.toml");
         std::fs::write(
             &config,
-            format!("[convex]\nurl = \"{}\"\n", deployment.url()),
+            format!("[convex]\nurl = \"{}\"\n", deployment.handle.url()),
         )
         .unwrap();
         let once = |timeout: &str| {
@@ -405,16 +399,15 @@ fn processes(a: &Args, sessions: usize) {
         };
         let q = once("1");
         assert_eq!(q.status.code(), Some(1), "nothing could be delivered");
-        rt.block_on(deployment.set_mode(Mode::Normal));
+        deployment.set_mode(Mode::Normal);
         let d = once("600");
         assert!(d.status.success(), "drain failed: {:?}", d.status);
         println!(
             "| `once` draining the {} records queued while the deployment was down (into it) | {:.1} s CPU, peak RSS {} |",
-            deployment.latest().len(),
+            deployment.handle.latest().len(),
             d.cpu().as_secs_f64(),
             mib(d.max_rss_bytes)
         );
-        drop(server);
     }
 
     // One session of 500 MiB of content (a bash output, a text, a file attachment and an

@@ -66,15 +66,12 @@ fn once_run_and_a_drain_stay_under_64_mib_on_a_history_of_5000_sessions() {
     // A backlog: every record queued for a deployment that refuses connections (`once` gives
     // up after its timeout, exit 1, everything kept for it), then drained into it once it is
     // back, by a second `once`.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (server, deployment) = rt.block_on(FaultServer::start());
-    rt.block_on(deployment.set_mode(Mode::Refuse));
+    let deployment = FaultServer::in_background(Mode::Refuse);
     let offline = Scratch::new();
-    let down = offline.write_config(&format!("[convex]\nurl = \"{}\"\n", deployment.url()));
+    let down = offline.write_config(&format!(
+        "[convex]\nurl = \"{}\"\n",
+        deployment.handle.url()
+    ));
     let queue_then_drain = |timeout: &str| {
         measure::run(
             command(&offline)
@@ -92,15 +89,19 @@ fn once_run_and_a_drain_stay_under_64_mib_on_a_history_of_5000_sessions() {
     };
     let queued = queue_then_drain("1");
     assert_eq!(queued.status.code(), Some(1), "nothing could be delivered");
-    rt.block_on(deployment.set_mode(Mode::Normal));
+    deployment.set_mode(Mode::Normal);
     let drained = queue_then_drain("120");
     assert!(
         drained.status.success(),
         "drain failed: {:?}",
         drained.status
     );
-    assert_eq!(deployment.latest().len(), delivered, "every queued record");
-    drop(server);
+    assert_eq!(
+        deployment.handle.latest().len(),
+        delivered,
+        "every queued record"
+    );
+    drop(deployment);
 
     // run, on a fresh data directory: the first pass and delivery.
     let fresh = Scratch::new();

@@ -711,6 +711,27 @@ mod tests {
         }
     }
 
+    /// A history of `n` sessions (`ses_00000`…), each exported once by the passes it took: the
+    /// session ids, the source, the tracker and its store, and the first passes' exports.
+    fn exported_history(
+        n: usize,
+    ) -> (
+        Vec<String>,
+        Scripted,
+        Tracker,
+        Store,
+        Vec<(Trigger, String)>,
+    ) {
+        let all: Vec<String> = (0..n).map(|i| format!("ses_{i:05}")).collect();
+        let clock = Arc::new(Mutex::new(1_000));
+        let mut source = Scripted::new(&clock, all.iter().map(|id| session(id, 900)).collect());
+        source.changes = VecDeque::from([(rescan(), 0)]);
+        let mut tracker = Tracker::new(immediate_rules());
+        let mut store = Store::default();
+        let first = store.drain(&mut source, &mut tracker, CHUNK_SESSIONS);
+        (all, source, tracker, store, first)
+    }
+
     #[test]
     fn a_deletion_is_stamped_with_the_clock_read_after_the_read_that_saw_it() {
         let clock = Arc::new(Mutex::new(1_000));
@@ -827,13 +848,7 @@ mod tests {
     #[test]
     fn a_listing_pages_through_every_session_and_finds_the_gone_ones() {
         let n = LIST_PAGE * 2 + 7;
-        let all: Vec<String> = (0..n).map(|i| format!("ses_{i:05}")).collect();
-        let clock = Arc::new(Mutex::new(1_000));
-        let mut source = Scripted::new(&clock, all.iter().map(|id| session(id, 900)).collect());
-        source.changes = VecDeque::from([(rescan(), 0)]);
-        let mut tracker = Tracker::new(immediate_rules());
-        let mut store = Store::default();
-        let first = store.drain(&mut source, &mut tracker, CHUNK_SESSIONS);
+        let (all, mut source, mut tracker, mut store, first) = exported_history(n);
         assert_eq!(first.len(), n);
         assert_eq!(store.keys(track::STATE_PREFIX).len(), n);
 
@@ -867,13 +882,7 @@ mod tests {
     #[test]
     fn deletions_over_a_whole_listing_are_held_together() {
         let n = LIST_PAGE * 3;
-        let all: Vec<String> = (0..n).map(|i| format!("ses_{i:05}")).collect();
-        let clock = Arc::new(Mutex::new(1_000));
-        let mut source = Scripted::new(&clock, all.iter().map(|id| session(id, 900)).collect());
-        source.changes = VecDeque::from([(rescan(), 0)]);
-        let mut tracker = Tracker::new(immediate_rules());
-        let mut store = Store::default();
-        store.drain(&mut source, &mut tracker, CHUNK_SESSIONS);
+        let (_, mut source, mut tracker, mut store, _) = exported_history(n);
 
         // Two of every three sessions vanish, spread over every page.
         source.sessions.retain(|s| s.id.as_str().ends_with('0'));
@@ -934,13 +943,7 @@ mod tests {
     #[test]
     fn an_emptied_source_is_found_gone_in_bounded_steps() {
         let n = track::LIST_BUDGET * 2 + 5;
-        let all: Vec<String> = (0..n).map(|i| format!("ses_{i:05}")).collect();
-        let clock = Arc::new(Mutex::new(1_000));
-        let mut source = Scripted::new(&clock, all.iter().map(|id| session(id, 900)).collect());
-        source.changes = VecDeque::from([(rescan(), 0)]);
-        let mut tracker = Tracker::new(immediate_rules());
-        let mut store = Store::default();
-        store.drain(&mut source, &mut tracker, CHUNK_SESSIONS);
+        let (_, mut source, mut tracker, mut store, _) = exported_history(n);
         source.sessions.clear();
         source.changes = VecDeque::from([(rescan(), 0)]);
         let mut biggest = 0;

@@ -299,9 +299,45 @@ impl FaultServer {
         )
     }
 
+    /// A server for a test that is not async (driving the binary as a process): started in
+    /// `mode` on a runtime of its own (one worker thread), which the caller keeps, with the
+    /// server, for as long as it is needed; [`Background::set_mode`] switches the mode.
+    ///
+    /// # Panics
+    /// When the runtime cannot be built or no loopback port can be bound.
+    pub fn in_background(mode: Mode) -> Background {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("fault server: a runtime");
+        let (server, handle) = rt.block_on(FaultServer::start());
+        rt.block_on(handle.set_mode(mode));
+        Background {
+            handle,
+            _server: server,
+            rt,
+        }
+    }
+
     /// A handle to the server.
     pub fn handle(&self) -> FaultHandle {
         self.handle.clone()
+    }
+}
+
+/// A [`FaultServer`] on its own runtime ([`FaultServer::in_background`]).
+pub struct Background {
+    /// The server's handle.
+    pub handle: FaultHandle,
+    _server: FaultServer,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Background {
+    /// [`FaultHandle::set_mode`], waited for.
+    pub fn set_mode(&self, mode: Mode) {
+        self.rt.block_on(self.handle.set_mode(mode));
     }
 }
 

@@ -479,8 +479,8 @@ impl OpenCodeDb {
     }
 
     /// The select list shared by [`Self::heads_after`] and [`Self::session_head`]: id,
-    /// parent id, `time_updated`, `time_archived`, and the change counter (`event_sequence.seq`,
-    /// or the newest `message.time_updated` without that table).
+    /// parent id, `time_updated`, `time_archived`, and the change counter (`event_sequence.seq`
+    /// with the live event log, else the newest `message.time_updated`).
     fn head_columns(&self) -> String {
         let counter = if self.schema.event_log {
             "(SELECT seq FROM event_sequence WHERE aggregate_id = s.id)"

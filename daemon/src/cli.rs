@@ -28,6 +28,10 @@ pub struct Cli {
     /// OpenCode database to read; overrides `source.db_path`.
     #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
+    /// When to use colour in logs and tables: `auto` (on a terminal, unless NO_COLOR is set),
+    /// `always` or `never`.
+    #[arg(long, global = true, value_enum, default_value_t, value_name = "WHEN")]
+    pub color: crate::color::ColorChoice,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -69,6 +73,19 @@ pub enum Command {
     Report(ReportArgs),
     /// Write the local store's records (NDJSON, JSON) or per-session figures (CSV) to stdout.
     Export(ExportArgs),
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `opencode-telemetry completions bash > ~/.local/share/bash-completion/completions/opencode-telemetry`.
+    Completions(CompletionsArgs),
+    /// Print the man page (roff), e.g. `opencode-telemetry man > ~/.local/share/man/man1/opencode-telemetry.1`.
+    Man,
+}
+
+/// `completions` arguments.
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 /// Which sessions a report or an export covers.
@@ -232,6 +249,13 @@ pub struct UninstallArgs {
 pub fn main() -> ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    crate::color::set(cli.color);
+    // Generated from the command definition alone: no config is read.
+    match &cli.command {
+        Command::Completions(args) => return print_completions(args.shell),
+        Command::Man => return print_man(),
+        _ => {}
+    }
     let overrides = Overrides {
         config_path: cli.config.clone(),
         db_path: cli.db.clone(),
@@ -310,6 +334,8 @@ pub fn main() -> ExitCode {
             Command::Export(args) => {
                 cmd::report::export(&loaded.config, args.format, &args.scope.into())
             }
+            // Answered before the config is read.
+            Command::Completions(_) | Command::Man => Ok(ExitCode::SUCCESS),
             Command::Uninstall(args) => install::uninstall(
                 &loaded,
                 &install::Options {
@@ -380,5 +406,38 @@ pub(crate) fn release_free_memory() {
     // SAFETY: malloc_trim only returns free pages of malloc's own heap to the kernel.
     unsafe {
         libc::malloc_trim(0);
+    }
+}
+
+/// `completions SHELL`: the script on stdout.
+fn print_completions(shell: clap_complete::Shell) -> ExitCode {
+    let mut command = <Cli as clap::CommandFactory>::command();
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command, "opencode-telemetry", &mut script);
+    write_stdout(&script, "the completion script")
+}
+
+/// `man`: the man page (roff) on stdout.
+fn print_man() -> ExitCode {
+    let command = <Cli as clap::CommandFactory>::command();
+    let mut page = Vec::new();
+    if let Err(e) = clap_mangen::Man::new(command).render(&mut page) {
+        eprintln!("opencode-telemetry: rendering the man page: {e}");
+        return ExitCode::FAILURE;
+    }
+    write_stdout(&page, "the man page")
+}
+
+/// Writes generated text to stdout; a reader that stopped early (`| head`) is not an error.
+fn write_stdout(bytes: &[u8], what: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("opencode-telemetry: writing {what}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

@@ -11,7 +11,8 @@
 //!   ([`track::Trigger`]). No IO, no clock.
 //! - [`export`]: builds [`export::SessionExport`] records from a session snapshot. Pure.
 //! - [`identity`]: the device id and host name; [`clock`]: the wall clock; [`atomic_file`]:
-//!   small files written whole or not at all.
+//!   small files written whole or not at all; [`color`]: whether logs and tables may use colour
+//!   (`--color`, `NO_COLOR`).
 //! - [`queue`]: the durable sled outbox (one pending version per session, latest wins; one lane
 //!   per sink).
 //! - [`sink`]: what every sink shares (outcomes, limits, pacing); the local store in
@@ -27,6 +28,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod clock;
 pub mod cmd;
+pub mod color;
 pub mod config;
 pub mod daemon;
 pub mod export;

@@ -803,3 +803,156 @@ fn status_check_says_ok_or_why_not_with_its_exit_status() {
         "{out}"
     );
 }
+
+/// `--color auto|always|never` and `NO_COLOR`: `report`'s bold headers and the log's colours
+/// appear on a terminal unless `NO_COLOR` is set, never into a pipe, and `always` / `never`
+/// override both.
+#[test]
+fn colour_follows_color_and_no_color() {
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let config = scratch.write_config("");
+    const BOLD: &str = "\u{1b}[1m";
+    let once = |extra: &[&str]| {
+        run(command(&scratch)
+            .env("RUST_LOG", "info")
+            .arg("--config")
+            .arg(&config)
+            .arg("--db")
+            .arg(&db)
+            .args(extra)
+            .arg("once"))
+    };
+    // Logs into a pipe: colours only with `always`.
+    let plain = once(&[]);
+    assert!(plain.status.success(), "{}", text(&plain));
+    assert!(!text(&plain).contains('\u{1b}'), "{}", text(&plain));
+    let coloured = once(&["--color", "always"]);
+    assert!(text(&coloured).contains('\u{1b}'), "{}", text(&coloured));
+
+    let report = |extra: &[&str], envs: &[(&str, &str)]| {
+        let mut cmd = command(&scratch);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = run(cmd
+            .arg("--config")
+            .arg(&config)
+            .args(extra)
+            .args(["report", "daily"]));
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(!report(&[], &[]).contains('\u{1b}'));
+    assert!(report(&["--color", "always"], &[("NO_COLOR", "1")]).contains(BOLD));
+    assert!(!report(&["--color", "never"], &[]).contains('\u{1b}'));
+
+    // On a pseudo-terminal (util-linux `script`).
+    if !cfg!(target_os = "linux") {
+        return;
+    }
+    let on_tty = |flags: &str, no_color: Option<&str>| {
+        let shell = format!(
+            "{} --config {} {flags} report daily",
+            bin().display(),
+            config.display()
+        );
+        let base = command(&scratch);
+        let mut script = std::process::Command::new("script");
+        script.env_clear();
+        for (k, v) in base.get_envs() {
+            if let Some(v) = v {
+                script.env(k, v);
+            }
+        }
+        if let Some(v) = no_color {
+            script.env("NO_COLOR", v);
+        }
+        script
+            .env("TERM", "xterm")
+            .args(["-q", "-e", "-c", &shell, "/dev/null"]);
+        let out = run(&mut script);
+        assert!(out.status.success(), "{}", text(&out));
+        text(&out)
+    };
+    assert!(
+        on_tty("", None).contains(BOLD),
+        "bold headers on a terminal"
+    );
+    assert!(
+        !on_tty("", Some("1")).contains(BOLD),
+        "NO_COLOR on a terminal"
+    );
+    assert!(
+        on_tty("", Some("")).contains(BOLD),
+        "an empty NO_COLOR is unset"
+    );
+    assert!(!on_tty("--color never", None).contains(BOLD));
+}
+
+/// `completions SHELL` and `man` come from the command definition alone (a broken config does
+/// not stop them): bash loads the script and registers the completion for every subcommand,
+/// and the man page is roff naming each subcommand.
+#[test]
+fn completions_and_the_man_page_cover_every_subcommand() {
+    let scratch = Scratch::new();
+    let bad = scratch.path("bad.toml");
+    std::fs::write(&bad, "this is = not [toml").unwrap();
+    let generate = |args: &[&str]| {
+        let out = run(command(&scratch).arg("--config").arg(&bad).args(args));
+        assert!(out.status.success(), "{args:?}: {}", text(&out));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let subcommands = [
+        "run",
+        "once",
+        "preview",
+        "login",
+        "check-config",
+        "status",
+        "queue",
+        "install",
+        "uninstall",
+        "report",
+        "export",
+        "completions",
+        "man",
+    ];
+    let bash = generate(&["completions", "bash"]);
+    let script = scratch.path("completion.bash");
+    std::fs::write(&script, &bash).unwrap();
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p opencode-telemetry",
+            script.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(loaded.status.success(), "{}", text(&loaded));
+    assert!(
+        String::from_utf8_lossy(&loaded.stdout).contains("opencode-telemetry"),
+        "{}",
+        text(&loaded)
+    );
+    for sub in subcommands {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        assert!(
+            generate(&["completions", shell]).contains("check-config"),
+            "{shell}"
+        );
+    }
+    let man = generate(&["man"]);
+    assert!(man.contains(".TH opencode-telemetry 1"), "{man}");
+    for sub in subcommands {
+        assert!(
+            man.contains(&format!(
+                "opencode\\-telemetry\\-{}",
+                sub.replace('-', "\\-")
+            )),
+            "the man page lacks {sub}"
+        );
+    }
+}

@@ -221,10 +221,10 @@ pub fn report_text(
     render(&reader, view, &tz, &filter, breakdown, format, styled)
 }
 
-/// Whether tables may use colour and the terminal's width: stdout is a terminal and
-/// `NO_COLOR` is unset (or empty).
+/// Whether tables may use colour and the terminal's width: as `--color` says for stdout
+/// ([`crate::color`]: by default, a terminal and `NO_COLOR` unset or empty).
 fn style() -> bool {
-    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    crate::color::wanted(std::io::stdout().is_terminal())
 }
 
 /// The bucket of a session in a time view.

@@ -7,8 +7,8 @@
 //!   DEBUG/TRACE 7), so `journalctl -p warning` shows WARN and ERROR; no timestamp (journald
 //!   adds its own) and no colours;
 //! - `text` (what `auto` picks otherwise): `2026-01-01T12:00:00.000000Z  INFO message
-//!   key=value…`, coloured only when stderr is a terminal and `NO_COLOR` is unset or empty
-//!   (<https://no-color.org>);
+//!   key=value…`, coloured as `--color` says ([`crate::color`]: by default only when
+//!   stderr is a terminal and `NO_COLOR` is unset or empty);
 //! - `json`: one object per line, `{"timestamp":…,"level":"INFO","fields":{"message":…,…},
 //!   "target":…}`.
 //!
@@ -103,11 +103,6 @@ where
     }
 }
 
-/// Whether colours are wanted on a terminal: `NO_COLOR` unset or empty.
-fn colour_allowed() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-}
-
 fn fmt_layer(style: Style) -> BoxedFmt {
     let base = tracing_subscriber::fmt::layer()
         .with_writer(|| StderrWriter)
@@ -121,7 +116,7 @@ fn fmt_layer(style: Style) -> BoxedFmt {
             Box::new(base.with_ansi(false).event_format(SyslogPrefix(inner)))
         }
         Style::Text => {
-            Box::new(base.with_ansi(std::io::stderr().is_terminal() && colour_allowed()))
+            Box::new(base.with_ansi(crate::color::wanted(std::io::stderr().is_terminal())))
         }
         Style::Json => Box::new(base.json().with_target(true).with_ansi(false)),
     }

@@ -528,18 +528,7 @@ fn progress_bars_only_on_a_terminal() {
         config2.display(),
         db.path.display()
     );
-    let base = command(&scratch);
-    let mut script = std::process::Command::new("script");
-    script.env_clear();
-    for (k, v) in base.get_envs() {
-        if let Some(v) = v {
-            script.env(k, v);
-        }
-    }
-    script
-        .env("TERM", "xterm")
-        .args(["-q", "-e", "-c", &shell, "/dev/null"]);
-    let out = run(&mut script);
+    let out = run(&mut on_a_terminal(&scratch, &shell, &[]));
     let tty = text(&out);
     assert!(out.status.success(), "{tty}");
     assert!(
@@ -857,21 +846,8 @@ fn colour_follows_color_and_no_color() {
             bin().display(),
             config.display()
         );
-        let base = command(&scratch);
-        let mut script = std::process::Command::new("script");
-        script.env_clear();
-        for (k, v) in base.get_envs() {
-            if let Some(v) = v {
-                script.env(k, v);
-            }
-        }
-        if let Some(v) = no_color {
-            script.env("NO_COLOR", v);
-        }
-        script
-            .env("TERM", "xterm")
-            .args(["-q", "-e", "-c", &shell, "/dev/null"]);
-        let out = run(&mut script);
+        let env: Vec<(&str, &str)> = no_color.map(|v| ("NO_COLOR", v)).into_iter().collect();
+        let out = run(&mut on_a_terminal(&scratch, &shell, &env));
         assert!(out.status.success(), "{}", text(&out));
         text(&out)
     };
@@ -955,4 +931,22 @@ fn completions_and_the_man_page_cover_every_subcommand() {
             "the man page lacks {sub}"
         );
     }
+}
+
+/// `shell` run through a pseudo-terminal (util-linux `script`; BSD `script` on macOS takes other
+/// arguments), with the clean environment of [`command`] plus `env` and `TERM=xterm`.
+fn on_a_terminal(scratch: &Scratch, shell: &str, env: &[(&str, &str)]) -> std::process::Command {
+    let base = command(scratch);
+    let mut script = std::process::Command::new("script");
+    script.env_clear();
+    for (k, v) in base.get_envs() {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    script.envs(env.iter().copied());
+    script
+        .env("TERM", "xterm")
+        .args(["-q", "-e", "-c", shell, "/dev/null"]);
+    script
 }

@@ -176,8 +176,12 @@ pub struct LoginArgs {
 pub struct CheckConfigArgs {
     /// Do not ask the deployment which device this machine is (no network; what the service's
     /// ExecStartPre uses).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "probe")]
     pub offline: bool,
+    /// Exit 1 unless the deployment answers the one request as expected (this machine's device
+    /// token, or the legacy token it accepts): for scripts and for checking a new set-up.
+    #[arg(long)]
+    pub probe: bool,
 }
 
 /// Arguments of `status`.
@@ -301,7 +305,9 @@ pub fn main() -> ExitCode {
             Command::Once(args) => cmd::once(&loaded.config, args.timeout_secs).await,
             Command::Preview(args) => cmd::preview(&loaded.config, &args.sessions).await,
             Command::Login(args) => cmd::login(&loaded, args.token_stdin).await,
-            Command::CheckConfig(args) => cmd::check_config(&loaded, args.offline).await,
+            Command::CheckConfig(args) => {
+                cmd::check_config(&loaded, args.offline, args.probe).await
+            }
             Command::Status(args) => cmd::status(&loaded.config, args.json, args.check),
             Command::Queue(QueueCommand::List) => cmd::queue_list(&loaded.config).await,
             Command::Queue(QueueCommand::RetryDead) => cmd::queue_retry_dead(&loaded.config).await,

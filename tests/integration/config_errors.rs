@@ -453,3 +453,67 @@ fn url_mistakes_exit_78_with_the_fix_and_the_endpoint_is_printed() {
         "{stdout}"
     );
 }
+
+/// `check-config --probe` makes the one `/whoami` request and exits 1 unless the deployment
+/// answers as expected: ok for a live token, 1 for a rejected one or an unreachable deployment;
+/// without a deployment there is nothing to ask; `--probe` and `--offline` exclude each other.
+#[test]
+fn check_config_probe_says_whether_the_deployment_answers() {
+    use crate::support::fault_server::{FaultServer, Mode, TOKEN};
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let scratch = Scratch::new();
+    let deployment = FaultServer::in_background(Mode::Normal);
+    let config = scratch.write_config(&format!(
+        "[convex]\nurl = \"{}\"\n",
+        deployment.handle.url()
+    ));
+    let probe = |token: &str, extra: &[&str]| {
+        run(command(&scratch)
+            .env("OPENCODE_TELEMETRY_INGEST_TOKEN", token)
+            .arg("--config")
+            .arg(&config)
+            .arg("check-config")
+            .args(extra))
+    };
+    let ok = probe(TOKEN, &["--probe"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", text(&ok));
+    assert!(text(&ok).contains("# probe: ok"), "{}", text(&ok));
+
+    let wrong = probe("not-the-token", &["--probe"]);
+    assert_eq!(wrong.status.code(), Some(1), "{}", text(&wrong));
+    assert!(
+        text(&wrong).contains("rejected the token"),
+        "{}",
+        text(&wrong)
+    );
+    assert!(!text(&wrong).contains("not-the-token"), "{}", text(&wrong));
+    // Without --probe the same answer is shown, and the config is still valid.
+    assert_eq!(probe("not-the-token", &[]).status.code(), Some(0));
+
+    deployment.set_mode(Mode::Refuse);
+    let down = probe(TOKEN, &["--probe"]);
+    assert_eq!(down.status.code(), Some(1), "{}", text(&down));
+    assert!(text(&down).contains("unreachable"), "{}", text(&down));
+
+    assert_eq!(
+        probe(TOKEN, &["--probe", "--offline"]).status.code(),
+        Some(2)
+    );
+    let local = scratch.write_config("");
+    let nothing = run(command(&scratch)
+        .arg("--config")
+        .arg(&local)
+        .args(["check-config", "--probe"]));
+    assert_eq!(nothing.status.code(), Some(0), "{}", text(&nothing));
+    assert!(
+        text(&nothing).contains("nothing to ask"),
+        "{}",
+        text(&nothing)
+    );
+}

@@ -33,8 +33,10 @@ pub const CHECK_WHOAMI_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// # Errors
 /// None beyond what loading already reported; kept fallible for symmetry.
-pub async fn check_config(loaded: &Loaded, offline: bool) -> anyhow::Result<ExitCode> {
+pub async fn check_config(loaded: &Loaded, offline: bool, probe: bool) -> anyhow::Result<ExitCode> {
     let c = &loaded.config;
+    // With a deployment and not offline: whether it answered as expected.
+    let mut probed = None;
     match &loaded.path {
         Some(p) => println!("# config file: {}", p.display()),
         None => println!("# config file: none (built-in defaults)"),
@@ -59,8 +61,14 @@ pub async fn check_config(loaded: &Loaded, offline: bool) -> anyhow::Result<Exit
         }
         println!("# ingest token: {}", token_source(loaded));
         if !offline {
-            println!("# device: {}", device_line(c).await);
+            let (line, answers) = device_line(c).await;
+            println!("# device: {line}");
+            probed = Some(answers);
         }
+    } else if probe {
+        println!(
+            "# probe: nothing to ask (no deployment configured; records go to the local store)"
+        );
     }
     println!(
         "# opencode database: {} ({})",
@@ -73,7 +81,19 @@ pub async fn check_config(loaded: &Loaded, offline: bool) -> anyhow::Result<Exit
     );
     print!("{}", c.to_redacted_toml());
     println!("# config ok");
-    Ok(ExitCode::SUCCESS)
+    match (probe, probed) {
+        (true, Some(false)) => {
+            eprintln!(
+                "opencode-telemetry: the deployment did not answer as expected (see the `# device:` line)"
+            );
+            Ok(ExitCode::FAILURE)
+        }
+        (true, Some(true)) => {
+            println!("# probe: ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Ok(ExitCode::SUCCESS),
+    }
 }
 
 /// Where `convex.ingest_token` came from (never its value).
@@ -90,22 +110,29 @@ fn token_source(loaded: &Loaded) -> String {
     }
 }
 
-/// The `# device:` line of `check-config`: what `/whoami` says about the token.
-async fn device_line(c: &Config) -> String {
+/// The `# device:` line of `check-config`: what `/whoami` says about the token, and whether
+/// that is the expected answer (a device token bound to this machine or not bound yet, or the
+/// legacy token the deployment accepts).
+async fn device_line(c: &Config) -> (String, bool) {
     use crate::sink::convex::whoami::{whoami, WhoAmI};
     let answer = whoami(&c.convex, CHECK_WHOAMI_TIMEOUT).await;
     match &answer {
         WhoAmI::Device { device_id, .. } => {
             let mine = crate::daemon::device_id(c).ok();
             match (device_id, mine) {
-                (Some(bound), Some(mine)) if *bound != mine => format!(
-                    "{} — but this machine's device id is {mine}: its records will be rejected;                      use this machine's own token (`opencode-telemetry login`)",
-                    answer.describe()
+                (Some(bound), Some(mine)) if *bound != mine => (
+                    format!(
+                        "{} — but this machine's device id is {mine}: its records will be rejected; \
+                         use this machine's own token (`opencode-telemetry login`)",
+                        answer.describe()
+                    ),
+                    false,
                 ),
-                _ => format!("this machine is {}", answer.describe()),
+                _ => (format!("this machine is {}", answer.describe()), true),
             }
         }
-        _ => format!("unknown: {}", answer.describe()),
+        WhoAmI::Legacy => (format!("none — {}", answer.describe()), true),
+        _ => (format!("unknown: {}", answer.describe()), false),
     }
 }
 

@@ -215,8 +215,12 @@ pub struct PreviewArgs {
 /// `queue` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// List pending and dead-lettered records.
-    List,
+    /// List pending (per sink) and dead-lettered records.
+    List {
+        /// Print one JSON object instead of text (shape: README "Commands").
+        #[arg(long)]
+        json: bool,
+    },
     /// Move every dead-lettered record back to pending.
     RetryDead,
     /// Export the deletions held because many sessions vanished at once (you deleted them).
@@ -309,7 +313,9 @@ pub fn main() -> ExitCode {
                 cmd::check_config(&loaded, args.offline, args.probe).await
             }
             Command::Status(args) => cmd::status(&loaded.config, args.json, args.check),
-            Command::Queue(QueueCommand::List) => cmd::queue_list(&loaded.config).await,
+            Command::Queue(QueueCommand::List { json }) => {
+                cmd::queue_list(&loaded.config, json).await
+            }
             Command::Queue(QueueCommand::RetryDead) => cmd::queue_retry_dead(&loaded.config).await,
             Command::Queue(QueueCommand::ConfirmDeletions) => {
                 cmd::queue_confirm_deletions(&loaded.config).await

@@ -517,3 +517,53 @@ fn check_config_probe_says_whether_the_deployment_answers() {
         text(&nothing)
     );
 }
+
+/// `queue list --json`: one object with `pendingCount`, each sink's pending records
+/// (`sessionId`, `enqueuedAt`, `bytes`, `attempts`) and the dead letters; here every session
+/// waits for a deployment that refuses connections, none for the local store, which has them.
+#[test]
+fn queue_list_json_names_each_sinks_pending_records() {
+    use crate::support::fault_server::{FaultServer, Mode, TOKEN};
+    let scratch = Scratch::new();
+    let db = scratch.copy_fixture_db();
+    let deployment = FaultServer::in_background(Mode::Refuse);
+    let config = scratch.write_config(&format!(
+        "[convex]\nurl = \"{}\"\n",
+        deployment.handle.url()
+    ));
+    let once = run(command(&scratch)
+        .env("OPENCODE_TELEMETRY_INGEST_TOKEN", TOKEN)
+        .arg("--config")
+        .arg(&config)
+        .arg("--db")
+        .arg(&db)
+        .args(["once", "--timeout-secs", "1"]));
+    assert_eq!(once.status.code(), Some(1));
+    let out = run(command(&scratch)
+        .env("OPENCODE_TELEMETRY_INGEST_TOKEN", TOKEN)
+        .arg("--config")
+        .arg(&config)
+        .args(["queue", "list", "--json"]));
+    let list: serde_json::Value = serde_json::from_str(&succeeded(&out)).unwrap();
+    assert_eq!(list["pendingCount"], 25, "{list}");
+    let sinks = list["sinks"].as_array().unwrap();
+    let pending = |sink: &str| {
+        sinks
+            .iter()
+            .find(|s| s["sink"] == sink)
+            .unwrap_or_else(|| panic!("no {sink} in {list}"))["pending"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    assert!(pending("store").is_empty(), "{list}");
+    let convex = pending("convex");
+    assert_eq!(convex.len(), 25, "{list}");
+    for p in &convex {
+        assert!(p["sessionId"].as_str().unwrap().starts_with("ses_"), "{p}");
+        assert!(p["bytes"].as_u64().unwrap() > 100, "{p}");
+        assert!(p["enqueuedAt"].as_i64().unwrap() > 1_700_000_000_000, "{p}");
+        assert!(p["attempts"].as_u64().is_some(), "{p}");
+    }
+    assert_eq!(list["dead"], serde_json::json!([]));
+}

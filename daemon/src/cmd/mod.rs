@@ -184,9 +184,48 @@ pub fn status(config: &Config, as_json: bool, check: bool) -> anyhow::Result<Exi
 ///
 /// # Errors
 /// The outbox cannot be opened (e.g. the daemon holds it).
-pub async fn queue_list(config: &Config) -> anyhow::Result<ExitCode> {
+pub async fn queue_list(config: &Config, json: bool) -> anyhow::Result<ExitCode> {
     let outbox = open_outbox_keeping(config)?;
     let now = now_ms();
+    if json {
+        let mut lanes = Vec::new();
+        for &lane in outbox.lanes() {
+            let pending: Vec<serde_json::Value> = outbox
+                .pending(lane, usize::MAX)?
+                .iter()
+                .map(|p| {
+                    serde_json::json!({
+                        "sessionId": p.session_id(),
+                        "enqueuedAt": p.enqueued_at_ms(),
+                        "bytes": p.record_json().len(),
+                        "attempts": p.attempts(),
+                    })
+                })
+                .collect();
+            lanes.push(serde_json::json!({ "sink": lane.as_str(), "pending": pending }));
+        }
+        let dead: Vec<serde_json::Value> = outbox
+            .dead_entries()?
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "sessionId": d.session_id,
+                    "sink": d.lane.map(|l| l.as_str()),
+                    "deadAt": d.dead_at_ms,
+                    "updatedAt": d.updated_at_ms,
+                    "attempts": d.attempts,
+                    "reason": d.reason,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "pendingCount": outbox.stats()?.pending_count,
+            "sinks": lanes,
+            "dead": dead,
+        });
+        println!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
     // `pending:` counts the records held by at least one lane; each lane lists its own.
     println!("pending: {}", outbox.stats()?.pending_count);
     for &lane in outbox.lanes() {

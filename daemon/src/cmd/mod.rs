@@ -282,7 +282,7 @@ pub async fn queue_confirm_deletions(config: &Config) -> anyhow::Result<ExitCode
     let outbox = open_outbox_keeping(config)?;
     let mut confirmed = 0;
     loop {
-        let held = outbox.state_scan_first(crate::track::HELD_PREFIX, 256)?;
+        let held = outbox.state_after(crate::track::HELD_PREFIX, None, 256)?;
         if held.is_empty() {
             break;
         }

@@ -342,8 +342,7 @@ pub(crate) async fn fill_store(outbox: &Outbox) -> anyhow::Result<Fill> {
     }
     let (mut given, mut unreadable) = (0, 0);
     let fill = loop {
-        let page =
-            outbox.state_scan_after(crate::track::RECORD_PREFIX, after.as_deref(), FILL_CHUNK)?;
+        let page = outbox.state_after(crate::track::RECORD_PREFIX, after.as_deref(), FILL_CHUNK)?;
         let last = page.len() < FILL_CHUNK;
         let bytes: u64 = page
             .iter()

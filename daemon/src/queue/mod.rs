@@ -17,7 +17,7 @@
 //!   transaction, flushed, into every configured lane), [`Outbox::commit_to_lane`] (into one
 //!   lane, for sessions with nothing pending: filling a sink added later);
 //! - `read.rs`: [`Pending`], [`Outbox::pending`], [`Outbox::state_get`],
-//!   [`Outbox::state_scan`], [`Outbox::state_scan_after`] (a page at a time);
+//!   [`Outbox::state_scan`], [`Outbox::state_after`] (a page at a time);
 //! - `ack.rs`: [`Outbox::ack`], [`Outbox::ack_batch`] (compare-and-swap removal) and the
 //!   delivery bookkeeping: [`Outbox::record_attempt`], [`Outbox::record_delivery`],
 //!   [`Outbox::record_error`];

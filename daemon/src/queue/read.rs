@@ -153,53 +153,6 @@ impl Outbox {
         Ok(out)
     }
 
-    /// The first `limit` `state` entries whose key starts with `prefix`, in key order.
-    ///
-    /// # Errors
-    /// [`QueueError::Storage`].
-    pub fn state_scan_first(
-        &self,
-        prefix: &[u8],
-        limit: usize,
-    ) -> Result<Vec<StateEntry>, QueueError> {
-        self.inner
-            .trees
-            .state
-            .scan_prefix(prefix)
-            .take(limit)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<_, _>>()
-            .map_err(self.inner.storage("state_scan"))
-    }
-
-    /// Up to `limit` `state` entries whose key starts with `prefix` and comes after `after`
-    /// (from the first with `None`), in key order: a scan a page at a time, each page's
-    /// entries in memory only.
-    ///
-    /// # Errors
-    /// [`QueueError::Storage`].
-    pub fn state_scan_after(
-        &self,
-        prefix: &[u8],
-        after: Option<&[u8]>,
-        limit: usize,
-    ) -> Result<Vec<StateEntry>, QueueError> {
-        use std::ops::Bound;
-        let start = match after {
-            Some(k) => Bound::Excluded(k.to_vec()),
-            None => Bound::Included(prefix.to_vec()),
-        };
-        self.inner
-            .trees
-            .state
-            .range::<Vec<u8>, _>((start, Bound::Unbounded))
-            .take_while(|kv| kv.as_ref().map_or(true, |(k, _)| k.starts_with(prefix)))
-            .take(limit)
-            .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
-            .collect::<Result<_, _>>()
-            .map_err(self.inner.storage("state_scan"))
-    }
-
     /// How many `state` entries have a key starting with `prefix` (one entry in memory at a
     /// time).
     ///

@@ -1645,9 +1645,9 @@ async fn commit_to_lane_gives_one_lane_what_nothing_else_holds_and_pages_the_sta
         .await
         .unwrap();
     }
-    let first = ob.state_scan_after(b"p/", None, 2).unwrap();
+    let first = ob.state_after(b"p/", None, 2).unwrap();
     assert_eq!(first.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(), [0, 1]);
-    let next = ob.state_scan_after(b"p/", Some(&first[1].0), 10).unwrap();
+    let next = ob.state_after(b"p/", Some(&first[1].0), 10).unwrap();
     assert_eq!(
         next.iter().map(|(_, v)| v[0]).collect::<Vec<_>>(),
         [2, 3, 4]
